@@ -1,0 +1,37 @@
+"""attnscope: see, measure and understand self-attention in any Hugging Face transformer.
+
+    import attnscope as at
+    model = at.load()                    # the embedded default, all-MiniLM-L6-v2
+    trace = at.capture(model, "leaves fall in autumn", "autumn is marked by colorful foliage")
+    at.heatmap(trace, layer=-1, head=0).save("head.png")
+"""
+
+from attnscope.capture import capture, capture_batch, iter_capture
+from attnscope.errors import AttnscopeError
+from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
+from attnscope.render.static import AttnFigure, heads_grid, heatmap, model_grid
+from attnscope.tokens import Tokenization, TruncationWarning, tokenize
+from attnscope.trace import Trace
+from attnscope.words import merge_subwords
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "AttnFigure",
+    "AttnscopeError",
+    "LoadedModel",
+    "Tokenization",
+    "Trace",
+    "TruncationWarning",
+    "__version__",
+    "capture",
+    "capture_batch",
+    "heads_grid",
+    "heatmap",
+    "iter_capture",
+    "load",
+    "merge_subwords",
+    "model_grid",
+    "tokenize",
+]

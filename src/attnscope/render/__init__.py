@@ -1,0 +1,1 @@
+"""Renderers: a Trace (or an analysis result) in, a figure or a page out."""

@@ -1,0 +1,182 @@
+"""Static attention figures with matplotlib: one head, one layer's heads, every head.
+
+Every function returns an :class:`AttnFigure`, a matplotlib ``Figure`` with a ``save`` method
+(PNG, SVG or PDF by the file's extension). Figures are made without pyplot, so nothing piles up
+in pyplot's global state when a notebook draws hundreds of them; Jupyter still shows them inline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from attnscope.errors import AttnscopeError, check_index
+from attnscope.trace import Trace
+
+__all__ = ["AttnFigure", "heads_grid", "heatmap", "model_grid"]
+
+# Above this many tokens, labels would overlap: ticks are thinned out.
+_MAX_LABELLED_TOKENS = 80
+_FORMATS = {".png", ".svg", ".pdf"}
+
+
+class AttnFigure(Figure):
+    """A matplotlib Figure that can ``save(path)`` itself (PNG, SVG or PDF)."""
+
+    def save(self, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
+        """Write the figure; the format follows the extension. Returns the path."""
+        path = Path(path)
+        if path.suffix.lower() not in _FORMATS:
+            raise AttnscopeError(
+                f"Cannot save a figure as '{path.suffix or path.name}': use .png, .svg or .pdf."
+            )
+        if not path.parent.is_dir():
+            raise AttnscopeError(f"Cannot save the figure: folder '{path.parent}' does not exist.")
+        with _quiet_glyph_warnings():
+            self.savefig(path, dpi=dpi, bbox_inches="tight")
+        return path
+
+    def _repr_png_(self) -> bytes:
+        import io
+
+        buffer = io.BytesIO()
+        with _quiet_glyph_warnings():
+            self.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def _quiet_glyph_warnings():
+    # Tokens in scripts the default font lacks (CJK, emoji) draw as boxes; that is expected
+    # and not worth a warning per glyph.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
+        warnings.filterwarnings("ignore", message=r"Matplotlib currently does not support")
+        yield
+
+
+def _label(token: str) -> str:
+    """A token as a tick label: control characters and odd spaces escaped, kept short."""
+    shown = repr(token)[1:-1] if not token.isprintable() else token
+    return shown if len(shown) <= 24 else shown[:23] + "…"
+
+
+def _set_token_ticks(ax, rows: Sequence[str], cols: Sequence[str], fontsize: float) -> None:
+    for axis, tokens in ((ax.xaxis, cols), (ax.yaxis, rows)):
+        n = len(tokens)
+        step = max(1, math.ceil(n / _MAX_LABELLED_TOKENS))
+        positions = list(range(0, n, step))
+        # parse_math=False: a token such as "$" or "$x$" is text, not a formula.
+        axis.set_ticks(positions, labels=[_label(tokens[i]) for i in positions],
+                       fontsize=fontsize, parse_math=False)
+    for label in ax.get_xticklabels():
+        label.set_rotation(90)
+
+
+def _part_name(trace: Trace, part: str) -> str:
+    if len(trace.parts) == 1:
+        return ""
+    return {"self": "encoder ", "encoder": "encoder ", "decoder": "decoder ",
+            "cross": "cross "}.get(part, part + " ")
+
+
+def heatmap(
+    trace: Trace,
+    layer: int = -1,
+    head: int = 0,
+    *,
+    part: str = "self",
+    cmap: str = "viridis",
+    ax=None,
+) -> AttnFigure:
+    """One head's attention as a heatmap: query tokens down, key tokens across.
+
+    Args:
+        trace: from :func:`attnscope.capture`.
+        layer, head: which head; negative indices count from the end (``layer=-1``: last).
+        part: "self", or for encoder-decoder traces "decoder" or "cross".
+        cmap: a matplotlib colour map name.
+        ax: draw into this Axes instead of a new figure (its figure is returned).
+
+    Returns:
+        The figure: a ``[T_query, T_key]`` image with token labels on both axes, a colour bar,
+        and a title naming the model, layer and head.
+    """
+    attentions, rows, cols = trace.part(part)
+    layer = check_index(layer, attentions.shape[0], "layer")
+    head = check_index(head, attentions.shape[1], "head")
+    matrix = attentions[layer, head]
+    if ax is None:
+        side = min(16.0, max(5.0, 2.5 + 0.26 * max(len(rows), len(cols))))
+        fig = AttnFigure(figsize=(side + 1.2, side), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    image = ax.imshow(matrix, cmap=cmap, vmin=0.0, vmax=max(float(matrix.max()), 1e-9),
+                      aspect="auto", interpolation="nearest")
+    fontsize = 9 if max(len(rows), len(cols)) <= 40 else 6
+    _set_token_ticks(ax, rows, cols, fontsize)
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query (attending)")
+    ax.set_title(f"{trace.model_name}\n{_part_name(trace, part)}layer {layer}, head {head}",
+                 fontsize=10)
+    fig.colorbar(image, ax=ax, label="attention weight", shrink=0.8)
+    return fig
+
+
+def heads_grid(trace: Trace, layer: int = -1, *, part: str = "self", cmap: str = "viridis",
+               ncols: int | None = None) -> AttnFigure:
+    """Every head of one layer, side by side, on one colour scale (0 to 1)."""
+    attentions, rows, cols = trace.part(part)
+    layer = check_index(layer, attentions.shape[0], "layer")
+    heads = attentions.shape[1]
+    ncols = ncols or min(heads, 4 if heads <= 8 else 6)
+    nrows = math.ceil(heads / ncols)
+    labelled = max(len(rows), len(cols)) <= 24
+    cell = 3.2 if labelled else 2.2
+    fig = AttnFigure(figsize=(ncols * cell, nrows * cell + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for h, ax in enumerate(axes):
+        if h >= heads:
+            ax.set_axis_off()
+            continue
+        ax.imshow(attentions[layer, h], cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"head {h}", fontsize=9)
+        if labelled:
+            _set_token_ticks(ax, rows, cols, 6)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"{trace.model_name}: {_part_name(trace, part)}layer {layer}, all heads")
+    return fig
+
+
+def model_grid(trace: Trace, *, part: str = "self", cmap: str = "viridis") -> AttnFigure:
+    """Every layer (rows) x head (columns) as a thumbnail, on one colour scale (0 to 1)."""
+    attentions, _, _ = trace.part(part)
+    layers, heads = attentions.shape[:2]
+    if layers * heads == 0:
+        raise AttnscopeError("This trace has no attention heads to draw.")
+    cell = 1.1
+    fig = AttnFigure(figsize=(heads * cell + 0.8, layers * cell + 0.8), layout="constrained")
+    axes = fig.subplots(layers, heads, squeeze=False)
+    for layer in range(layers):
+        for head in range(heads):
+            ax = axes[layer, head]
+            ax.imshow(attentions[layer, head], cmap=cmap, vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if layer == 0:
+                ax.set_title(f"h{head}", fontsize=8)
+            if head == 0:
+                ax.set_ylabel(f"L{layer}", fontsize=8)
+    fig.suptitle(f"{trace.model_name}: {_part_name(trace, part)}every layer x head")
+    return fig

@@ -1,0 +1,252 @@
+"""Tokenization: what the model sees, as data and as a readable table.
+
+:func:`tokenize` is the one place attnscope turns text into model inputs; :func:`capture`
+uses it too, so the table a person reads is exactly what the model ran on.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from attnscope.errors import AttnscopeError
+from attnscope.models import LoadedModel
+
+__all__ = ["Tokenization", "TruncationWarning", "check_text", "tokenize"]
+
+
+class TruncationWarning(UserWarning):
+    """The text was longer than the model's limit and its end was dropped."""
+
+
+@dataclass(frozen=True, eq=False)
+class Tokenization:
+    """One text (or sentence pair) as the model sees it. All arrays have length T.
+
+    ``model_inputs`` holds exactly what the model is called with (``input_ids``,
+    ``attention_mask`` and, for models that use them, ``token_type_ids``), as int64 arrays.
+    ``segment_ids`` is 0 for tokens of ``text``, 1 for ``text_b``, -1 for special tokens.
+    ``offsets`` ``[T, 2]`` is each token's character span in its own text (-1 where none).
+    ``dropped`` counts tokens cut off by truncation.
+    """
+
+    text: str
+    text_b: str | None
+    tokens: tuple[str, ...]
+    input_ids: np.ndarray
+    token_type_ids: np.ndarray
+    attention_mask: np.ndarray
+    special_mask: np.ndarray
+    word_ids: np.ndarray
+    offsets: np.ndarray
+    segment_ids: np.ndarray
+    sentence_b_start: int | None
+    model_inputs: dict[str, np.ndarray]
+    decoded: str
+    dropped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def round_trips(self) -> bool:
+        """Whether decoding the ids gives back the text (ignoring case and spacing)."""
+        original = " ".join(t for t in (self.text, self.text_b) if t)
+        return _squash(self.decoded) == _squash(original)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per token: position, token, id, type_id, mask, special, start, end."""
+        return [
+            {
+                "position": i,
+                "token": tok,
+                "id": int(self.input_ids[i]),
+                "type_id": int(self.token_type_ids[i]),
+                "mask": int(self.attention_mask[i]),
+                "special": bool(self.special_mask[i]),
+                "start": int(self.offsets[i, 0]),
+                "end": int(self.offsets[i, 1]),
+            }
+            for i, tok in enumerate(self.tokens)
+        ]
+
+    def table(self) -> str:
+        """The tokens as a plain-text table, followed by the decode round trip."""
+        header = ("pos", "token", "id", "type", "mask", "special", "span")
+        body = [
+            (
+                str(r["position"]),
+                repr(r["token"])[1:-1],  # escapes control characters and odd whitespace
+                str(r["id"]),
+                str(r["type_id"]),
+                str(r["mask"]),
+                "yes" if r["special"] else "",
+                f"{r['start']}:{r['end']}" if r["start"] >= 0 else "",
+            )
+            for r in self.rows()
+        ]
+        widths = [max(len(row[c]) for row in [header, *body]) for c in range(len(header))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                 for row in [header, *body]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines.append("")
+        lines.append(f"{len(self.tokens)} tokens; decoded: {self.decoded!r}")
+        if self.dropped:
+            lines.append(f"{self.dropped} tokens were dropped to fit the model's limit.")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        cells = "".join(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(v))}</td>"
+                for v in (r["position"], r["token"], r["id"], r["type_id"], r["mask"],
+                          "yes" if r["special"] else "", f"{r['start']}:{r['end']}")
+            )
+            + "</tr>"
+            for r in self.rows()
+        )
+        head = "".join(f"<th>{h}</th>" for h in ("pos", "token", "id", "type", "mask",
+                                                  "special", "span"))
+        return (f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>"
+                f"<p>decoded: <code>{html.escape(self.decoded)}</code></p>")
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _squash(text: str) -> str:
+    return "".join(text.lower().split())
+
+
+def check_text(text: Any, what: str = "text") -> str:
+    """Return ``text`` if it is a string with something in it, else raise a clear error."""
+    if not isinstance(text, str):
+        raise AttnscopeError(f"The {what} must be a string, not {type(text).__name__}.")
+    if not text.strip():
+        raise AttnscopeError(f"The {what} is empty: give at least one word.")
+    return text
+
+
+def tokenize(
+    model: LoadedModel,
+    text: str,
+    text_b: str | None = None,
+    *,
+    truncate: bool = True,
+) -> Tokenization:
+    """Tokenize ``text`` (and ``text_b`` as the second sentence of a pair) for ``model``.
+
+    Text longer than the model's limit is cut with a :class:`TruncationWarning` saying how
+    many tokens were dropped, or, with ``truncate=False``, raises an :class:`AttnscopeError`.
+    """
+    check_text(text)
+    if text_b is not None:
+        check_text(text_b, "second text")
+    tokenizer = model.tokenizer
+    limit = model.max_length
+    kwargs: dict[str, Any] = {
+        "return_special_tokens_mask": True,
+        "return_token_type_ids": True,
+        "return_attention_mask": True,
+    }
+    fast = bool(getattr(tokenizer, "is_fast", False))
+    if fast:
+        kwargs["return_offsets_mapping"] = True
+
+    # Count first without truncation (quietly: the tokenizer logs its own length warning).
+    tok_logger = logging.getLogger("transformers.tokenization_utils_base")
+    level = tok_logger.level
+    tok_logger.setLevel(logging.ERROR)
+    try:
+        encoding = tokenizer(text, text_b, **kwargs)
+        full_length = len(encoding["input_ids"])
+        dropped = 0
+        if limit is not None and full_length > limit:
+            if not truncate:
+                raise AttnscopeError(
+                    f"The text has {full_length} tokens, more than this model's limit of {limit}; "
+                    "shorten it, or allow truncation to keep the first tokens."
+                )
+            dropped = full_length - limit
+            warnings.warn(
+                f"The text has {full_length} tokens but the model takes at most {limit}: the "
+                f"last {dropped} tokens were dropped.",
+                TruncationWarning,
+                stacklevel=2,
+            )
+            encoding = tokenizer(text, text_b, truncation=True, max_length=limit, **kwargs)
+    finally:
+        tok_logger.setLevel(level)
+
+    ids = np.asarray(encoding["input_ids"], dtype=np.int64)
+    n = len(ids)
+    special = np.asarray(encoding.get("special_tokens_mask", [0] * n), dtype=bool)
+    if special.all():
+        raise AttnscopeError(
+            "The text gives no tokens besides the model's special tokens; give some words."
+        )
+    type_ids = np.asarray(encoding.get("token_type_ids") or [0] * n, dtype=np.int64)
+    mask = np.asarray(encoding.get("attention_mask") or [1] * n, dtype=np.int64)
+    if fast:
+        offsets = np.asarray(encoding["offset_mapping"], dtype=np.int64).reshape(n, 2)
+        seq = encoding.sequence_ids()
+        words = encoding.word_ids()
+        segment_ids = np.asarray([-1 if s is None else s for s in seq], dtype=np.int64)
+    else:  # slow tokenizers give no spans: every non-special token is its own word
+        offsets = np.full((n, 2), -1, dtype=np.int64)
+        words = [None if s else i for i, s in enumerate(special)]
+        segment_ids = np.where(special, -1, 0).astype(np.int64)
+        if text_b is not None and type_ids.any():
+            segment_ids[(type_ids == 1) & ~special] = 1
+    segment_ids[special] = -1
+    offsets[special] = -1
+    word_ids = _global_word_ids(words, segment_ids)
+
+    sentence_b_start = None
+    if text_b is not None:
+        # bertviz's convention: the first token whose type id is 1; models without token
+        # types (GPT-2, RoBERTa) use the first token of the second text.
+        if type_ids.any():
+            sentence_b_start = int(np.argmax(type_ids == 1))
+        elif (segment_ids == 1).any():
+            sentence_b_start = int(np.argmax(segment_ids == 1))
+
+    names = set(getattr(tokenizer, "model_input_names", ["input_ids", "attention_mask"]))
+    model_inputs = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in names:
+        model_inputs["token_type_ids"] = type_ids
+    decoded = tokenizer.decode(ids.tolist(), skip_special_tokens=True)
+    return Tokenization(
+        text=text,
+        text_b=text_b,
+        tokens=tuple(tokenizer.convert_ids_to_tokens(ids.tolist())),
+        input_ids=ids,
+        token_type_ids=type_ids,
+        attention_mask=mask,
+        special_mask=special,
+        word_ids=word_ids,
+        offsets=offsets,
+        segment_ids=segment_ids,
+        sentence_b_start=sentence_b_start,
+        model_inputs=model_inputs,
+        decoded=decoded,
+        dropped=dropped,
+    )
+
+
+def _global_word_ids(words: list[int | None], segment_ids: np.ndarray) -> np.ndarray:
+    """Number words over both texts in order (the tokenizer restarts at 0 for ``text_b``)."""
+    out = np.full(len(words), -1, dtype=np.int64)
+    seen: dict[tuple[int, int], int] = {}
+    for i, word in enumerate(words):
+        if word is None or segment_ids[i] < 0:
+            continue
+        key = (int(segment_ids[i]), int(word))
+        out[i] = seen.setdefault(key, len(seen))
+    return out
