@@ -50,7 +50,7 @@ def _word_strings(trace_tokens, groups, offsets, segments, texts) -> tuple[str, 
         first, last = positions[0], positions[-1]
         seg = int(segments[first]) if segments is not None else 0
         start, end = int(offsets[first, 0]), int(offsets[last, 1])
-        if len(positions) > 1 and start >= 0 and 0 <= seg < len(texts) and texts[seg]:
+        if start >= 0 and 0 <= seg < len(texts) and texts[seg]:
             words.append(texts[seg][start:end].strip() or trace_tokens[first])
         else:
             words.append(trace_tokens[first] if len(positions) == 1 else
