@@ -15,8 +15,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import attnscope as at  # noqa: E402
-from attnscope.testing import TINY_FAMILIES, build_tiny_model  # noqa: E402
+import attnscope as at
+from attnscope.testing import TINY_FAMILIES, build_tiny_model
 
 SEED_A = "leaves fall in autumn"
 SEED_B = "autumn is marked by colorful foliage"

@@ -17,9 +17,9 @@ from attnscope.words import merge_subwords
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_MODEL_NAME",
     "AttnFigure",
     "AttnscopeError",
+    "DEFAULT_MODEL_NAME",
     "LoadedModel",
     "Tokenization",
     "Trace",

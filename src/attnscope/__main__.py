@@ -1,0 +1,7 @@
+"""``python -m attnscope`` runs the CLI."""
+
+import sys
+
+from attnscope.cli import main
+
+sys.exit(main())
