@@ -26,6 +26,7 @@ def capture(
     *,
     truncate: bool = True,
     merge_words: bool = False,
+    qkv: bool = False,
 ) -> Trace:
     """Run ``model`` on ``text`` and return its Trace.
 
@@ -36,11 +37,15 @@ def capture(
             encoder-decoder models, the decoder's input (a translation or summary).
         truncate: cut text past the model's limit with a warning (True) or raise (False).
         merge_words: merge sub-word tokens into words (see :func:`attnscope.merge_subwords`).
+        qkv: also record each (encoder) self-attention layer's queries, keys and values
+            ``[L, H, T, d_head]`` (queries and keys post-rotary, key/value heads repeated to H),
+            with the scale and any position bias in ``trace.extra``; needs an adapter for the
+            model family (see :func:`attnscope.adapters.supported`).
 
     Returns:
         A Trace with ``attentions`` ``[L, H, T, T]`` and ``hidden_states`` ``[L+1, T, D]``.
     """
-    (trace,) = _capture_chunk(model, [(text, text_b)], truncate=truncate)
+    (trace,) = _capture_chunk(model, [(text, text_b)], truncate=truncate, qkv=qkv)
     return _maybe_merge(trace, merge_words)
 
 
@@ -53,6 +58,7 @@ def capture_batch(
     truncate: bool = True,
     merge_words: bool = False,
     progress: bool = False,
+    qkv: bool = False,
 ) -> list[Trace]:
     """Capture many texts, ``batch_size`` at a time; returns one Trace per text, in order.
 
@@ -61,7 +67,7 @@ def capture_batch(
     return list(
         iter_capture(
             model, texts, texts_b, batch_size=batch_size, truncate=truncate,
-            merge_words=merge_words, progress=progress,
+            merge_words=merge_words, progress=progress, qkv=qkv,
         )
     )
 
@@ -75,6 +81,7 @@ def iter_capture(
     truncate: bool = True,
     merge_words: bool = False,
     progress: bool = False,
+    qkv: bool = False,
 ) -> Iterator[Trace]:
     """Like :func:`capture_batch`, but yields Traces as batches finish (nothing is lost if you
     stop early)."""
@@ -89,7 +96,8 @@ def iter_capture(
 
         chunks = tqdm(chunks, total=-(-len(pairs) // batch_size), unit="batch")
     for start in chunks:
-        for trace in _capture_chunk(model, pairs[start : start + batch_size], truncate=truncate):
+        chunk = pairs[start : start + batch_size]
+        for trace in _capture_chunk(model, chunk, truncate=truncate, qkv=qkv):
             yield _maybe_merge(trace, merge_words)
 
 
@@ -102,27 +110,39 @@ def _maybe_merge(trace: Trace, merge_words: bool) -> Trace:
 
 
 def _capture_chunk(
-    model: LoadedModel, pairs: list[tuple[str, str | None]], *, truncate: bool
+    model: LoadedModel, pairs: list[tuple[str, str | None]], *, truncate: bool,
+    qkv: bool = False,
 ) -> list[Trace]:
     import torch
+
+    recorder = None
+    if qkv:  # fail on an unsupported family before running the model
+        from attnscope.adapters.hooks import QKVRecorder
+
+        recorder = QKVRecorder(model)
 
     encoder_decoder = model.architecture == "encoder-decoder"
     encoded = [tokenize(model, a, None if encoder_decoder else b, truncate=truncate)
                for a, b in pairs]
-    decoded_side: list[Tokenization] | None = None
+    decoder_side: list[Tokenization] | None = None
     if encoder_decoder:
-        decoded_side = [_decoder_tokens(model, b, truncate) for _, b in pairs]
+        decoder_side = [_decoder_tokens(model, b, truncate) for _, b in pairs]
 
     device = model.device
     inputs = _pad([e.model_inputs for e in encoded], model, device)
-    if decoded_side is not None:
-        dec = _pad([d.model_inputs for d in decoded_side], model, device)
+    if decoder_side is not None:
+        dec = _pad([d.model_inputs for d in decoder_side], model, device)
         inputs["decoder_input_ids"] = dec["input_ids"]
         inputs["decoder_attention_mask"] = dec["attention_mask"]
 
     with torch.inference_mode():
-        out = model.model(**inputs, output_attentions=True, output_hidden_states=True,
-                          return_dict=True)
+        if recorder is None:
+            out = model.model(**inputs, output_attentions=True, output_hidden_states=True,
+                              return_dict=True)
+        else:
+            with recorder:  # the hooks are removed on leaving, error or not
+                out = model.model(**inputs, output_attentions=True, output_hidden_states=True,
+                                  return_dict=True)
 
     if encoder_decoder:
         self_att, hidden = out.encoder_attentions, out.encoder_hidden_states
@@ -146,9 +166,17 @@ def _capture_chunk(
     lengths = [len(e) for e in encoded]
     attentions = _split_layers(self_att, lengths, lengths)
     hidden_states = _split_layers(hidden, lengths, None)
+    qkv_parts: dict[str, list[np.ndarray]] = {}
+    if recorder is not None:
+        with torch.inference_mode():
+            per_layer = recorder.per_layer()  # 3 lists of L tensors [B, H, T_max, d]
+        head_dim = per_layer[0][0].shape[-1]
+        for name, layers in zip(("queries", "keys", "values"), per_layer, strict=True):
+            qkv_parts[name] = _split_layers(layers, lengths, [head_dim] * len(lengths))
+        extra = recorder.facts()
     dec_parts: dict[str, list[np.ndarray]] = {}
-    if decoded_side is not None:
-        dec_lengths = [len(d) for d in decoded_side]
+    if decoder_side is not None:
+        dec_lengths = [len(d) for d in decoder_side]
         dec_parts["decoder_attentions"] = _split_layers(dec_att, dec_lengths, dec_lengths)
         dec_parts["cross_attentions"] = _split_layers(cross_att, dec_lengths, lengths)
         dec_parts["decoder_hidden_states"] = _split_layers(dec_hidden, dec_lengths, None)
@@ -156,9 +184,12 @@ def _capture_chunk(
     traces = []
     for i, enc in enumerate(encoded):
         fields: dict[str, Any] = {}
-        if decoded_side is not None:
-            d = decoded_side[i]
-            fields = {
+        if recorder is not None:
+            fields.update({name: arrays[i] for name, arrays in qkv_parts.items()})
+            fields["extra"] = dict(extra)
+        if decoder_side is not None:
+            d = decoder_side[i]
+            fields |= {
                 "decoder_tokens": d.tokens,
                 "decoder_input_ids": d.input_ids,
                 "decoder_special_mask": d.special_mask,
@@ -183,7 +214,7 @@ def _capture_chunk(
                 sentence_b_start=enc.sentence_b_start,
                 attentions=attentions[i],
                 hidden_states=hidden_states[i],
-                truncated=enc.dropped + (decoded_side[i].dropped if decoded_side else 0),
+                truncated=enc.dropped + (decoder_side[i].dropped if decoder_side else 0),
                 **fields,
             )
         )
@@ -206,7 +237,6 @@ def _decoder_tokens(model: LoadedModel, text_b: str | None, truncate: bool) -> T
         special_mask=np.ones(1, bool), word_ids=np.full(1, -1, np.int64),
         offsets=np.full((1, 2), -1, np.int64), segment_ids=np.full(1, -1, np.int64),
         sentence_b_start=None, model_inputs={"input_ids": ids, "attention_mask": ones},
-        decoded="",
     )
 
 

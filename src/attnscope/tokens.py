@@ -9,7 +9,8 @@ from __future__ import annotations
 import html
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -47,8 +48,15 @@ class Tokenization:
     segment_ids: np.ndarray
     sentence_b_start: int | None
     model_inputs: dict[str, np.ndarray]
-    decoded: str
     dropped: int = 0
+    tokenizer: Any = field(default=None, repr=False)
+
+    @cached_property
+    def decoded(self) -> str:
+        """The ids decoded back to text, special tokens left out."""
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode(self.input_ids.tolist(), skip_special_tokens=True)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -159,10 +167,11 @@ def tokenize(
     if fast:
         kwargs["return_offsets_mapping"] = True
 
-    # Count first without truncation (quietly: the tokenizer logs its own length warning).
+    # Count first without truncation (the tokenizer's own "longer than the maximum" log line is
+    # filtered out: attnscope says it better below). A filter, not setLevel: setLevel clears
+    # every logger's cache, which costs more than tokenizing a short text.
     tok_logger = logging.getLogger("transformers.tokenization_utils_base")
-    level = tok_logger.level
-    tok_logger.setLevel(logging.ERROR)
+    tok_logger.addFilter(_drop_length_log)
     try:
         encoding = tokenizer(text, text_b, **kwargs)
         full_length = len(encoding["input_ids"])
@@ -182,7 +191,7 @@ def tokenize(
             )
             encoding = tokenizer(text, text_b, truncation=True, max_length=limit, **kwargs)
     finally:
-        tok_logger.setLevel(level)
+        tok_logger.removeFilter(_drop_length_log)
 
     ids = np.asarray(encoding["input_ids"], dtype=np.int64)
     n = len(ids)
@@ -221,11 +230,10 @@ def tokenize(
     model_inputs = {"input_ids": ids, "attention_mask": mask}
     if "token_type_ids" in names:
         model_inputs["token_type_ids"] = type_ids
-    decoded = tokenizer.decode(ids.tolist(), skip_special_tokens=True)
     return Tokenization(
         text=text,
         text_b=text_b,
-        tokens=tuple(tokenizer.convert_ids_to_tokens(ids.tolist())),
+        tokens=tuple(encoding.tokens() if fast else tokenizer.convert_ids_to_tokens(ids.tolist())),
         input_ids=ids,
         token_type_ids=type_ids,
         attention_mask=mask,
@@ -235,18 +243,22 @@ def tokenize(
         segment_ids=segment_ids,
         sentence_b_start=sentence_b_start,
         model_inputs=model_inputs,
-        decoded=decoded,
         dropped=dropped,
+        tokenizer=tokenizer,
     )
+
+
+def _drop_length_log(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token indices sequence length")
 
 
 def _global_word_ids(words: list[int | None], segment_ids: np.ndarray) -> np.ndarray:
     """Number words over both texts in order (the tokenizer restarts at 0 for ``text_b``)."""
+    word = np.array([-1 if w is None else w for w in words], dtype=np.int64)
+    valid = (word >= 0) & (segment_ids >= 0)
     out = np.full(len(words), -1, dtype=np.int64)
-    seen: dict[tuple[int, int], int] = {}
-    for i, word in enumerate(words):
-        if word is None or segment_ids[i] < 0:
-            continue
-        key = (int(segment_ids[i]), int(word))
-        out[i] = seen.setdefault(key, len(seen))
+    if valid.any():
+        # (segment, word) pairs grow along the sequence, so ranking them keeps reading order.
+        keys = segment_ids[valid] * (int(word.max()) + 1) + word[valid]
+        out[valid] = np.unique(keys, return_inverse=True)[1]
     return out

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 from matplotlib.image import imread
+from tests.conftest import SEED_A, SEED_B, SEED_SENTENCE
 
 from attnscope.cli import build_parser, main
-from tests.conftest import SEED_A, SEED_B, SEED_SENTENCE
 
 
 def run(capsys, *argv):
@@ -84,7 +84,7 @@ def test_heatmap_with_a_local_model_directory(tmp_path, capsys, tiny_dirs):
 
 def test_demo_writes_the_seed_sentence_folder(tmp_path, capsys):
     folder = tmp_path / "demo"
-    code, out, err = run(capsys, "demo", "-o", str(folder))
+    code, _, err = run(capsys, "demo", "-o", str(folder))
     assert code == 0, err
     assert_not_blank(folder / "heatmap.png")
     table = (folder / "tokens.txt").read_text()
