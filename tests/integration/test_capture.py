@@ -4,9 +4,9 @@ import warnings
 
 import numpy as np
 import pytest
-from tests.conftest import SEED_A, SEED_B, SEED_SENTENCE
 
 import attnscope as at
+from tests.conftest import SEED_A, SEED_B, SEED_SENTENCE
 
 SEED_PAIR_TOKENS = [
     "[CLS]", "leaves", "fall", "in", "autumn", "[SEP]",

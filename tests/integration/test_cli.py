@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 from matplotlib.image import imread
-from tests.conftest import SEED_A, SEED_B, SEED_SENTENCE
 
 from attnscope.cli import build_parser, main
+from tests.conftest import SEED_A, SEED_B, SEED_SENTENCE
 
 
 def run(capsys, *argv):
