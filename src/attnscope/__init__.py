@@ -10,6 +10,7 @@ from attnscope.capture import capture, capture_batch, iter_capture
 from attnscope.errors import AttnscopeError
 from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
 from attnscope.render.static import AttnFigure, heads_grid, heatmap, model_grid
+from attnscope.render.views import AttnView, head_view, model_view, neuron_view
 from attnscope.tokens import Tokenization, TruncationWarning, tokenize
 from attnscope.trace import Trace
 from attnscope.words import merge_subwords
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttnFigure",
+    "AttnView",
     "AttnscopeError",
     "DEFAULT_MODEL_NAME",
     "LoadedModel",
@@ -27,11 +29,14 @@ __all__ = [
     "__version__",
     "capture",
     "capture_batch",
+    "head_view",
     "heads_grid",
     "heatmap",
     "iter_capture",
     "load",
     "merge_subwords",
     "model_grid",
+    "model_view",
+    "neuron_view",
     "tokenize",
 ]

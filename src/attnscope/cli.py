@@ -145,8 +145,53 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     written.append(at.heads_grid(trace, layer=-1).save(folder / "heads_last_layer.png"))
     written.append(at.model_grid(trace).save(folder / "all_heads.png"))
     written.append(trace.save(folder / "trace.npz"))
+    from attnscope.render.views import all_views
+
+    view_trace = _capture_for_views(model, text, None, argparse.Namespace(no_truncate=False))
+    written.append(all_views(view_trace).save(folder / "view.html"))
     print(tokens.table())
     print()
+    print(f"{trace!r}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _capture_for_views(model, text: str, text_b: str | None, args: argparse.Namespace):
+    """Capture with queries and keys where the model's family supports them (for the neuron
+    view), else without."""
+    import inspect
+
+    import attnscope as at
+
+    options = {"truncate": not args.no_truncate, "merge_words": getattr(args, "words", False)}
+    if "qkv" in inspect.signature(at.capture).parameters and not options["merge_words"]:
+        try:
+            return at.capture(model, text, text_b, qkv=True, **options)
+        except AttnscopeError:
+            pass  # a family without q/k support: the neuron tab says so
+    return at.capture(model, text, text_b, **options)
+
+
+def _cmd_view(args: argparse.Namespace) -> int:
+    """One page with the head, model and neuron views and the tokens, plus optional figures."""
+    import attnscope as at
+    from attnscope.render.views import all_views
+
+    out = _output_path(args.output, (".html", ".htm"))
+    text, text_b = _read_text(args)
+    at.tokens.check_text(text)
+    model = at.load(args.model, device=args.device)
+    trace = _capture_for_views(model, text, text_b, args)
+    written = [all_views(trace, layer=args.layer).save(out)]
+    for suffix, wanted in ((".png", args.png), (".svg", args.svg)):
+        if not wanted:
+            continue
+        stem = out.with_suffix("")
+        written.append(at.head_view(trace, args.layer).save(f"{stem}-head{suffix}"))
+        written.append(at.model_view(trace).save(f"{stem}-model{suffix}"))
+        if trace.queries is not None:
+            written.append(at.neuron_view(trace, args.layer).save(f"{stem}-neuron{suffix}"))
     print(f"{trace!r}")
     for path in written:
         print(f"wrote {path}")
@@ -194,6 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=Path("attention.png"),
                    help="the figure file: .png, .svg or .pdf (default: attention.png)")
     p.set_defaults(func=_cmd_heatmap)
+
+    p = sub.add_parser("view", help="interactive head, model and neuron views in one HTML page",
+                       description="Write one self-contained HTML page (works offline) with the "
+                                   "head view, model view, neuron view and tokens of a text.")
+    _add_text_arguments(p)
+    _add_model_arguments(p)
+    p.add_argument("-l", "--layer", type=int, default=-1,
+                   help="layer shown first (default -1: the last)")
+    p.add_argument("-o", "--output", type=Path, default=Path("attention.html"),
+                   help="the page to write (default: attention.html)")
+    p.add_argument("--png", action="store_true",
+                   help="also write static figures NAME-head.png, NAME-model.png, NAME-neuron.png")
+    p.add_argument("--svg", action="store_true", help="the same figures as SVG")
+    p.set_defaults(func=_cmd_view)
 
     return parser
 

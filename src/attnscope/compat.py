@@ -1,0 +1,250 @@
+"""bertviz-compatible ``head_view`` and ``model_view``: switch a notebook by changing its import.
+
+    # from bertviz import head_view, model_view
+    from attnscope.compat import head_view, model_view
+
+    outputs = model(inputs, output_attentions=True)
+    head_view(outputs.attentions, tokens, sentence_b_start)   # shows the view inline
+
+The arguments are bertviz's: ``attention`` is a tuple (one entry per layer) of tensors
+``[1, H, T, T]``, torch or numpy; encoder-decoder models pass ``encoder_attention``,
+``decoder_attention`` and ``cross_attention`` (``[1, H, T_dec, T_enc]`` per layer) with
+``encoder_tokens`` and ``decoder_tokens``. The pages are attnscope's: offline, compact, drawn
+on canvas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from attnscope.errors import AttnscopeError, check_index
+from attnscope.render.views import AttnView
+from attnscope.trace import Trace
+
+__all__ = ["head_view", "model_view"]
+
+_SPECIAL = {"[CLS]", "[SEP]", "[PAD]", "[MASK]", "<s>", "</s>", "<pad>", "<|endoftext|>"}
+
+
+def head_view(
+    attention: Any = None,
+    tokens: Sequence[str] | None = None,
+    sentence_b_start: int | None = None,
+    prettify_tokens: bool = True,
+    layer: int | None = None,
+    heads: Sequence[int] | None = None,
+    encoder_attention: Any = None,
+    decoder_attention: Any = None,
+    cross_attention: Any = None,
+    encoder_tokens: Sequence[str] | None = None,
+    decoder_tokens: Sequence[str] | None = None,
+    include_layers: Sequence[int] | None = None,
+    html_action: str = "view",
+) -> AttnView | None:
+    """bertviz's ``head_view``: lines between tokens for one layer, one colour per head.
+
+    ``layer`` and ``heads`` choose what shows first (numbered as in the model, also with
+    ``include_layers``). With ``html_action="view"`` the view is displayed in the running
+    notebook and None is returned (outside a notebook the view is returned); with
+    ``"return"`` it is returned (it has ``.html``, ``.data`` and ``.save``).
+    """
+    trace, layers = _trace(attention, tokens, sentence_b_start, prettify_tokens,
+                           encoder_attention, decoder_attention, cross_attention,
+                           encoder_tokens, decoder_tokens, include_layers, None)
+    start = 0 if layer is None else _position(layer, layers, "layer")
+    view = AttnView(trace, ["head"], layer=start, heads=heads, layer_labels=layers)
+    return _act(view, html_action)
+
+
+def model_view(
+    attention: Any = None,
+    tokens: Sequence[str] | None = None,
+    sentence_b_start: int | None = None,
+    prettify_tokens: bool = True,
+    display_mode: str = "dark",
+    encoder_attention: Any = None,
+    decoder_attention: Any = None,
+    cross_attention: Any = None,
+    encoder_tokens: Sequence[str] | None = None,
+    decoder_tokens: Sequence[str] | None = None,
+    include_layers: Sequence[int] | None = None,
+    include_heads: Sequence[int] | None = None,
+    html_action: str = "view",
+) -> AttnView | None:
+    """bertviz's ``model_view``: every layer x head as a thumbnail; click one to open it.
+
+    ``display_mode`` is "dark" (bertviz's default) or "light"; ``include_layers`` and
+    ``include_heads`` keep only those layers and heads. ``html_action`` as in
+    :func:`head_view`.
+    """
+    trace, layers = _trace(attention, tokens, sentence_b_start, prettify_tokens,
+                           encoder_attention, decoder_attention, cross_attention,
+                           encoder_tokens, decoder_tokens, include_layers, include_heads)
+    head_labels = sorted(set(include_heads)) if include_heads is not None else None
+    view = AttnView(trace, ["model"], theme=display_mode, layer_labels=layers,
+                    head_labels=head_labels)
+    return _act(view, html_action)
+
+
+# ----- conversion ------------------------------------------------------------------------------
+
+def _stack(attention: Any, what: str) -> np.ndarray:
+    """bertviz's per-layer tuple of ``[1, H, Tq, Tk]`` (torch or numpy) as float32
+    ``[L, H, Tq, Tk]``; an array already shaped ``[L, H, Tq, Tk]`` passes through."""
+    if isinstance(attention, (tuple, list)):
+        if not attention:
+            raise AttnscopeError(f"{what} is empty: pass one [1, heads, tokens, tokens] per layer.")
+        layers = [_to_numpy(a, what) for a in attention]
+        shapes = {a.shape for a in layers}
+        if len(shapes) != 1:
+            raise AttnscopeError(f"The layers of {what} have different shapes: {sorted(shapes)}.")
+        stacked = np.stack(layers)  # (L, 1, H, Tq, Tk) or (L, H, Tq, Tk)
+    else:
+        stacked = _to_numpy(attention, what)
+    if stacked.ndim == 5:
+        if stacked.shape[1] != 1:
+            raise AttnscopeError(
+                f"{what} holds a batch of {stacked.shape[1]} inputs; pass one input (batch size 1)."
+            )
+        stacked = stacked[:, 0]  # (L, H, Tq, Tk)
+    if stacked.ndim != 4:
+        raise AttnscopeError(
+            f"{what} must be a tuple of per-layer [1, heads, tokens, tokens] arrays, got shape "
+            f"{list(stacked.shape)}."
+        )
+    return np.ascontiguousarray(stacked, dtype=np.float32)
+
+
+def _to_numpy(value: Any, what: str) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, on any device
+        value = value.detach().float().cpu().numpy()
+    try:
+        return np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise AttnscopeError(
+            f"{what} must hold torch tensors or numpy arrays, not {type(value).__name__}."
+        ) from None
+
+
+def _pretty(tokens: Sequence[str], prettify: bool) -> list[str]:
+    tokens = [str(t) for t in tokens]
+    if not prettify:
+        return tokens
+    # GPT-2/RoBERTa mark a leading space with "Ġ", SentencePiece with "▁".
+    marks = {"\u0120": " ", "\u2581": " ", "\u010a": "\\n"}
+    return ["".join(marks.get(ch, ch) for ch in t) for t in tokens]
+
+
+def _token_fields(tokens: list[str], sentence_b_start: int | None) -> dict[str, Any]:
+    n = len(tokens)
+    special = np.array([t.strip() in _SPECIAL for t in tokens], dtype=bool)
+    segment = np.zeros(n, dtype=np.int64)
+    if sentence_b_start is not None:
+        segment[sentence_b_start:] = 1
+    return {
+        "input_ids": np.zeros(n, dtype=np.int64),
+        "token_type_ids": segment.copy(),
+        "special_mask": special,
+        "word_ids": np.where(special, -1, np.arange(n)),
+        "offsets": np.full((n, 2), -1, dtype=np.int64),
+        "segment_ids": np.where(special, -1, segment),
+    }
+
+
+def _trace(attention, tokens, sentence_b_start, prettify, encoder_attention, decoder_attention,
+           cross_attention, encoder_tokens, decoder_tokens, include_layers,
+           include_heads) -> tuple[Trace, list[int]]:
+    """A Trace built from bertviz's arguments, and the layer numbers it keeps."""
+    if attention is not None:
+        if tokens is None:
+            raise AttnscopeError(
+                "Pass the tokens with the attention: head_view(attention, tokens)."
+            )
+        att = _stack(attention, "attention")
+        toks = _pretty(tokens, prettify)
+        dec = None
+    else:
+        if encoder_attention is None or encoder_tokens is None:
+            raise AttnscopeError(
+                "Pass attention and tokens, or encoder_attention with encoder_tokens (and for "
+                "the decoder, decoder_attention, cross_attention and decoder_tokens)."
+            )
+        att = _stack(encoder_attention, "encoder_attention")
+        toks = _pretty(encoder_tokens, prettify)
+        dec = None
+        if decoder_attention is not None or cross_attention is not None:
+            if decoder_attention is None or cross_attention is None or decoder_tokens is None:
+                raise AttnscopeError(
+                    "Pass decoder_attention, cross_attention and decoder_tokens together."
+                )
+            dec = (_stack(decoder_attention, "decoder_attention"),
+                   _stack(cross_attention, "cross_attention"), _pretty(decoder_tokens, prettify))
+    n = len(toks)
+    if att.shape[2:] != (n, n):
+        raise AttnscopeError(
+            f"The attention covers {att.shape[2]} tokens but {n} tokens were given."
+        )
+    if sentence_b_start is not None:
+        check_index(sentence_b_start, n, "sentence_b_start", "token positions")
+    layers = list(range(att.shape[0]))
+    if include_layers is not None:
+        layers = sorted({check_index(i, att.shape[0], "layer") for i in include_layers})
+        att = att[layers]  # (L_kept, H, T, T)
+    if include_heads is not None:
+        keep = sorted({check_index(h, att.shape[1], "head") for h in include_heads})
+        att = att[:, keep]  # (L, H_kept, T, T)
+    fields: dict[str, Any] = {}
+    architecture = "encoder"
+    if dec is not None:
+        dec_att, cross_att, dec_toks = dec
+        m = len(dec_toks)
+        if dec_att.shape[2:] != (m, m) or cross_att.shape[2:] != (m, n):
+            raise AttnscopeError(
+                f"decoder_attention must be [1, H, {m}, {m}] and cross_attention [1, H, {m}, {n}] "
+                f"per layer for {m} decoder and {n} encoder tokens."
+            )
+        if include_layers is not None:
+            dec_att, cross_att = dec_att[layers], cross_att[layers]  # (L_kept, H, ., .)
+        architecture = "encoder-decoder"
+        fields = {
+            "decoder_tokens": dec_toks,
+            "decoder_special_mask": np.array([t.strip() in _SPECIAL for t in dec_toks]),
+            "decoder_attentions": dec_att,
+            "cross_attentions": cross_att,
+        }
+    trace = Trace(
+        model_name="attention", model_type="unknown", architecture=architecture,
+        text=" ".join(toks), text_b=None, tokens=tuple(toks),
+        sentence_b_start=sentence_b_start, attentions=att,
+        hidden_states=np.zeros((att.shape[0] + 1, n, 0), dtype=np.float32),
+        **_token_fields(toks, sentence_b_start), **fields,
+    )
+    return trace, layers
+
+
+def _position(layer: int, layers: list[int], what: str) -> int:
+    """Where model layer number ``layer`` sits among the kept ``layers``."""
+    if layer in layers:
+        return layers.index(layer)
+    if layer < 0 and -len(layers) <= layer:
+        return layer % len(layers)
+    raise AttnscopeError(f"{what} {layer} is not shown: the view holds layers {layers}.")
+
+
+def _act(view: AttnView, html_action: str) -> AttnView | None:
+    if html_action == "return":
+        return view
+    if html_action != "view":
+        raise AttnscopeError(f"html_action must be 'view' or 'return', not {html_action!r}.")
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return view
+    if get_ipython() is None:
+        return view
+    display(view)
+    return None

@@ -1,0 +1,295 @@
+"""The interactive views in a real browser (Debian's Chromium driven by Playwright).
+
+One browser serves the whole session; every page records its console messages, page errors,
+dialogs and network requests, and each test asserts none of them went wrong.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import attnscope as at
+from attnscope import compat
+from attnscope.render.views import all_views
+
+pytestmark = pytest.mark.browser
+
+HOSTILE = ["[CLS]", "<img src=x onerror=alert(1)>", "</script><script>alert(1)</script>",
+           "&amp; \"quoted\" 'single'", "[SEP]"]
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=chromium_path,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )
+        yield b
+        b.close()
+
+
+class Opened:
+    """A page opened from a file, with what it logged and requested."""
+
+    def __init__(self, browser, path, *, timeout_ms=10_000):
+        self.page = browser.new_page(viewport={"width": 1400, "height": 900})
+        self.problems: list[str] = []
+        self.requests: list[str] = []
+        self.dialogs: list[str] = []
+        # (warnings are not counted: Chromium warns about this test's own pixel readbacks)
+        self.page.on("console", lambda m: m.type == "error"
+                     and self.problems.append(f"{m.type}: {m.text}"))
+        self.page.on("pageerror", lambda e: self.problems.append(f"pageerror: {e}"))
+        self.page.on("request", lambda r: self.requests.append(r.url))
+
+        def on_dialog(dialog):
+            self.dialogs.append(dialog.message)
+            dialog.dismiss()
+
+        self.page.on("dialog", on_dialog)
+        self.url = path.as_uri()
+        start = time.perf_counter()
+        self.page.goto(self.url)
+        self.page.wait_for_function(
+            "[...document.querySelectorAll('.attnscope-root')].every("
+            "r => r.dataset.ready || r.dataset.error)", timeout=timeout_ms)
+        self.seconds = time.perf_counter() - start
+
+    def js(self, expression, arg=None):
+        return self.page.evaluate(expression, arg)
+
+    def pixels(self, selector, index=0):
+        """(non-blank pixel count, checksum) of a canvas."""
+        return tuple(self.js(
+            """([sel, i]) => {
+                const c = document.querySelectorAll(sel)[i];
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                let n = 0, sum = 0;
+                for (let k = 0; k < d.length; k += 4) {
+                    if (d[k + 3] && (d[k] < 250 || d[k + 1] < 250 || d[k + 2] < 250)) n++;
+                    sum = (sum * 31 + d[k] + 3 * d[k + 1] + 7 * d[k + 2] + d[k + 3]) % 1000000007;
+                }
+                return [n, sum];
+            }""", [selector, index]))
+
+    def state(self, kind):
+        return self.js(f"document.querySelector('.attnscope-root').attnscope.views.{kind}.state")
+
+    def check_clean(self):
+        assert self.problems == []
+        assert self.dialogs == []
+        assert self.requests == [self.url], "the page requested something besides itself"
+        assert self.js("document.querySelector('.attnscope-root').dataset.error") is None
+        self.page.close()
+
+
+def _lines(trace, layer, heads, *, rows=None, cols=None, causal=False, min_v=3):
+    """How many lines the head view should draw: quantized weights >= 3/255."""
+    att = np.rint(np.asarray(trace.attentions[layer])[list(heads)] * 255)  # (h, T, T)
+    keep = att >= min_v
+    if causal:
+        keep &= np.tril(np.ones(att.shape[1:], dtype=bool))
+    if rows is not None:
+        keep[:, [i for i in range(att.shape[1]) if i not in rows], :] = False
+    if cols is not None:
+        keep[:, :, [j for j in range(att.shape[2]) if j not in cols]] = False
+    return int(keep.sum())
+
+
+def test_head_view_draws_and_reacts(browser, seed_pair_trace, tmp_path):
+    trace = seed_pair_trace
+    page = Opened(browser, at.head_view(trace, layer=-1).save(tmp_path / "head.html"))
+    st = page.state("head")
+    assert st["drawn"] == _lines(trace, 5, range(12))
+    blank = page.pixels(".as-hv-canvas")
+    assert blank[0] > 1000, "the canvas is blank"
+
+    page.page.click(".as-swatch[data-head='0']")  # hide head 0
+    assert page.state("head")["drawn"] == _lines(trace, 5, range(1, 12))
+    assert page.pixels(".as-hv-canvas") != blank
+
+    page.page.dblclick(".as-swatch[data-head='3']")  # head 3 alone
+    assert page.state("head")["drawn"] == _lines(trace, 5, [3])
+
+    alone = page.pixels(".as-hv-canvas")
+    page.page.select_option(".as-layer select", "0")
+    assert page.state("head")["layer"] == 0
+    assert page.state("head")["drawn"] == _lines(trace, 0, [3])
+    assert page.pixels(".as-hv-canvas") != alone
+
+    # sentence-pair filter: A -> B keeps queries of sentence A and keys of sentence B
+    b = trace.sentence_b_start
+    page.page.select_option(".as-filter select", "AB")
+    assert page.state("head")["drawn"] == _lines(trace, 0, [3], rows=range(b),
+                                                 cols=range(b, trace.num_tokens))
+    page.page.select_option(".as-filter select", "all")
+
+    # hovering query token 2 keeps only its lines (every weight >= 1/255)
+    page.page.hover(".as-hv-left .as-tok[data-index='2']")
+    assert page.state("head")["hover"] == {"side": "q", "index": 2}
+    assert page.state("head")["drawn"] == _lines(trace, 0, [3], rows=[2], min_v=1)
+    page.page.mouse.move(1300, 10)
+    assert page.state("head")["hover"] is None
+    page.check_clean()
+
+
+def test_head_view_causal_and_encoder_decoder(browser, tiny_models, tmp_path):
+    gpt2 = at.capture(tiny_models["gpt2"], "the cat sat on the mat")
+    page = Opened(browser, at.head_view(gpt2).save(tmp_path / "causal.html"))
+    assert page.state("head")["drawn"] == _lines(gpt2, 1, range(4), causal=True)
+    assert "Causal" in page.js("document.querySelector('.as-note').textContent")
+    page.check_clean()
+
+    t5 = at.capture(tiny_models["t5"], "the house is small", "das Haus ist klein")
+    page = Opened(browser, at.head_view(t5).save(tmp_path / "t5.html"))
+    options = page.js("[...document.querySelectorAll('.as-controls select')[0].options]"
+                      ".map(o => o.value)")
+    assert options == ["self", "decoder", "cross"]
+    page.page.select_option(".as-controls select >> nth=0", "cross")
+    left = page.js("[...document.querySelectorAll('.as-hv-left .as-tok')].map(n => n.textContent)")
+    right = page.js("[...document.querySelectorAll('.as-hv-right .as-tok')]"
+                    ".map(n => n.textContent)")
+    assert left == list(t5.decoder_tokens) and right == list(t5.tokens)
+    assert page.pixels(".as-hv-canvas")[0] > 0
+    page.check_clean()
+
+
+def test_model_view_thumbnails_open_and_isolate(browser, seed_pair_trace, tmp_path):
+    trace = seed_pair_trace
+    page = Opened(browser, at.model_view(trace).save(tmp_path / "model.html"))
+    assert page.js("document.querySelectorAll('.as-thumb').length") == 6 * 12
+    before = page.pixels(".as-thumb", 2 * 12 + 3)
+    assert before[0] > 0
+    page.page.click(".as-thumb[data-layer='2'][data-head='3']")
+    assert page.js("document.querySelector('.as-detail').hidden") is False
+    assert page.js("document.querySelector('.as-detail-title').textContent").endswith(
+        "layer 2, head 3")
+    assert page.pixels(".as-detail-canvas")[0] > 1000
+
+    page.page.hover(".as-tokstrip .as-tok[data-index='4']")
+    assert page.state("model")["hover"] == 4
+    after = page.pixels(".as-thumb", 2 * 12 + 3)
+    assert after != before
+    # every thumbnail row except token 4's is grey (232)
+    rows = page.js("""() => {
+        const c = document.querySelectorAll('.as-thumb')[27];
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const grey = [];
+        for (let r = 0; r < c.height; r++) grey.push(d[(r * c.width) * 4] === 232 &&
+                                                      d[(r * c.width) * 4 + 1] === 232);
+        return grey;
+    }""")
+    assert rows == [r != 4 for r in range(trace.num_tokens)]
+    page.page.mouse.move(5, 890)
+    assert page.state("model")["hover"] is None
+    page.check_clean()
+
+
+def test_neuron_view_scores_follow_queries_and_keys(browser, qk_trace, tmp_path):
+    trace = qk_trace
+    view = at.neuron_view(trace, layer=3, head=5, query=2)
+    page = Opened(browser, view.save(tmp_path / "neuron.html"))
+    assert page.pixels(".as-nv-canvas")[0] > 1000
+    q = trace.queries[3, 5, 2].astype(np.float16).astype(np.float64)
+    k = trace.keys[3, 5].astype(np.float16).astype(np.float64)
+    scale = 1 / np.sqrt(q.shape[0])
+    np.testing.assert_allclose(page.state("neuron")["scores"], k @ q * scale, atol=2e-2)
+    before = page.pixels(".as-nv-canvas")
+    page.page.select_option(".as-query select", "7")
+    scores = np.array(page.state("neuron")["scores"])
+    assert page.state("neuron")["query"] == 7
+    # the softmax of the shown scores is the model's attention row (BERT adds no bias here)
+    softmax = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+    np.testing.assert_allclose(softmax, trace.attentions[3, 5, 7], atol=1e-2)
+    assert page.pixels(".as-nv-canvas") != before
+    page.page.select_option(".as-layer select", "0")
+    assert page.state("neuron")["layer"] == 0
+    page.check_clean()
+
+
+def test_neuron_view_without_queries_says_how(browser, seed_pair_trace, tmp_path):
+    page = Opened(browser, at.neuron_view(seed_pair_trace).save(tmp_path / "n.html"))
+    text = page.js("document.querySelector('.as-missing').textContent")
+    assert "no query and key vectors" in text
+    page.check_clean()
+
+
+def test_hostile_tokens_are_text_and_run_nothing(browser, tmp_path):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 1, 3, 5, 5))
+    att = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    view = compat.head_view(tuple(att), HOSTILE, html_action="return")
+    everything = all_views(view.trace)
+    for name, v in (("head", view), ("all", everything)):
+        page = Opened(browser, v.save(tmp_path / f"{name}.html"))
+        shown = page.js("[...document.querySelectorAll('.as-hv-left .as-tok')]"
+                        ".map(n => n.textContent)")
+        assert shown == HOSTILE
+        assert page.js("document.querySelectorAll('img').length") == 0
+        assert page.js("document.querySelectorAll('script').length") == 2  # data + ours
+        if name == "all":
+            page.page.click("button.as-tab[data-kind='tokens']")
+            cells = page.js("[...document.querySelectorAll('.as-tokcell')]"
+                            ".map(n => n.textContent)")
+            assert cells == HOSTILE
+            page.page.click("button.as-tab[data-kind='model']")
+            page.page.click(".as-thumb >> nth=0")
+        page.check_clean()
+
+
+def test_views_in_one_document_do_not_collide(browser, seed_pair_trace, tmp_path):
+    fragments = [at.head_view(seed_pair_trace).fragment(), at.model_view(seed_pair_trace)
+                 .fragment(), at.head_view(seed_pair_trace, layer=0).fragment()]
+    doc = "<!DOCTYPE html><html><body>" + "<hr>".join(fragments) + "</body></html>"
+    path = tmp_path / "notebook.html"
+    path.write_text(doc, encoding="utf-8")
+    page = Opened(browser, path)
+    ids = page.js("[...document.querySelectorAll('.attnscope-root')].map(r => r.id)")
+    assert len(set(ids)) == 3
+    layers = page.js("[...document.querySelectorAll('.attnscope-root')]"
+                     ".map(r => r.attnscope.views.head && r.attnscope.views.head.state.layer)")
+    assert layers == [5, None, 0]
+    # a click in the first view leaves the third alone
+    page.page.click(".as-swatch[data-head='0'] >> nth=0")
+    active = page.js("[...document.querySelectorAll('.attnscope-root')].filter(r => r.attnscope"
+                     ".views.head).map(r => r.attnscope.views.head.state.active.size)")
+    assert active == [11, 12]
+    page.check_clean()
+
+
+def test_notebook_iframe_renders(browser, seed_pair_trace, tmp_path):
+    path = tmp_path / "cell.html"
+    cell = at.model_view(seed_pair_trace)._repr_html_()
+    path.write_text("<html><body>" + cell + "</body></html>", encoding="utf-8")
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(path.as_uri())
+    frame = page.frames[1]
+    frame.wait_for_selector(".attnscope-root[data-ready]", state="attached", timeout=10_000)
+    assert frame.evaluate("document.querySelectorAll('.as-thumb').length") == 72
+    assert errors == []
+    page.close()
+
+
+def test_512_token_page_opens_within_budget(browser, tmp_path):
+    # BERT-base shape: 12 layers x 12 heads x 512 x 512, softmax of random logits
+    rng = np.random.default_rng(1)
+    att = rng.standard_normal((12, 12, 512, 512), dtype=np.float32)
+    np.exp(att, out=att)
+    att /= att.sum(-1, keepdims=True)
+    tokens = ["[CLS]"] + [f"w{i}" for i in range(510)] + ["[SEP]"]
+    view = compat.model_view(tuple(att[:, None]), tokens, html_action="return")
+    page = Opened(browser, view.save(tmp_path / "big.html"), timeout_ms=20_000)
+    assert page.seconds < 6.0  # the benchmark's target is 3 s; allow for a busy test machine
+    assert page.js("document.querySelectorAll('.as-thumb').length") == 144
+    assert page.pixels(".as-thumb", 0)[0] > 0
+    page.page.click(".as-thumb >> nth=0")
+    assert page.pixels(".as-detail-canvas")[0] > 0
+    page.check_clean()
