@@ -8,6 +8,7 @@
 
 from attnscope.capture import capture, capture_batch, iter_capture
 from attnscope.errors import AttnscopeError
+from attnscope.explain import Explanation, explain
 from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
 from attnscope.render.static import AttnFigure, heads_grid, heatmap, model_grid
 from attnscope.render.views import AttnView, head_view, model_view, neuron_view
@@ -22,6 +23,7 @@ __all__ = [
     "AttnView",
     "AttnscopeError",
     "DEFAULT_MODEL_NAME",
+    "Explanation",
     "LoadedModel",
     "Tokenization",
     "Trace",
@@ -29,6 +31,7 @@ __all__ = [
     "__version__",
     "capture",
     "capture_batch",
+    "explain",
     "head_view",
     "heads_grid",
     "heatmap",

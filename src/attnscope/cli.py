@@ -198,6 +198,25 @@ def _cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    """Every step of one head's attention for one query token, as a table."""
+    import attnscope as at
+
+    if args.words:
+        raise AttnscopeError("explain works on tokens: leave out --words.")
+    text, text_b = _read_text(args)
+    at.tokens.check_text(text)
+    query = args.position if args.position is not None else args.token
+    if query is None:
+        raise AttnscopeError("Name the query token with --token WORD or --position N.")
+    model = at.load(args.model, device=args.device)
+    trace = at.capture(model, text, text_b, truncate=not args.no_truncate,
+                       qkv=args.part == "self")
+    explanation = at.explain(trace, args.layer, args.head, query, part=args.part, model=model)
+    print(explanation.table(dims=args.dims))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnscope",
@@ -253,6 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write static figures NAME-head.png, NAME-model.png, NAME-neuron.png")
     p.add_argument("--svg", action="store_true", help="the same figures as SVG")
     p.set_defaults(func=_cmd_view)
+
+    p = sub.add_parser("explain", help="every step of one head's attention for one token",
+                       description="Print, for one query token, its query vector, every key, "
+                                   "q⊙k, q·k, the scale, any bias or mask and the softmax, "
+                                   "beside the model's own attention row.")
+    _add_text_arguments(p)
+    _add_model_arguments(p)
+    p.add_argument("-l", "--layer", type=int, default=0, help="layer (default 0)")
+    p.add_argument("--head", type=int, default=0, help="head (default 0)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("-t", "--token", help="the query token, e.g. girl")
+    which.add_argument("-p", "--position", type=int, help="the query token's position")
+    p.add_argument("--part", default="self", choices=["self", "decoder", "cross"],
+                   help="which attention of an encoder-decoder model (default: self)")
+    p.add_argument("--dims", type=int, default=4,
+                   help="how many values of q⊙k to show per key (default 4)")
+    p.set_defaults(func=_cmd_explain)
 
     return parser
 

@@ -203,7 +203,7 @@ def relative_position_bias(bias: RelativePositionBias, t_q: int, t_k: int) -> to
     buckets = relative_position_buckets(
         t_q, t_k, bias.bidirectional, bias.num_buckets, bias.max_distance
     )  # (T_q, T_k)
-    table = torch.as_tensor(bias.table, dtype=torch.float32)  # (num_buckets, H)
+    table = torch.as_tensor(bias.table).detach().float()  # (num_buckets, H)
     return table[buckets].permute(2, 0, 1)  # (T_q, T_k, H) -> (H, T_q, T_k)
 
 
