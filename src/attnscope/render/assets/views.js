@@ -110,16 +110,32 @@ function halfToFloat(half) {
   return out;
 }
 
+async function inflate(bytes) {
+  if (typeof DecompressionStream === "undefined") {
+    throw new Error("this browser cannot open the view's compressed data; " +
+      "use a recent Chrome, Edge, Firefox or Safari.");
+  }
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+// An array spec's "b64" is one string, or a list of strings (one per first-axis slice, each
+// deflated on its own when "zlib" is set) that join into the array's bytes.
 async function decodeArray(spec) {
-  let bytes = base64Bytes(spec.b64);
+  const pieces = Array.isArray(spec.b64) ? spec.b64 : [spec.b64];
   spec.b64 = null; // the decoded copy is all we keep
-  if (spec.zlib) {
-    if (typeof DecompressionStream === "undefined") {
-      throw new Error("this browser cannot open the view's compressed data; " +
-        "use a recent Chrome, Edge, Firefox or Safari.");
+  const parts = await Promise.all(pieces.map((b64) => {
+    const raw = base64Bytes(b64);
+    return spec.zlib ? inflate(raw) : raw;
+  }));
+  let bytes = parts[0];
+  if (parts.length > 1) {
+    bytes = new Uint8Array(parts.reduce((n, part) => n + part.length, 0));
+    let at = 0;
+    for (const part of parts) {
+      bytes.set(part, at);
+      at += part.length;
     }
-    const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
-    bytes = new Uint8Array(await new Response(stream).arrayBuffer());
   }
   if (spec.dtype === "u8") return bytes;
   if (spec.dtype === "f16") {

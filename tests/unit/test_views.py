@@ -1,0 +1,156 @@
+"""Views without a browser: payload encoding, safe JSON, saving, errors, compat, the CLI."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+import attnscope as at
+from attnscope import compat
+from attnscope.cli import main
+from attnscope.render import html as page_html
+
+
+def _softmax_attention(layers, heads, tokens, seed=0):
+    logits = np.random.default_rng(seed).normal(size=(layers, heads, tokens, tokens))
+    att = np.exp(logits)
+    return (att / att.sum(-1, keepdims=True)).astype(np.float32)  # (L, H, T, T)
+
+
+def test_uint8_payload_round_trips_within_half_a_step():
+    att = _softmax_attention(3, 2, 7)
+    spec = page_html.encode_uint8(att)
+    assert spec["shape"] == [3, 2, 7, 7] and spec["dtype"] == "u8" and len(spec["b64"]) == 3
+    raw = b"".join(zlib.decompress(base64.b64decode(chunk)) for chunk in spec["b64"])
+    back = np.frombuffer(raw, dtype=np.uint8).reshape(att.shape) / 255.0
+    assert np.abs(back - att).max() <= 0.5 / 255 + 1e-7
+
+
+def test_float16_payload_round_trips():
+    values = np.random.default_rng(1).normal(size=(2, 3, 4, 5)).astype(np.float32) * 10
+    spec = page_html.encode_float16(values)
+    back = np.frombuffer(base64.b64decode(spec["b64"]), dtype="<f2").reshape(values.shape)
+    np.testing.assert_allclose(back, values, rtol=1e-3, atol=1e-3)
+
+
+def test_script_json_cannot_close_the_script_element():
+    data = {"tokens": ["</script><script>alert(1)</script>", "a & b", "\u2028"]}
+    text = page_html.script_json(data)
+    assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
+    assert json.loads(text) == data
+
+
+def test_page_is_self_contained_and_compact(seed_pair_trace):
+    page = at.model_view(seed_pair_trace).html
+    assert page.startswith("<!DOCTYPE html>")
+    assert not re.search(r"<script[^>]*\bsrc=", page)
+    assert not re.search(r"<link\b", page)
+    assert "http://" not in page and "https://" not in page
+    assert page.count("<script") == 2  # the data and the page script
+
+
+def test_bytes_per_weight_at_bert_base_shape():
+    att = _softmax_attention(12, 12, 128)
+    page = compat.model_view(tuple(att[:, None]), [f"t{i}" for i in range(128)],
+                             html_action="return").html
+    assert len(page.encode()) / att.size <= 1.1
+
+
+def test_views_save_html_and_figures(seed_pair_trace, tmp_path):
+    head = at.head_view(seed_pair_trace, layer=2, heads=[0, 5])
+    assert head.save(tmp_path / "h.html").read_text(encoding="utf-8") == head.html
+    png = head.save(tmp_path / "h.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    svg = at.model_view(seed_pair_trace).save(tmp_path / "m.svg").read_text(encoding="utf-8")
+    assert "<svg" in svg
+    frame = head._repr_html_()
+    assert frame.startswith("<iframe srcdoc=") and 'sandbox="allow-scripts"' in frame
+    assert "<script" not in frame  # the page is escaped inside the attribute
+
+
+def test_two_views_get_different_roots(seed_pair_trace):
+    a, b = at.head_view(seed_pair_trace).fragment(), at.head_view(seed_pair_trace).fragment()
+    id_a = re.search(r'id="(attnscope-[0-9a-f]+)"', a).group(1)
+    id_b = re.search(r'id="(attnscope-[0-9a-f]+)"', b).group(1)
+    assert id_a != id_b
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda t: at.head_view(t, layer=9), "layer 9 is out of range"),
+    (lambda t: at.head_view(t, heads=[12]), "head 12 is out of range"),
+    (lambda t: at.head_view(t, part="cross"), "Attention part 'cross' is not in this trace"),
+    (lambda t: at.neuron_view(t, query=40), "query token 40 is out of range"),
+    (lambda t: at.model_view(t, theme="blue"), "Unknown theme"),
+    (lambda t: at.head_view(t).save("x.gif"), "use .html, .png, .svg or .pdf"),
+    (lambda t: at.head_view(t).save("/no/such/dir/x.html"), "does not exist"),
+    (lambda t: at.neuron_view(t).figure(), "no query and key vectors"),
+    (lambda t: at.head_view(np.zeros((1, 1, 2, 2))), "needs a Trace"),
+])
+def test_mistakes_get_one_sentence(seed_pair_trace, call, message):
+    with pytest.raises(at.AttnscopeError, match=re.escape(message)):
+        call(seed_pair_trace)
+
+
+def test_neuron_figure_with_queries_and_keys(seed_pair_trace, tmp_path):
+    rng = np.random.default_rng(2)
+    shape = (6, 12, seed_pair_trace.num_tokens, 32)
+    trace = seed_pair_trace.replace(queries=rng.normal(size=shape).astype(np.float32),
+                                    keys=rng.normal(size=shape).astype(np.float32))
+    view = at.neuron_view(trace, layer=1, head=2, query=3)
+    qk = view.payload()["qk"]
+    assert qk["q"]["shape"] == list(shape) and qk["scales"] == [1 / np.sqrt(32)] * 6
+    assert view.save(tmp_path / "n.png").stat().st_size > 1000
+
+
+def test_compat_accepts_bertviz_tuples_of_torch_and_numpy():
+    att = _softmax_attention(4, 3, 6)
+    tokens = ["[CLS]", "\u0120the", "cat", "sat", "down", "[SEP]"]
+    as_torch = tuple(torch.from_numpy(att[layer][None]) for layer in range(4))  # 4 x (1, H, T, T)
+    view = compat.head_view(as_torch, tokens, sentence_b_start=3, layer=2, heads=[1],
+                            html_action="return")
+    assert view.trace.tokens[1] == " the"  # prettified
+    np.testing.assert_array_equal(view.trace.attentions, att)
+    assert view.layer == 2 and view.heads == [1] and view.trace.sentence_b_start == 3
+    model = compat.model_view(tuple(att[:, None]), tokens, include_layers=[1, 3],
+                              include_heads=[0, 2], html_action="return")
+    payload = model.payload()
+    assert payload["parts"][0]["layers"] == [1, 3] and payload["parts"][0]["heads"] == [0, 2]
+    assert payload["theme"] == "dark"
+    np.testing.assert_array_equal(model.trace.attentions, att[[1, 3]][:, [0, 2]])
+    assert compat.head_view(as_torch, tokens) is not None  # no notebook: the view comes back
+
+
+def test_compat_encoder_decoder_and_mistakes():
+    enc, dec = _softmax_attention(2, 2, 5), _softmax_attention(2, 2, 3)
+    cross = np.full((2, 1, 2, 3, 5), 0.2, dtype=np.float32)
+    view = compat.head_view(encoder_attention=tuple(enc[:, None]),
+                            decoder_attention=tuple(dec[:, None]), cross_attention=tuple(cross),
+                            encoder_tokens=list("abcde"), decoder_tokens=list("xyz"),
+                            html_action="return")
+    assert view.trace.parts == ("self", "decoder", "cross")
+    assert [p["name"] for p in view.payload()["parts"]] == ["self", "decoder", "cross"]
+    with pytest.raises(at.AttnscopeError, match="covers 5 tokens but 4 tokens"):
+        compat.head_view(tuple(enc[:, None]), list("abcd"))
+    with pytest.raises(at.AttnscopeError, match="batch of 2 inputs"):
+        compat.model_view(tuple(np.stack([enc, enc], 1)), list("abcde"))
+    with pytest.raises(at.AttnscopeError, match="html_action"):
+        compat.head_view(tuple(enc[:, None]), list("abcde"), html_action="show")
+
+
+def test_cli_view_writes_page_and_figures(tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "page.html"
+    status = main(["view", "the cat sat", "on the mat", "--model", str(tiny_dirs["bert"]),
+                   "-o", str(out), "--png"])
+    assert status == 0
+    page = out.read_text(encoding="utf-8")
+    assert '"kinds":["head","model","neuron","tokens"]' in page
+    for name in ("head", "model"):
+        assert (tmp_path / f"page-{name}.png").read_bytes().startswith(b"\x89PNG")
+    assert main(["view", "x", "-o", str(tmp_path / "page.txt")]) == 2
+    assert "must end in .html" in capsys.readouterr().err
