@@ -291,7 +291,7 @@ def explain(
     bias = None
     logits = scores.copy()
     if full_bias is not None:
-        bias = full_bias[head, qi].numpy().astype(np.float32)  # (T_k,)
+        bias = full_bias[head, qi].cpu().numpy().astype(np.float32)  # (T_k,)
         logits = logits + bias
     logits = np.where(visible, logits, -np.inf).astype(np.float32)
     # The same softmax as the hand-written attention, over the keys of this one row.

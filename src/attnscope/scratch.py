@@ -121,22 +121,22 @@ def _sdpa_torch(q, k, v, mask, causal, scale, bias):
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (..., T_q, T_k)
     if bias is not None:
         scores = scores + bias
-    visible = _visible(mask, causal, scores.shape[-2], scores.shape[-1], torch)
+    visible = _visible(mask, causal, scores.shape[-2], scores.shape[-1], torch, scores.device)
     if visible is not None:
-        scores = scores.masked_fill(~visible.to(scores.device), torch.finfo(scores.dtype).min)
+        scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
     weights = F.softmax(scores, dim=-1)  # over keys: each row sums to 1
     return torch.matmul(weights, v), weights  # (..., T_q, d_v), (..., T_q, T_k)
 
 
-def _visible(mask: Any, causal: bool, t_q: int, t_k: int, xp: Any) -> Any:
+def _visible(mask: Any, causal: bool, t_q: int, t_k: int, xp: Any, device: Any = None) -> Any:
     """Boolean ``[..., T_q, T_k]`` (broadcastable): True where a query may see a key."""
     visible = None
     if mask is not None:
-        visible = mask.bool() if xp is torch else np.asarray(mask).astype(bool)
+        visible = mask.bool().to(device) if xp is torch else np.asarray(mask).astype(bool)
     if causal:
         # Query i sees keys 0..i (+ any offset when there are more keys than queries).
         if xp is torch:
-            tri = torch.ones(t_q, t_k, dtype=torch.bool).tril(t_k - t_q)
+            tri = torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(t_k - t_q)
         else:
             tri = np.tril(np.ones((t_q, t_k), dtype=bool), t_k - t_q)
         visible = tri if visible is None else visible & tri
@@ -204,7 +204,7 @@ def relative_position_bias(bias: RelativePositionBias, t_q: int, t_k: int) -> to
         t_q, t_k, bias.bidirectional, bias.num_buckets, bias.max_distance
     )  # (T_q, T_k)
     table = torch.as_tensor(bias.table).detach().float()  # (num_buckets, H)
-    return table[buckets].permute(2, 0, 1)  # (T_q, T_k, H) -> (H, T_q, T_k)
+    return table[buckets.to(table.device)].permute(2, 0, 1)  # (T_q, T_k, H) -> (H, T_q, T_k)
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
