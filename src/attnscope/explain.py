@@ -242,6 +242,7 @@ def explain(
     """
     from attnscope.scratch import (
         layer_scale,
+        layer_window,
         recompute,
         relative_position_bias,
         scaled_dot_product_attention,
@@ -266,12 +267,14 @@ def explain(
         q = np.array(trace.queries[layer, head, qi])  # (d,)
         keys = np.array(trace.keys[layer, head])  # (T_k, d)
         scale = layer_scale(trace, layer)
+        window = layer_window(trace, layer)
         full_bias = stored_position_bias(trace)  # (H, T, T) or None
     elif model is not None:
         r = recompute(trace, layer=layer, model=model, part=part)
         q, keys = r.queries[head, qi], r.keys[head]  # (d,), (T_k, d)
         params = adapter.attention(model.model, layer, part)
         scale = float(params.scale)
+        window = params.sliding_window
         full_bias = None
         if params.position_bias is not None:
             full_bias = relative_position_bias(
@@ -284,7 +287,10 @@ def explain(
 
     causal = trace.is_causal if part == "self" else part == "decoder"
     n_keys = len(key_tokens)
-    visible = np.arange(n_keys) <= qi if causal else np.ones(n_keys, dtype=bool)
+    positions = np.arange(n_keys)
+    visible = positions <= qi if causal else np.ones(n_keys, dtype=bool)
+    if causal and window is not None:
+        visible &= positions > qi - window  # a sliding window: only the last `window` keys
     products = (q[None, :] * keys).astype(np.float32)  # (T_k, d): q ⊙ k_j
     dots = keys @ q  # (T_k,): q · k_j
     scores = (dots * np.float32(scale)).astype(np.float32)

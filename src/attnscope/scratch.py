@@ -75,6 +75,7 @@ def scaled_dot_product_attention(
     *,
     scale: float | None = None,
     bias: Any = None,
+    window: int | None = None,
 ) -> tuple[Any, Any]:
     """softmax(q @ k^T * scale + bias, over keys) @ v, in numpy or torch (same type as ``q``).
 
@@ -88,24 +89,27 @@ def scaled_dot_product_attention(
         scale: factor on the dot products; default ``1/sqrt(d)``. T5 uses 1.0.
         bias: added to the scaled scores, broadcastable to ``[..., T_q, T_k]`` (T5's relative
             position bias).
+        window: with ``causal``, each query sees only its last ``window`` keys (itself
+            included): Mistral's sliding window.
 
     Returns:
         ``(output [..., T_q, d_v], weights [..., T_q, T_k])``; every row of ``weights`` sums to 1
         over the keys.
     """
     if isinstance(q, torch.Tensor):
-        return _sdpa_torch(q, k, v, mask, causal, scale, bias)
-    return _sdpa_numpy(np.asarray(q), np.asarray(k), np.asarray(v), mask, causal, scale, bias)
+        return _sdpa_torch(q, k, v, mask, causal, scale, bias, window)
+    return _sdpa_numpy(np.asarray(q), np.asarray(k), np.asarray(v), mask, causal, scale, bias,
+                       window)
 
 
-def _sdpa_numpy(q, k, v, mask, causal, scale, bias):
+def _sdpa_numpy(q, k, v, mask, causal, scale, bias, window=None):
     d = q.shape[-1]
     if scale is None:
         scale = 1.0 / math.sqrt(d)
     scores = (q @ np.swapaxes(k, -1, -2)) * scale  # (..., T_q, T_k)
     if bias is not None:
         scores = scores + bias
-    visible = _visible(mask, causal, scores.shape[-2], scores.shape[-1], np)
+    visible = _visible(mask, causal, scores.shape[-2], scores.shape[-1], np, window=window)
     if visible is not None:
         # The most negative number, not -inf: exp() makes it exactly 0 after the shift, and a
         # row with nothing visible (a padding query) stays finite instead of NaN.
@@ -114,31 +118,38 @@ def _sdpa_numpy(q, k, v, mask, causal, scale, bias):
     return weights @ v, weights  # (..., T_q, d_v), (..., T_q, T_k)
 
 
-def _sdpa_torch(q, k, v, mask, causal, scale, bias):
+def _sdpa_torch(q, k, v, mask, causal, scale, bias, window=None):
     d = q.shape[-1]
     if scale is None:
         scale = 1.0 / math.sqrt(d)
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (..., T_q, T_k)
     if bias is not None:
         scores = scores + bias
-    visible = _visible(mask, causal, scores.shape[-2], scores.shape[-1], torch, scores.device)
+    visible = _visible(mask, causal, scores.shape[-2], scores.shape[-1], torch, scores.device,
+                       window)
     if visible is not None:
         scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
     weights = F.softmax(scores, dim=-1)  # over keys: each row sums to 1
     return torch.matmul(weights, v), weights  # (..., T_q, d_v), (..., T_q, T_k)
 
 
-def _visible(mask: Any, causal: bool, t_q: int, t_k: int, xp: Any, device: Any = None) -> Any:
+def _visible(
+    mask: Any, causal: bool, t_q: int, t_k: int, xp: Any, device: Any = None,
+    window: int | None = None,
+) -> Any:
     """Boolean ``[..., T_q, T_k]`` (broadcastable): True where a query may see a key."""
     visible = None
     if mask is not None:
         visible = mask.bool().to(device) if xp is torch else np.asarray(mask).astype(bool)
     if causal:
-        # Query i sees keys 0..i (+ any offset when there are more keys than queries).
-        if xp is torch:
-            tri = torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(t_k - t_q)
-        else:
-            tri = np.tril(np.ones((t_q, t_k), dtype=bool), t_k - t_q)
+        arange = torch.arange if xp is torch else np.arange
+        where = {"device": device} if xp is torch else {}
+        i = arange(t_q, **where)[:, None]  # (T_q, 1): query positions
+        j = arange(t_k, **where)[None, :]  # (1, T_k): key positions
+        offset = t_k - t_q  # more keys than queries: the queries are the last ones
+        tri = j <= i + offset  # (T_q, T_k): a query sees itself and earlier keys ...
+        if window is not None:
+            tri = tri & (j > i + offset - window)  # ... and only its last `window` of them
         visible = tri if visible is None else visible & tri
     return visible
 
@@ -260,6 +271,7 @@ class MultiHeadAttention(nn.Module):
         dropout: on the attention weights, in training mode only.
         rotary: rotary embeddings for q and k (LLaMA), or None.
         position_bias: T5's relative position bias, or None.
+        sliding_window: with ``causal``, each query sees only its last ``sliding_window`` keys.
     """
 
     def __init__(
@@ -276,6 +288,7 @@ class MultiHeadAttention(nn.Module):
         dropout: float = 0.0,
         rotary: Rotary | None = None,
         position_bias: RelativePositionBias | None = None,
+        sliding_window: int | None = None,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -285,6 +298,7 @@ class MultiHeadAttention(nn.Module):
         self.causal = causal
         self.rotary = rotary
         self.position_bias = position_bias
+        self.sliding_window = sliding_window
         d_kv = d_kv or d_model
         self.q_proj = nn.Linear(d_model, num_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(d_kv, self.num_kv_heads * self.head_dim, bias=bias)
@@ -302,7 +316,7 @@ class MultiHeadAttention(nn.Module):
             int(params.w_o.shape[0]), params.num_heads, num_kv_heads=params.num_kv_heads,
             head_dim=params.head_dim, d_kv=int(params.w_k.shape[1]), bias=has_bias,
             scale=params.scale, causal=params.causal, rotary=params.rotary,
-            position_bias=params.position_bias,
+            position_bias=params.position_bias, sliding_window=params.sliding_window,
         )
         assert in_dim == module.q_proj.in_features and out_dim == module.q_proj.out_features
         with torch.no_grad():
@@ -379,7 +393,8 @@ class MultiHeadAttention(nn.Module):
             bias = bias.to(q.device)
         key_mask = None if mask is None else mask.bool()[:, None, None, :]  # (B, 1, 1, T_k)
         heads, weights = scaled_dot_product_attention(
-            q, k, v, key_mask, self.causal, scale=self.scale, bias=bias
+            q, k, v, key_mask, self.causal, scale=self.scale, bias=bias,
+            window=self.sliding_window,
         )  # (B, H, T_q, d), (B, H, T_q, T_k)
         weights_used = self.dropout(weights)
         if weights_used is not weights:
@@ -592,7 +607,7 @@ def _from_stored_qkv(trace: Trace, layer: int) -> Recomputation:
     v = torch.from_numpy(np.array(trace.values[layer]))  # (H, T, d)
     _, weights = scaled_dot_product_attention(
         q, k, v, None, trace.is_causal, scale=layer_scale(trace, layer),
-        bias=stored_position_bias(trace),
+        bias=stored_position_bias(trace), window=layer_window(trace, layer),
     )
     return Recomputation(
         part="self", layer=layer, attentions=weights.numpy(),
@@ -610,6 +625,12 @@ def layer_scale(trace: Trace, layer: int) -> float:
         return float(trace.extra["attention_scale"])
     d = trace.queries.shape[-1] if trace.queries is not None else 1
     return 1.0 / math.sqrt(d)
+
+
+def layer_window(trace: Trace, layer: int) -> int | None:
+    """The sliding window of ``layer``'s attention from ``trace.extra``, or None."""
+    windows = trace.extra.get("sliding_windows")
+    return windows[layer] if windows else None
 
 
 def stored_position_bias(trace: Trace) -> torch.Tensor | None:

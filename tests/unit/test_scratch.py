@@ -177,3 +177,15 @@ def test_relative_buckets_match_t5():
     values = relative_position_bias(bias, 6, 6)  # (H, T, T)
     assert values.shape == (3, 6, 6)
     torch.testing.assert_close(values[2, 4, 1], table[buckets[4, 1], 2])
+
+
+def test_sliding_window_keeps_the_last_keys_only():
+    q, k, v = _qkv(5, (1, 6, 8))
+    _, w = scaled_dot_product_attention(q, k, v, causal=True, window=2)
+    _, w_t = scaled_dot_product_attention(*(torch.from_numpy(a) for a in (q, k, v)),
+                                          causal=True, window=2)
+    np.testing.assert_allclose(w, w_t.numpy(), atol=1e-6)
+    seen = w[0] > 0
+    expected = np.array([[j in (i - 1, i) for j in range(6)] for i in range(6)])
+    np.testing.assert_array_equal(seen, expected)
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-6)

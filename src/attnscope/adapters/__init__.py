@@ -8,7 +8,7 @@ an :class:`~attnscope.adapters.base.Adapter` subclass and calls :func:`register`
 name in ``_FAMILY_MODULES``.
 
     >>> attnscope.adapters.supported()
-    ('bart', 'bert', 'distilbert', 'electra', 'gpt2', 'llama', 'roberta', 't5')
+    ('bart', 'bert', 'distilbert', 'electra', 'gpt2', 'llama', 'mistral', 'qwen2', 'roberta', 't5')
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from attnscope.errors import AttnscopeError
 __all__ = ["Adapter", "AttentionParams", "HookPoints", "get_adapter", "register", "supported"]
 
 # The family modules in this folder; each registers its adapter when imported.
-_FAMILY_MODULES = ("bart", "bert", "distilbert", "electra", "gpt2", "llama", "roberta", "t5")
+_FAMILY_MODULES = (
+    "bart", "bert", "distilbert", "electra", "gpt2", "llama", "mistral", "qwen2", "roberta", "t5",
+)
 
 _REGISTRY: dict[str, Adapter] = {}
 _loaded = False

@@ -81,6 +81,8 @@ class AttentionParams:
         causal: whether a query may only see keys at or before its own position.
         rotary: RoPE applied to q and k before the dot product, or None.
         position_bias: T5's relative position bias added to the scores, or None.
+        sliding_window: a causal query sees only its last ``sliding_window`` keys (itself
+            included), as Mistral and some Qwen2 layers do; None for no window.
     """
 
     w_q: Any
@@ -98,6 +100,7 @@ class AttentionParams:
     causal: bool = False
     rotary: Rotary | None = None
     position_bias: RelativePositionBias | None = None
+    sliding_window: int | None = None
 
 
 @dataclass
@@ -185,6 +188,7 @@ class Adapter:
             "num_key_value_heads": first.num_kv_heads,
             "rotary": first.rotary is not None,
             "position_bias": bias.to_json() if bias is not None else None,
+            "sliding_windows": [p.sliding_window for p in params],
         }
 
     @property

@@ -2,6 +2,9 @@
 keys are rotated by rotary position embeddings (RoPE) before the dot product; fewer key/value
 heads than query heads (grouped-query attention: each key/value head serves H // H_kv query
 heads); causal; RMSNorm ``input_layernorm`` comes *before* attention.
+
+Mistral and Qwen2 share this layout (``mistral.py``, ``qwen2.py``) and may add a sliding window:
+a query then sees only its last ``sliding_window`` keys.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ class LlamaAdapter(Adapter):
         kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
         head_dim = int(attn.head_dim)
         rope = base.rotary_emb
+        # Qwen2 sets the window per layer on the module; Mistral in the config; LLaMA has none.
+        if hasattr(attn, "sliding_window"):
+            window = attn.sliding_window
+        else:
+            window = getattr(config, "sliding_window", None)
         w_q, b_q = linear(attn.q_proj)
         w_k, b_k = linear(attn.k_proj)
         w_v, b_v = linear(attn.v_proj)
@@ -41,6 +49,7 @@ class LlamaAdapter(Adapter):
             num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
             scale=default_scale(attn, head_dim), causal=True,
             rotary=Rotary(rope.inv_freq, float(getattr(rope, "attention_scaling", 1.0))),
+            sliding_window=int(window) if window is not None else None,
         )
 
     def pre_norm(self, model: Any, layer: int, part: str = "self") -> Any:
