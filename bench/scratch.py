@@ -90,6 +90,32 @@ def errors(model) -> list[tuple[str, int, float, float]]:
     return rows
 
 
+def windowed_models(tokenizer) -> list[tuple[str, object]]:
+    """Tiny random Mistral (sliding window 4) and Qwen2 (window 3 on layer 1), built here."""
+    import torch
+    from transformers import MistralConfig, MistralModel, Qwen2Config, Qwen2Model
+
+    import attnscope as at
+
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=37,
+                  max_position_embeddings=64)
+    torch.manual_seed(0)
+    built = [
+        ("tiny mistral (window 4)", MistralModel(MistralConfig(sliding_window=4, **common))),
+        ("tiny qwen2 (window 3)", Qwen2Model(Qwen2Config(
+            use_sliding_window=True, sliding_window=3, max_window_layers=1, **common))),
+    ]
+    out = []
+    for label, model in built:
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(torch.randn_like(param) * 0.05)
+        model.config._attn_implementation = "eager"
+        out.append((label, at.load(model, tokenizer=tokenizer, device="cpu")))
+    return out
+
+
 def main() -> None:
     import torch
 
@@ -120,6 +146,7 @@ def main() -> None:
         models = [("all-MiniLM-L6-v2 (bert)", model)]
         for family in TINY_FAMILIES:
             models.append((f"tiny {family}", at.load(build_tiny_model(family, root), "cpu")))
+        models += windowed_models(models[TINY_FAMILIES.index("llama") + 1][1].tokenizer)
         for label, m in models:
             for part, n_layers, worst, worst_explain in errors(m):
                 print(f"{label:<28}  {part:<8}  {n_layers:>6}  {worst:>10.1e}  "
