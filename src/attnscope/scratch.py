@@ -561,12 +561,11 @@ def _from_hidden_states(
             )
         if t.unit != "token":
             raise AttnscopeError("recompute needs a token-level Trace, not one merged into words.")
-    if part == "self":
-        x, x_mask = _pad([t.hidden_states[layer] for t in traces], device)  # (B, T, D), (B, T)
-        context, c_mask = None, x_mask
-    else:
-        x, x_mask = _pad([t.decoder_hidden_states[layer] for t in traces], device)  # (B, T_dec, D)
-        context, c_mask = None, x_mask
+    # The hidden states entering the layer: the encoder's (or only) stack, or the decoder's.
+    inputs = [t.hidden_states[layer] if part == "self" else t.decoder_hidden_states[layer]
+              for t in traces]
+    x, x_mask = _pad(inputs, device)  # (B, T, D), (B, T): 1 for real tokens, 0 for padding
+    context, c_mask = None, x_mask  # self attention: keys and values come from x too
     norm = adapter.pre_norm(base, layer, "decoder" if part == "cross" else part)
     attn_in = norm(x) if norm is not None else x
     if part == "cross":
