@@ -239,3 +239,11 @@ def test_sliding_window_families(windowed, family):
             if windows[layer] is not None:  # the window hides the early keys of a late query
                 assert e.visible.sum() == windows[layer]
                 assert t.attentions[layer, 1, -1, 0] == 0.0
+
+
+def test_sentence_pair_with_segment_embeddings(embedded, seed_pair_trace):
+    r = recompute(embedded, "leaves fall in autumn", 5,
+                  text_b="autumn is marked by colorful foliage")
+    assert r.attentions.shape[-1] == seed_pair_trace.num_tokens
+    assert r.max_abs_error <= TOL
+    np.testing.assert_allclose(r.attentions, seed_pair_trace.attentions[5], atol=TOL)
