@@ -13,7 +13,7 @@ Everything a transformer's attention does, in the order it does it:
 7. mix the values with those weights, put the heads side by side, project back to D.
 
 :func:`scaled_dot_product_attention` is steps 4-7 for one set of q, k, v (numpy or torch);
-:class:`SelfAttention` is the one-head module of the seed notebooks; :class:`MultiHeadAttention`
+:class:`SelfAttention` is the one-head module of the classic tutorials; :class:`MultiHeadAttention`
 is the whole thing, and can take its weights from a real model's layer
 (:meth:`MultiHeadAttention.from_model`). :func:`recompute` rebuilds a layer of a real model from
 the hidden states that entered it and compares with the attention the model itself returned.
@@ -229,7 +229,7 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 class SelfAttention(nn.Module):
     """One-head self-attention with Q/K/V projections, an optional mask and dropout.
 
-    The module of the seed notebook: it projects the whole width (no head split) and scales by
+    The module of the classic tutorials: it projects the whole width (no head split) and scales by
     sqrt(input_dim).
     """
 
