@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"attnscope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="the example sentence's tokens and attention figures, in a folder",
+    p = sub.add_parser("demo",
+                       help="the example sentence's tokens and attention figures, in a folder",
                        description="Write the tokenization table, heatmaps and the trace of one "
                                    f"sentence (default: {SEED_SENTENCE!r}) into a folder.")
     p.add_argument("text", nargs="?", help="another sentence to use")
