@@ -6,6 +6,17 @@
     at.heatmap(trace, layer=-1, head=0).save("head.png")
 """
 
+from attnscope.analysis import (
+    attention_flow,
+    attention_graph,
+    attention_norms,
+    attention_rollout,
+    head_patterns,
+    layer_trends,
+    pca,
+    report,
+    token_path,
+)
 from attnscope.capture import capture, capture_batch, iter_capture
 from attnscope.errors import AttnscopeError
 from attnscope.explain import Explanation, explain
@@ -29,17 +40,26 @@ __all__ = [
     "Trace",
     "TruncationWarning",
     "__version__",
+    "attention_flow",
+    "attention_graph",
+    "attention_norms",
+    "attention_rollout",
     "capture",
     "capture_batch",
     "explain",
+    "head_patterns",
     "head_view",
     "heads_grid",
     "heatmap",
     "iter_capture",
+    "layer_trends",
     "load",
     "merge_subwords",
     "model_grid",
     "model_view",
     "neuron_view",
+    "pca",
+    "report",
+    "token_path",
     "tokenize",
 ]

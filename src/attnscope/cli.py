@@ -149,6 +149,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     view_trace = _capture_for_views(model, text, None, argparse.Namespace(no_truncate=False))
     written.append(all_views(view_trace).save(folder / "view.html"))
+    from attnscope.analysis import report
+
+    written.append(report(view_trace, model).save(folder / "report.html"))
     print(tokens.table())
     print()
     print(f"{trace!r}")
@@ -214,6 +217,39 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                        qkv=args.part == "self")
     explanation = at.explain(trace, args.layer, args.head, query, part=args.part, model=model)
     print(explanation.table(dims=args.dims))
+    return 0
+
+
+def _cmd_heads(args: argparse.Namespace) -> int:
+    """Every head's pattern scores as a table, and optionally a layers x heads map of labels."""
+    from attnscope.analysis import head_patterns
+
+    out = _output_path(args.output, (".png", ".svg", ".pdf")) if args.output else None
+    gallery = _output_path(args.gallery, (".png", ".svg", ".pdf")) if args.gallery else None
+    _, trace = _load_and_capture(args)
+    table = head_patterns(trace, part=args.part)
+    print(f"{trace!r}")
+    print(table.to_text())
+    if out is not None:
+        print(f"wrote {table.label_map().save(out)}")
+    if gallery is not None:
+        print(f"wrote {table.gallery(trace).save(gallery)}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """One self-contained HTML page with every analysis of one text (or sentence pair)."""
+    import attnscope as at
+    from attnscope.analysis import report
+
+    out = _output_path(args.output, (".html", ".htm"))
+    text, text_b = _read_text(args)
+    at.tokens.check_text(text)
+    model = at.load(args.model, device=args.device)
+    trace = _capture_for_views(model, text, text_b, args)
+    page = report(trace, model, output=args.output_token)
+    print(f"{trace!r}")
+    print(f"wrote {page.save(out)}")
     return 0
 
 
@@ -290,6 +326,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dims", type=int, default=4,
                    help="how many values of q⊙k to show per key (default 4)")
     p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("heads", help="what each head does: pattern scores and labels",
+                       description="Score every head on previous/next/self/first/separator/"
+                                   "punctuation/duplicate/induction attention, entropy and "
+                                   "distance; print the table and draw a layers x heads map.")
+    _add_text_arguments(p)
+    _add_model_arguments(p)
+    p.add_argument("--part", default="self", choices=["self", "decoder"],
+                   help="which self-attention of an encoder-decoder model (default: self)")
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="draw the layers x heads map of labels here (.png, .svg or .pdf)")
+    p.add_argument("--gallery", type=Path, default=None,
+                   help="draw the best heads of each pattern here (.png, .svg or .pdf)")
+    p.set_defaults(func=_cmd_heads)
+
+    p = sub.add_parser("report", help="one HTML page with every analysis of a text",
+                       description="Write one self-contained HTML page: tokens, interactive "
+                                   "views, head patterns, rollout and flow, norm-based "
+                                   "attention, layer trends and PCA.")
+    _add_text_arguments(p)
+    _add_model_arguments(p)
+    p.add_argument("--output-token", type=int, default=None,
+                   help="output token whose rollout/flow relevance is charted "
+                        "(default: [CLS], or the last token of causal models)")
+    p.add_argument("-o", "--output", type=Path, default=Path("report.html"),
+                   help="the page to write (default: report.html)")
+    p.set_defaults(func=_cmd_report)
 
     return parser
 

@@ -1,0 +1,93 @@
+"""Hidden states in two dimensions: PCA of the input embeddings and of any layer's output.
+
+Needs scikit-learn (``pip install "attnscope[analysis]"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from attnscope.errors import AttnscopeError, check_index
+from attnscope.trace import Trace
+
+__all__ = ["Projection", "pca", "token_path"]
+
+
+def _pca_class():
+    try:
+        from sklearn.decomposition import PCA
+    except ImportError:
+        raise AttnscopeError(
+            "Embedding PCA needs scikit-learn: pip install 'attnscope[analysis]'."
+        ) from None
+    return PCA
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Points of hidden states projected to 2-D.
+
+    ``points`` float64 ``[N, 2]``; ``labels`` the token of each point; ``levels`` the hidden
+    state level of each point (0 = embeddings, l = output of layer l); ``positions`` the token
+    position of each point; ``explained`` the variance share of the two components.
+    """
+
+    points: np.ndarray
+    labels: tuple[str, ...]
+    levels: np.ndarray
+    positions: np.ndarray
+    explained: tuple[float, float]
+    model_name: str
+    title: str
+
+    def figure(self, *, path: bool = False):
+        """Scatter plot with token labels (``path=True``: points joined in level order)."""
+        from attnscope.analysis.figures import projection_figure
+
+        return projection_figure(self, path=path)
+
+
+def _project(x: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """``x`` ``[N, D]`` -> (``[N, 2]`` PCA coordinates, explained variance shares)."""
+    if x.shape[0] < 2:
+        raise AttnscopeError("PCA needs at least two points; give a longer text.")
+    pca = _pca_class()(n_components=2)
+    points = pca.fit_transform(x.astype(np.float64))  # (N, 2)
+    ratio = pca.explained_variance_ratio_
+    return points, (float(ratio[0]), float(ratio[1]))
+
+
+def pca(trace: Trace, level: int = 0, *, skip_special: bool = False) -> Projection:
+    """PCA of one level's hidden states ``trace.hidden_states[level]`` ``[T, D]`` to 2-D.
+
+    ``level`` 0 is the embedding output (the input embeddings), l the output of layer l;
+    negatives count from the end (-1: the last layer).
+    """
+    states = trace.hidden_states
+    level = check_index(level, states.shape[0], "hidden-state level")
+    keep = np.arange(trace.num_tokens)
+    if skip_special:
+        keep = keep[~np.asarray(trace.special_mask, dtype=bool)]
+    points, explained = _project(states[level][keep])
+    name = "input embeddings" if level == 0 else f"layer {level - 1} output"
+    return Projection(points, tuple(trace.tokens[i] for i in keep),
+                      np.full(len(keep), level), keep, explained, trace.model_name,
+                      f"{name} ({trace.unit}s)")
+
+
+def token_path(trace: Trace, token: int) -> Projection:
+    """One token's hidden state at every level, in the PCA plane of all tokens at all levels.
+
+    The PCA is fitted on ``hidden_states`` ``[L+1, T, D]`` flattened to ``[(L+1)*T, D]``, and
+    the returned points are the token's L+1 states in level order.
+    """
+    states = trace.hidden_states
+    token = check_index(token, trace.num_tokens, "token")
+    levels, n, dim = states.shape
+    points, explained = _project(states.reshape(levels * n, dim))  # ((L+1)*T, 2)
+    mine = points.reshape(levels, n, 2)[:, token]  # (L+1, 2)
+    return Projection(mine, tuple(f"{trace.tokens[token]}@{lv}" for lv in range(levels)),
+                      np.arange(levels), np.full(levels, token), explained, trace.model_name,
+                      f"path of {trace.tokens[token]!r} ({trace.unit} {token}) across layers")

@@ -1,0 +1,439 @@
+"""Attention rollout and attention flow (Abnar & Zuidema, 2020): how much each input token
+feeds each output token, through every layer.
+
+Both methods start from the same per-layer matrix, the attention with the residual connection
+added: ``R_l = 0.5 * mean_heads(A_l) + 0.5 * I``, rows renormalised to sum to 1 (the residual
+stream carries about as much of a token as attention brings in).
+
+* **Rollout** multiplies these matrices through the layers: ``R_{L-1} @ ... @ R_1 @ R_0``. Row
+  i is how output token i mixes the input tokens.
+* **Flow** reads the layers as one graph: a node per (level, token), levels 0 (the input) to L
+  (the last layer), and an edge from token i at level l+1 to token j at level l whose capacity
+  is ``R_l[i, j]``. The flow from output token i to input token j is the *maximum flow* from
+  node (L, i) to node (0, j).
+
+The paper computes flow with one networkx Edmonds-Karp maximum flow per pair, in pure Python.
+attnscope computes the same values (to a certified ``tol``, 1e-7 by default) with scipy's
+compiled Dinic solver. That solver takes integer capacities only, and rounding capacities to
+integers alone is *not* exact, so every value here comes with a proof:
+
+1. round the capacities down to integers (scaled by 2**30) and solve: the flow found is a real
+   flow of the true network, so its value is a lower bound;
+2. take a cut (the source's edges, the sink's edges, or the cut the integer solver ends on) and
+   add up its true capacities: that is an upper bound;
+3. if the two differ by more than ``tol``, solve again on the residual network of the flow found
+   so far, clipped to the gap and scaled up to it (each round shrinks the gap about a
+   million-fold), and add.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import numpy as np
+
+from attnscope.errors import AttnscopeError, check_index
+from attnscope.trace import Trace
+
+__all__ = [
+    "FlowResult",
+    "attention_flow",
+    "attention_rollout",
+    "max_flow",
+    "residual_attention",
+]
+
+_SCALE = float(2**30)  # integer capacities stay below 2**31 (scipy's int32) with room to spare
+_MAX_ROUNDS = 6
+_INT_MAX = 2**31 - 1
+_UNION_SCALE = float(2**31 - 2**26)  # a copy's flow (<= its bound) stays below int32's max
+
+
+def residual_attention(trace: Trace, part: str = "self") -> np.ndarray:
+    """Each layer's head-averaged attention with the residual added, ``[L, T, T]`` float64.
+
+    ``R_l = 0.5 * mean_h(A_l) + 0.5 * I`` with every row renormalised to sum to 1.
+    """
+    attentions, rows, cols = trace.part(part)
+    if len(rows) != len(cols):
+        raise AttnscopeError("Rollout and flow need self-attention; use part 'self' or 'decoder'.")
+    mean = attentions.astype(np.float64).mean(axis=1)  # (L, T, T)
+    eye = np.eye(mean.shape[-1])
+    residual = 0.5 * mean + 0.5 * eye
+    return residual / residual.sum(axis=-1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class FlowResult:
+    """How much each input token feeds each output token (rollout or flow).
+
+    ``values``: float64 ``[len(outputs), T]`` -- row k is output token ``outputs[k]`` (a
+    position at the last layer), column j is input token j. ``kind`` is "rollout" or "flow".
+    Rollout rows sum to 1; flow values are raw maximum-flow values in [0, 1] (use
+    :meth:`relevance` for a row normalised to sum to 1, as the paper plots it).
+    """
+
+    kind: str
+    values: np.ndarray
+    outputs: tuple[int, ...]
+    tokens: tuple[str, ...]
+    model_name: str
+    unit: str = "token"
+
+    def row(self, output: int) -> np.ndarray:
+        """Raw values of one output token, ``[T]`` (``output`` is a token position)."""
+        output = check_index(output, len(self.tokens), "output token")
+        if output not in self.outputs:
+            raise AttnscopeError(
+                f"Output token {output} was not computed; this result holds "
+                f"{_list(self.outputs)}."
+            )
+        return self.values[self.outputs.index(output)]
+
+    def relevance(self, output: int) -> np.ndarray:
+        """Input-token relevance for one output token, ``[T]``, normalised to sum to 1."""
+        row = self.row(output)
+        total = row.sum()
+        return row / total if total > 0 else row
+
+    def to_text(self, output: int | None = None, top: int = 10) -> str:
+        """The most relevant input tokens of one output token (default: the first computed)."""
+        output = self.outputs[0] if output is None else output
+        rel = self.relevance(output)
+        order = np.argsort(-rel, kind="stable")[:top]
+        lines = [f"{self.kind} for output {self.unit} {output} {self.tokens[output]!r}:"]
+        lines += [f"  {int(j):4d}  {self.tokens[j]!r:<20} {rel[j]:.4f}" for j in order]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        output = self.outputs[0]
+        rel = self.relevance(output)
+        cells = "".join(
+            f"<tr><td>{j}</td><td>{html.escape(tok)}</td><td>{rel[j]:.4f}</td></tr>"
+            for j, tok in enumerate(self.tokens)
+        )
+        return (f"<p>{self.kind} for output {html.escape(self.tokens[output])!s} ({output})</p>"
+                f"<table><tr><th>pos</th><th>input</th><th>relevance</th></tr>{cells}</table>")
+
+    def figure(self):
+        """The output x input matrix as a heatmap (an :class:`~attnscope.AttnFigure`)."""
+        from attnscope.analysis.figures import flow_matrix_figure
+
+        return flow_matrix_figure(self)
+
+    def bar(self, output: int | None = None):
+        """Bar chart of input-token relevance for one output token."""
+        from attnscope.analysis.figures import relevance_bar_figure
+
+        return relevance_bar_figure(self, self.outputs[0] if output is None else output)
+
+
+def _list(items: tuple[int, ...]) -> str:
+    shown = ", ".join(str(i) for i in items[:8])
+    return shown + (", ..." if len(items) > 8 else "")
+
+
+def default_output(trace: Trace) -> int:
+    """The output token whose relevance is shown by default: [CLS]-like first token for
+    encoders, the last token for causal models."""
+    return trace.num_tokens - 1 if trace.is_causal else 0
+
+
+def _outputs(trace: Trace, output: int | None) -> tuple[int, ...]:
+    if output is None:
+        return tuple(range(trace.num_tokens))
+    return (check_index(output, trace.num_tokens, "output token"),)
+
+
+def attention_rollout(trace: Trace, output: int | None = None) -> FlowResult:
+    """Attention rollout through every layer.
+
+    Returns a :class:`FlowResult` whose ``values`` ``[T_out, T]`` is
+    ``R_{L-1} @ ... @ R_0`` (see :func:`residual_attention`), or only its row ``output``.
+    """
+    residual = residual_attention(trace)  # (L, T, T)
+    joint = residual[0]
+    for layer in residual[1:]:
+        joint = layer @ joint  # (T, T): output of this layer over the input tokens
+    outputs = _outputs(trace, output)
+    return FlowResult("rollout", joint[list(outputs)], outputs, trace.tokens,
+                      trace.model_name, trace.unit)
+
+
+def attention_flow(trace: Trace, output: int | None = None, *, tol: float = 1e-7) -> FlowResult:
+    """Attention flow: the maximum flow from each output token to each input token.
+
+    Args:
+        trace: a captured Trace (self-attention of its encoder or decoder).
+        output: compute one output token's row only (T maximum flows instead of T*T).
+        tol: every value is within ``tol`` of the exact maximum flow (certified by a cut).
+
+    Returns:
+        A :class:`FlowResult` with raw maximum-flow ``values`` ``[T_out, T]``.
+    """
+    network = LayeredFlow(residual_attention(trace))
+    outputs = _outputs(trace, output)
+    values = network.values(outputs, tol=tol)  # (T_out, T)
+    return FlowResult("flow", values, outputs, trace.tokens, trace.model_name, trace.unit)
+
+
+class LayeredFlow:
+    """The layered attention graph of ``residual`` ``[L, T, T]``, ready for many max flows.
+
+    Only the nodes a flow from (L, s) to (0, t) can use are built: the source, every token of
+    levels L-1 .. 1, and the sink. The graph is stored once as CSR; each (s, t) pair only
+    rewrites the source's row (``R_{L-1}[s, :]``) and the sink's column (``R_0[:, t]``).
+
+    A second, sparse copy keeps only the ``keep`` largest edges of every middle row. Any flow
+    in it is a flow of the full graph, so when it reaches the full graph's bound (the cut
+    around the source or the sink) that value is proved exact; this is the usual case for
+    real attention and costs a fraction of the full solve. Otherwise the full graph is solved.
+    """
+
+    def __init__(self, residual: np.ndarray, keep: int = 8) -> None:
+        self.residual = residual
+        layers, n_tok, _ = residual.shape
+        self.layers, self.n_tok = layers, n_tok
+        if layers == 1:
+            return
+        self.full = self._graph(None)
+        self.sparse = self._graph(keep) if keep < n_tok and layers > 2 else None
+
+    def _graph(self, keep: int | None):
+        from scipy.sparse import csr_matrix
+
+        residual, layers, n_tok = self.residual, self.layers, self.n_tok
+        middle = layers - 1  # levels L-1 .. 1, each n_tok nodes
+        n = 2 + middle * n_tok
+        self.sink = n - 1
+        # Node 1 + k*T + i is token i of level L-1-k; edges of level L-1-k use R_{L-2-k}.
+        data = [residual[-1][0]]
+        indices = [1 + np.arange(n_tok)]
+        lengths = [n_tok]
+        for k in range(middle - 1):
+            block = residual[layers - 2 - k]  # (T, T)
+            mask = np.ones((n_tok, n_tok), dtype=bool)
+            if keep is not None:
+                # The largest edges out of every node and into every node.
+                mask[:] = False
+                rows_top = np.argsort(-block, axis=1, kind="stable")[:, :keep]  # (T, keep)
+                np.put_along_axis(mask, rows_top, True, axis=1)
+                cols_top = np.argsort(-block, axis=0, kind="stable")[:keep]  # (keep, T)
+                np.put_along_axis(mask, cols_top, True, axis=0)
+            row_ids, col_ids = np.nonzero(mask)  # row-major, so each row's columns are sorted
+            data.append(block[row_ids, col_ids])
+            indices.append(1 + (k + 1) * n_tok + col_ids)
+            lengths += mask.sum(axis=1).tolist()
+        data.append(residual[0][:, 0])
+        indices.append(np.full(n_tok, self.sink))
+        lengths += [1] * n_tok + [0]  # the last middle level's edges go to the sink; sink: none
+        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        return csr_matrix((np.concatenate(data), np.concatenate(indices).astype(np.int32),
+                           indptr), shape=(n, n))
+
+    def values(self, sources, tol: float = 1e-7, batch: int = 8) -> np.ndarray:
+        """Max flow from each of ``sources`` (last-level tokens) to every input token,
+        ``[len(sources), T]``.
+
+        Pairs are solved ``batch`` at a time as one graph (disjoint copies joined by a super
+        source and a super sink), first on the sparse graph, then on the full graph; a pair
+        whose value a trivial cut does not prove is solved alone by :meth:`value`.
+        """
+        sources = [int(s) for s in sources]
+        out = np.full((len(sources), self.n_tok), np.nan)
+        if self.layers == 1:
+            return self.residual[0][sources].astype(np.float64)
+        todo = [(row, s, t) for row, s in enumerate(sources) for t in range(self.n_tok)]
+        for graph in (self.sparse, self.full):
+            if graph is None or not todo:
+                continue
+            union = _Union(graph, self.n_tok, min(batch, len(todo)))
+            left = []
+            for start in range(0, len(todo), union.copies):
+                chunk = todo[start : start + union.copies]
+                found = union.solve(self.residual, [(s, t) for _, s, t in chunk], tol)
+                for (row, s, t), value in zip(chunk, found, strict=True):
+                    if np.isnan(value):
+                        left.append((row, s, t))
+                    else:
+                        out[row, t] = value
+            todo = left
+        for row, s, t in todo:
+            out[row, t] = self.value(s, t, tol)
+        return out
+
+    def value(self, source: int, sink: int, tol: float = 1e-7) -> float:
+        """Maximum flow from token ``source`` at the last level to token ``sink`` at level 0."""
+        if self.layers == 1:
+            return float(self.residual[0][source, sink])
+        first, last = self.residual[-1][source], self.residual[0][:, sink]
+        # The cuts {source} and {sink} bound the flow before any solving.
+        bound = min(float(first.sum()), float(last.sum()))
+        for graph in (self.sparse, self.full):
+            if graph is None:
+                continue
+            graph.data[: self.n_tok] = first
+            graph.data[-self.n_tok:] = last
+            found = _solve(graph, 0, self.sink, tol, bound, cuts_prove=graph is self.full)
+            if found is not None:
+                return found
+        raise AssertionError("the full graph always gives a value")
+
+
+class _Union:
+    """``copies`` disjoint copies of one layered graph in one CSR, for one scipy call.
+
+    Node ``k * n + v`` is node v of copy k; a super source feeds every copy's source and every
+    copy's sink drains into a super sink. Copies do not share edges, so the max flow of the
+    union splits into each copy's own max flow, read on its sink's edge to the super sink. Each
+    copy gets its own integer scale (its bound maps to about 2**31), and a copy's value counts
+    only when the trivial cut proves it (NaN otherwise).
+    """
+
+    def __init__(self, graph, n_tok: int, copies: int) -> None:
+        from scipy.sparse import csr_matrix
+
+        n, nnz = graph.shape[0], graph.nnz
+        self.n, self.nnz, self.n_tok, self.copies = n, nnz, n_tok, copies
+        self.base = graph.data.copy()
+        lengths = np.diff(graph.indptr)
+        lengths[-1] = 1  # every copy's sink gets one edge, to the super sink
+        per_copy = nnz + 1
+        self.super_source, super_sink = copies * n, copies * n + 1
+        offsets = (np.arange(copies) * n)[:, None]  # (K, 1)
+        indices = np.concatenate(
+            [graph.indices[None, :] + offsets, np.full((copies, 1), super_sink)], axis=1
+        ).ravel()  # (K * (nnz + 1),)
+        indices = np.concatenate([indices, np.arange(copies) * n])
+        all_lengths = np.concatenate([np.tile(lengths, copies), [copies, 0]])
+        indptr = np.concatenate([[0], np.cumsum(all_lengths)])
+        self.data = np.zeros(copies * per_copy + copies, dtype=np.int32)
+        self.graph = csr_matrix((self.data, indices.astype(np.int32), indptr.astype(np.int32)),
+                                shape=(copies * n + 2, copies * n + 2))
+        self.source_edges = np.arange(copies) * per_copy  # first edge of each copy's source
+        self.sink_edge = np.arange(copies) * per_copy + nnz  # each copy's sink -> super sink
+
+    def solve(self, residual: np.ndarray, pairs, tol: float) -> list[float]:
+        """Values of ``pairs`` [(source token, sink token), ...] (NaN where not proved)."""
+        from scipy.sparse.csgraph import maximum_flow
+
+        k, t_n, nnz = len(pairs), self.n_tok, self.nnz
+        caps = np.tile(self.base, (self.copies, 1))  # (K, nnz)
+        sources = [s for s, _ in pairs]
+        sinks = [t for _, t in pairs]
+        caps[:k, :t_n] = residual[-1][sources]  # each copy's source row
+        caps[:k, nnz - t_n:] = residual[0][:, sinks].T  # each copy's sink column
+        caps[k:] = 0  # unused copies of the last chunk carry nothing
+        bound = np.minimum(caps[:, :t_n].sum(1), caps[:, nnz - t_n:].sum(1))  # (K,)
+        scale = _UNION_SCALE / np.where(bound > 0, bound, 1.0)
+        ints = np.floor(np.minimum(caps, bound[:, None]) * scale[:, None])  # (K, nnz)
+        data = self.graph.data
+        data[:] = 0
+        body = data[: self.copies * (nnz + 1)].reshape(self.copies, nnz + 1)
+        body[:, :nnz] = ints
+        body[:, nnz] = _INT_MAX
+        data[self.copies * (nnz + 1):] = _INT_MAX  # super source -> each copy's source
+        result = maximum_flow(self.graph, self.super_source, self.super_source + 1,
+                              method="dinic")
+        # Flow out of the super source, one edge per copy (reverse edges read as <= 0).
+        flow = result.flow
+        row = flow.indptr[self.super_source], flow.indptr[self.super_source + 1]
+        cols, amounts = flow.indices[row[0]:row[1]], flow.data[row[0]:row[1]]
+        per_copy = np.zeros(self.copies)
+        forward = amounts > 0
+        per_copy[cols[forward] // self.n] = amounts[forward]
+        values = per_copy / scale
+        proved = bound - values <= tol
+        return [float(v) if ok else float("nan")
+                for v, ok in zip(values[:k], proved[:k], strict=True)]
+
+
+def max_flow(graph, source: int, sink: int, *, tol: float = 1e-7) -> float:
+    """Maximum flow value from ``source`` to ``sink`` of a graph of real capacities.
+
+    ``graph`` is a scipy sparse (or dense numpy) ``[N, N]`` matrix of non-negative capacities
+    (entry [u, v] is the capacity of edge u -> v). The result is within ``tol`` of the exact
+    maximum flow: see the module docstring for how it is proved.
+    """
+    from scipy.sparse import csr_matrix
+
+    graph = csr_matrix(graph, dtype=np.float64)
+    graph.sum_duplicates()
+    graph.sort_indices()
+    if graph.nnz and graph.data.min() < 0:
+        raise AttnscopeError("Capacities must be non-negative.")
+    n = graph.shape[0]
+    for node, what in ((source, "source"), (sink, "sink")):
+        check_index(node, n, what, "nodes")
+    if source % n == sink % n:
+        raise AttnscopeError("The source and the sink of a flow must be different nodes.")
+    source, sink = source % n, sink % n
+    out_source = float(graph[[source]].sum())
+    in_sink = float(graph.tocsc()[:, [sink]].sum())
+    found = _solve(graph, source, sink, tol, min(out_source, in_sink), cuts_prove=True)
+    assert found is not None
+    return found
+
+
+def _solve(graph, source: int, sink: int, tol: float, bound: float, *,
+           cuts_prove: bool) -> float | None:
+    """Max flow of ``graph`` (float CSR) by rounds of integer max flows on residual networks.
+
+    ``bound`` is an upper bound on the answer we want. With ``cuts_prove``, ``graph`` is the
+    network itself and the cut each round ends on is also an upper bound: the result is always
+    within ``tol``. Without it (a sparse part of the network), the result is returned only when
+    it comes within ``tol`` of ``bound``, else None.
+    """
+    total = 0.0
+    for _ in range(_MAX_ROUNDS):
+        if bound - total <= tol:
+            return total
+        value, cut, residual = _round(graph, source, sink, bound - total)
+        if not cuts_prove and total + cut < bound - tol:
+            return None  # this graph cannot carry the bound
+        total += value
+        if cuts_prove:
+            bound = min(bound, total - value + cut)
+        if bound - total <= tol:
+            return total
+        graph = residual()
+    return total if cuts_prove else None
+
+
+def _round(graph, source: int, sink: int, limit: float):
+    """One integer max flow on ``graph`` (float CSR, max flow known to be <= ``limit``).
+
+    Returns ``(value, cut, residual)``: ``value`` is the value of a real flow in ``graph``,
+    ``cut`` the true capacity of the cut the integer solver ended on (so value <= max flow <=
+    cut), and ``residual()`` builds the residual network of that flow.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import breadth_first_order, maximum_flow
+
+    scale = _SCALE / limit
+    # A flow of value <= limit never uses more than limit on an edge: clipping keeps the answer.
+    ints = np.floor(np.minimum(graph.data, limit) * scale).astype(np.int32)
+    int_graph = csr_matrix((ints, graph.indices, graph.indptr), shape=graph.shape)
+    result = maximum_flow(int_graph, source, sink, method="dinic")
+    value = result.flow_value / scale
+    flow = result.flow  # net flow in integer units, antisymmetric
+    # The cut the solver ends on: nodes still reachable from the source in its residual graph.
+    remaining = (int_graph - flow).tocsr()
+    remaining.data[remaining.data <= 0] = 0
+    remaining.eliminate_zeros()
+    reached = np.zeros(graph.shape[0], dtype=bool)
+    reached[breadth_first_order(remaining, source, directed=True, return_predecessors=False)] = True
+    rows = np.repeat(np.arange(graph.shape[0]), np.diff(graph.indptr))
+    crossing = reached[rows] & ~reached[graph.indices]
+    cut = float(graph.data[crossing].sum())
+
+    def residual():
+        # c - f forward, f backward (antiparallel edges merge, which keeps every value >= 0).
+        res = (graph - flow.astype(np.float64) / scale).tocsr()
+        res.data = np.maximum(res.data, 0.0)
+        res.eliminate_zeros()
+        res.sort_indices()
+        return res
+
+    return value, cut, residual

@@ -1,0 +1,86 @@
+"""Layer trends: how attention changes from the first layer to the last.
+
+For every layer, averaged over its heads and over the scored query rows (non-special tokens,
+as in :mod:`attnscope.analysis.patterns`):
+
+* ``entropy``: normalised entropy (1 = uniform over the keys a query can see, 0 = one key);
+* ``distance``: mean attention distance in positions;
+* ``special``: share of attention on special tokens ([CLS], [SEP], <s>...);
+* ``punctuation``: share of attention on punctuation tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from attnscope.analysis.patterns import _distance_score, _entropy_score, _targets, is_punctuation
+from attnscope.errors import AttnscopeError
+from attnscope.trace import Trace
+
+__all__ = ["LAYER_STATS", "LayerTrends", "layer_trends"]
+
+LAYER_STATS = ("entropy", "distance", "special", "punctuation")
+
+
+@dataclass(frozen=True)
+class LayerTrends:
+    """Per-layer statistics: ``values`` float64 ``[L, len(LAYER_STATS)]``; ``per_head``
+    ``[L, H, len(LAYER_STATS)]`` before averaging over heads."""
+
+    model_name: str
+    unit: str
+    values: np.ndarray
+    per_head: np.ndarray
+
+    def stat(self, name: str) -> np.ndarray:
+        """One statistic for every layer, ``[L]``."""
+        if name not in LAYER_STATS:
+            raise AttnscopeError(
+                f"Unknown layer statistic {name!r}; they are {', '.join(LAYER_STATS)}."
+            )
+        return self.values[:, LAYER_STATS.index(name)]
+
+    def to_text(self) -> str:
+        lines = ["layer  entropy  distance  special  punctuation"]
+        for layer, (e, d, s, p) in enumerate(self.values):
+            lines.append(f"{layer:5d}  {e:7.3f}  {d:8.2f}  {s:7.3f}  {p:11.3f}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{h}</th>" for h in ("layer", *LAYER_STATS))
+        rows = "".join(
+            "<tr>" + f"<td>{layer}</td>" + "".join(f"<td>{v:.3f}</td>" for v in row) + "</tr>"
+            for layer, row in enumerate(self.values)
+        )
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+    def figure(self):
+        """The four statistics against the layer, in one figure."""
+        from attnscope.analysis.figures import layer_trends_figure
+
+        return layer_trends_figure(self)
+
+
+def layer_trends(trace: Trace) -> LayerTrends:
+    """Per-layer entropy, distance and attention to special and punctuation tokens.
+
+    Reads ``trace.attentions`` ``[L, H, T, T]``; returns a :class:`LayerTrends`.
+    """
+    attn = trace.attentions
+    targets = _targets(trace.tokens, trace.special_mask, trace.is_causal)
+    rows = targets.rows
+    entropy = _entropy_score(attn, rows, targets.visible)  # (L, H)
+    distance = _distance_score(attn, rows)  # (L, H)
+    kept = attn[:, :, rows].astype(np.float64)  # (L, H, R, T)
+    total = kept.sum(axis=(2, 3))  # (L, H)
+    special = np.asarray(trace.special_mask, dtype=bool)
+    punct = np.array([is_punctuation(t) for t in trace.tokens]) & ~special
+    to_special = kept[..., special].sum(axis=(2, 3)) / total
+    to_punct = kept[..., punct].sum(axis=(2, 3)) / total
+    per_head = np.stack([entropy, distance, to_special, to_punct], axis=-1)  # (L, H, 4)
+    return LayerTrends(trace.model_name, trace.unit, np.nanmean(per_head, axis=1), per_head)

@@ -1,0 +1,404 @@
+"""What each head does: pattern scores for every layer and head of a Trace.
+
+Every score reads one head's attention ``A`` ``[T, T]`` (query rows, key columns, rows sum to
+1) and is averaged over the **scored rows**: the queries that are not special tokens ([CLS],
+[SEP], <s>, padding...), since what a [CLS] query looks at says little about the text. Special
+tokens stay in every row's denominator, so a head that pours its attention onto [SEP] scores
+low on previous-token even if the rest of its attention points backwards.
+
+Most scores are TransformerLens's ``detect_head`` "mul" score against a target pattern ``D``
+(1 where the pattern says to look, 0 elsewhere): ``sum(A * D) / sum(A)`` over the scored rows,
+that is, the share of their attention that lands where the pattern points. Targets never point
+at special tokens, except for the first-token and separator patterns, which are about them.
+For previous, next, duplicate and induction, only rows that have at least one target are
+scored (the first word has no previous word to look at, a word that occurs once no duplicate),
+so a perfect previous-token head scores exactly 1; with no such row the score is NaN.
+
+The scores (all in [0, 1] except ``distance``):
+
+* ``previous``: D[i, i-1] = 1 -- the token just before.
+* ``next``: D[i, i+1] = 1 -- the token just after (0 in causal models, which cannot look ahead).
+* ``self``: D[i, i] = 1 -- the query token itself.
+* ``first``: attention to position 0 ([CLS] in BERT, <s> or the first token in GPT-2).
+* ``separator``: attention to the special tokens after position 0 ([SEP], </s>, EOS); for
+  models with no such token (GPT-2), to the last token.
+* ``punctuation``: attention to tokens made only of punctuation (".", ",", "##!"...).
+* ``duplicate``: D[i, j] = 1 for j != i whose token equals token i (case-insensitive, without
+  sub-word markers); in causal models only earlier j can be seen.
+* ``induction`` (causal models only, NaN otherwise): D[i, j] = 1 when token j-1 equals token i
+  and j-1 < i: the token that followed an earlier copy of the current one.
+* ``broad``: normalised entropy, ``-sum_j A[i,j] log A[i,j] / log(n_i)`` with n_i the keys row
+  i can see (T, or i+1 in causal models); 1 for uniform attention, 0 for one key. Rows that see
+  a single key are skipped.
+* ``distance``: mean attention distance ``sum_j A[i, j] * |i - j|``, in tokens (or words).
+
+Each head also gets a **class** after Kovaleva et al. (2019), "Revealing the Dark Secrets of
+BERT": vertical, diagonal, vertical+diagonal, block or heterogeneous (see :func:`kovaleva_class`),
+and a **label**: the pattern among the mass scores with the highest value (at least
+``LABEL_THRESHOLD``), "broad" for a head spread out over everything, else "mixed".
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+
+from attnscope.errors import AttnscopeError, check_index
+from attnscope.trace import Trace
+
+__all__ = [
+    "KOVALEVA_CLASSES",
+    "LABEL_THRESHOLD",
+    "SCORES",
+    "HeadTable",
+    "head_patterns",
+    "kovaleva_class",
+]
+
+#: Score columns, in table order.
+SCORES = ("previous", "next", "self", "first", "separator", "punctuation", "duplicate",
+          "induction", "broad", "distance")
+#: Scores that are shares of attention mass and compete for a head's label.
+_MASS_SCORES = ("previous", "next", "self", "first", "separator", "punctuation", "duplicate",
+                "induction")
+KOVALEVA_CLASSES = ("vertical", "diagonal", "vertical+diagonal", "block", "heterogeneous")
+#: A head is labelled by its best mass score when that score reaches this share of attention.
+LABEL_THRESHOLD = 0.4
+#: A head with no such score is labelled "broad" when its normalised entropy reaches this.
+_BROAD_THRESHOLD = 0.8
+_SUBWORD_MARKS = ("##", "Ġ", "▁", "Ċ", "</w>")
+
+
+def _normalise(token: str) -> str:
+    """A token as text, for comparing: sub-word markers removed, lower case."""
+    for mark in _SUBWORD_MARKS:
+        token = token.replace(mark, "")
+    return token.strip().lower()
+
+
+def is_punctuation(token: str) -> bool:
+    """True for a token made only of punctuation characters ("." "," "##!" "Ġ...")."""
+    text = _normalise(token)
+    return bool(text) and all(unicodedata.category(c).startswith("P") for c in text)
+
+
+@dataclass(frozen=True)
+class _Targets:
+    """Target patterns and row masks for one token sequence (all ``[T, T]`` or ``[T]``)."""
+
+    rows: np.ndarray  # [T] bool: the scored query rows
+    patterns: dict[str, np.ndarray]  # name -> [T, T] float 0/1
+    needs_target: frozenset[str]  # patterns scored only on rows that have a target
+    visible: np.ndarray  # [T, T] bool: keys each query can see (causal mask)
+
+
+def _targets(tokens: tuple[str, ...], special: np.ndarray, causal: bool) -> _Targets:
+    n = len(tokens)
+    special = np.asarray(special, dtype=bool)
+    normal = ~special
+    idx = np.arange(n)
+    rel = idx[None, :] - idx[:, None]  # [T, T]: key position minus query position
+    plain_keys = normal[None, :]  # targets never point at special tokens...
+    visible = rel <= 0 if causal else np.ones((n, n), dtype=bool)
+    text = [_normalise(t) for t in tokens]
+    same = np.array([[a == b and a != "" for b in text] for a in text], dtype=bool)  # [T, T]
+    pats = {
+        "previous": (rel == -1) & plain_keys,
+        "next": (rel == 1) & plain_keys,
+        "self": (rel == 0) & plain_keys,
+        "duplicate": same & (rel != 0) & plain_keys & visible,
+    }
+    # ...except these two, which are about the special tokens themselves.
+    first = np.zeros((n, n), dtype=bool)
+    first[:, 0] = True
+    pats["first"] = first
+    seps = [i for i in range(1, n) if special[i]] or [n - 1]
+    sep = np.zeros((n, n), dtype=bool)
+    sep[:, seps] = True
+    pats["separator"] = sep & visible
+    punct = np.array([is_punctuation(t) for t in tokens]) & normal
+    pats["punctuation"] = np.broadcast_to(punct[None, :], (n, n)) & visible
+    if causal:
+        # Key j is an induction target of query i when token j-1 equals token i, j-1 < i.
+        induction = np.zeros((n, n), dtype=bool)
+        induction[:, 1:] = same[:, :-1] & (rel[:, :-1] < 0)
+        pats["induction"] = induction & plain_keys & visible
+    return _Targets(
+        rows=normal,
+        patterns={k: v.astype(np.float32) for k, v in pats.items()},
+        needs_target=frozenset({"previous", "next", "duplicate", "induction"}),
+        visible=visible,
+    )
+
+
+def _mul_score(attn: np.ndarray, pattern: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``sum(A * D) / sum(A)`` over the rows in ``rows``, per head.
+
+    ``attn`` ``[L, H, T, T]``, ``pattern`` ``[T, T]``, ``rows`` ``[T]`` bool -> ``[L, H]``
+    (NaN when no row is scored).
+    """
+    if not rows.any():
+        return np.full(attn.shape[:2], np.nan)
+    kept = attn[:, :, rows]  # (L, H, R, T)
+    hit = np.einsum("lhrt,rt->lh", kept, pattern[rows], optimize=True)
+    return hit / kept.sum(axis=(2, 3))
+
+
+def _entropy_score(attn: np.ndarray, rows: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """Mean normalised entropy of the scored rows that see at least two keys -> ``[L, H]``."""
+    seen = visible.sum(axis=1)  # [T]: keys each query can see
+    keep = rows & (seen > 1)
+    if not keep.any():
+        return np.full(attn.shape[:2], np.nan)
+    p = attn[:, :, keep].astype(np.float64)  # (L, H, R, T)
+    plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    entropy = -plogp.sum(axis=-1) / np.log(seen[keep])  # (L, H, R)
+    return entropy.mean(axis=-1)
+
+
+def _distance_score(attn: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Mean attention distance (in positions) of the scored rows -> ``[L, H]``."""
+    n = attn.shape[-1]
+    idx = np.arange(n)
+    dist = np.abs(idx[None, :] - idx[:, None]).astype(np.float32)  # (T, T)
+    if not rows.any():
+        return np.full(attn.shape[:2], np.nan)
+    per_row = np.einsum("lhrt,rt->lhr", attn[:, :, rows], dist[rows], optimize=True)
+    return per_row.mean(axis=-1)
+
+
+def _kovaleva_parts(attn: np.ndarray, rows: np.ndarray, segments: np.ndarray
+                    ) -> dict[str, np.ndarray]:
+    """The three shares :func:`kovaleva_class` reads, each ``[L, H]``.
+
+    * ``diagonal``: attention within one position of the query (|i - j| <= 1).
+    * ``vertical``: attention on the few keys every row looks at: the k = ceil(T / 10) key
+      columns that receive the most attention from the scored rows.
+    * ``block``: attention within the query's own sentence for sentence pairs, else within a
+      local window of 2 to 4 positions away (a block wider than the diagonal).
+    """
+    n = attn.shape[-1]
+    if not rows.any():
+        nan = np.full(attn.shape[:2], np.nan)
+        return {"diagonal": nan, "vertical": nan, "block": nan}
+    kept = attn[:, :, rows].astype(np.float64)  # (L, H, R, T)
+    total = kept.sum(axis=(2, 3))  # (L, H)
+    idx = np.arange(n)
+    gap = np.abs(idx[None, :] - idx[:, None])[rows]  # (R, T)
+    diagonal = np.einsum("lhrt,rt->lh", kept, (gap <= 1).astype(np.float64)) / total
+    column_mass = kept.sum(axis=2)  # (L, H, T)
+    k = max(1, math.ceil(n / 10))
+    top = -np.sort(-column_mass, axis=-1)[..., :k].sum(axis=-1)  # (L, H)
+    vertical = top / total
+    seg = np.asarray(segments)
+    if (seg == 0).any() and (seg == 1).any():
+        own = (seg[rows][:, None] == seg[None, :]) & (seg[None, :] >= 0)  # (R, T)
+    else:
+        own = (gap >= 2) & (gap <= 4)
+    block = np.einsum("lhrt,rt->lh", kept, own.astype(np.float64)) / total
+    return {"diagonal": diagonal, "vertical": vertical, "block": block}
+
+
+def kovaleva_class(diagonal: float, vertical: float, block: float) -> str:
+    """Kovaleva et al.'s class of a head from its three shares (see ``_kovaleva_parts``).
+
+    vertical+diagonal when both shares reach 0.25 and together 0.6; else diagonal when the
+    diagonal share reaches 0.5; vertical when the vertical share does; block when the block
+    share reaches 0.6; heterogeneous otherwise. (Kovaleva et al. classified heatmaps with a
+    small CNN trained on hand labels; these rules are attnscope's stand-in that needs none.)
+    """
+    if any(math.isnan(x) for x in (diagonal, vertical, block)):
+        return "heterogeneous"
+    if diagonal >= 0.25 and vertical >= 0.25 and diagonal + vertical >= 0.6:
+        return "vertical+diagonal"
+    if diagonal >= 0.5:
+        return "diagonal"
+    if vertical >= 0.5:
+        return "vertical"
+    if block >= 0.6:
+        return "block"
+    return "heterogeneous"
+
+
+@dataclass(frozen=True)
+class HeadTable:
+    """Pattern scores of every head. ``scores`` is float64 ``[L, H, len(SCORES)]`` in the order
+    of :data:`SCORES`; ``labels`` and ``classes`` are ``[L, H]`` string arrays; ``label_scores``
+    ``[L, H]`` is the score behind each label (NaN for "mixed")."""
+
+    model_name: str
+    tokens: tuple[str, ...]
+    unit: str
+    part: str
+    scores: np.ndarray
+    labels: np.ndarray
+    label_scores: np.ndarray
+    classes: np.ndarray
+    kovaleva: dict[str, np.ndarray]
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.scores.shape[1])
+
+    def score(self, name: str) -> np.ndarray:
+        """One score for every head, ``[L, H]``."""
+        if name not in SCORES:
+            raise AttnscopeError(f"Unknown score {name!r}; the scores are {', '.join(SCORES)}.")
+        return self.scores[:, :, SCORES.index(name)]
+
+    def records(self) -> list[dict]:
+        """One dict per head: layer, head, label, label_score, class and every score."""
+        out = []
+        for layer in range(self.num_layers):
+            for head in range(self.num_heads):
+                row = {"layer": layer, "head": head, "label": str(self.labels[layer, head]),
+                       "label_score": float(self.label_scores[layer, head]),
+                       "class": str(self.classes[layer, head])}
+                row.update({name: float(self.scores[layer, head, i])
+                            for i, name in enumerate(SCORES)})
+                out.append(row)
+        return out
+
+    def best(self, name: str, n: int = 3) -> list[tuple[int, int, float]]:
+        """The ``n`` heads with the highest ``name`` score: [(layer, head, score), ...]."""
+        values = self.score(name)
+        flat = np.where(np.isnan(values), -np.inf, values).ravel()
+        order = np.argsort(-flat, kind="stable")[:n]
+        return [(int(i // self.num_heads), int(i % self.num_heads), float(flat[i]))
+                for i in order if np.isfinite(flat[i])]
+
+    def find(self, name: str, threshold: float) -> list[tuple[int, int, float]]:
+        """Every head whose ``name`` score exceeds ``threshold``, best first."""
+        return [b for b in self.best(name, self.num_layers * self.num_heads) if b[2] > threshold]
+
+    def to_pandas(self):
+        """The table as a pandas DataFrame (needs pandas, which attnscope does not require)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise AttnscopeError(
+                "to_pandas needs pandas: pip install pandas (or use records())."
+            ) from None
+        return pd.DataFrame.from_records(self.records())
+
+    def to_text(self) -> str:
+        """A plain-text table, one line per head."""
+        short = {"previous": "prev", "punctuation": "punct", "separator": "sep",
+                 "duplicate": "dup", "induction": "induct", "distance": "dist"}
+        header = ["layer", "head", "label", "score", "class"] + [short.get(s, s) for s in SCORES]
+        body = []
+        for r in self.records():
+            cells = [str(r["layer"]), str(r["head"]), r["label"], _fmt(r["label_score"]),
+                     r["class"]] + [_fmt(r[s], 1 if s == "distance" else 2) for s in SCORES]
+            body.append(cells)
+        widths = [max(len(row[c]) for row in [header, *body]) for c in range(len(header))]
+        lines = ["  ".join(c.rjust(w) if i not in (2, 4) else c.ljust(w)
+                           for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+                 for row in [header, *body]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>"
+                       for h in ("layer", "head", "label", "score", "class", *SCORES))
+        rows = []
+        for r in self.records():
+            cells = [r["layer"], r["head"], r["label"], _fmt(r["label_score"]), r["class"]]
+            cells += [_fmt(r[s], 1 if s == "distance" else 2) for s in SCORES]
+            rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
+                        + "</tr>")
+        return (f'<table class="attnscope-heads"><thead><tr>{head}</tr></thead>'
+                f"<tbody>{''.join(rows)}</tbody></table>")
+
+    def label_map(self):
+        """Layers x heads map of labels (an :class:`~attnscope.AttnFigure`)."""
+        from attnscope.analysis.figures import label_map_figure
+
+        return label_map_figure(self)
+
+    def gallery(self, trace: Trace, patterns=None, n: int = 3):
+        """For each pattern, the ``n`` best heads' heatmaps (an :class:`~attnscope.AttnFigure`).
+
+        ``patterns`` defaults to every mass score that some head has above 0.3 (and ``broad``).
+        """
+        from attnscope.analysis.figures import gallery_figure
+
+        return gallery_figure(self, trace, patterns, n)
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def head_patterns(trace: Trace, part: str = "self") -> HeadTable:
+    """Score every head of ``trace`` on every pattern (see the module docstring).
+
+    Args:
+        trace: a Trace (token- or word-level, from ``capture(..., merge_words=True)`` or
+            :func:`attnscope.merge_subwords`).
+        part: "self" (encoder or decoder-only self-attention) or "decoder" (the decoder of an
+            encoder-decoder model); cross attention has no diagonal to score.
+
+    Returns:
+        A :class:`HeadTable` with ``scores`` ``[L, H, len(SCORES)]``, labels and classes.
+    """
+    if part == "cross":
+        raise AttnscopeError("Head patterns score self-attention; use part 'self' or 'decoder'.")
+    attn, tokens, _ = trace.part(part)
+    if part == "decoder":
+        special = trace.decoder_special_mask
+        segments = np.zeros(len(tokens), dtype=np.int64)
+        causal = True
+    else:
+        special, segments, causal = trace.special_mask, trace.segment_ids, trace.is_causal
+    targets = _targets(tokens, special, causal)
+    rows = targets.rows
+    columns = {}
+    for name, pattern in targets.patterns.items():
+        use = rows & (pattern.sum(axis=1) > 0) if name in targets.needs_target else rows
+        columns[name] = _mul_score(attn, pattern, use)
+    if "induction" not in columns:
+        columns["induction"] = np.full(attn.shape[:2], np.nan)
+    columns["broad"] = _entropy_score(attn, rows, targets.visible)
+    columns["distance"] = _distance_score(attn, rows)
+    scores = np.stack([columns[name] for name in SCORES], axis=-1).astype(np.float64)
+
+    mass = np.stack([columns[name] for name in _MASS_SCORES], axis=-1)  # (L, H, M)
+    filled = np.where(np.isnan(mass), -np.inf, mass)
+    best = filled.argmax(axis=-1)  # (L, H)
+    best_value = np.take_along_axis(filled, best[..., None], axis=-1)[..., 0]
+    names = np.array(_MASS_SCORES, dtype=object)[best]
+    broad = columns["broad"]
+    labels = np.where(best_value >= LABEL_THRESHOLD, names,
+                      np.where(broad >= _BROAD_THRESHOLD, "broad", "mixed"))
+    label_scores = np.where(best_value >= LABEL_THRESHOLD, best_value,
+                            np.where(broad >= _BROAD_THRESHOLD, broad, np.nan))
+
+    parts = _kovaleva_parts(attn, rows, segments)
+    layers, heads = attn.shape[:2]
+    classes = np.array([[kovaleva_class(float(parts["diagonal"][la, h]),
+                                        float(parts["vertical"][la, h]),
+                                        float(parts["block"][la, h]))
+                         for h in range(heads)] for la in range(layers)], dtype=object)
+    return HeadTable(
+        model_name=trace.model_name, tokens=tuple(tokens), unit=trace.unit, part=part,
+        scores=scores, labels=labels.astype(str), label_scores=label_scores.astype(np.float64),
+        classes=classes.astype(str), kovaleva=parts,
+    )
+
+
+def head_index(table: HeadTable, layer: int, head: int) -> tuple[int, int]:
+    """Check a (layer, head) pair against ``table``; negatives count from the end."""
+    return (check_index(layer, table.num_layers, "layer"),
+            check_index(head, table.num_heads, "head"))
