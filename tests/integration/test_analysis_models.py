@@ -1,0 +1,172 @@
+"""Head analysis on real models: the embedded all-MiniLM-L6-v2 and tiny random families."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import attnscope as at
+from attnscope.analysis.patterns import SCORES
+from attnscope.words import word_groups
+
+TEXT = ("The girl poured water into a tall glass until it overflowed, and the boy laughed "
+        "while the cat watched the water spill across the kitchen floor.")
+
+
+@pytest.fixture(scope="module")
+def text_trace(embedded):
+    return at.capture(embedded, TEXT, qkv=True)
+
+
+def test_embedded_model_has_previous_and_next_token_heads(text_trace):
+    table = at.head_patterns(text_trace)
+    assert table.scores.shape == (6, 12, len(SCORES))
+    previous = table.find("previous", 0.5)
+    following = table.find("next", 0.5)
+    assert previous, "no previous-token head above 0.5"
+    assert following, "no next-token head above 0.5"
+    layer, head, score = previous[0]
+    assert table.labels[layer, head] == "previous"
+    # The score is the share of attention on the token just before, over the plain rows.
+    matrix = text_trace.attentions[layer, head]
+    plain = np.flatnonzero(~text_trace.special_mask)
+    rows = [i for i in plain if i - 1 in plain]
+    assert score == pytest.approx(np.mean([matrix[i, i - 1] for i in rows]), abs=1e-5)
+
+
+def test_word_merge_carries_through(embedded):
+    words = at.capture(embedded, "Autumn foliage overflowed spectacularly.", merge_words=True)
+    tokens = at.capture(embedded, "Autumn foliage overflowed spectacularly.")
+    assert words.num_tokens < tokens.num_tokens
+    w = words.num_tokens
+    assert at.head_patterns(words).tokens == words.tokens
+    assert at.attention_rollout(words).values.shape == (w, w)
+    assert at.attention_flow(words, output=0).values.shape == (1, w)
+    assert at.layer_trends(words).values.shape == (6, 4)
+    assert at.pca(words, -1).points.shape == (w, 2)
+    norms = at.attention_norms(words, embedded)
+    assert norms.norms.shape == (6, 12, w, w)
+    # Word norms are the token norms merged like attention: the mean over a word's query
+    # tokens of the sum over a key word's tokens.
+    token_norms = at.attention_norms(tokens, embedded).norms
+    groups = word_groups(tokens.word_ids)
+    for qi, q_group in enumerate(groups):
+        for ki, k_group in enumerate(groups):
+            expected = token_norms[:, :, q_group][:, :, :, k_group].sum(-1).mean(-1)
+            np.testing.assert_allclose(norms.norms[:, :, qi, ki], expected, rtol=1e-4,
+                                       atol=1e-6)
+
+
+def test_norms_match_bert_output_projection(embedded, text_trace):
+    norms = at.attention_norms(text_trace, embedded)
+    bert = embedded.model
+    layer, head, d = 3, 5, 32
+    values = text_trace.values[layer, head]  # (T, d), value bias included
+    dense = bert.encoder.layer[layer].attention.output.dense.weight.detach().numpy()  # (D, D)
+    f = values @ dense[:, head * d:(head + 1) * d].T  # (T, D), output bias left out
+    expected = text_trace.attentions[layer, head] * np.linalg.norm(f, axis=1)[None, :]
+    np.testing.assert_allclose(norms.norms[layer, head], expected, rtol=1e-4, atol=1e-6)
+    weight_share, norm_share = norms.special_share()
+    assert norm_share < weight_share  # attention to [CLS]/[SEP] carries little
+
+
+def test_norms_on_grouped_query_llama(tiny_models):
+    model = tiny_models["llama"]
+    trace = at.capture(model, "hello there world", qkv=True)
+    norms = at.attention_norms(trace, model)
+    lm = model.model
+    layer = 1
+    attn = lm.layers[layer].self_attn
+    with torch.no_grad():
+        x = lm.layers[layer].input_layernorm(torch.from_numpy(np.array(trace.hidden_states[layer])))
+        v = attn.v_proj(x)  # (T, H_kv * d)
+    kv_heads, d = model.model.config.num_key_value_heads, attn.head_dim
+    v = v.numpy().reshape(len(trace.tokens), kv_heads, d)  # (T, H_kv, d)
+    w_o = attn.o_proj.weight.detach().numpy()  # (D, H * d)
+    for head in range(trace.num_heads):
+        kv = head // (trace.num_heads // kv_heads)  # query heads share their key/value head
+        f = v[:, kv] @ w_o[:, head * d:(head + 1) * d].T  # (T, D)
+        expected = trace.attentions[layer, head] * np.linalg.norm(f, axis=1)[None, :]
+        np.testing.assert_allclose(norms.norms[layer, head], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_norms_need_the_right_model(tiny_models, text_trace):
+    with pytest.raises(at.AttnscopeError, match="needs the model"):
+        at.attention_norms(text_trace)
+    with pytest.raises(at.AttnscopeError, match="pass the model the trace was captured with"):
+        at.attention_norms(text_trace, tiny_models["gpt2"])
+
+
+def test_every_tiny_family_is_analysed(tiny):
+    trace = at.capture(tiny, "hello there world, hello", qkv=True)
+    table = at.head_patterns(trace)
+    assert table.scores.shape == (tiny.num_layers, tiny.num_heads, len(SCORES))
+    broad = table.score("broad")
+    assert np.all((broad >= 0) & (broad <= 1 + 1e-6))
+    rollout = at.attention_rollout(trace)
+    np.testing.assert_allclose(rollout.values.sum(1), 1.0, atol=1e-6)
+    flow = at.attention_flow(trace, output=-1)
+    assert np.all(flow.values <= 1 + 1e-6) and np.all(flow.values >= 0)
+    assert at.attention_norms(trace, tiny).norms.shape == trace.attentions.shape
+    if trace.is_causal:
+        assert not np.isnan(table.score("induction")).all()
+        assert np.all(table.score("next") == 0)  # causal heads cannot look ahead
+
+
+def test_figures_save(text_trace, embedded, tmp_path):
+    table = at.head_patterns(text_trace)
+    flow = at.attention_flow(text_trace, output=0)
+    figures = {
+        "map.png": table.label_map(),
+        "gallery.png": table.gallery(text_trace, ["previous", "next"], n=2),
+        "rollout.svg": at.attention_rollout(text_trace).figure(),
+        "bar.png": flow.bar(),
+        "graph.svg": at.attention_graph(text_trace, 0, 2),
+        "graph2.png": at.attention_graph(text_trace, -1, layout="columns"),
+        "norms.png": at.attention_norms(text_trace, embedded).figure(-1, 0),
+        "layers.png": at.layer_trends(text_trace).figure(),
+        "pca.png": at.pca(text_trace, 0).figure(),
+        "path.png": at.token_path(text_trace, 3).figure(path=True),
+    }
+    for name, fig in figures.items():
+        path = fig.save(tmp_path / name)
+        assert path.stat().st_size > 2000, name
+    svg = (tmp_path / "graph.svg").read_text()
+    assert "girl" in svg  # token labels are drawn as text
+    with pytest.raises(at.AttnscopeError, match="Unknown layout"):
+        at.attention_graph(text_trace, layout="spring")
+    with pytest.raises(at.AttnscopeError, match="Unknown pattern"):
+        table.gallery(text_trace, ["sideways"])
+
+
+def test_token_path_runs_through_every_level(text_trace):
+    path = at.token_path(text_trace, 2)
+    assert path.points.shape == (7, 2)
+    assert list(path.levels) == list(range(7))
+    with pytest.raises(at.AttnscopeError, match="out of range"):
+        at.pca(text_trace, 9)
+
+
+def test_report_is_self_contained_and_escaped(embedded, tmp_path):
+    trace = at.capture(embedded, "a <b>bold</b> & risky <script>alert(1)</script> text",
+                       qkv=True)
+    page = at.report(trace, embedded).save(tmp_path / "report.html").read_text()
+    for section in ("Tokens", "What each head does", "Attention rollout and flow",
+                    "Norm-based attention", "Layer trends", "PCA", "Interactive views"):
+        assert section in page
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;" in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) >= 10
+    assert base64.b64decode(images[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.count('class="attnscope-root"') == 2  # head view and model view
+
+
+def test_report_without_model_says_how_to_add_norms(seed_pair_trace):
+    page = at.report(seed_pair_trace, views=False).html
+    assert "Pass the model" in page and "Interactive views left out" in page
