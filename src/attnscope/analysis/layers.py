@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attnscope.analysis.patterns import _distance_score, _entropy_score, _targets, is_punctuation
+from attnscope.analysis.patterns import _distance_score, _entropy_score, _seen, is_punctuation
 from attnscope.errors import AttnscopeError
 from attnscope.trace import Trace
 
@@ -72,14 +72,13 @@ def layer_trends(trace: Trace) -> LayerTrends:
     Reads ``trace.attentions`` ``[L, H, T, T]``; returns a :class:`LayerTrends`.
     """
     attn = trace.attentions
-    targets = _targets(trace.tokens, trace.special_mask, trace.is_causal)
-    rows = targets.rows
-    entropy = _entropy_score(attn, rows, targets.visible)  # (L, H)
+    special = np.asarray(trace.special_mask, dtype=bool)
+    rows = np.flatnonzero(~special)
+    entropy = _entropy_score(attn, rows, _seen(trace.num_tokens, trace.is_causal))  # (L, H)
     distance = _distance_score(attn, rows)  # (L, H)
     kept = attn[:, :, rows].astype(np.float64)  # (L, H, R, T)
     total = kept.sum(axis=(2, 3))  # (L, H)
-    special = np.asarray(trace.special_mask, dtype=bool)
-    punct = np.array([is_punctuation(t) for t in trace.tokens]) & ~special
+    punct = np.array([is_punctuation(t) for t in trace.tokens], dtype=bool) & ~special
     to_special = kept[..., special].sum(axis=(2, 3)) / total
     to_punct = kept[..., punct].sum(axis=(2, 3)) / total
     per_head = np.stack([entropy, distance, to_special, to_punct], axis=-1)  # (L, H, 4)

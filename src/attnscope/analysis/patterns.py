@@ -87,93 +87,104 @@ def is_punctuation(token: str) -> bool:
 
 
 @dataclass(frozen=True)
-class _Targets:
-    """Target patterns and row masks for one token sequence (all ``[T, T]`` or ``[T]``)."""
+class _Target:
+    """Where one pattern points, as index lists (cheap to gather from ``[L, H, T, T]``).
 
-    rows: np.ndarray  # [T] bool: the scored query rows
-    patterns: dict[str, np.ndarray]  # name -> [T, T] float 0/1
-    needs_target: frozenset[str]  # patterns scored only on rows that have a target
-    visible: np.ndarray  # [T, T] bool: keys each query can see (causal mask)
+    ``rows`` ``[R]``: the scored query rows. Either ``q``, ``k`` ``[P]``: the target (query,
+    key) pairs, or ``cols`` ``[C]``: target key columns shared by every scored row.
+    """
+
+    rows: np.ndarray
+    q: np.ndarray | None = None
+    k: np.ndarray | None = None
+    cols: np.ndarray | None = None
 
 
-def _targets(tokens: tuple[str, ...], special: np.ndarray, causal: bool) -> _Targets:
+def _pairs(mask: np.ndarray) -> _Target:
+    """A target from a boolean ``[T, T]`` pattern; only rows with a target are scored."""
+    q, k = np.nonzero(mask)
+    return _Target(rows=np.unique(q), q=q, k=k)
+
+
+def _targets(tokens: tuple[str, ...], special: np.ndarray, causal: bool) -> dict[str, _Target]:
+    """Every pattern's targets for one token sequence (see the module docstring)."""
     n = len(tokens)
     special = np.asarray(special, dtype=bool)
-    normal = ~special
+    plain = ~special
+    plain_rows = np.flatnonzero(plain)
     idx = np.arange(n)
     rel = idx[None, :] - idx[:, None]  # [T, T]: key position minus query position
-    plain_keys = normal[None, :]  # targets never point at special tokens...
+    both_plain = plain[:, None] & plain[None, :]  # targets never point at special tokens...
     visible = rel <= 0 if causal else np.ones((n, n), dtype=bool)
-    text = [_normalise(t) for t in tokens]
-    same = np.array([[a == b and a != "" for b in text] for a in text], dtype=bool)  # [T, T]
-    pats = {
-        "previous": (rel == -1) & plain_keys,
-        "next": (rel == 1) & plain_keys,
-        "self": (rel == 0) & plain_keys,
-        "duplicate": same & (rel != 0) & plain_keys & visible,
+    text = np.array([_normalise(t) for t in tokens], dtype=object)
+    same = (text[:, None] == text[None, :]) & (text[:, None] != "")  # [T, T]
+    targets = {
+        "previous": _pairs((rel == -1) & both_plain),
+        "next": _pairs((rel == 1) & both_plain),
+        "self": _pairs((rel == 0) & both_plain),
+        "duplicate": _pairs(same & (rel != 0) & both_plain & visible),
+        # ...except these, which are about the special tokens (or punctuation) themselves.
+        "first": _Target(rows=plain_rows, cols=np.array([0])),
+        "separator": _Target(rows=plain_rows,
+                             cols=np.array([i for i in range(1, n) if special[i]] or [n - 1])),
+        "punctuation": _Target(rows=plain_rows, cols=np.flatnonzero(
+            np.array([is_punctuation(t) for t in tokens], dtype=bool) & plain)),
     }
-    # ...except these two, which are about the special tokens themselves.
-    first = np.zeros((n, n), dtype=bool)
-    first[:, 0] = True
-    pats["first"] = first
-    seps = [i for i in range(1, n) if special[i]] or [n - 1]
-    sep = np.zeros((n, n), dtype=bool)
-    sep[:, seps] = True
-    pats["separator"] = sep & visible
-    punct = np.array([is_punctuation(t) for t in tokens]) & normal
-    pats["punctuation"] = np.broadcast_to(punct[None, :], (n, n)) & visible
     if causal:
         # Key j is an induction target of query i when token j-1 equals token i, j-1 < i.
         induction = np.zeros((n, n), dtype=bool)
         induction[:, 1:] = same[:, :-1] & (rel[:, :-1] < 0)
-        pats["induction"] = induction & plain_keys & visible
-    return _Targets(
-        rows=normal,
-        patterns={k: v.astype(np.float32) for k, v in pats.items()},
-        needs_target=frozenset({"previous", "next", "duplicate", "induction"}),
-        visible=visible,
-    )
+        targets["induction"] = _pairs(induction & both_plain & visible)
+    return targets
 
 
-def _mul_score(attn: np.ndarray, pattern: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``sum(A * D) / sum(A)`` over the rows in ``rows``, per head.
+def _mul_score(attn: np.ndarray, row_sums: np.ndarray, target: _Target) -> np.ndarray:
+    """``sum(A * D) / sum(A)`` over the target's scored rows, per head.
 
-    ``attn`` ``[L, H, T, T]``, ``pattern`` ``[T, T]``, ``rows`` ``[T]`` bool -> ``[L, H]``
+    ``attn`` ``[L, H, T, T]``, ``row_sums`` ``[L, H, T]`` (``attn.sum(-1)``) -> ``[L, H]``
     (NaN when no row is scored).
     """
-    if not rows.any():
+    if target.rows.size == 0:
         return np.full(attn.shape[:2], np.nan)
-    kept = attn[:, :, rows]  # (L, H, R, T)
-    hit = np.einsum("lhrt,rt->lh", kept, pattern[rows], optimize=True)
-    return hit / kept.sum(axis=(2, 3))
+    total = row_sums[:, :, target.rows].sum(axis=-1)  # (L, H)
+    if target.cols is not None:
+        # (L, H, T, C) -> the scored rows -> (L, H)
+        hit = attn[:, :, :, target.cols][:, :, target.rows].sum(axis=(2, 3))
+    else:
+        hit = attn[:, :, target.q, target.k].sum(axis=-1)  # (L, H, P) -> (L, H)
+    return hit / total
 
 
-def _entropy_score(attn: np.ndarray, rows: np.ndarray, visible: np.ndarray) -> np.ndarray:
-    """Mean normalised entropy of the scored rows that see at least two keys -> ``[L, H]``."""
-    seen = visible.sum(axis=1)  # [T]: keys each query can see
-    keep = rows & (seen > 1)
-    if not keep.any():
+def _seen(n: int, causal: bool) -> np.ndarray:
+    """Keys each query can see ``[T]``: T, or i+1 in causal models."""
+    return np.arange(1, n + 1) if causal else np.full(n, n)
+
+
+def _entropy_score(attn: np.ndarray, rows: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Mean normalised entropy of ``rows`` ``[R]`` that see at least two keys -> ``[L, H]``."""
+    keep = rows[seen[rows] > 1]
+    if keep.size == 0:
         return np.full(attn.shape[:2], np.nan)
-    p = attn[:, :, keep].astype(np.float64)  # (L, H, R, T)
-    plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-    entropy = -plogp.sum(axis=-1) / np.log(seen[keep])  # (L, H, R)
-    return entropy.mean(axis=-1)
+    p = attn[:, :, keep]  # (L, H, R, T)
+    plogp = p * np.log(np.maximum(p, np.float32(1e-30)))  # 0 log 0 counts as 0
+    entropy = -plogp.sum(axis=-1) / np.log(seen[keep]).astype(np.float32)  # (L, H, R)
+    return entropy.mean(axis=-1).astype(np.float64)
 
 
 def _distance_score(attn: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Mean attention distance (in positions) of the scored rows -> ``[L, H]``."""
+    """Mean attention distance (in positions) of ``rows`` ``[R]`` -> ``[L, H]``."""
+    if rows.size == 0:
+        return np.full(attn.shape[:2], np.nan)
     n = attn.shape[-1]
     idx = np.arange(n)
-    dist = np.abs(idx[None, :] - idx[:, None]).astype(np.float32)  # (T, T)
-    if not rows.any():
-        return np.full(attn.shape[:2], np.nan)
-    per_row = np.einsum("lhrt,rt->lhr", attn[:, :, rows], dist[rows], optimize=True)
-    return per_row.mean(axis=-1)
+    dist = np.abs(idx[None, :] - idx[:, None]).astype(np.float32)[rows]  # (R, T)
+    per_row = np.einsum("lhrt,rt->lhr", attn[:, :, rows], dist, optimize=True)
+    return per_row.mean(axis=-1).astype(np.float64)
 
 
-def _kovaleva_parts(attn: np.ndarray, rows: np.ndarray, segments: np.ndarray
-                    ) -> dict[str, np.ndarray]:
-    """The three shares :func:`kovaleva_class` reads, each ``[L, H]``.
+def _kovaleva_parts(attn: np.ndarray, row_sums: np.ndarray, rows: np.ndarray,
+                    segments: np.ndarray) -> dict[str, np.ndarray]:
+    """The three shares :func:`kovaleva_class` reads, each ``[L, H]``, over ``rows`` ``[R]``.
 
     * ``diagonal``: attention within one position of the query (|i - j| <= 1).
     * ``vertical``: attention on the few keys every row looks at: the k = ceil(T / 10) key
@@ -182,25 +193,28 @@ def _kovaleva_parts(attn: np.ndarray, rows: np.ndarray, segments: np.ndarray
       local window of 2 to 4 positions away (a block wider than the diagonal).
     """
     n = attn.shape[-1]
-    if not rows.any():
+    if rows.size == 0:
         nan = np.full(attn.shape[:2], np.nan)
         return {"diagonal": nan, "vertical": nan, "block": nan}
-    kept = attn[:, :, rows].astype(np.float64)  # (L, H, R, T)
-    total = kept.sum(axis=(2, 3))  # (L, H)
+    total = row_sums[:, :, rows].sum(axis=-1)  # (L, H)
     idx = np.arange(n)
-    gap = np.abs(idx[None, :] - idx[:, None])[rows]  # (R, T)
-    diagonal = np.einsum("lhrt,rt->lh", kept, (gap <= 1).astype(np.float64)) / total
-    column_mass = kept.sum(axis=2)  # (L, H, T)
+    gap = np.abs(idx[None, :] - idx[:, None])  # (T, T)
+    scored = np.zeros(n, dtype=bool)
+    scored[rows] = True
+
+    def share(mask: np.ndarray) -> np.ndarray:
+        q, k = np.nonzero(mask & scored[:, None])
+        return attn[:, :, q, k].sum(axis=-1) / total
+
+    column_mass = attn[:, :, rows].sum(axis=2)  # (L, H, T)
     k = max(1, math.ceil(n / 10))
-    top = -np.sort(-column_mass, axis=-1)[..., :k].sum(axis=-1)  # (L, H)
-    vertical = top / total
+    top = np.partition(column_mass, n - k, axis=-1)[..., n - k:].sum(axis=-1)  # (L, H)
     seg = np.asarray(segments)
     if (seg == 0).any() and (seg == 1).any():
-        own = (seg[rows][:, None] == seg[None, :]) & (seg[None, :] >= 0)  # (R, T)
+        own = (seg[:, None] == seg[None, :]) & (seg[None, :] >= 0)
     else:
         own = (gap >= 2) & (gap <= 4)
-    block = np.einsum("lhrt,rt->lh", kept, own.astype(np.float64)) / total
-    return {"diagonal": diagonal, "vertical": vertical, "block": block}
+    return {"diagonal": share(gap <= 1), "vertical": top / total, "block": share(own)}
 
 
 def kovaleva_class(diagonal: float, vertical: float, block: float) -> str:
@@ -363,14 +377,12 @@ def head_patterns(trace: Trace, part: str = "self") -> HeadTable:
     else:
         special, segments, causal = trace.special_mask, trace.segment_ids, trace.is_causal
     targets = _targets(tokens, special, causal)
-    rows = targets.rows
-    columns = {}
-    for name, pattern in targets.patterns.items():
-        use = rows & (pattern.sum(axis=1) > 0) if name in targets.needs_target else rows
-        columns[name] = _mul_score(attn, pattern, use)
+    row_sums = attn.sum(axis=-1)  # (L, H, T): 1 up to rounding
+    rows = np.flatnonzero(~np.asarray(special, dtype=bool))
+    columns = {name: _mul_score(attn, row_sums, target) for name, target in targets.items()}
     if "induction" not in columns:
         columns["induction"] = np.full(attn.shape[:2], np.nan)
-    columns["broad"] = _entropy_score(attn, rows, targets.visible)
+    columns["broad"] = _entropy_score(attn, rows, _seen(len(tokens), causal))
     columns["distance"] = _distance_score(attn, rows)
     scores = np.stack([columns[name] for name in SCORES], axis=-1).astype(np.float64)
 
@@ -385,7 +397,7 @@ def head_patterns(trace: Trace, part: str = "self") -> HeadTable:
     label_scores = np.where(best_value >= LABEL_THRESHOLD, best_value,
                             np.where(broad >= _BROAD_THRESHOLD, broad, np.nan))
 
-    parts = _kovaleva_parts(attn, rows, segments)
+    parts = _kovaleva_parts(attn, row_sums, rows, segments)
     layers, heads = attn.shape[:2]
     classes = np.array([[kovaleva_class(float(parts["diagonal"][la, h]),
                                         float(parts["vertical"][la, h]),
