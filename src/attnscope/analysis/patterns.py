@@ -116,8 +116,10 @@ def _targets(tokens: tuple[str, ...], special: np.ndarray, causal: bool) -> dict
     rel = idx[None, :] - idx[:, None]  # [T, T]: key position minus query position
     both_plain = plain[:, None] & plain[None, :]  # targets never point at special tokens...
     visible = rel <= 0 if causal else np.ones((n, n), dtype=bool)
-    text = np.array([_normalise(t) for t in tokens], dtype=object)
-    same = (text[:, None] == text[None, :]) & (text[:, None] != "")  # [T, T]
+    text = [_normalise(t) for t in tokens]
+    ids = {word: i for i, word in enumerate(dict.fromkeys(text))}
+    word_id = np.array([ids[word] for word in text])  # [T]: equal text, equal id
+    same = (word_id[:, None] == word_id[None, :]) & np.array([w != "" for w in text])[:, None]
     targets = {
         "previous": _pairs((rel == -1) & both_plain),
         "next": _pairs((rel == 1) & both_plain),
@@ -165,10 +167,20 @@ def _entropy_score(attn: np.ndarray, rows: np.ndarray, seen: np.ndarray) -> np.n
     keep = rows[seen[rows] > 1]
     if keep.size == 0:
         return np.full(attn.shape[:2], np.nan)
-    p = attn[:, :, keep]  # (L, H, R, T)
-    plogp = p * np.log(np.maximum(p, np.float32(1e-30)))  # 0 log 0 counts as 0
-    entropy = -plogp.sum(axis=-1) / np.log(seen[keep]).astype(np.float32)  # (L, H, R)
-    return entropy.mean(axis=-1).astype(np.float64)
+    # Every row is computed (cheaper than copying out the kept ones), then the kept ones read.
+    # One layer at a time in two reused buffers: fresh full-size temporaries would cost more
+    # in page faults than the arithmetic. Clipping at 1e-30 makes 0 log 0 count as (almost)
+    # 0 and keeps the products normal floats (denormal arithmetic is many times slower).
+    layers, heads, n, _ = attn.shape
+    p = np.empty((heads, n, n), dtype=np.float32)  # (H, T, T)
+    log_p = np.empty_like(p)
+    entropy = np.empty((layers, heads, n), dtype=np.float32)  # (L, H, T)
+    for layer in range(layers):
+        np.maximum(attn[layer], np.float32(1e-30), out=p)
+        np.log(p, out=log_p)
+        entropy[layer] = -np.einsum("hqk,hqk->hq", p, log_p)
+    normalised = entropy[:, :, keep] / np.log(seen[keep]).astype(np.float32)  # (L, H, R)
+    return normalised.mean(axis=-1).astype(np.float64)
 
 
 def _distance_score(attn: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -177,9 +189,9 @@ def _distance_score(attn: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return np.full(attn.shape[:2], np.nan)
     n = attn.shape[-1]
     idx = np.arange(n)
-    dist = np.abs(idx[None, :] - idx[:, None]).astype(np.float32)[rows]  # (R, T)
-    per_row = np.einsum("lhrt,rt->lhr", attn[:, :, rows], dist, optimize=True)
-    return per_row.mean(axis=-1).astype(np.float64)
+    dist = np.abs(idx[None, :] - idx[:, None]).astype(np.float32)  # (T, T)
+    per_row = np.einsum("lhqk,qk->lhq", attn, dist)  # (L, H, T)
+    return per_row[:, :, rows].mean(axis=-1).astype(np.float64)
 
 
 def _kovaleva_parts(attn: np.ndarray, row_sums: np.ndarray, rows: np.ndarray,
@@ -206,7 +218,9 @@ def _kovaleva_parts(attn: np.ndarray, row_sums: np.ndarray, rows: np.ndarray,
         q, k = np.nonzero(mask & scored[:, None])
         return attn[:, :, q, k].sum(axis=-1) / total
 
-    column_mass = attn[:, :, rows].sum(axis=2)  # (L, H, T)
+    # Column sums over the scored rows: all rows minus the few unscored ones (no big copy).
+    unscored = np.flatnonzero(~scored)
+    column_mass = attn.sum(axis=2) - attn[:, :, unscored].sum(axis=2)  # (L, H, T)
     k = max(1, math.ceil(n / 10))
     top = np.partition(column_mass, n - k, axis=-1)[..., n - k:].sum(axis=-1)  # (L, H)
     seg = np.asarray(segments)
