@@ -167,6 +167,29 @@ def test_report_is_self_contained_and_escaped(embedded, tmp_path):
     assert page.count('class="attnscope-root"') == 2  # head view and model view
 
 
-def test_report_without_model_says_how_to_add_norms(seed_pair_trace):
-    page = at.report(seed_pair_trace, views=False).html
+def test_report_without_model_says_how_to_add_norms(tiny_models):
+    trace = at.capture(tiny_models["gpt2"], "hello there world, hello")
+    page = at.report(trace, views=False).html
     assert "Pass the model" in page and "Interactive views left out" in page
+    # A causal model's rollout and flow are charted for its last token by default.
+    assert f"Output token: {trace.tokens[-1]} ({trace.num_tokens - 1})" in page
+    assert page.count("data:image/png;base64,") >= 9
+
+
+def test_decoder_part_of_an_encoder_decoder_model(tiny_models):
+    model = tiny_models["t5"]
+    trace = at.capture(model, "hello there world", "hallo welt hallo")
+    table = at.head_patterns(trace, part="decoder")
+    assert table.scores.shape[:2] == trace.decoder_attentions.shape[:2]
+    assert table.tokens == trace.decoder_tokens
+    assert np.all(table.score("next") == 0)  # the decoder is causal
+    with pytest.raises(at.AttnscopeError, match="self-attention"):
+        at.head_patterns(trace, part="cross")
+
+
+def test_pca_without_scikit_learn_says_how_to_install(text_trace, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn.decomposition", None)
+    with pytest.raises(at.AttnscopeError, match=r"pip install 'attnscope\[analysis\]'"):
+        at.pca(text_trace)

@@ -23,8 +23,9 @@ from attnscope.trace import Trace
 __all__ = ["Report", "report"]
 
 #: Above this many tokens the report computes flow for the default output token only (T max
-#: flows instead of T*T), to stay quick.
+#: flows instead of T*T), and above ``ONE_FLOW_TOKENS`` not at all, to stay quick.
 FULL_FLOW_TOKENS = 64
+ONE_FLOW_TOKENS = 256
 
 _STYLE = """
 body.attnscope-report{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;
@@ -149,11 +150,16 @@ def report(trace: Trace, model=None, *, output: int | None = None,
     if trace.num_tokens <= FULL_FLOW_TOKENS:
         flow = attention_flow(trace)
         flow_figs = _png(flow.figure()) + _png(flow.bar(output))
-    else:
+    elif trace.num_tokens <= ONE_FLOW_TOKENS:
         flow = attention_flow(trace, output)
         flow_figs = _png(flow.bar(output))
         flow_note = (f"<p class='note'>{trace.num_tokens} {trace.unit}s: flow computed for "
                      f"output {output} only.</p>")
+    else:
+        flow_figs = ""
+        flow_note = (f"<p class='note'>{trace.num_tokens} {trace.unit}s: flow left out (it "
+                     f"takes about a minute here); run attnscope.attention_flow(trace, "
+                     f"output={output}) for it.</p>")
     sections.append(
         "<h2 id='rollout'>Attention rollout and flow</h2>"
         "<p class='note'>Abnar &amp; Zuidema (2020): residual-augmented attention "
