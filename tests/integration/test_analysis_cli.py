@@ -50,8 +50,8 @@ def test_report_command_writes_a_pair_page(tmp_path, capsys):
     assert f"wrote {out}" in capsys.readouterr().out
 
 
-def test_demo_writes_the_report(tmp_path):
+def test_demo_writes_the_report(tmp_path, tiny_dirs):
     folder = tmp_path / "demo"
-    assert main(["demo", "-o", str(folder)]) == 0
+    assert main(["demo", "-o", str(folder), "-m", str(tiny_dirs["bert"])]) == 0
     page = (folder / "report.html").read_text(encoding="utf-8")
     assert "What each head does" in page
