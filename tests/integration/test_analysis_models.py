@@ -187,9 +187,12 @@ def test_decoder_part_of_an_encoder_decoder_model(tiny_models):
         at.head_patterns(trace, part="cross")
 
 
-def test_pca_without_scikit_learn_says_how_to_install(text_trace, monkeypatch):
+def test_missing_extras_say_how_to_install(text_trace, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "sklearn.decomposition", None)
+    monkeypatch.setitem(sys.modules, "scipy.sparse.csgraph", None)
     with pytest.raises(at.AttnscopeError, match=r"pip install 'attnscope\[analysis\]'"):
         at.pca(text_trace)
+    with pytest.raises(at.AttnscopeError, match=r"needs scipy"):
+        at.attention_flow(text_trace, output=0)

@@ -182,6 +182,12 @@ def attention_flow(trace: Trace, output: int | None = None, *, tol: float = 1e-7
     Returns:
         A :class:`FlowResult` with raw maximum-flow ``values`` ``[T_out, T]``.
     """
+    try:
+        import scipy.sparse.csgraph  # noqa: F401  (the max-flow solver)
+    except ImportError:
+        raise AttnscopeError(
+            "Attention flow needs scipy: pip install 'attnscope[analysis]'."
+        ) from None
     network = LayeredFlow(residual_attention(trace))
     outputs = _outputs(trace, output)
     values = network.values(outputs, tol=tol)  # (T_out, T)
