@@ -1,6 +1,6 @@
 """Hidden states in two dimensions: PCA of the input embeddings and of any layer's output.
 
-Needs scikit-learn (``pip install "attnscope[analysis]"``).
+Needs scikit-learn (an attnscope dependency).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def _pca_class():
         from sklearn.decomposition import PCA
     except ImportError:
         raise AttnscopeError(
-            "Embedding PCA needs scikit-learn: pip install 'attnscope[analysis]'."
+            "Embedding PCA needs scikit-learn: pip install scikit-learn."
         ) from None
     return PCA
 

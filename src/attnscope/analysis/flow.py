@@ -186,7 +186,7 @@ def attention_flow(trace: Trace, output: int | None = None, *, tol: float = 1e-7
         import scipy.sparse.csgraph  # noqa: F401  (the max-flow solver)
     except ImportError:
         raise AttnscopeError(
-            "Attention flow needs scipy: pip install 'attnscope[analysis]'."
+            "Attention flow needs scipy: pip install scipy."
         ) from None
     network = LayeredFlow(residual_attention(trace))
     outputs = _outputs(trace, output)
