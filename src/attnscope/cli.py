@@ -79,15 +79,32 @@ def _output_path(path: Path, suffixes: Sequence[str]) -> Path:
     return path
 
 
-def _load_and_capture(args: argparse.Namespace):
+def _text_and_model(args: argparse.Namespace):
+    """The text(s) to look at, checked before the slow model load, and the loaded model."""
     import attnscope as at
 
     text, text_b = _read_text(args)
-    at.tokens.check_text(text)  # fail on empty text before the slow model load
-    model = at.load(args.model, device=args.device)
-    trace = at.capture(model, text, text_b, truncate=not args.no_truncate,
-                       merge_words=getattr(args, "words", False))
-    return model, trace
+    at.tokens.check_text(text)
+    return text, text_b, at.load(args.model, device=args.device)
+
+
+def _capture(model, text: str, text_b: str | None, args: argparse.Namespace, *,
+             qkv: bool = False):
+    """Capture as the options ask. With ``qkv``, also record queries, keys and values where
+    the model's family has an adapter (the neuron view and norms use them); other families,
+    and merged words, are captured without them."""
+    import attnscope as at
+    from attnscope.adapters import supported
+
+    merge_words = getattr(args, "words", False)
+    qkv = qkv and not merge_words and model.model_type in supported()
+    return at.capture(model, text, text_b, truncate=not getattr(args, "no_truncate", False),
+                      merge_words=merge_words, qkv=qkv)
+
+
+def _load_and_capture(args: argparse.Namespace, *, qkv: bool = False):
+    text, text_b, model = _text_and_model(args)
+    return model, _capture(model, text, text_b, args, qkv=qkv)
 
 
 # ----- sub-commands --------------------------------------------------------------------------
@@ -95,9 +112,7 @@ def _load_and_capture(args: argparse.Namespace):
 def _cmd_tokens(args: argparse.Namespace) -> int:
     import attnscope as at
 
-    text, text_b = _read_text(args)
-    at.tokens.check_text(text)
-    model = at.load(args.model, device=args.device)
+    text, text_b, model = _text_and_model(args)
     encoder_decoder = model.architecture == "encoder-decoder"
     table = at.tokenize(model, text, None if encoder_decoder else text_b,
                         truncate=not args.no_truncate)
@@ -137,7 +152,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     text = args.text or SEED_SENTENCE
     model = at.load(args.model, device=args.device)
     tokens = at.tokenize(model, text)
-    trace = at.capture(model, text)
+    trace = _capture(model, text, None, args, qkv=True)
     written = []
     (folder / "tokens.txt").write_text(tokens.table() + "\n", encoding="utf-8")
     written.append(folder / "tokens.txt")
@@ -147,11 +162,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     written.append(trace.save(folder / "trace.npz"))
     from attnscope.render.views import all_views
 
-    view_trace = _capture_for_views(model, text, None, argparse.Namespace(no_truncate=False))
-    written.append(all_views(view_trace).save(folder / "view.html"))
+    written.append(all_views(trace).save(folder / "view.html"))
     from attnscope.analysis import report
 
-    written.append(report(view_trace, model).save(folder / "report.html"))
+    written.append(report(trace, model).save(folder / "report.html"))
     print(tokens.table())
     print()
     print(f"{trace!r}")
@@ -160,32 +174,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _capture_for_views(model, text: str, text_b: str | None, args: argparse.Namespace):
-    """Capture with queries and keys where the model's family supports them (for the neuron
-    view), else without."""
-    import inspect
-
-    import attnscope as at
-
-    options = {"truncate": not args.no_truncate, "merge_words": getattr(args, "words", False)}
-    if "qkv" in inspect.signature(at.capture).parameters and not options["merge_words"]:
-        try:
-            return at.capture(model, text, text_b, qkv=True, **options)
-        except AttnscopeError:
-            pass  # a family without q/k support: the neuron tab says so
-    return at.capture(model, text, text_b, **options)
-
-
 def _cmd_view(args: argparse.Namespace) -> int:
     """One page with the head, model and neuron views and the tokens, plus optional figures."""
     import attnscope as at
     from attnscope.render.views import all_views
 
     out = _output_path(args.output, (".html", ".htm"))
-    text, text_b = _read_text(args)
-    at.tokens.check_text(text)
-    model = at.load(args.model, device=args.device)
-    trace = _capture_for_views(model, text, text_b, args)
+    _, trace = _load_and_capture(args, qkv=True)
     written = [all_views(trace, layer=args.layer).save(out)]
     for suffix, wanted in ((".png", args.png), (".svg", args.svg)):
         if not wanted:
@@ -207,12 +202,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     if args.words:
         raise AttnscopeError("explain works on tokens: leave out --words.")
-    text, text_b = _read_text(args)
-    at.tokens.check_text(text)
     query = args.position if args.position is not None else args.token
     if query is None:
         raise AttnscopeError("Name the query token with --token WORD or --position N.")
-    model = at.load(args.model, device=args.device)
+    text, text_b, model = _text_and_model(args)
     trace = at.capture(model, text, text_b, truncate=not args.no_truncate,
                        qkv=args.part == "self")
     explanation = at.explain(trace, args.layer, args.head, query, part=args.part, model=model)
@@ -239,14 +232,10 @@ def _cmd_heads(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     """One self-contained HTML page with every analysis of one text (or sentence pair)."""
-    import attnscope as at
     from attnscope.analysis import report
 
     out = _output_path(args.output, (".html", ".htm"))
-    text, text_b = _read_text(args)
-    at.tokens.check_text(text)
-    model = at.load(args.model, device=args.device)
-    trace = _capture_for_views(model, text, text_b, args)
+    model, trace = _load_and_capture(args, qkv=True)
     page = report(trace, model, output=args.output_token)
     print(f"{trace!r}")
     print(f"wrote {page.save(out)}")
