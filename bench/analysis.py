@@ -27,6 +27,7 @@ import numpy as np
 
 import attnscope as at
 from attnscope.analysis.flow import residual_attention
+from attnscope.testing import networkx_flow_graph
 
 SENTENCES = ("The girl poured water into a tall glass until it overflowed. Leaves fall in "
              "autumn, and autumn is marked by colorful foliage.")
@@ -55,12 +56,7 @@ def networkx_flow(trace: at.Trace) -> np.ndarray:
     """The paper's computation: one networkx Edmonds-Karp max flow per (output, input) pair."""
     residual = residual_attention(trace)  # (L, T, T)
     layers, n, _ = residual.shape
-    graph = nx.DiGraph()
-    for layer in range(layers):
-        for i in range(n):
-            for j in range(n):
-                graph.add_edge((layer + 1) * n + i, layer * n + j,
-                               capacity=float(residual[layer][i, j]))
+    graph = networkx_flow_graph(residual)
     out = np.zeros((n, n))
     for s in range(n):
         for t in range(n):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TINY_FAMILIES", "build_tiny_model"]
+__all__ = ["TINY_FAMILIES", "build_tiny_model", "networkx_flow_graph"]
 
 TINY_FAMILIES = ("bert", "distilbert", "roberta", "electra", "gpt2", "llama", "t5", "bart")
 
@@ -169,3 +169,24 @@ def build_tiny_model(family: str, root: str | Path, seed: int = 0) -> Path:
         hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(path)
     return path
+
+
+def networkx_flow_graph(residual: Any) -> Any:
+    """The layered attention graph as Abnar & Zuidema build it, for networkx's max-flow.
+
+    ``residual`` ``[L, T, T]`` holds each layer's residual-augmented attention (query rows, key
+    columns). Node ``layer * T + j`` is token j entering layer ``layer``; the edge from query i
+    of layer ``l + 1`` to key j of layer ``l`` has capacity ``residual[l][i, j]``. Flow from an
+    output token s to an input token t is the max flow from node ``L * T + s`` to node ``t``.
+    This is the reference that :func:`attnscope.analysis.attention_flow` is checked against.
+    """
+    import networkx as nx
+
+    layers, n, _ = residual.shape
+    graph = nx.DiGraph()
+    for layer in range(layers):
+        for i in range(n):
+            for j in range(n):
+                graph.add_edge((layer + 1) * n + i, layer * n + j,
+                               capacity=float(residual[layer][i, j]))
+    return graph

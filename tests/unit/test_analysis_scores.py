@@ -11,6 +11,7 @@ import pytest
 import attnscope as at
 from attnscope.analysis.flow import LayeredFlow, max_flow, residual_attention
 from attnscope.analysis.patterns import SCORES, is_punctuation, kovaleva_class
+from attnscope.testing import networkx_flow_graph
 
 TOKENS = ("[CLS]", "the", "cat", "sat", "on", "the", "mat", ".", "[SEP]")
 
@@ -151,12 +152,7 @@ def test_rollout_averages_heads_and_renormalises():
 def networkx_flow(residual: np.ndarray, source: int, sink: int) -> float:
     """The paper's way: the full layered graph in networkx, Edmonds-Karp."""
     layers, n, _ = residual.shape
-    graph = nx.DiGraph()
-    for layer in range(layers):
-        for i in range(n):
-            for j in range(n):
-                graph.add_edge((layer + 1) * n + i, layer * n + j,
-                               capacity=float(residual[layer][i, j]))
+    graph = networkx_flow_graph(residual)
     return nx.maximum_flow_value(graph, layers * n + source, sink,
                                  flow_func=nx.algorithms.flow.edmonds_karp)
 

@@ -24,13 +24,7 @@ function selectField(parent, label, options, value, onChange) {
   const wrap = el("label", "as-field");
   wrap.append(el("span", "as-label", label));
   const sel = document.createElement("select");
-  for (const [v, text] of options) {
-    const opt = document.createElement("option");
-    opt.value = String(v);
-    opt.textContent = text;
-    sel.append(opt);
-  }
-  sel.value = String(value);
+  setOptions(sel, options, value);
   sel.addEventListener("change", () => onChange(sel.value));
   wrap.append(sel);
   parent.append(wrap);
