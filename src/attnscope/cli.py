@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from attnscope.errors import AttnscopeError
+from attnscope.files import write_text
 
 __all__ = ["main"]
 
@@ -154,8 +155,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     tokens = at.tokenize(model, text)
     trace = _capture(model, text, None, args, qkv=True)
     written = []
-    (folder / "tokens.txt").write_text(tokens.table() + "\n", encoding="utf-8")
-    written.append(folder / "tokens.txt")
+    written.append(write_text(folder / "tokens.txt", tokens.table() + "\n"))
     written.append(at.heatmap(trace, layer=-1, head=0).save(folder / "heatmap.png"))
     written.append(at.heads_grid(trace, layer=-1).save(folder / "heads_last_layer.png"))
     written.append(at.model_grid(trace).save(folder / "all_heads.png"))

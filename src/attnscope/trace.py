@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from attnscope.errors import AttnscopeError, check_index
+from attnscope.files import atomic_write
 
 __all__ = ["PARTS", "Trace"]
 
@@ -195,8 +196,6 @@ class Trace:
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
-        if not path.parent.is_dir():
-            raise AttnscopeError(f"Cannot save the trace: folder '{path.parent}' does not exist.")
         meta = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
@@ -204,7 +203,7 @@ class Trace:
         }
         meta["format_version"] = _FORMAT_VERSION
         arrays = {n: getattr(self, n) for n in _ARRAY_FIELDS if getattr(self, n) is not None}
-        with open(path, "wb") as fh:
+        with atomic_write(path, "wb", what="the trace") as fh:
             np.savez(fh, __meta__=np.array(json.dumps(meta, ensure_ascii=False)), **arrays)
         return path
 

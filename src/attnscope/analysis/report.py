@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from attnscope.errors import AttnscopeError
+from attnscope.files import write_text
 from attnscope.trace import Trace
 
 __all__ = ["Report", "report"]
@@ -74,10 +75,7 @@ class Report:
         if path.suffix.lower() not in (".html", ".htm"):
             raise AttnscopeError(f"Cannot save a report as '{path.suffix or path.name}': "
                                  "use .html.")
-        if not path.parent.is_dir():
-            raise AttnscopeError(f"Cannot save the report: folder '{path.parent}' does not exist.")
-        path.write_text(self.html, encoding="utf-8")
-        return path
+        return write_text(path, self.html, what="the report")
 
     def _repr_html_(self) -> str:
         from attnscope.render.html import iframe

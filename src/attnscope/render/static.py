@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from attnscope.errors import AttnscopeError, check_index
+from attnscope.files import atomic_write
 from attnscope.trace import Trace
 
 __all__ = ["AttnFigure", "heads_grid", "heatmap", "model_grid"]
@@ -37,10 +38,8 @@ class AttnFigure(Figure):
             raise AttnscopeError(
                 f"Cannot save a figure as '{path.suffix or path.name}': use .png, .svg or .pdf."
             )
-        if not path.parent.is_dir():
-            raise AttnscopeError(f"Cannot save the figure: folder '{path.parent}' does not exist.")
-        with _quiet_glyph_warnings():
-            self.savefig(path, dpi=dpi, bbox_inches="tight")
+        with atomic_write(path, "wb", what="the figure") as handle, _quiet_glyph_warnings():
+            self.savefig(handle, format=path.suffix.lower()[1:], dpi=dpi, bbox_inches="tight")
         return path
 
     def _repr_png_(self) -> bytes:

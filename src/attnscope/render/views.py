@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from attnscope.errors import AttnscopeError, check_index
+from attnscope.files import write_text
 from attnscope.render import html as page_html
 from attnscope.render.static import AttnFigure, _label, model_grid
 from attnscope.trace import Trace
@@ -144,8 +145,6 @@ class AttnView:
                 f"Cannot save a view as '{path.suffix or path.name}': "
                 "use .html, .png, .svg or .pdf."
             )
-        if not path.parent.is_dir():
-            raise AttnscopeError(f"Cannot save the view: folder '{path.parent}' does not exist.")
         if suffix in _STATIC:
             if len(self.kinds) > 1:
                 raise AttnscopeError(
@@ -153,8 +152,7 @@ class AttnView:
                     "separately (at.head_view(trace).save('head.png'))."
                 )
             return self.figure().save(path)
-        path.write_text(self.html, encoding="utf-8")
-        return path
+        return write_text(path, self.html, what="the page")
 
 
 # ----- public constructors ---------------------------------------------------------------------
