@@ -28,9 +28,13 @@ import numpy as np
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.files import atomic_write
 
-__all__ = ["PARTS", "Trace"]
+__all__ = ["PARTS", "Trace", "check_attention"]
 
 _FORMAT_VERSION = 1
+
+#: How far a row of attention weights may sum from 1 and still count as a distribution. Models
+#: run in float16 or bfloat16 round each weight, so long rows drift by up to about 1e-3.
+ROW_SUM_TOLERANCE = 1e-2
 
 #: Names of the attention parts a Trace may hold. "self" is the attention of an encoder-only or
 #: decoder-only model, and the encoder's self-attention of an encoder-decoder model.
@@ -57,6 +61,39 @@ _ARRAY_FIELDS = (
     "decoder_hidden_states",
     "cross_attentions",
 )
+
+
+def check_attention(attentions: np.ndarray, what: str = "the attention") -> None:
+    """Raise :class:`AttnscopeError` unless ``attentions`` ``[..., T_query, T_key]`` holds
+    weights: finite, non-negative, each row summing to 1 (within ``ROW_SUM_TOLERANCE``).
+
+    Analyses call this (through :meth:`Trace.check`) before computing anything, so NaN,
+    infinities, negative weights or unnormalised rows give one sentence, never a wrong number.
+    Arrays are checked one layer at a time to keep memory flat.
+    """
+    array = np.asarray(attentions)
+    what = what[:1].upper() + what[1:]  # it starts the sentence
+    if not np.issubdtype(array.dtype, np.floating):
+        raise AttnscopeError(f"{what} must hold floating-point weights, not {array.dtype}.")
+    if array.ndim < 2 or array.shape[-1] == 0:
+        return
+    blocks = array.reshape(-1, *array.shape[-2:]) if array.ndim > 2 else array[None]
+    for block in blocks:  # (T_query, T_key)
+        if not np.isfinite(block).all():
+            raise AttnscopeError(f"{what} holds NaN or infinite values; analyses need weights.")
+        low = float(block.min())
+        if low < -1e-6:
+            raise AttnscopeError(
+                f"{what} holds negative values (down to {low:.3g}); attention weights are "
+                "never negative."
+            )
+        sums = block.sum(axis=-1, dtype=np.float64)
+        worst = int(np.abs(sums - 1).argmax())
+        if abs(sums[worst] - 1) > ROW_SUM_TOLERANCE:
+            raise AttnscopeError(
+                f"{what} has rows that do not sum to 1 (one sums to {sums[worst]:.4g}); "
+                "attention weights are a softmax over the keys."
+            )
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -176,6 +213,19 @@ class Trace:
         layer = check_index(layer, attentions.shape[0], "layer")
         head = check_index(head, attentions.shape[1], "head")
         return attentions[layer, head]
+
+    def check(self, part: str = "self") -> Trace:
+        """Check that one part's attention holds weights (finite, non-negative, rows summing to
+        1), once per Trace and part; returns the Trace. Analyses call it first, so bad
+        attention (from a file, another tool or a model run in low precision that overflowed)
+        gives one sentence instead of a wrong number."""
+        checked = self.__dict__.setdefault("_checked_parts", set())
+        if part not in checked:
+            attentions, _, _ = self.part(part)
+            label = "the attention" if part in ("self", "encoder") else f"the {part} attention"
+            check_attention(attentions, label)
+            checked.add(part)
+        return self
 
     def replace(self, **changes: Any) -> Trace:
         """A new Trace with some fields changed (this one stays as it is)."""

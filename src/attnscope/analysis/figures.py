@@ -225,7 +225,7 @@ def attention_graph(trace: Trace, layer: int = -1, head: int | None = None, *,
             "columns" (queries on the left, keys on the right, both in sentence order).
         part: "self", or "decoder"/"cross" for encoder-decoder traces.
     """
-    attentions, rows, cols = trace.part(part)
+    attentions, rows, cols = trace.check(part).part(part)
     layer = check_index(layer, attentions.shape[0], "layer")
     if head is None:
         matrix = attentions[layer].mean(axis=0)

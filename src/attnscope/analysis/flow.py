@@ -65,6 +65,7 @@ def residual_attention(trace: Trace, part: str = "self") -> np.ndarray:
     attentions, rows, cols = trace.part(part)
     if len(rows) != len(cols):
         raise AttnscopeError("Rollout and flow need self-attention; use part 'self' or 'decoder'.")
+    trace.check(part)
     mean = attentions.astype(np.float64).mean(axis=1)  # (L, T, T)
     eye = np.eye(mean.shape[-1])
     residual = 0.5 * mean + 0.5 * eye

@@ -71,7 +71,7 @@ def layer_trends(trace: Trace) -> LayerTrends:
 
     Reads ``trace.attentions`` ``[L, H, T, T]``; returns a :class:`LayerTrends`.
     """
-    attn = trace.attentions
+    attn = trace.check().attentions
     special = np.asarray(trace.special_mask, dtype=bool)
     rows = np.flatnonzero(~special)
     entropy = _entropy_score(attn, rows, _seen(trace.num_tokens, trace.is_causal))  # (L, H)

@@ -87,6 +87,7 @@ def attention_norms(trace: Trace, model=None) -> NormAttention:
             f"This trace comes from a {trace.model_type!r} model but the model given is "
             f"{model.model_type!r}; pass the model the trace was captured with."
         )
+    trace.check()
     from attnscope.adapters import get_adapter
 
     adapter = get_adapter(model, "norm-based attention")

@@ -383,7 +383,7 @@ def head_patterns(trace: Trace, part: str = "self") -> HeadTable:
     """
     if part == "cross":
         raise AttnscopeError("Head patterns score self-attention; use part 'self' or 'decoder'.")
-    attn, tokens, _ = trace.part(part)
+    attn, tokens, _ = trace.check(part).part(part)
     if part == "decoder":
         special = trace.decoder_special_mask
         segments = np.zeros(len(tokens), dtype=np.int64)

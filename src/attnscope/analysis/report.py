@@ -110,6 +110,7 @@ def report(trace: Trace, model=None, *, output: int | None = None,
     if not isinstance(trace, Trace):
         raise AttnscopeError(f"A report needs a Trace from attnscope.capture, not "
                              f"{type(trace).__name__}.")
+    trace.check()
     output = default_output(trace) if output is None else check_index(
         output, trace.num_tokens, "output token")
     esc = html.escape
