@@ -12,11 +12,17 @@ model rotates them. Every hook is removed on leaving the ``with`` block, error o
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from attnscope.adapters import get_adapter
 
 __all__ = ["QKVRecorder"]
+
+# torch numbers hook handles with a plain class counter, which two threads registering at once
+# can give the same number (one hook then replaces, and is removed with, the other): hooks are
+# added and removed under one lock.
+_REGISTRY_LOCK = threading.Lock()
 
 
 class QKVRecorder:
@@ -28,6 +34,7 @@ class QKVRecorder:
         self.loaded = loaded
         self.num_layers = int(loaded.num_layers)
         self._handles: list[Any] = []
+        self._thread: int | None = None  # the thread whose forward passes are recorded
         # raw[layer] maps "q"/"k"/"v"/"qkv"/"rope" to what the hooks saw in the last pass.
         self._raw: list[dict[str, Any]] = [{} for _ in range(self.num_layers)]
 
@@ -36,6 +43,12 @@ class QKVRecorder:
         return self.adapter.facts(self.loaded.model, self.num_layers)
 
     def __enter__(self) -> QKVRecorder:
+        self._thread = threading.get_ident()
+        with _REGISTRY_LOCK:
+            self._register()
+        return self
+
+    def _register(self) -> None:
         try:
             for layer in range(self.num_layers):
                 points = self.adapter.hook_points(self.loaded.model, layer)
@@ -43,21 +56,24 @@ class QKVRecorder:
                 for name in ("q", "k", "v", "qkv"):
                     module = getattr(points, name)
                     if module is not None:
-                        hook = _keep_output(store, name)
+                        hook = _keep_output(store, name, self._thread)
                         self._handles.append(module.register_forward_hook(hook))
                 if points.rotary is not None:
                     self._handles.append(points.rotary.register_forward_pre_hook(
-                        _keep_rope(store), with_kwargs=True))
+                        _keep_rope(store, self._thread), with_kwargs=True))
         except BaseException:
-            self.remove()
+            self._remove_all()
             raise
-        return self
 
     def __exit__(self, *exc: Any) -> None:
         self.remove()
 
     def remove(self) -> None:
         """Remove every hook this recorder registered."""
+        with _REGISTRY_LOCK:
+            self._remove_all()
+
+    def _remove_all(self) -> None:
         while self._handles:
             self._handles.pop().remove()
 
@@ -97,15 +113,20 @@ class QKVRecorder:
         return queries, keys, values
 
 
-def _keep_output(store: dict[str, Any], name: str) -> Any:
+def _keep_output(store: dict[str, Any], name: str, thread: int | None) -> Any:
     def hook(module: Any, args: Any, output: Any) -> None:
-        store[name] = output.detach()
+        if threading.get_ident() == thread:  # another thread's pass: not ours to record
+            store[name] = output.detach()
 
     return hook
 
 
-def _keep_rope(store: dict[str, Any]) -> Any:
-    def hook(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+def _keep_rope(store: dict[str, Any], thread: int | None) -> Any:
+    # kwargs has a default: if the hook is removed while another thread's forward pass is
+    # running, torch may call it once more without them.
+    def hook(module: Any, args: Any, kwargs: dict[str, Any] | None = None) -> None:
+        if threading.get_ident() != thread or kwargs is None:
+            return
         rope = kwargs.get("position_embeddings")
         if rope is None and len(args) > 1:
             rope = args[1]
