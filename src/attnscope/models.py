@@ -199,10 +199,15 @@ def _from_pretrained(source: str | Path, name: str) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     is_local = Path(source).is_dir()
+    if is_local:
+        _refuse_custom_code(Path(source), name)
     # Without a network, transformers retries each file for about 20 s before failing; ask the
     # local cache only, and say in one line why a hub name cannot be had.
     online = not is_local and _hub_reachable()
-    kwargs: dict[str, Any] = {} if online else {"local_files_only": True}
+    # attnscope never runs Python that comes with a model, and never asks on stdin whether to.
+    kwargs: dict[str, Any] = {"trust_remote_code": False}
+    if not online:
+        kwargs["local_files_only"] = True
     way_out = (
         "leave out the model to use attnscope's embedded default "
         f"({DEFAULT_MODEL_NAME}), or pass a local directory saved with save_pretrained()"
@@ -211,6 +216,8 @@ def _from_pretrained(source: str | Path, name: str) -> tuple[Any, Any]:
         try:
             config = AutoConfig.from_pretrained(source, **kwargs)
         except (OSError, ValueError) as err:
+            if _needs_custom_code(err):
+                raise AttnscopeError(_custom_code_message(name)) from None
             if is_local:
                 raise AttnscopeError(
                     f"Cannot read the model in {name!r}: {_first_line(err)}"
@@ -224,16 +231,85 @@ def _from_pretrained(source: str | Path, name: str) -> tuple[Any, Any]:
                 f"Cannot load model {name!r}: the hub has no such model or it needs a login; "
                 f"check the name, or {way_out}."
             ) from None
+        _check_config(config, name)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
             model = AutoModel.from_pretrained(
                 source, attn_implementation="eager", dtype=torch.float32, **kwargs
             )
-        except (OSError, ValueError, KeyError) as err:
+        except Exception as err:  # damaged files surface as many error types
+            if _needs_custom_code(err):
+                raise AttnscopeError(_custom_code_message(name)) from None
             raise AttnscopeError(
-                f"Cannot load model {name!r} ({config.model_type}): {_first_line(err)}"
+                f"Cannot load model {name!r} ({config.model_type}): its files are missing, "
+                f"damaged or do not match its config ({type(err).__name__}: {_first_line(err)})."
             ) from None
+    _check_tokenizer(tokenizer, name)
     return model, tokenizer
+
+
+def _refuse_custom_code(folder: Path, name: str) -> None:
+    """Refuse, before transformers looks, a folder whose model needs its own Python code.
+
+    A folder may ship code (``auto_map`` in config.json) for a model type transformers does not
+    know; loading it would mean running that code. Folders whose type transformers knows load
+    with transformers' own classes and the shipped code is ignored.
+    """
+    import json
+
+    from transformers import CONFIG_MAPPING
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # transformers' own reading gives the clearer message
+    if isinstance(config, dict) and config.get("auto_map") and (
+        config.get("model_type") not in CONFIG_MAPPING
+    ):
+        raise AttnscopeError(_custom_code_message(name))
+
+
+def _needs_custom_code(err: BaseException) -> bool:
+    text = str(err)
+    return "trust_remote_code" in text or "custom code" in text
+
+
+def _custom_code_message(name: str) -> str:
+    return (
+        f"Model {name!r} needs Python code of its own, and attnscope never runs a model's "
+        "code; if you trust it, load it yourself with transformers (trust_remote_code=True) "
+        "and pass it in: attnscope.load(model, tokenizer=tokenizer)."
+    )
+
+
+def _check_config(config: Any, name: str) -> None:
+    """Refuse configs that describe no attention to look at (before building the model)."""
+    for what, value in (
+        ("attention heads", _config_value(config, "num_attention_heads",
+                                          "encoder_attention_heads", "n_head", "num_heads")),
+        ("layers", _config_value(config, "num_hidden_layers", "num_layers", "n_layer",
+                                 "encoder_layers")),
+    ):
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise AttnscopeError(
+                f"Cannot load model {name!r}: its config gives {value!r} {what}; a model "
+                "needs at least one."
+            )
+
+
+def _check_tokenizer(tokenizer: Any, name: str) -> None:
+    """A tokenizer that knows only its special tokens turns every word into [UNK]: that is a
+    folder saved without its tokenizer files, not a tokenizer to use."""
+    try:
+        size = len(tokenizer)
+        specials = len(set(tokenizer.all_special_tokens))
+    except Exception:  # an unusual tokenizer: nothing to check
+        return
+    if size <= specials:
+        raise AttnscopeError(
+            f"Model {name!r} has no tokenizer files (its tokenizer knows only {size} special "
+            "tokens); save them beside the model with tokenizer.save_pretrained(dir)."
+        )
 
 
 @contextlib.contextmanager
