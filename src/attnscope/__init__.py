@@ -4,30 +4,61 @@
     model = at.load()                    # the embedded default, all-MiniLM-L6-v2
     trace = at.capture(model, "leaves fall in autumn", "autumn is marked by colorful foliage")
     at.heatmap(trace, layer=-1, head=0).save("head.png")
+
+Importing attnscope is instant: each name below is imported from its module the first time it
+is used (PEP 562), and so are the submodules (``at.scratch``, ``at.compat``, ``at.analysis``...).
+That keeps ``attnscope --help`` quick and lets the command line answer Ctrl-C at any moment
+with one line instead of a traceback.
 """
 
-from attnscope.analysis import (
-    attention_flow,
-    attention_graph,
-    attention_norms,
-    attention_rollout,
-    head_patterns,
-    layer_trends,
-    pca,
-    report,
-    token_path,
-)
-from attnscope.capture import capture, capture_batch, iter_capture
-from attnscope.errors import AttnscopeError
-from attnscope.explain import Explanation, explain
-from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
-from attnscope.render.static import AttnFigure, heads_grid, heatmap, model_grid
-from attnscope.render.views import AttnView, head_view, model_view, neuron_view
-from attnscope.tokens import Tokenization, TruncationWarning, tokenize
-from attnscope.trace import Trace
-from attnscope.words import merge_subwords
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "AttnFigure": "attnscope.render.static",
+    "AttnView": "attnscope.render.views",
+    "AttnscopeError": "attnscope.errors",
+    "DEFAULT_MODEL_NAME": "attnscope.models",
+    "Explanation": "attnscope.explain",
+    "LoadedModel": "attnscope.models",
+    "Tokenization": "attnscope.tokens",
+    "Trace": "attnscope.trace",
+    "TruncationWarning": "attnscope.tokens",
+    "attention_flow": "attnscope.analysis",
+    "attention_graph": "attnscope.analysis",
+    "attention_norms": "attnscope.analysis",
+    "attention_rollout": "attnscope.analysis",
+    "capture": "attnscope.capture",
+    "capture_batch": "attnscope.capture",
+    "explain": "attnscope.explain",
+    "head_patterns": "attnscope.analysis",
+    "head_view": "attnscope.render.views",
+    "heads_grid": "attnscope.render.static",
+    "heatmap": "attnscope.render.static",
+    "iter_capture": "attnscope.capture",
+    "layer_trends": "attnscope.analysis",
+    "load": "attnscope.models",
+    "merge_subwords": "attnscope.words",
+    "model_grid": "attnscope.render.static",
+    "model_view": "attnscope.render.views",
+    "neuron_view": "attnscope.render.views",
+    "pca": "attnscope.analysis",
+    "report": "attnscope.analysis",
+    "token_path": "attnscope.analysis",
+    "tokenize": "attnscope.tokens",
+}
+
+_SUBMODULES = {
+    "adapters", "analysis", "capture", "cli", "compat", "errors", "explain", "files", "models",
+    "render", "scratch", "testing", "tokens", "trace", "words",
+}
 
 __all__ = [
     "AttnFigure",
@@ -63,3 +94,55 @@ __all__ = [
     "token_path",
     "tokenize",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is not None:
+        value = getattr(importlib.import_module(module_name), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module 'attnscope' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})
+
+
+class _Package(types.ModuleType):
+    """attnscope's module type. Python records every submodule it loads as an attribute of
+    its package; ``attnscope.capture`` and ``attnscope.explain`` name functions that share a
+    name with their modules, and must stay the functions."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name, "").endswith(f".{name}"):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from attnscope.analysis import (
+        attention_flow,
+        attention_graph,
+        attention_norms,
+        attention_rollout,
+        head_patterns,
+        layer_trends,
+        pca,
+        report,
+        token_path,
+    )
+    from attnscope.capture import capture, capture_batch, iter_capture
+    from attnscope.errors import AttnscopeError
+    from attnscope.explain import Explanation, explain
+    from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
+    from attnscope.render.static import AttnFigure, heads_grid, heatmap, model_grid
+    from attnscope.render.views import AttnView, head_view, model_view, neuron_view
+    from attnscope.tokens import Tokenization, TruncationWarning, tokenize
+    from attnscope.trace import Trace
+    from attnscope.words import merge_subwords

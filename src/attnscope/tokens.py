@@ -138,6 +138,14 @@ def check_text(text: Any, what: str = "text") -> str:
         raise AttnscopeError(f"The {what} must be a string, not {type(text).__name__}.")
     if not text.strip():
         raise AttnscopeError(f"The {what} is empty: give at least one word.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # lone surrogates: bytes read with the wrong encoding
+        raise AttnscopeError(
+            f"The {what} holds U+{ord(text[err.start]):04X} at position {err.start}, which is "
+            "not a character (a lone surrogate, left by reading bytes that are not UTF-8); "
+            "check the text's encoding."
+        ) from None
     return text
 
 

@@ -42,6 +42,17 @@ class AttnFigure(Figure):
             self.savefig(handle, format=path.suffix.lower()[1:], dpi=dpi, bbox_inches="tight")
         return path
 
+    def draw(self, renderer) -> None:
+        """Draw with every text as plain text: tokens and model names such as "$x$" or
+        "my$model" are words, never formulas (an unbalanced "$" would fail to draw)."""
+        from matplotlib import rc_context
+        from matplotlib.text import Text
+
+        for text in self.findobj(Text):
+            text.set_parse_math(False)
+        with rc_context({"text.parse_math": False}):  # tick labels are made while drawing
+            super().draw(renderer)
+
     def _repr_png_(self) -> bytes:
         import io
 
