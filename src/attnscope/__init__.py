@@ -16,7 +16,10 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-from typing import TYPE_CHECKING, Any
+
+# typing.TYPE_CHECKING without importing typing, so that the import stays instant; type
+# checkers read the imports at the end of this file.
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
@@ -126,6 +129,8 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:  # what type checkers and editors see
+    from typing import Any
+
     from attnscope.analysis import (
         attention_flow,
         attention_graph,

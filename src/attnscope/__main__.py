@@ -17,8 +17,28 @@ def main() -> int:
 
         return run()
     except KeyboardInterrupt:
-        print("attnscope: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
+    except Exception as err:
+        # Ctrl-C that lands inside an import (torch, transformers) can reach us wrapped in
+        # another error; it is still the person's Ctrl-C, not a failure.
+        if _caused_by_interrupt(err):
+            return _interrupted()
+        raise
+
+
+def _interrupted() -> int:
+    print("attnscope: interrupted", file=sys.stderr)
+    return 130
+
+
+def _caused_by_interrupt(err: BaseException | None) -> bool:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
 
 
 if __name__ == "__main__":

@@ -58,14 +58,19 @@ def check_writable(path: str | os.PathLike[str], what: str = "the file", *,
     """
     path = Path(path)
     parent = path.parent
-    if path.is_dir():
-        raise AttnscopeError(f"Cannot write {what} '{path}': it is a folder.")
-    if not parent.exists():
-        raise AttnscopeError(f"Cannot write {what} '{path}': folder '{parent}' does not exist.")
-    if not parent.is_dir():
-        raise AttnscopeError(f"Cannot write {what} '{path}': '{parent}' is not a folder.")
     if len(os.fsencode(path.name)) > 255:
         raise AttnscopeError(f"Cannot write {what} '{path}': the file name is too long.")
+    try:
+        if path.is_dir():
+            raise AttnscopeError(f"Cannot write {what} '{path}': it is a folder.")
+        if not parent.exists():
+            raise AttnscopeError(
+                f"Cannot write {what} '{path}': folder '{parent}' does not exist."
+            )
+        if not parent.is_dir():
+            raise AttnscopeError(f"Cannot write {what} '{path}': '{parent}' is not a folder.")
+    except OSError as err:  # a path too long as a whole, a loop of links...
+        raise AttnscopeError(f"Cannot write {what} '{path}': {describe_os_error(err)}.") from None
     if probe:
         try:
             with tempfile.NamedTemporaryFile(prefix=".attnscope-probe.", dir=parent):

@@ -47,6 +47,7 @@ __all__ = [
     "FlowResult",
     "attention_flow",
     "attention_rollout",
+    "flow_seconds",
     "max_flow",
     "residual_attention",
 ]
@@ -169,13 +170,36 @@ def attention_rollout(trace: Trace, output: int | None = None) -> FlowResult:
                       trace.model_name, trace.unit)
 
 
-def attention_flow(trace: Trace, output: int | None = None, *, tol: float = 1e-7) -> FlowResult:
+# Seconds per (pair of tokens) x (edge of the layered graph), measured on a 2-core CPU with
+# bench/analysis.py and rounded up: the cost estimate that attention_flow checks its budget by.
+_FLOW_SECONDS_PER_PAIR_EDGE = 3e-8
+
+
+def flow_seconds(num_layers: int, num_tokens: int, num_outputs: int) -> float:
+    """A rough estimate of :func:`attention_flow`'s running time, in seconds: one maximum
+    flow per (output, input) pair, each over about ``L * T * T`` edges."""
+    edges = num_layers * num_tokens * num_tokens
+    return 0.05 + _FLOW_SECONDS_PER_PAIR_EDGE * num_outputs * num_tokens * edges
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds / 3600:.1f} hours"
+
+
+def attention_flow(trace: Trace, output: int | None = None, *, tol: float = 1e-7,
+                   budget: float | None = 60.0) -> FlowResult:
     """Attention flow: the maximum flow from each output token to each input token.
 
     Args:
         trace: a captured Trace (self-attention of its encoder or decoder).
         output: compute one output token's row only (T maximum flows instead of T*T).
         tol: every value is within ``tol`` of the exact maximum flow (certified by a cut).
+        budget: refuse, before starting, work estimated to take longer than this many
+            seconds (see :func:`flow_seconds`); None runs whatever it costs.
 
     Cost: T*T maximum flows over L*T*T edges; about 3 s for 64 tokens through 12 layers on
     two CPU cores (``python bench/analysis.py``). For long texts ask for one ``output``.
@@ -189,8 +213,21 @@ def attention_flow(trace: Trace, output: int | None = None, *, tol: float = 1e-7
         raise AttnscopeError(
             "Attention flow needs scipy: pip install scipy."
         ) from None
-    network = LayeredFlow(residual_attention(trace))
     outputs = _outputs(trace, output)
+    layers, tokens = trace.num_layers, trace.num_tokens
+    expected = flow_seconds(layers, tokens, len(outputs))
+    if budget is not None and expected > budget:
+        if output is None:
+            one = _duration(flow_seconds(layers, tokens, 1))
+            advice = f"ask for one output token (output=0 takes about {one}), or raise budget="
+        else:
+            advice = "raise budget="
+        raise AttnscopeError(
+            f"Attention flow for {len(outputs)} x {tokens} token pairs through {layers} layers "
+            f"would take about {_duration(expected)}, over the budget of {budget:g} s; "
+            f"{advice} (seconds, or None) to run it anyway."
+        )
+    network = LayeredFlow(residual_attention(trace))
     values = network.values(outputs, tol=tol)  # (T_out, T)
     return FlowResult("flow", values, outputs, trace.tokens, trace.model_name, trace.unit)
 
