@@ -92,7 +92,9 @@ def atomic_write(
 
     Args:
         path: the file to (re)place.
-        mode: ``"wb"`` (bytes) or ``"w"`` (text, in ``encoding``).
+        mode: ``"wb"`` (bytes) or ``"w"`` (text, in ``encoding``; a character the encoding
+            cannot hold, such as a lone surrogate in a token, is written as its ``\\udcxx``
+            escape, so it shows as text instead of failing the write).
         what: how to name the file in an error message ("the page", "the trace"...).
 
     Raises:
@@ -112,7 +114,8 @@ def atomic_write(
     tmp = Path(tmp_name)
     done = False
     try:
-        kwargs = {"encoding": encoding, "newline": ""} if mode == "w" else {}
+        kwargs = ({"encoding": encoding, "errors": "backslashreplace", "newline": ""}
+                  if mode == "w" else {})
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
@@ -123,11 +126,6 @@ def atomic_write(
     except OSError as err:
         raise AttnscopeError(
             f"Cannot write {what} '{path}': {describe_os_error(err)}."
-        ) from None
-    except UnicodeEncodeError as err:
-        raise AttnscopeError(
-            f"Cannot write {what} '{path}': it holds text that cannot be written as UTF-8 "
-            f"({err.reason} at position {err.start})."
         ) from None
     finally:
         if not done:
