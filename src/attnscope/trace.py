@@ -18,15 +18,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
+import stat
+import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from attnscope.errors import AttnscopeError, check_index
-from attnscope.files import atomic_write
+from attnscope.files import atomic_write, describe_os_error
 
 __all__ = ["PARTS", "Trace", "check_attention"]
 
@@ -144,9 +150,11 @@ class Trace:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tokens", tuple(self.tokens))
+        object.__setattr__(self, "tokens", _token_tuple(self.tokens, "tokens"))
         if self.decoder_tokens is not None:
-            object.__setattr__(self, "decoder_tokens", tuple(self.decoder_tokens))
+            object.__setattr__(
+                self, "decoder_tokens", _token_tuple(self.decoder_tokens, "decoder_tokens")
+            )
         for name in _ARRAY_FIELDS:
             value = getattr(self, name)
             if value is not None:
@@ -155,11 +163,13 @@ class Trace:
                     array = array.view()  # a read-only view; the caller's array stays writable
                 array.flags.writeable = False
                 object.__setattr__(self, name, array)
-        n = len(self.tokens)
-        if self.attentions.ndim != 4 or self.attentions.shape[2:] != (n, n):
-            raise ValueError(
-                f"attentions must be [L, H, {n}, {n}] for {n} tokens, got {self.attentions.shape}"
-            )
+        for name in ("sentence_b_start", "truncated"):  # numpy integers become plain ints
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                object.__setattr__(self, name, int(value))
+        problem = _field_problem(self)
+        if problem is not None:
+            raise InvalidTraceError(problem)
 
     # ----- sizes -------------------------------------------------------------------------------
     @property
@@ -242,7 +252,10 @@ class Trace:
 
     # ----- files -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Save to one ``.npz`` file (uncompressed, exact); returns the path written."""
+        """Save to one ``.npz`` file (uncompressed, exact); returns the path written.
+
+        The file is written atomically: a failure or Ctrl-C leaves any previous file whole.
+        """
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
@@ -252,27 +265,415 @@ class Trace:
             if f.name not in _ARRAY_FIELDS
         }
         meta["format_version"] = _FORMAT_VERSION
+        try:
+            meta_json = json.dumps(meta, ensure_ascii=False, default=_json_value)
+        except (TypeError, ValueError) as err:
+            raise AttnscopeError(
+                f"Cannot save the trace '{path}': its metadata cannot be written as JSON ({err})."
+            ) from None
         arrays = {n: getattr(self, n) for n in _ARRAY_FIELDS if getattr(self, n) is not None}
         with atomic_write(path, "wb", what="the trace") as fh:
-            np.savez(fh, __meta__=np.array(json.dumps(meta, ensure_ascii=False)), **arrays)
+            np.savez(fh, __meta__=np.array(meta_json), **arrays)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Trace:
-        """Load a Trace written by :meth:`save`."""
+        """Load a Trace written by :meth:`save`.
+
+        A file that is not a whole, consistent trace -- empty, truncated, damaged, of another
+        kind, with unknown or missing fields, arrays of the wrong shape or type, or attention
+        that is not weights (NaN, negative, rows not summing to 1) -- raises one
+        :class:`AttnscopeError` sentence naming the file and what is wrong. Every array's
+        shape, type and size is checked from its header against the bytes really stored
+        before any data is read, so loading never takes much more memory than the file's size.
+        """
         path = Path(path)
-        if not path.is_file():
-            raise AttnscopeError(f"Cannot load a trace: file '{path}' does not exist.")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["__meta__"]))
-                arrays = {name: data[name] for name in data.files if name != "__meta__"}
-        except (OSError, ValueError, KeyError) as err:
-            raise AttnscopeError(f"'{path}' is not an attnscope trace file ({err}).") from None
-        version = meta.pop("format_version", None)
-        if version != _FORMAT_VERSION:
-            raise AttnscopeError(
-                f"'{path}' is a trace of format {version}; this attnscope reads format "
-                f"{_FORMAT_VERSION}."
+            meta, arrays = _read_trace_file(path)
+            fields = _meta_fields(meta)
+            missing = [name for name in _REQUIRED_ARRAYS if name not in arrays]
+            if missing:
+                raise _BadFile(f"it has no {_names(missing)} array")
+            try:
+                trace = cls(**fields, **arrays)
+            except InvalidTraceError as err:
+                raise _BadFile(err.problem) from None
+            for part in trace.parts:
+                try:
+                    trace.check(part)
+                except AttnscopeError as err:
+                    message = str(err).rstrip(".")
+                    raise _BadFile(message[:1].lower() + message[1:]) from None
+        except _BadFile as err:
+            raise AttnscopeError(f"Cannot load the trace '{path}': {err.reason}.") from None
+        return trace
+
+
+# ----- checks ----------------------------------------------------------------------------------
+
+class InvalidTraceError(AttnscopeError):
+    """Fields that do not make a Trace (wrong shapes, types, or parts that do not fit)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"Invalid Trace: {problem}.")
+        self.problem = problem
+
+
+_ARCHITECTURES = ("encoder", "decoder", "encoder-decoder")
+_UNITS = ("token", "word")
+_FLOAT_FIELDS = frozenset({
+    "attentions", "hidden_states", "queries", "keys", "values",
+    "decoder_attentions", "decoder_hidden_states", "cross_attentions",
+})
+_MASK_FIELDS = frozenset({"special_mask", "decoder_special_mask"})
+_DECODER_FIELDS = (*(n for n in _ARRAY_FIELDS if n.startswith("decoder_")), "cross_attentions")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a hostile file can hold megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:-1]) + (" or " if len(names) > 1 else "") + names[-1]
+
+
+def _token_tuple(tokens: Any, name: str) -> tuple[str, ...]:
+    """``tokens`` as a tuple of strings, or :class:`InvalidTraceError`."""
+    if isinstance(tokens, (str, bytes)):
+        raise InvalidTraceError(f"{name} must be a sequence of strings, not one string")
+    try:
+        tokens = tuple(tokens)
+    except TypeError:
+        raise InvalidTraceError(
+            f"{name} must be a sequence of strings, not {type(tokens).__name__}"
+        ) from None
+    for i, token in enumerate(tokens):
+        if not isinstance(token, str):
+            raise InvalidTraceError(
+                f"{name} must all be strings, but token {i} is {type(token).__name__}"
             )
-        return cls(**meta, **arrays)
+    return tokens
+
+
+def _dtype_problem(name: str, array: np.ndarray) -> str | None:
+    kind = array.dtype.kind
+    if name in _FLOAT_FIELDS:
+        ok, want = kind == "f", "floating-point numbers"
+    elif name in _MASK_FIELDS:
+        ok, want = kind in "biu", "booleans"
+    else:
+        ok, want = kind in "iu", "whole numbers"
+    return None if ok else f"{name} must hold {want}, not {array.dtype}"
+
+
+def _shape_problem(name: str, array: np.ndarray | None, want: tuple[int | None, ...],
+                   pattern: str) -> str | None:
+    """A sentence part when ``array`` is not of shape ``want`` (None: any size there)."""
+    if array is None:
+        return None
+    shape = array.shape
+    fits = len(shape) == len(want) and all(
+        w is None or s == w for s, w in zip(shape, want, strict=True))
+    if fits:
+        return None
+    sizes = ", ".join("*" if w is None else str(w) for w in want)
+    return f"{name} must have shape {pattern} = [{sizes}], not {list(shape)}"
+
+
+def _field_problem(t: Trace) -> str | None:
+    """What makes ``t``'s fields not a Trace, or None. Checks types and shapes only (no
+    scan of the values), so building a Trace stays cheap; :meth:`Trace.check` looks at the
+    attention's values."""
+    for name in ("model_name", "model_type", "architecture", "text"):
+        if not isinstance(getattr(t, name), str):
+            return f"{name} must be a string, not {type(getattr(t, name)).__name__}"
+    if t.text_b is not None and not isinstance(t.text_b, str):
+        return f"text_b must be a string or None, not {type(t.text_b).__name__}"
+    if t.architecture not in _ARCHITECTURES:
+        return (f"architecture must be 'encoder', 'decoder' or 'encoder-decoder', "
+                f"not {_short(t.architecture)}")
+    if t.unit not in _UNITS:
+        return f"unit must be 'token' or 'word', not {_short(t.unit)}"
+    if not _is_whole(t.truncated) or t.truncated < 0:
+        return f"truncated must be a count of tokens (0 or more), not {_short(t.truncated)}"
+    if not isinstance(t.extra, dict):
+        return f"extra must be a dict, not {type(t.extra).__name__}"
+    n = len(t.tokens)
+    if n == 0:
+        return "it has no tokens"
+    for name in _ARRAY_FIELDS:
+        array = getattr(t, name)
+        if array is not None:
+            problem = _dtype_problem(name, array)
+            if problem:
+                return problem
+
+    problem = _shape_problem("attentions", t.attentions, (None, None, n, n), "[L, H, T, T]")
+    if problem:
+        return problem
+    layers, heads = t.attentions.shape[:2]
+    if layers == 0 or heads == 0:
+        return f"attentions holds {layers} layers of {heads} heads; a Trace needs at least one"
+    checks: list[tuple[str, tuple[int | None, ...], str]] = [
+        ("input_ids", (n,), "[T]"),
+        ("token_type_ids", (n,), "[T]"),
+        ("special_mask", (n,), "[T]"),
+        ("word_ids", (n,), "[T]"),
+        ("offsets", (n, 2), "[T, 2]"),
+        ("segment_ids", (n,), "[T]"),
+        ("hidden_states", (layers + 1, n, None), "[L+1, T, D]"),
+    ]
+    # Queries and keys share d_head (their dot products are the scores); values may differ.
+    d_head = t.queries.shape[-1] if t.queries is not None and t.queries.ndim == 4 else None
+    checks += [
+        ("queries", (layers, heads, n, None), "[L, H, T, d_head]"),
+        ("keys", (layers, heads, n, d_head), "[L, H, T, d_head]"),
+        ("values", (layers, heads, n, None), "[L, H, T, d_v]"),
+    ]
+
+    if t.decoder_tokens is None:
+        for name in _DECODER_FIELDS:
+            if getattr(t, name) is not None:
+                return f"{name} is given but decoder_tokens is not"
+    else:
+        m = len(t.decoder_tokens)
+        if m == 0:
+            return "decoder_tokens is empty"
+        if (t.decoder_attentions is None) != (t.cross_attentions is None):
+            return "decoder_attentions and cross_attentions must be given together"
+        dec_layers: int | None = None
+        if t.decoder_attentions is not None:
+            problem = _shape_problem("decoder_attentions", t.decoder_attentions,
+                                     (None, None, m, m), "[L_dec, H_dec, T_dec, T_dec]")
+            if problem:
+                return problem
+            dec_layers, dec_heads = t.decoder_attentions.shape[:2]
+            if dec_layers == 0 or dec_heads == 0:
+                return (f"decoder_attentions holds {dec_layers} layers of {dec_heads} heads; "
+                        "it needs at least one")
+            checks.append(("cross_attentions", (dec_layers, dec_heads, m, n),
+                           "[L_dec, H_dec, T_dec, T]"))
+        checks += [
+            ("decoder_input_ids", (m,), "[T_dec]"),
+            ("decoder_special_mask", (m,), "[T_dec]"),
+            ("decoder_word_ids", (m,), "[T_dec]"),
+            ("decoder_offsets", (m, 2), "[T_dec, 2]"),
+            ("decoder_hidden_states", (None if dec_layers is None else dec_layers + 1, m, None),
+             "[L_dec+1, T_dec, D]"),
+        ]
+    for name, want, pattern in checks:
+        problem = _shape_problem(name, getattr(t, name), want, pattern)
+        if problem:
+            return problem
+
+    start = t.sentence_b_start
+    if start is not None and (not _is_whole(start) or not 0 <= start <= n):
+        return (f"sentence_b_start must be None or a token position from 0 to {n}, "
+                f"not {_short(start)}")
+    return None
+
+
+def _json_value(value: Any) -> Any:
+    """numpy scalars and arrays (in ``extra``) as plain JSON values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+# ----- reading trace files ---------------------------------------------------------------------
+
+class _BadFile(Exception):
+    """Why a file is not a trace, as the end of a sentence ("it is empty")."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+#: Array fields without a default: every trace file holds them.
+_REQUIRED_ARRAYS = tuple(
+    f.name for f in dataclasses.fields(Trace)
+    if f.name in _ARRAY_FIELDS and f.default is dataclasses.MISSING
+)
+#: Metadata fields (JSON) and the types each may hold.
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "model_name": (str,),
+    "model_type": (str,),
+    "architecture": (str,),
+    "text": (str,),
+    "text_b": (str, type(None)),
+    "tokens": (list,),
+    "sentence_b_start": (int, type(None)),
+    "decoder_tokens": (list, type(None)),
+    "unit": (str,),
+    "truncated": (int,),
+    "extra": (dict,),
+}
+_REQUIRED_META = tuple(
+    f.name for f in dataclasses.fields(Trace)
+    if f.name in _META_TYPES
+    and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+)
+
+
+def _read_trace_file(path: Path) -> tuple[Any, dict[str, np.ndarray]]:
+    """The parsed JSON metadata and the arrays of a trace file, or :class:`_BadFile`.
+
+    The archive must hold uncompressed ``.npy`` members named after Trace fields. Each
+    member's header (shape, dtype) is read first and its size checked against the bytes
+    stored, and the stored bytes of all members together against the file's size, so nothing
+    larger than the file is ever allocated. Reading every member to its end checks its CRC.
+    """
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 -- closed by the with below
+    except FileNotFoundError:
+        raise _BadFile("the file does not exist") from None
+    except IsADirectoryError:
+        raise _BadFile("it is a folder") from None
+    except NotADirectoryError:
+        raise _BadFile("a part of the path is a file, not a folder") from None
+    except OSError as err:
+        raise _BadFile(describe_os_error(err)) from None
+    with handle:
+        info = os.fstat(handle.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise _BadFile("it is a folder")
+        if not stat.S_ISREG(info.st_mode):
+            raise _BadFile("it is not a regular file")
+        if info.st_size == 0:
+            raise _BadFile("the file is empty")
+        try:
+            start = handle.read(8)
+            handle.seek(0)
+            if start.startswith(b"\x93NUMPY"):
+                raise _BadFile("it holds one numpy array (.npy), not a trace (.npz)")
+            if not start.startswith(b"PK"):
+                raise _BadFile("it is not a trace file (not an .npz archive)")
+            with zipfile.ZipFile(handle) as archive:
+                return _read_members(archive, info.st_size)
+        except (_BadFile, MemoryError):
+            raise
+        except Exception as err:
+            # A damaged archive fails in many ways inside zipfile, numpy's header parser and
+            # json (BadZipFile, EOFError, struct.error, tokenize.TokenError...): all of them
+            # mean the same thing to the person loading it.
+            reason = _short(str(err) or type(err).__name__, 80)
+            raise _BadFile(f"the file is damaged or truncated ({reason})") from None
+
+
+def _read_members(archive: zipfile.ZipFile, file_size: int) -> tuple[Any, dict[str, np.ndarray]]:
+    members = archive.infolist()
+    known = {"__meta__", *_ARRAY_FIELDS}
+    seen: set[str] = set()
+    stored = 0
+    for member in members:
+        name = member.filename.removesuffix(".npy")
+        if name not in known or not member.filename.endswith(".npy"):
+            raise _BadFile(f"it holds {_short(member.filename)}, which is not a trace field")
+        if name in seen:
+            raise _BadFile(f"it holds {member.filename!r} twice")
+        seen.add(name)
+        if member.flag_bits & 0x1:
+            raise _BadFile(f"{member.filename!r} is encrypted")
+        if member.compress_type != zipfile.ZIP_STORED:
+            raise _BadFile(
+                f"{member.filename!r} is compressed; attnscope reads the uncompressed traces "
+                "that Trace.save writes"
+            )
+        if member.file_size != member.compress_size:
+            raise _BadFile(f"the sizes recorded for {member.filename!r} disagree")
+        stored += member.compress_size
+    if stored > file_size:
+        raise _BadFile(
+            f"its members claim {stored} bytes but the file holds {file_size}; it is damaged"
+        )
+    if "__meta__" not in seen:
+        raise _BadFile("it has no metadata (__meta__); it was not written by Trace.save")
+
+    meta: Any = None
+    arrays: dict[str, np.ndarray] = {}
+    for member in members:
+        name = member.filename.removesuffix(".npy")
+        with archive.open(member) as stream:
+            array = _read_npy(stream, member, name)
+        if name == "__meta__":
+            meta = json.loads(array)
+        else:
+            arrays[name] = array
+    return meta, arrays
+
+
+def _read_npy(stream: IO[bytes], member: zipfile.ZipInfo, name: str) -> Any:
+    """One ``.npy`` member: an array, or for ``__meta__`` its string. Checks the header's
+    shape and dtype, and that it needs exactly the bytes stored, before reading the data."""
+    what = repr(member.filename)
+    version = npy_format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran_order, dtype = npy_format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, fortran_order, dtype = npy_format.read_array_header_2_0(stream)
+    else:
+        raise _BadFile(f"{what} is a .npy of version {version}, which traces never use")
+    if any(size < 0 for size in shape):
+        raise _BadFile(f"{what} declares the impossible shape {_short(list(shape))}")
+    wanted_kinds = "U" if name == "__meta__" else "biuf"
+    if (dtype.kind not in wanted_kinds or dtype.hasobject or dtype.fields is not None
+            or dtype.subdtype is not None or (name == "__meta__" and shape != ())):
+        raise _BadFile(f"{what} holds {dtype} values of shape {_short(list(shape))}, "
+                       "which no trace field has")
+    needed = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    available = member.file_size - stream.tell()
+    if needed != available:
+        raise _BadFile(
+            f"{what} declares {needed} bytes of data but holds {max(available, 0)}; "
+            "the file is damaged or truncated"
+        )
+    data = stream.read(needed)  # reading to the end also checks the CRC
+    if len(data) != needed or stream.read(1):
+        raise _BadFile(f"{what} is truncated")
+    if name == "__meta__":
+        little = dtype.byteorder == "<" or (dtype.byteorder in "=|" and sys.byteorder == "little")
+        text = data.decode("utf-32-le" if little else "utf-32-be", errors="surrogatepass")
+        return text.rstrip("\0")
+    array = np.frombuffer(data, dtype=dtype)
+    if not dtype.isnative:
+        array = array.astype(dtype.newbyteorder("="))
+    if dtype.kind == "b":
+        array = array.view(np.uint8) != 0  # any byte but 0 is True
+    return array.reshape(shape, order="F" if fortran_order else "C")
+
+
+def _meta_fields(meta: Any) -> dict[str, Any]:
+    """The Trace fields held in a file's JSON metadata, checked for names and JSON types."""
+    if not isinstance(meta, dict):
+        raise _BadFile(f"its metadata is a JSON {type(meta).__name__}, not an object")
+    meta = dict(meta)
+    version = meta.pop("format_version", None)
+    if version != _FORMAT_VERSION:
+        raise _BadFile(
+            f"it is a trace of format {_short(version)}; this attnscope reads format "
+            f"{_FORMAT_VERSION}"
+        )
+    unknown = sorted(set(meta) - set(_META_TYPES))
+    if unknown:
+        raise _BadFile(f"its metadata has unknown fields {_short(unknown)}")
+    missing = [name for name in _REQUIRED_META if name not in meta]
+    if missing:
+        raise _BadFile(f"its metadata lacks {_names(missing)}")
+    for name, value in meta.items():
+        types = _META_TYPES[name]
+        if not isinstance(value, types) or isinstance(value, bool):
+            wanted = " or ".join("null" if t is type(None) else _JSON_NAMES[t] for t in types)
+            raise _BadFile(f"its metadata field {name} must be {wanted}, not {_short(value)}")
+    return meta
+
+
+_JSON_NAMES = {str: "a string", int: "a whole number", list: "a list", dict: "an object"}
