@@ -15,6 +15,7 @@ on canvas.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,10 +52,11 @@ def head_view(
     notebook and None is returned (outside a notebook the view is returned); with
     ``"return"`` it is returned (it has ``.html``, ``.data`` and ``.save``).
     """
-    trace, layers = _trace(attention, tokens, sentence_b_start, prettify_tokens,
-                           encoder_attention, decoder_attention, cross_attention,
-                           encoder_tokens, decoder_tokens, include_layers, None)
+    trace, layers, _ = _trace(attention, tokens, sentence_b_start, prettify_tokens,
+                              encoder_attention, decoder_attention, cross_attention,
+                              encoder_tokens, decoder_tokens, include_layers, None)
     start = 0 if layer is None else _position(layer, layers, "layer")
+    heads = _as_list(heads, "heads", "head numbers")
     view = AttnView(trace, ["head"], layer=start, heads=heads, layer_labels=layers)
     return _act(view, html_action)
 
@@ -80,10 +82,10 @@ def model_view(
     ``include_heads`` keep only those layers and heads. ``html_action`` as in
     :func:`head_view`.
     """
-    trace, layers = _trace(attention, tokens, sentence_b_start, prettify_tokens,
-                           encoder_attention, decoder_attention, cross_attention,
-                           encoder_tokens, decoder_tokens, include_layers, include_heads)
-    head_labels = sorted(set(include_heads)) if include_heads is not None else None
+    trace, layers, head_labels = _trace(attention, tokens, sentence_b_start, prettify_tokens,
+                                        encoder_attention, decoder_attention, cross_attention,
+                                        encoder_tokens, decoder_tokens, include_layers,
+                                        include_heads)
     view = AttnView(trace, ["model"], theme=display_mode, layer_labels=layers,
                     head_labels=head_labels)
     return _act(view, html_action)
@@ -115,6 +117,8 @@ def _stack(attention: Any, what: str) -> np.ndarray:
             f"{what} must be a tuple of per-layer [1, heads, tokens, tokens] arrays, got shape "
             f"{list(stacked.shape)}."
         )
+    if stacked.shape[1] == 0:
+        raise AttnscopeError(f"{what} holds no heads: each layer must be [1, heads, ...].")
     return np.ascontiguousarray(stacked, dtype=np.float32)
 
 
@@ -129,8 +133,20 @@ def _to_numpy(value: Any, what: str) -> np.ndarray:
         ) from None
 
 
-def _pretty(tokens: Sequence[str], prettify: bool) -> list[str]:
-    tokens = [str(t) for t in tokens]
+def _as_list(values: Any, what: str, items: str) -> list[Any] | None:
+    """``values`` (None, or any iterable but a string) as a list, or one sentence."""
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise AttnscopeError(f"{what} must be a list of {items}, not {type(values).__name__}.")
+    return list(values)
+
+
+def _pretty(tokens: Sequence[str], prettify: bool, what: str = "tokens") -> list[str]:
+    listed = _as_list(tokens, what, "strings (one per token)")
+    tokens = [str(t) for t in listed or []]
+    if not tokens:
+        raise AttnscopeError(f"{what} is empty: the attention needs at least one token.")
     if not prettify:
         return tokens
     # GPT-2/RoBERTa mark a leading space with "Ġ", SentencePiece with "▁".
@@ -156,8 +172,9 @@ def _token_fields(tokens: list[str], sentence_b_start: int | None) -> dict[str, 
 
 def _trace(attention, tokens, sentence_b_start, prettify, encoder_attention, decoder_attention,
            cross_attention, encoder_tokens, decoder_tokens, include_layers,
-           include_heads) -> tuple[Trace, list[int]]:
-    """A Trace built from bertviz's arguments, and the layer numbers it keeps."""
+           include_heads) -> tuple[Trace, list[int], list[int] | None]:
+    """A Trace built from bertviz's arguments, the layer numbers it keeps and the head numbers
+    it keeps (None: all)."""
     if attention is not None:
         if tokens is None:
             raise AttnscopeError(
@@ -173,7 +190,7 @@ def _trace(attention, tokens, sentence_b_start, prettify, encoder_attention, dec
                 "the decoder, decoder_attention, cross_attention and decoder_tokens)."
             )
         att = _stack(encoder_attention, "encoder_attention")
-        toks = _pretty(encoder_tokens, prettify)
+        toks = _pretty(encoder_tokens, prettify, "encoder_tokens")
         dec = None
         if decoder_attention is not None or cross_attention is not None:
             if decoder_attention is None or cross_attention is None or decoder_tokens is None:
@@ -181,18 +198,22 @@ def _trace(attention, tokens, sentence_b_start, prettify, encoder_attention, dec
                     "Pass decoder_attention, cross_attention and decoder_tokens together."
                 )
             dec = (_stack(decoder_attention, "decoder_attention"),
-                   _stack(cross_attention, "cross_attention"), _pretty(decoder_tokens, prettify))
+                   _stack(cross_attention, "cross_attention"),
+                   _pretty(decoder_tokens, prettify, "decoder_tokens"))
     n = len(toks)
     if att.shape[2:] != (n, n):
         raise AttnscopeError(
             f"The attention covers {att.shape[2]} tokens but {n} tokens were given."
         )
-    if sentence_b_start is not None:
-        check_index(sentence_b_start, n, "sentence_b_start", "token positions")
+    if sentence_b_start is not None:  # negative positions count from the end
+        sentence_b_start = check_index(sentence_b_start, n, "sentence_b_start", "token positions")
     layers = list(range(att.shape[0]))
+    include_layers = _as_list(include_layers, "include_layers", "layer numbers")
+    include_heads = _as_list(include_heads, "include_heads", "head numbers")
     if include_layers is not None:
         layers = sorted({check_index(i, att.shape[0], "layer") for i in include_layers})
         att = att[layers]  # (L_kept, H, T, T)
+    keep = None
     if include_heads is not None:
         keep = sorted({check_index(h, att.shape[1], "head") for h in include_heads})
         att = att[:, keep]  # (L, H_kept, T, T)
@@ -206,8 +227,18 @@ def _trace(attention, tokens, sentence_b_start, prettify, encoder_attention, dec
                 f"decoder_attention must be [1, H, {m}, {m}] and cross_attention [1, H, {m}, {n}] "
                 f"per layer for {m} decoder and {n} encoder tokens."
             )
+        if dec_att.shape[:2] != cross_att.shape[:2]:
+            raise AttnscopeError(
+                f"decoder_attention and cross_attention must have the same layers and heads, "
+                f"not {dec_att.shape[0]} x {dec_att.shape[1]} and "
+                f"{cross_att.shape[0]} x {cross_att.shape[1]}."
+            )
         if include_layers is not None:
             dec_att, cross_att = dec_att[layers], cross_att[layers]  # (L_kept, H, ., .)
+        if keep is not None:  # the same heads of every part, numbered as in the model
+            for h in keep:
+                check_index(h, min(dec_att.shape[1], cross_att.shape[1]), "head")
+            dec_att, cross_att = dec_att[:, keep], cross_att[:, keep]  # (L, H_kept, ., .)
         architecture = "encoder-decoder"
         fields = {
             "decoder_tokens": dec_toks,
@@ -222,11 +253,15 @@ def _trace(attention, tokens, sentence_b_start, prettify, encoder_attention, dec
         hidden_states=np.zeros((att.shape[0] + 1, n, 0), dtype=np.float32),
         **_token_fields(toks, sentence_b_start), **fields,
     )
-    return trace, layers
+    for part in trace.parts:  # NaN, negative or unnormalised weights: one sentence, no view
+        trace.check(part)
+    return trace, layers, keep
 
 
 def _position(layer: int, layers: list[int], what: str) -> int:
     """Where model layer number ``layer`` sits among the kept ``layers``."""
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+        raise AttnscopeError(f"{what} must be a whole number, not {layer!r}.")
     if layer in layers:
         return layers.index(layer)
     if layer < 0 and -len(layers) <= layer:
