@@ -83,11 +83,18 @@ def check_writable(path: str | os.PathLike[str], what: str = "the file", *,
             with tempfile.NamedTemporaryFile(prefix=".attnscope-probe.", dir=parent):
                 pass
         except OSError as err:
-            # a folder that exists yet has "no such file" for a new name: /proc, /sys...
-            reason = ("the folder does not accept new files" if err.errno == errno.ENOENT
-                      else describe_os_error(err))
-            raise AttnscopeError(f"Cannot write {what} '{path}': {reason}.") from None
+            raise AttnscopeError(
+                f"Cannot write {what} '{path}': {_creation_error(err)}."
+            ) from None
     return path
+
+
+def _creation_error(err: OSError) -> str:
+    """Why a new file could not be made in a folder that exists."""
+    # A folder that exists yet has "no such file" for a new name: /proc, /sys...
+    if err.errno == errno.ENOENT:
+        return "the folder does not accept new files"
+    return describe_os_error(err)
 
 
 @contextlib.contextmanager
@@ -115,9 +122,7 @@ def atomic_write(
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp",
                                         dir=path.parent)
     except OSError as err:
-        raise AttnscopeError(
-            f"Cannot write {what} '{path}': {describe_os_error(err)}."
-        ) from None
+        raise AttnscopeError(f"Cannot write {what} '{path}': {_creation_error(err)}.") from None
     tmp = Path(tmp_name)
     done = False
     try:

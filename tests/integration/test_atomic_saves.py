@@ -164,9 +164,10 @@ def _bad_places(tmp_path: Path, ext: str) -> list[tuple[Path, str]]:
         (tmp_path / "missing" / f"file{ext}", "does not exist"),
         (tmp_path / ("n" * 300 + ext), "the file name is too long"),
         (tmp_path / ("n" * 300) / f"file{ext}", "the file name is too long"),
-        (Path(f"/proc/attnscope-test{ext}"), ""),  # procfs makes no files, even for root
-        (Path(f"/proc/self/attnscope-test{ext}"), ""),
-        (Path(f"/sys/attnscope-test{ext}"), "permission denied"),  # sysfs neither
+        # procfs and sysfs make no files, even for root (chmod'ed folders would not stop it)
+        (Path(f"/proc/attnscope-test{ext}"), "the folder does not accept new files"),
+        (Path(f"/proc/self/attnscope-test{ext}"), "the folder does not accept new files"),
+        (Path(f"/sys/attnscope-test{ext}"), "permission denied"),
     ]
 
 
