@@ -61,10 +61,12 @@ def check_writable(path: str | os.PathLike[str], what: str = "the file", *,
     try:
         encoded = os.fsencode(path)
     except UnicodeEncodeError:  # a lone surrogate, from Python text or a badly decoded name
+        encoded = b"\0"
+    if b"\0" in encoded:  # the system cannot take it either
         raise AttnscopeError(
             f"Cannot write {what} {str(path)!a}: the path holds characters that cannot be "
             "a file name."
-        ) from None
+        )
     if len(os.fsencode(path.name)) > 255 or len(encoded) >= 4096:
         raise AttnscopeError(f"Cannot write {what} '{path}': the file name is too long.")
     try:

@@ -305,7 +305,9 @@ class Trace:
                     message = str(err).rstrip(".")
                     raise _BadFile(message[:1].lower() + message[1:]) from None
         except _BadFile as err:
-            raise AttnscopeError(f"Cannot load the trace '{path}': {err.reason}.") from None
+            # ascii() where the path itself cannot be printed (a lone surrogate, a NUL)
+            shown = f"'{path}'" if str(path).isprintable() else ascii(str(path))
+            raise AttnscopeError(f"Cannot load the trace {shown}: {err.reason}.") from None
         return trace
 
 
@@ -534,6 +536,8 @@ def _read_trace_file(path: Path) -> tuple[Any, dict[str, np.ndarray]]:
     """
     try:
         handle = open(path, "rb")  # noqa: SIM115 -- closed by the with below
+    except (UnicodeEncodeError, ValueError):  # a lone surrogate or a NUL in the path
+        raise _BadFile("the path holds characters that cannot be a file name") from None
     except FileNotFoundError:
         raise _BadFile("the file does not exist") from None
     except IsADirectoryError:

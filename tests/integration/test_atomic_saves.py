@@ -180,8 +180,9 @@ def test_write_errors_are_one_sentence(tmp_path, pair):
             assert message.startswith("Cannot write the ") and f"'{path}'" in message, message
             assert reason in message and "\n" not in message, message
             assert not os.path.isfile(path)  # (os.path never raises, even for long names)
-        with pytest.raises(AttnscopeError, match="holds characters that cannot be a file name"):
-            save(tmp_path / f"lone \udc00\ud800 surrogate{ext}")
+        for odd in (f"lone \udc00\ud800 surrogate{ext}", f"nul\0inside{ext}"):
+            with pytest.raises(AttnscopeError, match="holds characters that cannot be a file"):
+                save(tmp_path / odd)
     assert leftovers(tmp_path) == []
 
 

@@ -134,6 +134,9 @@ def test_files_that_are_not_traces(tmp_path, good_file, members):
     assert "does not exist" in load_error(tmp_path / "missing.npz")
     assert "not a regular file" in load_error(Path("/dev/zero"))
     assert "a part of the path is a file" in load_error(good_file / "inside.npz")
+    for odd in ("nul\0inside.npz", "lone \ud800 surrogate.npz"):
+        with pytest.raises(AttnscopeError, match="holds characters that cannot be a file name"):
+            at.Trace.load(tmp_path / odd)
 
 
 def test_truncated_files_at_every_eighth(tmp_path, good_file):
