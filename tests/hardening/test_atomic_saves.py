@@ -26,7 +26,7 @@ from PIL import Image
 
 import attnscope as at
 from attnscope.errors import AttnscopeError
-from attnscope.files import write_text
+from attnscope.files import atomic_write, write_text
 from attnscope.testing import build_tiny_model
 
 SRC = Path(at.__file__).resolve().parents[1]
@@ -202,14 +202,18 @@ def test_a_failing_figure_leaves_the_previous_file(tmp_path, pair):
     assert leftovers(tmp_path) == []
 
 
-def test_text_that_cannot_be_written_leaves_the_previous_file(tmp_path):
+def test_an_error_or_ctrl_c_mid_write_leaves_the_previous_file(tmp_path):
     path = tmp_path / "page.html"
     write_text(path, "<p>the previous page</p>")
-    # 200 KB are written before the lone surrogate: the failure comes mid-write.
-    with pytest.raises(AttnscopeError, match="cannot be written as UTF-8"):
-        write_text(path, "<p>fine</p>" * 20_000 + "\ud800", what="the page")
-    assert path.read_text() == "<p>the previous page</p>"
-    assert leftovers(tmp_path) == []
+    for interruption in (KeyboardInterrupt, RuntimeError):
+        # 200 KB reach the temporary file before the interruption: it comes mid-write.
+        with pytest.raises(interruption), atomic_write(path, "w", what="the page") as handle:
+            handle.write("<p>fine</p>" * 20_000)
+            handle.flush()
+            assert len(leftovers(tmp_path)) == 1
+            raise interruption()
+        assert path.read_text() == "<p>the previous page</p>"
+        assert leftovers(tmp_path) == []
 
 
 # A child whose files may not grow past 4 KB (RLIMIT_FSIZE): each save fails mid-write with
