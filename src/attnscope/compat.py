@@ -234,6 +234,8 @@ def _trace(attention, tokens, sentence_b_start, prettify, encoder_attention, dec
                 f"{cross_att.shape[0]} x {cross_att.shape[1]}."
             )
         if include_layers is not None:
+            for i in layers:
+                check_index(i, dec_att.shape[0], "decoder layer")
             dec_att, cross_att = dec_att[layers], cross_att[layers]  # (L_kept, H, ., .)
         if keep is not None:  # the same heads of every part, numbered as in the model
             for h in keep:

@@ -102,13 +102,14 @@ def bertviz_inputs(draw):
         args["prettify_tokens"] = draw(st.booleans())
     if draw(st.integers(0, 2)) == 0:  # an encoder-decoder call instead
         m = draw(st.integers(low, 3))
-        args = {
-            "encoder_attention": args["attention"], "encoder_tokens": args["tokens"],
+        dec_layers = draw(st.sampled_from([layers, 1])) if hostile else layers
+        args |= {
+            "encoder_attention": args.pop("attention"), "encoder_tokens": args.pop("tokens"),
             "decoder_attention": tuple(draw(layer_arrays((1, heads, m, m), hostile))
-                                       for _ in range(layers)),
+                                       for _ in range(dec_layers)),
             "cross_attention": tuple(
                 draw(layer_arrays((1, heads, m, n), hostile))
-                for _ in range(draw(st.sampled_from([layers, 1])) if hostile else layers)),
+                for _ in range(draw(st.sampled_from([dec_layers, 1])) if hostile else layers)),
             "decoder_tokens": draw(st.lists(TEXT, min_size=m, max_size=m)),
         }
     return args
@@ -160,6 +161,10 @@ def test_any_bertviz_call_gives_a_view_or_one_sentence(args, view):
     ({"attention": (np.eye(2)[None, None],), "tokens": 5}, "tokens must be a list of strings"),
     ({"attention": (np.eye(2)[None, None],), "tokens": ["a", "b"], "include_layers": 0},
      "include_layers must be a list of layer numbers"),
+    ({"encoder_attention": (np.eye(2)[None, None],) * 3, "encoder_tokens": ["a", "b"],
+      "decoder_attention": (np.eye(1)[None, None],), "decoder_tokens": ["<s>"],
+      "cross_attention": (np.full((1, 1, 1, 2), 0.5),), "include_layers": [2]},
+     "decoder layer 2 is out of range"),
 ])
 def test_bad_bertviz_inputs_say_what_is_wrong(args, expected):
     with pytest.raises(AttnscopeError, match=expected):
