@@ -13,6 +13,7 @@ import pytest
 
 import attnscope as at
 from attnscope import compat
+from attnscope.render import html as page_html
 from attnscope.render.views import all_views
 
 pytestmark = pytest.mark.browser
@@ -89,9 +90,11 @@ class Opened:
         self.page.close()
 
 
-def _lines(trace, layer, heads, *, rows=None, cols=None, causal=False, min_v=3):
-    """How many lines the head view should draw: quantized weights >= 3/255."""
-    att = np.rint(np.asarray(trace.attentions[layer])[list(heads)] * 255)  # (h, T, T)
+def _lines(trace, layer, heads, *, rows=None, cols=None, causal=False, min_v=0.01):
+    """How many lines the head view should draw: weights >= 0.01 as the page draws them
+    (decoded from the coarse plane)."""
+    att = page_html.decode_attention(page_html.encode_attention(trace.attentions), fine=False)
+    att = att[layer][list(heads)]  # (h, T, T)
     keep = att >= min_v
     if causal:
         keep &= np.tril(np.ones(att.shape[1:], dtype=bool))
@@ -130,10 +133,10 @@ def test_head_view_draws_and_reacts(browser, seed_pair_trace, tmp_path):
                                                  cols=range(b, trace.num_tokens))
     page.page.select_option(".as-filter select", "all")
 
-    # hovering query token 2 keeps only its lines (every weight >= 1/255)
+    # hovering query token 2 keeps only its lines
     page.page.hover(".as-hv-left .as-tok[data-index='2']")
     assert page.state("head")["hover"] == {"side": "q", "index": 2}
-    assert page.state("head")["drawn"] == _lines(trace, 0, [3], rows=[2], min_v=1)
+    assert page.state("head")["drawn"] == _lines(trace, 0, [3], rows=[2])
     page.page.mouse.move(1300, 10)
     assert page.state("head")["hover"] is None
     page.check_clean()

@@ -214,7 +214,7 @@ def _payload(view: AttnView) -> dict[str, Any]:
             "causal": bool(name == "decoder" or (name == "self" and trace.is_causal)),
             "layers": view._layer_labels or list(range(layers)),
             "heads": view._head_labels or list(range(heads)),
-            "att": page_html.encode_uint8(attentions),
+            "att": page_html.encode_attention(attentions),
         })
     tokens = {"self": list(trace.tokens)}
     special = {"self": [int(s) for s in np.asarray(trace.special_mask, dtype=bool)]}

@@ -7,8 +7,12 @@
  * typed arrays and draws. Every text from the data (tokens, model names) is inserted with
  * textContent or drawn with canvas fillText: data never becomes markup.
  *
- * Attention arrives as uint8 (weight * 255) [L, H, Tq, Tk], row-major, zlib-deflated;
- * queries and keys as float16 [L, H, T, d_head].
+ * Attention arrives as a logarithmic 12-bit code of each weight's ratio to its row's maximum
+ * (see attnscope.render.html.encode_attention): a "coarse" plane of one byte a weight
+ * (0 zero, 1 below the floor, 2..255 the top 8 bits), deflated per layer, a "fine" plane of
+ * the low 4 bits (two weights a byte), and float32 row maxima and below-floor means
+ * [L, H, Tq]. Drawing uses the coarse plane (within 1.8%); values shown as numbers use both
+ * planes (within 0.11%). Queries and keys arrive as float16 [L, H, T, d_head].
  */
 
 // ----- small helpers ------------------------------------------------------------------------
@@ -18,6 +22,15 @@ function el(tag, cls, text) {
   if (cls) node.className = cls;
   if (text !== undefined && text !== null) node.textContent = String(text);
   return node;
+}
+
+function button(parent, cls, text, title, onClick) {
+  const b = el("button", "as-button " + cls, text);
+  b.type = "button";
+  if (title) b.title = title;
+  b.addEventListener("click", onClick);
+  parent.append(b);
+  return b;
 }
 
 function selectField(parent, label, options, value, onChange) {
@@ -59,9 +72,20 @@ function sizeCanvas(canvas, width, height) {
   return ctx;
 }
 
-// A white-to-blue ramp for weights in [0, 1] (index 0..255), as [r, g, b] triples.
-const RAMP = (function () {
-  const stops = [[255, 255, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
+// Three significant digits, as every readout and tooltip shows a weight.
+function fmt(v) {
+  return v === 0 ? "0" : v.toPrecision(3);
+}
+
+// One colour language (the static figures use the same ramps): weights from the page
+// background to a deep blue (light theme) or to a pale blue (dark theme); signed values from
+// blue (negative) through the background to red (positive).
+const RAMP_STOPS = {
+  light: [[255, 255, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]],
+  dark: [[13, 17, 23], [8, 48, 107], [33, 113, 181], [107, 174, 214], [222, 235, 247]],
+};
+
+function makeRamp(stops) {
   const lut = new Uint8Array(256 * 3);
   for (let v = 0; v < 256; v++) {
     const x = (v / 255) * (stops.length - 1);
@@ -70,13 +94,97 @@ const RAMP = (function () {
     for (let c = 0; c < 3; c++) lut[v * 3 + c] = Math.round(stops[k][c] * (1 - f) + stops[k + 1][c] * f);
   }
   return lut;
-})();
+}
+
+const RAMPS = { light: makeRamp(RAMP_STOPS.light), dark: makeRamp(RAMP_STOPS.dark) };
 
 // Diverging colour for a value in [-1, 1]: blue (negative), white (0), red (positive).
 function diverging(x) {
   const t = Math.max(-1, Math.min(1, x));
   if (t >= 0) return `rgb(${255},${Math.round(255 - 180 * t)},${Math.round(255 - 200 * t)})`;
   return `rgb(${Math.round(255 + 200 * t)},${Math.round(255 + 130 * t)},255)`;
+}
+
+// The contrast control: how a weight maps to a colour or an opacity in [0, 1].
+// "linear" up to `max`, "sqrt" (small weights lifted), "log" (1e-4 .. max on a log scale).
+const LOG_FLOOR = 1e-4;
+function makeScale(mode, max) {
+  const top = Math.max(1e-6, max);
+  if (mode === "sqrt") return (v) => (v <= 0 ? 0 : Math.min(1, Math.sqrt(v / top)));
+  if (mode === "log") {
+    const lo = Math.log(Math.min(LOG_FLOOR, top / 10)), span = Math.log(top) - lo;
+    return (v) => (v <= 0 ? 0 : Math.max(0, Math.min(1, (Math.log(v) - lo) / span)));
+  }
+  return (v) => Math.min(1, v / top);
+}
+
+const SCALE_OPTIONS = [["linear", "linear"], ["sqrt", "square root"], ["log", "logarithmic"]];
+const MAX_OPTIONS = [["1", "max 1"], ["0.5", "max 0.5"], ["0.2", "max 0.2"], ["0.1", "max 0.1"],
+  ["0.05", "max 0.05"], ["0.01", "max 0.01"]];
+
+// A colour bar for the current scale: a ramp with its end values and a midpoint.
+function colorbar(parent) {
+  const wrap = el("div", "as-colorbar");
+  const canvas = el("canvas", "as-colorbar-canvas");
+  const lo = el("span", "as-cb-lo"), mid = el("span", "as-cb-mid"), hi = el("span", "as-cb-hi");
+  const labels = el("div", "as-cb-labels");
+  labels.append(lo, mid, hi);
+  wrap.append(el("span", "as-label", "weight"), canvas, labels);
+  parent.append(wrap);
+  function update(ramp, mode, max, scale) {
+    const ctx = sizeCanvas(canvas, 160, 10);
+    for (let x = 0; x < 160; x++) {
+      const k = Math.round((x / 159) * 255) * 3;
+      ctx.fillStyle = `rgb(${ramp[k]},${ramp[k + 1]},${ramp[k + 2]})`;
+      ctx.fillRect(x, 0, 1, 10);
+    }
+    // label the ends and the value that maps to the middle of the ramp
+    let m = 0, a = 0, b = max;
+    for (let it = 0; it < 40; it++) {
+      m = (a + b) / 2;
+      if (scale(m) < 0.5) a = m; else b = m;
+    }
+    lo.textContent = mode === "log" ? "\u2264" + fmt(Math.min(LOG_FLOOR, max / 10)) : "0";
+    mid.textContent = fmt(m);
+    hi.textContent = (max < 1 ? "\u2265" : "") + fmt(max);
+  }
+  return { update, node: wrap };
+}
+
+// Saves a canvas as a PNG file through a download link (no network request is made).
+function downloadCanvas(canvas, name) {
+  canvas.toBlob((blob) => {
+    if (!blob) return;
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = name;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  }, "image/png");
+}
+
+// A tooltip that follows the pointer inside one root.
+function tooltip(root) {
+  const tip = el("div", "as-tip");
+  tip.hidden = true;
+  tip.setAttribute("role", "tooltip");
+  root.append(tip);
+  return {
+    node: tip,
+    show(lines, x, y) {
+      tip.textContent = "";
+      for (const line of lines) tip.append(el("div", null, line));
+      tip.hidden = false;
+      const box = root.getBoundingClientRect();
+      tip.style.left = Math.max(0, x - box.left + 14) + "px";
+      tip.style.top = Math.max(0, y - box.top + 14) + "px";
+    },
+    hide() {
+      tip.hidden = true;
+    },
+  };
 }
 
 // ----- decoding -----------------------------------------------------------------------------
@@ -113,6 +221,11 @@ async function inflate(bytes) {
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 
+function float32s(b64) {
+  const bytes = base64Bytes(b64);
+  return new Float32Array(bytes.buffer, 0, bytes.length >> 2);
+}
+
 // An array spec's "b64" is one string, or a list of strings (one per first-axis slice, each
 // deflated on its own when "zlib" is set) that join into the array's bytes.
 async function decodeArray(spec) {
@@ -138,18 +251,86 @@ async function decodeArray(spec) {
   throw new Error("unknown array type " + spec.dtype);
 }
 
+// One attention part ([L, H, Tq, Tk]) with the accessors every view uses:
+//   weight(l, h, i, j)   the value to 0.11% once the layer's fine plane is decoded (else 1.8%)
+//   row(l, h, i, out)    one query's weights (Float32Array Tk), for drawing
+//   ensure(l)            decodes layer l's coarse plane (layers are decoded when first needed)
+function loadPart(spec, P) {
+  const att = spec.att;
+  const [L, H, Tq, Tk] = att.shape;
+  const coarse = new Array(L).fill(null);
+  const fineLut = new Float32Array(att.top + 1);
+  for (let c = 0; c <= att.top; c++) fineLut[c] = Math.exp(-(att.top - c) * att.step);
+  const coarseLut = new Float32Array(256);
+  for (let c = 2; c < 256; c++) coarseLut[c] = Math.exp(-(att.top - (c * 16 + 7.5)) * att.step);
+  const part = {
+    name: spec.name, label: spec.label, causal: spec.causal, layers: spec.layers,
+    heads: spec.heads, L, H, Tq, Tk,
+    rows: P.tokens[spec.rows], cols: P.tokens[spec.cols],
+    rowSpecial: P.special[spec.rows], colSpecial: P.special[spec.cols],
+    coarse, fine: new Array(L).fill(null), rowmax: float32s(att.rowmax), tail: float32s(att.tail),
+    exact: !!att.fine,
+  };
+  const coarseB64 = att.coarse, fineB64 = att.fine;
+  att.coarse = att.fine = att.rowmax = att.tail = null; // the decoded copies are all we keep
+  const pending = new Array(L).fill(null);
+  part.ensure = (l) => {
+    if (coarse[l]) return Promise.resolve(coarse[l]);
+    if (!pending[l]) {
+      pending[l] = inflate(base64Bytes(coarseB64[l])).then((bytes) => {
+        coarse[l] = bytes;
+        coarseB64[l] = null;
+        return bytes;
+      });
+    }
+    return pending[l];
+  };
+  part.ensureAll = () => Promise.all([...Array(L).keys()].map((l) => part.ensure(l)));
+  part.weight = (l, h, i, j) => {
+    const idx = (h * Tq + i) * Tk + j;
+    const c = coarse[l][idx];
+    if (c === 0) return 0;
+    const r = (l * H + h) * Tq + i;
+    if (c === 1) return part.tail[r];
+    const f = part.fine[l];
+    if (f) return part.rowmax[r] * fineLut[(c << 4) | ((f[idx >> 1] >> ((idx & 1) << 2)) & 15)];
+    return part.rowmax[r] * coarseLut[c];
+  };
+  part.row = (l, h, i, out) => {
+    const codes = coarse[l];
+    const r = (l * H + h) * Tq + i;
+    const m = part.rowmax[r], t = part.tail[r];
+    const base = (h * Tq + i) * Tk;
+    for (let j = 0; j < Tk; j++) {
+      const c = codes[base + j];
+      out[j] = c > 1 ? m * coarseLut[c] : (c === 1 ? t : 0);
+    }
+    return out;
+  };
+  // After the first drawing: every coarse plane, then the fine planes, a layer per task.
+  part.loadRest = async () => {
+    for (let l = 0; l < L; l++) {
+      await part.ensure(l);
+      await new Promise((resolve) => setTimeout(resolve, 0));
+    }
+    if (!fineB64) return;
+    for (let l = 0; l < L; l++) {
+      if (!part.fine[l]) part.fine[l] = await inflate(base64Bytes(fineB64[l]));
+      fineB64[l] = null;
+      await new Promise((resolve) => setTimeout(resolve, 0));
+    }
+  };
+  return part;
+}
+
 async function loadArrays(P) {
   const parts = {};
-  for (const spec of P.parts) {
-    const [L, H, Tq, Tk] = spec.att.shape;
-    const bytes = await decodeArray(spec.att);
-    parts[spec.name] = {
-      name: spec.name, label: spec.label, causal: spec.causal, layers: spec.layers,
-      heads: spec.heads, bytes, L, H, Tq, Tk,
-      rows: P.tokens[spec.rows], cols: P.tokens[spec.cols],
-      rowSpecial: P.special[spec.rows], colSpecial: P.special[spec.cols],
-    };
-  }
+  for (const spec of P.parts) parts[spec.name] = loadPart(spec, P);
+  // what the first view draws: one layer for the head view, every layer otherwise
+  const first = parts[P.initial.part] || Object.values(parts)[0];
+  if (P.kinds[0] === "head") await first.ensure(P.initial.layer);
+  else if (P.kinds[0] === "neuron") await parts.self.ensure(P.initial.layer);
+  else if (P.kinds[0] === "model") await Promise.all(Object.values(parts).map((p) => p.ensureAll()));
   let qk = null;
   if (P.qk) {
     qk = { q: await decodeArray(P.qk.q), k: await decodeArray(P.qk.k), shape: P.qk.q.shape,
@@ -164,17 +345,27 @@ function attnscopeMount(root) {
   if (!root || root.dataset.mounted) return;
   root.dataset.mounted = "1";
   const status = root.querySelector(".as-status");
+  // (performance.now() at each stage of opening, for the benchmark)
+  const marks = { mount: performance.now() };
   const P = JSON.parse(root.querySelector(".attnscope-data").textContent);
+  marks.parsed = performance.now();
   if (P.theme === "dark") root.classList.add("as-dark");
   // Tests and tools reach a view's state through the element, never through a global.
-  const api = { views: {}, payload: P };
+  const api = { views: {}, payload: P, marks };
   root.attnscope = api;
   loadArrays(P).then((A) => {
+    marks.decoded = performance.now();
     if (status) status.remove();
     build(root, P, A, api);
+    marks.drawn = performance.now();
     root.dataset.ready = "1";
+    return Promise.all(Object.values(A.parts).map((p) => p.loadRest()));
+  }).then(() => {
+    root.dataset.exact = "1";
+    for (const view of Object.values(api.views)) if (view.refresh) view.refresh();
   }).catch((err) => {
-    if (status) status.textContent = "attnscope: " + err.message;
+    const box = status && status.isConnected ? status : root.appendChild(el("div", "as-status"));
+    box.textContent = "attnscope: " + err.message;
     root.dataset.error = String(err && err.message);
   });
 }
@@ -184,9 +375,11 @@ function build(root, P, A, api) {
   header.append(el("span", "as-title", P.title));
   if (P.subtitle) header.append(el("span", "as-subtitle", P.subtitle));
   root.append(header);
+  const tip = tooltip(root);
   const makers = { head: headView, model: modelView, neuron: neuronView, tokens: tokensView };
   const names = { head: "Head view", model: "Model view", neuron: "Neuron view", tokens: "Tokens" };
   const tabs = el("div", "as-tabs");
+  tabs.setAttribute("role", "tablist");
   if (P.kinds.length > 1) root.append(tabs);
   const panels = {};
   for (const kind of P.kinds) {
@@ -195,34 +388,56 @@ function build(root, P, A, api) {
     panels[kind] = panel;
     root.append(panel);
     if (P.kinds.length > 1) {
-      const button = el("button", "as-tab", names[kind]);
-      button.type = "button";
-      button.dataset.kind = kind;
-      button.addEventListener("click", () => show(kind));
-      tabs.append(button);
+      const b = el("button", "as-tab", names[kind]);
+      b.type = "button";
+      b.setAttribute("role", "tab");
+      b.dataset.kind = kind;
+      b.addEventListener("click", () => show(kind));
+      tabs.append(b);
     }
   }
   // A view is drawn the first time its tab opens, so a page with four views opens as fast
   // as a page with one.
   function show(kind) {
     for (const k of P.kinds) panels[k].hidden = k !== kind;
-    for (const b of tabs.children) b.classList.toggle("as-active", b.dataset.kind === kind);
-    if (!api.views[kind]) api.views[kind] = makers[kind](panels[kind], P, A);
+    for (const b of tabs.children) {
+      b.classList.toggle("as-active", b.dataset.kind === kind);
+      b.setAttribute("aria-selected", String(b.dataset.kind === kind));
+    }
+    if (!api.views[kind]) api.views[kind] = makers[kind](panels[kind], P, A, { tip, root });
   }
   api.show = show;
   show(P.kinds[0]);
 }
 
+// Controls shared by the head and model views: the contrast (scale and its maximum).
+function contrastControls(controls, st, onChange) {
+  selectField(controls, "Scale", SCALE_OPTIONS, st.scaleMode, (v) => {
+    st.scaleMode = v;
+    onChange();
+  }).parentElement.classList.add("as-scale");
+  selectField(controls, "Contrast", MAX_OPTIONS, String(st.scaleMax), (v) => {
+    st.scaleMax = Number(v);
+    onChange();
+  }).parentElement.classList.add("as-contrast");
+}
+
 // ----- head view ----------------------------------------------------------------------------
 
-const HV_WIDTH = 220;
-const MIN_LINE = 3; // weights below 3/255 (about 0.01) draw no line unless a token is hovered
+const HV_WIDTH = 240;
+const BAR_W = 36; // per-head bars beside the tokens a hovered token attends to
+const MIN_LINE = 0.01; // lines for weights under 0.01 are not drawn unless a token is hovered
+const HOVER_LINES = 40; // at most this many lines per head from a hovered token
+const BAND = 1024; // the drawing is done in horizontal bands, the visible one first
 
-function headView(panel, P, A) {
+function headView(panel, P, A, ctxs) {
   const init = P.initial;
-  const st = { part: init.part, layer: init.layer, active: new Set(), hover: null,
-    filter: "all", drawn: 0 };
+  const maxT = Math.max(...P.parts.map((p) => Math.max(p.att.shape[2], p.att.shape[3])));
+  const st = { part: init.part, layer: init.layer, active: new Set(), hover: null, pinned: null,
+    filter: "all", drawn: 0, topk: maxT <= 48 ? 0 : maxT <= 160 ? 3 : 1, scaleMode: "linear", scaleMax: 1,
+    complete: false, timings: {} };
   const part = () => A.parts[st.part];
+  const ramp = RAMPS[P.theme === "dark" ? "dark" : "light"];
   const resetHeads = (heads) => {
     st.active = new Set(heads === null || heads === undefined
       ? [...Array(part().H).keys()] : heads);
@@ -235,6 +450,7 @@ function headView(panel, P, A) {
     selectField(controls, "Attention", P.parts.map((p) => [p.name, p.label]), st.part, (v) => {
       st.part = v;
       st.layer = Math.min(st.layer, part().L - 1);
+      st.hover = st.pinned = null;
       resetHeads(null);
       rebuild();
     });
@@ -254,10 +470,22 @@ function headView(panel, P, A) {
     });
     filterField.parentElement.classList.add("as-filter");
   }
+  selectField(controls, "Lines", [[0, "all \u2265 0.01"], [1, "strongest 1 per token"],
+    [3, "strongest 3 per token"], [10, "strongest 10 per token"]], st.topk, (v) => {
+    st.topk = Number(v);
+    draw();
+  }).parentElement.classList.add("as-topk");
+  contrastControls(controls, st, () => draw());
+  button(controls, "as-export", "Save PNG", "save the drawing as a PNG file", () => exportPng());
   const swatches = el("div", "as-heads");
+  swatches.setAttribute("role", "group");
+  swatches.setAttribute("aria-label", "heads");
   panel.append(swatches);
   const note = el("div", "as-note");
   panel.append(note);
+  const readout = el("div", "as-readout", "\u00a0");
+  readout.setAttribute("aria-live", "polite");
+  panel.append(readout);
   const body = el("div", "as-hv-body");
   const left = el("div", "as-hv-col as-hv-left");
   const canvas = el("canvas", "as-hv-canvas");
@@ -266,13 +494,20 @@ function headView(panel, P, A) {
   panel.append(body);
   let ctx = null;
   let rowH = 20;
+  let canvasH = 0;
+  let base = null; // the full drawing (no token hovered), kept as a bitmap once complete
+  let job = 0; // the drawing in progress; a newer drawing cancels older ones
 
   function tokenColumn(col, tokens, special, side) {
     col.textContent = "";
+    col.setAttribute("role", "listbox");
+    col.setAttribute("aria-label", side === "q" ? "query tokens" : "key tokens");
     tokens.forEach((tok, i) => {
       const node = el("div", "as-tok" + (special[i] ? " as-special" : ""), tok);
       node.dataset.index = String(i);
       node.dataset.side = side;
+      node.tabIndex = i === 0 ? 0 : -1; // one tab stop per column; arrow keys move inside it
+      node.setAttribute("role", "option");
       node.style.height = node.style.lineHeight = rowH + "px";
       col.append(node);
     });
@@ -284,10 +519,11 @@ function headView(panel, P, A) {
     filterField && (filterField.parentElement.hidden = p.name !== "self");
     swatches.textContent = "";
     for (let h = 0; h < p.H; h++) {
-      const sw = el("div", "as-swatch", String(p.heads[h]));
+      const sw = el("button", "as-swatch", String(p.heads[h]));
+      sw.type = "button";
       sw.style.background = P.colors[h % P.colors.length];
       sw.dataset.head = String(h);
-      sw.title = "head " + p.heads[h] + ": click to show or hide, double-click to show alone";
+      sw.title = "head " + p.heads[h] + ": click (or Enter) to show or hide, double-click to show alone";
       sw.addEventListener("click", () => {
         st.active.has(h) ? st.active.delete(h) : st.active.add(h);
         draw();
@@ -296,17 +532,27 @@ function headView(panel, P, A) {
         st.active = new Set([h]);
         draw();
       });
+      sw.addEventListener("keydown", (e) => {
+        const step = { ArrowRight: 1, ArrowLeft: -1 }[e.key];
+        if (step) {
+          e.preventDefault();
+          const next = swatches.children[(h + step + p.H) % p.H];
+          next.focus();
+        }
+      });
       swatches.append(sw);
     }
     const n = Math.max(p.Tq, p.Tk);
-    rowH = n <= 64 ? 20 : 16;
+    rowH = n <= 64 ? 20 : n <= 1024 ? 16 : 12;
     tokenColumn(left, p.rows, p.rowSpecial, "q");
     tokenColumn(right, p.cols, p.colSpecial, "k");
-    ctx = sizeCanvas(canvas, HV_WIDTH, n * rowH);
+    canvasH = n * rowH;
+    ctx = sizeCanvas(canvas, HV_WIDTH, canvasH);
     const notes = [];
     if (p.causal) notes.push("Causal attention: each token attends only to itself and earlier tokens.");
     if (p.name === "cross") notes.push("Decoder tokens (left) attend to encoder tokens (right).");
-    notes.push("Hover a token to keep only its lines.");
+    notes.push("Hover a token to keep only its lines; click it (or Enter) to pin it, then " +
+      "hover a token on the other side for the weights. Arrow keys move between tokens.");
     note.textContent = notes.join(" ");
     draw();
   }
@@ -316,136 +562,439 @@ function headView(panel, P, A) {
     return which === "A" ? i < b : i >= b;
   }
 
-  function draw() {
+  function currentFilter() {
     const p = part();
-    const { H, Tq, Tk, bytes } = p;
-    const n = Math.max(Tq, Tk);
-    ctx.clearRect(0, 0, HV_WIDTH, n * rowH);
-    for (const sw of swatches.children) sw.classList.toggle("as-off", !st.active.has(Number(sw.dataset.head)));
-    const filter = p.name === "self" && P.sentence_b_start != null && st.filter !== "all"
-      ? st.filter : null;
-    const hov = st.hover;
-    const rowsFrom = hov && hov.side === "q" ? hov.index : 0;
-    const rowsTo = hov && hov.side === "q" ? hov.index + 1 : Tq;
-    const minV = hov ? 1 : MIN_LINE;
-    let drawn = 0;
-    // Opposite-side shading while hovering: the strongest weight over the visible heads.
-    const shade = hov ? new Float32Array(hov.side === "q" ? Tk : Tq) : null;
-    ctx.lineWidth = 2;
-    for (const h of [...st.active].sort((a, b) => a - b)) {
-      const base = (st.layer * H + h) * Tq * Tk;
-      // One path per opacity level (32 levels), so thousands of lines cost one stroke each.
-      const paths = new Array(33).fill(null);
-      for (let i = rowsFrom; i < rowsTo; i++) {
-        if (filter && !inSide(i, filter[0])) continue;
-        const y0 = i * rowH + rowH / 2;
-        const row = base + i * Tk;
-        for (let j = 0; j < Tk; j++) {
-          if (hov && hov.side === "k" && j !== hov.index) continue;
-          if (p.causal && j > i) continue;
-          if (filter && !inSide(j, filter[1])) continue;
-          const v = bytes[row + j];
-          if (v < minV) continue;
-          const level = Math.max(1, (v + 4) >> 3);
-          const path = paths[level] || (paths[level] = new Path2D());
-          path.moveTo(0, y0);
-          path.lineTo(HV_WIDTH, j * rowH + rowH / 2);
-          drawn++;
-          if (shade) {
-            const s = hov.side === "q" ? j : i;
-            if (v / 255 > shade[s]) shade[s] = v / 255;
-          }
-        }
-      }
-      ctx.strokeStyle = P.colors[h % P.colors.length];
-      for (let level = 1; level <= 32; level++) {
-        if (!paths[level]) continue;
-        ctx.globalAlpha = level / 32;
-        ctx.stroke(paths[level]);
-      }
+    return p.name === "self" && P.sentence_b_start != null && st.filter !== "all" ? st.filter : null;
+  }
+
+  // The lines of the full drawing: for each visible head and query token, its strongest keys
+  // (or every weight >= 0.01), as flat arrays grouped later by colour and opacity. Each
+  // head's lines are kept, so showing or hiding a head collects nothing again.
+  let cacheKey = "";
+  const cache = new Map();
+  function collectLines() {
+    const key = [st.part, st.layer, st.topk, st.filter, st.scaleMode, st.scaleMax].join("|");
+    if (key !== cacheKey) {
+      cache.clear();
+      cacheKey = key;
     }
+    const heads = [...st.active].sort((a, b) => a - b);
+    const lists = heads.map((h) => cache.get(h) || cache.set(h, headLines(h)).get(h));
+    const n = lists.reduce((sum, x) => sum + x.n, 0);
+    const out = { y0: new Int32Array(n), y1: new Int32Array(n), hd: new Uint8Array(n),
+      lv: new Uint8Array(n), n };
+    let at = 0;
+    for (const x of lists) {
+      out.y0.set(x.y0.subarray(0, x.n), at);
+      out.y1.set(x.y1.subarray(0, x.n), at);
+      out.hd.set(x.hd.subarray(0, x.n), at);
+      out.lv.set(x.lv.subarray(0, x.n), at);
+      at += x.n;
+    }
+    return out;
+  }
+
+  function headLines(h) {
+    const p = part();
+    const { Tq, Tk } = p;
+    const filter = currentFilter();
+    const scale = makeScale(st.scaleMode, st.scaleMax);
+    const k = st.topk;
+    const rowVals = new Float32Array(Tk);
+    const cap = Tq * (k || 8) + 16;
+    let y0 = new Int32Array(cap), y1 = new Int32Array(cap), hd = new Uint8Array(cap);
+    let lv = new Uint8Array(cap);
+    let n = 0;
+    const topJ = new Int32Array(Math.max(1, k)), topV = new Float32Array(Math.max(1, k));
+    const push = (i, j, v) => {
+      if (n === y0.length) {
+        const grow = (a) => {
+          const b = new a.constructor(a.length * 2);
+          b.set(a);
+          return b;
+        };
+        y0 = grow(y0); y1 = grow(y1); hd = grow(hd); lv = grow(lv);
+      }
+      y0[n] = i; y1[n] = j; hd[n] = h;
+      lv[n] = Math.max(1, Math.round(scale(v) * 32));
+      n++;
+    };
+    for (let i = 0; i < Tq; i++) {
+      if (filter && !inSide(i, filter[0])) continue;
+      p.row(st.layer, h, i, rowVals);
+      const jEnd = p.causal ? Math.min(Tk, i + 1) : Tk;
+      if (!k) {
+        for (let j = 0; j < jEnd; j++) {
+          if (rowVals[j] < MIN_LINE || (filter && !inSide(j, filter[1]))) continue;
+          push(i, j, rowVals[j]);
+        }
+        continue;
+      }
+      let m = 0;
+      for (let j = 0; j < jEnd; j++) {
+        const v = rowVals[j];
+        if (v <= 0 || (m === k && v <= topV[m - 1]) || (filter && !inSide(j, filter[1]))) continue;
+        let at = m < k ? m++ : k - 1;
+        while (at > 0 && topV[at - 1] < v) {
+          topV[at] = topV[at - 1];
+          topJ[at] = topJ[at - 1];
+          at--;
+        }
+        topV[at] = v;
+        topJ[at] = j;
+      }
+      for (let t = 0; t < m; t++) push(i, topJ[t], topV[t]);
+    }
+    return { y0, y1, hd, lv, n };
+  }
+
+  // Strokes the lines that cross the band [top, bottom) of the canvas, clipped to it.
+  function strokeBand(lines, top, bottom) {
+    const half = rowH / 2;
+    const paths = new Map();
+    for (let t = 0; t < lines.n; t++) {
+      const a = lines.y0[t] * rowH + half, b = lines.y1[t] * rowH + half;
+      if ((a < top && b < top) || (a >= bottom && b >= bottom)) continue;
+      const key = lines.hd[t] * 64 + lines.lv[t];
+      let path = paths.get(key);
+      if (!path) paths.set(key, (path = new Path2D()));
+      path.moveTo(0, a);
+      path.lineTo(HV_WIDTH, b);
+    }
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(0, top, HV_WIDTH, bottom - top);
+    ctx.clip();
+    ctx.clearRect(0, top, HV_WIDTH, bottom - top);
+    // Hairlines have a fast path in the rasterizer: long texts get them, short ones 2 px.
+    ctx.lineWidth = canvasH <= 64 * 20 ? 2 : 1;
+    for (const [key, path] of paths) {
+      ctx.strokeStyle = P.colors[(key >> 6) % P.colors.length];
+      ctx.globalAlpha = Math.min(1, (key & 63) / 32);
+      ctx.stroke(path);
+    }
+    ctx.restore();
+  }
+
+  // The part of the canvas inside the window (or the first screenful if none is).
+  function visibleBand() {
+    const r = canvas.getBoundingClientRect();
+    let top = Math.max(0, -r.top), bottom = Math.min(canvasH, window.innerHeight - r.top);
+    if (bottom <= top) {
+      top = 0;
+      bottom = Math.min(canvasH, BAND);
+    }
+    return [Math.floor(top), Math.ceil(bottom)];
+  }
+
+  // The full drawing: the visible band at once, the rest in later tasks (so a click or a
+  // hover is never kept waiting), then kept as a bitmap for when the pointer leaves a token.
+  function drawBase() {
+    const mine = ++job;
+    st.complete = false;
+    base = null;
+    const lines = collectLines();
+    st.drawn = lines.n;
+    const [top, bottom] = visibleBand();
+    strokeBand(lines, top, bottom);
+    const bands = [];
+    for (let y = bottom; y < canvasH; y += BAND) bands.push([y, Math.min(canvasH, y + BAND)]);
+    for (let y = top; y > 0; y -= BAND) bands.push([Math.max(0, y - BAND), y]);
+    const next = () => {
+      if (mine !== job) return;
+      const band = bands.shift();
+      if (band) {
+        strokeBand(lines, band[0], band[1]);
+        setTimeout(next, 0);
+        return;
+      }
+      base = document.createElement("canvas");
+      base.width = canvas.width;
+      base.height = canvas.height;
+      base.getContext("2d").drawImage(canvas, 0, 0);
+      st.complete = true;
+    };
+    setTimeout(next, 0);
+  }
+
+  // Lines of the hovered (or pinned) token only, with per-head bars beside the other side's
+  // tokens, the way bertviz shows them.
+  function drawHover(tok) {
+    job++;
+    const p = part();
+    const { Tq, Tk } = p;
+    const filter = currentFilter();
+    const scale = makeScale(st.scaleMode, st.scaleMax);
+    const heads = [...st.active].sort((a, b) => a - b);
+    const half = rowH / 2;
+    ctx.clearRect(0, 0, HV_WIDTH, canvasH);
+    ctx.lineWidth = 1.5;
+    const vals = new Float32Array(tok.side === "q" ? Tk : Tq);
+    const barH = Math.max(1, (rowH - 2) / Math.max(1, heads.length));
+    let drawn = 0;
+    heads.forEach((h, slot) => {
+      if (tok.side === "q") p.row(st.layer, h, tok.index, vals);
+      else for (let i = 0; i < Tq; i++) vals[i] = p.weight(st.layer, h, i, tok.index);
+      const order = [];
+      for (let x = 0; x < vals.length; x++) {
+        const [i, j] = tok.side === "q" ? [tok.index, x] : [x, tok.index];
+        if (vals[x] <= 0 || (p.causal && j > i)) continue;
+        if (filter && (!inSide(i, filter[0]) || !inSide(j, filter[1]))) continue;
+        order.push(x);
+      }
+      order.sort((a, b) => vals[b] - vals[a]);
+      ctx.strokeStyle = ctx.fillStyle = P.colors[h % P.colors.length];
+      const barX = tok.side === "q" ? HV_WIDTH - BAR_W : 0;
+      for (let t = 0; t < order.length; t++) {
+        const x = order[t];
+        const s = scale(vals[x]);
+        ctx.globalAlpha = 1;
+        const w = Math.max(1, s * BAR_W);
+        ctx.fillRect(tok.side === "q" ? barX : barX, x * rowH + 1 + slot * barH, w, barH);
+        if (t >= HOVER_LINES || s < 0.01) continue;
+        ctx.globalAlpha = Math.max(0.05, s);
+        ctx.beginPath();
+        const a = (tok.side === "q" ? tok.index : x) * rowH + half;
+        const b = (tok.side === "q" ? x : tok.index) * rowH + half;
+        ctx.moveTo(tok.side === "q" ? 0 : BAR_W, a);
+        ctx.lineTo(tok.side === "q" ? HV_WIDTH - BAR_W : HV_WIDTH, b);
+        ctx.stroke();
+        drawn++;
+      }
+    });
     ctx.globalAlpha = 1;
     st.drawn = drawn;
-    for (const node of left.children) node.classList.toggle("as-hot", !!hov && hov.side === "q" && Number(node.dataset.index) === hov.index);
-    for (const node of right.children) node.classList.toggle("as-hot", !!hov && hov.side === "k" && Number(node.dataset.index) === hov.index);
-    const other = hov ? (hov.side === "q" ? right : left) : null;
-    for (const col of [left, right]) {
-      for (const node of col.children) {
-        node.style.backgroundColor = col === other
-          ? `rgba(66, 133, 244, ${shade[Number(node.dataset.index)].toFixed(3)})` : "";
+  }
+
+  function markTokens() {
+    const hov = st.hover || st.pinned;
+    for (const [col, side] of [[left, "q"], [right, "k"]]) {
+      const prev = col.querySelectorAll(".as-hot, .as-pinned");
+      for (const node of prev) node.classList.remove("as-hot", "as-pinned");
+      if (hov && hov.side === side && col.children[hov.index]) col.children[hov.index].classList.add("as-hot");
+      if (st.pinned && st.pinned.side === side && col.children[st.pinned.index]) {
+        col.children[st.pinned.index].classList.add("as-pinned");
       }
     }
   }
 
-  function onOver(event) {
-    const node = event.target.closest(".as-tok");
-    if (!node) return;
-    st.hover = { side: node.dataset.side, index: Number(node.dataset.index) };
-    draw();
+  // Redraws after any change of state; the pointer leaving a token restores the kept bitmap.
+  function draw(reason) {
+    const t0 = performance.now();
+    if (!part().coarse[st.layer]) { // a layer not decoded yet: decode it, then draw
+      part().ensure(st.layer).then(() => draw(reason));
+      return;
+    }
+    for (const sw of swatches.children) {
+      const on = st.active.has(Number(sw.dataset.head));
+      sw.classList.toggle("as-off", !on);
+      sw.setAttribute("aria-pressed", String(on));
+    }
+    const tok = st.hover || st.pinned;
+    if (tok) drawHover(tok);
+    else if (reason === "leave" && base) {
+      job++;
+      ctx.save();
+      ctx.setTransform(1, 0, 0, 1, 0, 0);
+      ctx.clearRect(0, 0, canvas.width, canvas.height);
+      ctx.drawImage(base, 0, 0);
+      ctx.restore();
+      st.complete = true;
+    } else drawBase();
+    markTokens();
+    st.timings.draw = performance.now() - t0;
   }
-  function onOut(event) {
-    const node = event.target.closest(".as-tok");
-    if (!node || (event.relatedTarget && node.contains(event.relatedTarget))) return;
+
+  function tokenOf(node) {
+    return { side: node.dataset.side, index: Number(node.dataset.index) };
+  }
+
+  // With a token pinned, the other side's token under the pointer gets the weights per head.
+  function describe(tok) {
+    const p = part();
+    const pin = st.pinned;
+    if (!pin || pin.side === tok.side) {
+      readout.textContent = "\u00a0";
+      ctxs.tip.hide();
+      return null;
+    }
+    const [i, j] = pin.side === "q" ? [pin.index, tok.index] : [tok.index, pin.index];
+    const lines = [`${p.rows[i]} \u2192 ${p.cols[j]} (query ${i}, key ${j}), layer ${p.layers[st.layer]}`];
+    for (const h of [...st.active].sort((a, b) => a - b)) {
+      const masked = p.causal && j > i;
+      lines.push(`head ${p.heads[h]}: ${masked ? "masked" : fmt(p.weight(st.layer, h, i, j))}`);
+    }
+    readout.textContent = lines.join("; ");
+    return lines;
+  }
+
+  function enter(node, event) {
+    const tok = tokenOf(node);
+    if (st.pinned && st.pinned.side !== tok.side) {
+      const lines = describe(tok);
+      const r = node.getBoundingClientRect();
+      if (lines) ctxs.tip.show(lines, event ? event.clientX : r.right, event ? event.clientY : r.top);
+      st.hover = null;
+      for (const n of (tok.side === "q" ? left : right).querySelectorAll(".as-hot")) n.classList.remove("as-hot");
+      node.classList.add("as-hot");
+      return;
+    }
+    st.hover = tok;
+    draw("hover");
+  }
+
+  function leave() {
+    ctxs.tip.hide();
+    if (st.hover === null) return;
     st.hover = null;
-    draw();
+    draw(st.pinned ? "hover" : "leave");
   }
+
+  function pin(node) {
+    const tok = tokenOf(node);
+    const same = st.pinned && st.pinned.side === tok.side && st.pinned.index === tok.index;
+    st.pinned = same ? null : tok;
+    st.hover = null;
+    ctxs.tip.hide();
+    readout.textContent = st.pinned ? "Pinned " + (tok.side === "q" ? "query " : "key ") +
+      tok.index + ": hover a token on the other side for the weights." : "\u00a0";
+    draw(st.pinned ? "hover" : "leave");
+  }
+
   for (const col of [left, right]) {
-    col.addEventListener("mouseover", onOver);
-    col.addEventListener("mouseout", onOut);
+    col.addEventListener("mouseover", (event) => {
+      const node = event.target.closest(".as-tok");
+      if (node) enter(node, event);
+    });
+    col.addEventListener("mouseout", (event) => {
+      const node = event.target.closest(".as-tok");
+      if (!node || (event.relatedTarget && node.contains(event.relatedTarget))) return;
+      if (event.relatedTarget && event.relatedTarget.closest && event.relatedTarget.closest(".as-tok")) return;
+      leave();
+    });
+    col.addEventListener("click", (event) => {
+      const node = event.target.closest(".as-tok");
+      if (node) pin(node);
+    });
+    col.addEventListener("focusin", (event) => {
+      const node = event.target.closest(".as-tok");
+      if (node) enter(node, null);
+    });
+    col.addEventListener("keydown", (event) => {
+      const node = event.target.closest(".as-tok");
+      if (!node) return;
+      const i = Number(node.dataset.index);
+      let target = null;
+      if (event.key === "ArrowDown") target = col.children[Math.min(col.children.length - 1, i + 1)];
+      else if (event.key === "ArrowUp") target = col.children[Math.max(0, i - 1)];
+      else if (event.key === "ArrowRight" || event.key === "ArrowLeft") {
+        const other = col === left ? right : left;
+        target = other.children[Math.min(other.children.length - 1, i)];
+      } else if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        pin(node);
+        return;
+      } else if (event.key === "Escape") {
+        st.pinned = null;
+        leave();
+        draw("leave");
+        return;
+      }
+      if (target) {
+        event.preventDefault();
+        node.tabIndex = -1;
+        target.tabIndex = 0;
+        target.focus();
+      }
+    });
   }
+  body.addEventListener("mouseleave", leave);
+
+  function exportPng() {
+    const p = part();
+    const labelW = 140;
+    const out = document.createElement("canvas");
+    const octx = sizeCanvas(out, HV_WIDTH + 2 * labelW, canvasH);
+    const dark = P.theme === "dark";
+    octx.fillStyle = dark ? "#0d1117" : "#ffffff";
+    octx.fillRect(0, 0, HV_WIDTH + 2 * labelW, canvasH);
+    octx.drawImage(canvas, labelW, 0, HV_WIDTH, canvasH);
+    octx.fillStyle = dark ? "#e6edf3" : "#1f2328";
+    octx.font = "12px monospace";
+    octx.textBaseline = "middle";
+    octx.textAlign = "right";
+    p.rows.forEach((t, i) => octx.fillText(t, labelW - 4, i * rowH + rowH / 2, labelW - 8));
+    octx.textAlign = "left";
+    p.cols.forEach((t, j) => octx.fillText(t, labelW + HV_WIDTH + 4, j * rowH + rowH / 2, labelW - 8));
+    downloadCanvas(out, `attention-layer${p.layers[st.layer]}.png`);
+    return out;
+  }
+
   rebuild();
-  return { state: st, canvas, redraw: draw };
+  void ramp;
+  return { state: st, canvas, redraw: draw, exportPng, refresh: () => {} };
 }
 
 // ----- model view ---------------------------------------------------------------------------
 
 const THUMB_RES = 96; // a thumbnail has at most 96 x 96 cells; each shows its block's maximum
 const DETAIL_SIDE = 560;
+const LABEL_ROOM = 11; // pixels a token label needs
 
-// Draw one head into an ImageData of (Rq x Rk) cells, each the max weight of its token block.
-// With `onlyRow` set, every row except that query token's is grey.
-function headImage(ctx, p, layer, head, maxRes, onlyRow) {
-  const { H, Tq, Tk, bytes } = p;
-  const Rq = Math.min(Tq, maxRes), Rk = Math.min(Tk, maxRes);
-  const img = ctx.createImageData(Rk, Rq);
+// Draw cells [i0, i1) x [j0, j1) of one head into an ImageData of (rows x cols) pixels, each
+// pixel the largest weight of its block. With `onlyRow` set, every other query row is grey.
+function headImage(ctx, p, layer, head, rows, cols, view, onlyRow, scale, ramp, grey) {
+  const { i0, i1, j0, j1 } = view;
+  const img = ctx.createImageData(cols, rows);
   const px = img.data;
-  const base = (layer * H + head) * Tq * Tk;
-  const colStart = new Int32Array(Rk + 1);
-  for (let c = 0; c <= Rk; c++) colStart[c] = Math.floor((c * Tk) / Rk);
-  for (let r = 0; r < Rq; r++) {
-    let i0 = Math.floor((r * Tq) / Rq), i1 = Math.floor(((r + 1) * Tq) / Rq);
-    const isolated = onlyRow !== null && onlyRow !== undefined;
+  const colStart = new Int32Array(cols + 1);
+  for (let c = 0; c <= cols; c++) colStart[c] = j0 + Math.floor((c * (j1 - j0)) / cols);
+  const vals = new Float32Array(p.Tk);
+  const isolated = onlyRow !== null && onlyRow !== undefined;
+  const block = new Float32Array(cols);
+  for (let r = 0; r < rows; r++) {
+    let a = i0 + Math.floor((r * (i1 - i0)) / rows), b = i0 + Math.floor(((r + 1) * (i1 - i0)) / rows);
+    if (b === a) b = a + 1;
     if (isolated) {
-      if (onlyRow < i0 || onlyRow >= i1) {
-        for (let c = 0; c < Rk; c++) {
-          const o = (r * Rk + c) * 4;
-          px[o] = px[o + 1] = px[o + 2] = 232;
+      if (onlyRow < a || onlyRow >= b) {
+        for (let c = 0; c < cols; c++) {
+          const o = (r * cols + c) * 4;
+          px[o] = px[o + 1] = px[o + 2] = grey;
           px[o + 3] = 255;
         }
         continue;
       }
-      i0 = onlyRow;
-      i1 = onlyRow + 1;
+      a = onlyRow;
+      b = onlyRow + 1;
     }
-    for (let c = 0; c < Rk; c++) {
-      let m = 0;
-      for (let i = i0; i < i1; i++) {
-        const row = base + i * Tk;
-        for (let j = colStart[c]; j < colStart[c + 1]; j++) if (bytes[row + j] > m) m = bytes[row + j];
+    block.fill(0);
+    for (let i = a; i < b; i++) {
+      p.row(layer, head, i, vals);
+      for (let c = 0; c < cols; c++) {
+        let m = block[c];
+        for (let j = colStart[c]; j < colStart[c + 1]; j++) if (vals[j] > m) m = vals[j];
+        block[c] = m;
       }
-      const o = (r * Rk + c) * 4;
-      px[o] = RAMP[m * 3];
-      px[o + 1] = RAMP[m * 3 + 1];
-      px[o + 2] = RAMP[m * 3 + 2];
+    }
+    for (let c = 0; c < cols; c++) {
+      const k = Math.round(scale(block[c]) * 255) * 3;
+      const o = (r * cols + c) * 4;
+      px[o] = ramp[k];
+      px[o + 1] = ramp[k + 1];
+      px[o + 2] = ramp[k + 2];
       px[o + 3] = 255;
     }
   }
   return img;
 }
 
-function modelView(panel, P, A) {
-  const st = { part: P.initial.part, open: null, hover: null };
+function modelView(panel, P, A, ctxs) {
+  const st = { part: P.initial.part, open: null, hover: null, scaleMode: "linear", scaleMax: 1,
+    zoom: null, focus: [0, 0] };
   const part = () => A.parts[st.part];
+  const dark = P.theme === "dark";
+  const ramp = RAMPS[dark ? "dark" : "light"];
+  const grey = dark ? 40 : 232;
   const controls = el("div", "as-controls");
   panel.append(controls);
   if (P.parts.length > 1) {
@@ -456,13 +1005,25 @@ function modelView(panel, P, A) {
       rebuild();
     });
   }
+  contrastControls(controls, st, () => {
+    drawThumbs();
+    drawDetail();
+    legend();
+  });
+  const bar = colorbar(controls);
+  const legend = () => bar.update(ramp, st.scaleMode, st.scaleMax, makeScale(st.scaleMode, st.scaleMax));
   panel.append(el("div", "as-note",
-    "Every layer (rows) and head (columns). Click a head to open it; hover a token to keep only its row."));
+    "Every layer (rows) and head (columns). Click a head (or Enter) to open it; hover a token " +
+    "to keep only its row. Arrow keys move between heads; Escape closes the opened head."));
   const strip = el("div", "as-tokstrip");
+  const stage = el("div", "as-stage");
   const grid = el("div", "as-grid");
+  grid.setAttribute("role", "grid");
   const detail = el("div", "as-detail");
   detail.hidden = true;
-  panel.append(strip, detail, grid);
+  detail.setAttribute("role", "dialog");
+  stage.append(grid, detail);
+  panel.append(strip, stage);
   let thumbs = [];
 
   function rebuild() {
@@ -486,6 +1047,9 @@ function modelView(panel, P, A) {
         c.height = Math.min(p.Tq, THUMB_RES);
         c.dataset.layer = String(l);
         c.dataset.head = String(h);
+        c.tabIndex = l === 0 && h === 0 ? 0 : -1;
+        c.setAttribute("role", "gridcell");
+        c.setAttribute("aria-label", `layer ${p.layers[l]}, head ${p.heads[h]}`);
         c.title = `layer ${p.layers[l]}, head ${p.heads[h]}`;
         c.addEventListener("click", () => open(l, h));
         grid.append(c);
@@ -494,75 +1058,171 @@ function modelView(panel, P, A) {
     }
     detail.hidden = true;
     drawThumbs();
+    legend();
   }
 
   function drawThumbs() {
     const p = part();
+    if (p.coarse.some((c) => !c)) {
+      p.ensureAll().then(drawThumbs);
+      return;
+    }
+    const scale = makeScale(st.scaleMode, st.scaleMax);
+    const full = { i0: 0, i1: p.Tq, j0: 0, j1: p.Tk };
     for (const c of thumbs) {
       const ctx = c.getContext("2d");
-      ctx.putImageData(headImage(ctx, p, Number(c.dataset.layer), Number(c.dataset.head), THUMB_RES, st.hover), 0, 0);
+      ctx.putImageData(headImage(ctx, p, Number(c.dataset.layer), Number(c.dataset.head),
+        c.height, c.width, full, st.hover, scale, ramp, grey), 0, 0);
       c.classList.toggle("as-open", !!st.open && st.open[0] === Number(c.dataset.layer) && st.open[1] === Number(c.dataset.head));
     }
-    for (const node of strip.children) node.classList.toggle("as-hot", Number(node.dataset.index) === st.hover);
+    for (const node of strip.querySelectorAll(".as-hot")) node.classList.remove("as-hot");
+    if (st.hover !== null && strip.children[st.hover]) strip.children[st.hover].classList.add("as-hot");
   }
 
-  // The large view: cells of `cell` pixels with token labels in a margin.
+  grid.addEventListener("keydown", (e) => {
+    const c = e.target.closest(".as-thumb");
+    if (!c) return;
+    const p = part();
+    let l = Number(c.dataset.layer), h = Number(c.dataset.head);
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      open(l, h);
+      return;
+    }
+    const moves = { ArrowRight: [0, 1], ArrowLeft: [0, -1], ArrowDown: [1, 0], ArrowUp: [-1, 0] };
+    const m = moves[e.key];
+    if (!m) return;
+    e.preventDefault();
+    l = Math.max(0, Math.min(p.L - 1, l + m[0]));
+    h = Math.max(0, Math.min(p.H - 1, h + m[1]));
+    const next = thumbs[l * p.H + h];
+    c.tabIndex = -1;
+    next.tabIndex = 0;
+    next.focus();
+  });
+
+  // The opened head: a panel over the grid (the grid stays where it is), with zoom and pan.
   const dTitle = el("div", "as-detail-title");
-  const dClose = el("button", "as-close", "\u00d7");
-  dClose.type = "button";
-  dClose.title = "close";
-  dClose.addEventListener("click", () => {
+  const dTools = el("div", "as-detail-tools");
+  const dHead = el("div", "as-detail-head");
+  const dCanvas = el("canvas", "as-detail-canvas");
+  dCanvas.tabIndex = 0;
+  dCanvas.setAttribute("aria-label", "the opened head; + and - zoom, arrow keys pan");
+  const dReadout = el("div", "as-readout", "\u00a0");
+  const dRange = el("div", "as-range");
+  dHead.append(dTitle, dTools);
+  detail.append(dHead, dCanvas, dReadout, dRange);
+  button(dTools, "as-zoom-in", "+", "zoom in (+)", () => zoomBy(0.5));
+  button(dTools, "as-zoom-out", "\u2212", "zoom out (-)", () => zoomBy(2));
+  button(dTools, "as-zoom-reset", "1:1", "show every token", () => resetZoom());
+  button(dTools, "as-export", "PNG", "save the opened head as a PNG file", () => exportDetail());
+  const dClose = button(dTools, "as-close", "\u00d7", "close (Escape)", () => close());
+  let geom = null;
+
+  function close() {
+    if (!st.open) return;
+    const [l, h] = st.open;
     st.open = null;
     detail.hidden = true;
+    ctxs.tip.hide();
     drawThumbs();
-  });
-  const dCanvas = el("canvas", "as-detail-canvas");
-  const dReadout = el("div", "as-readout", "\u00a0");
-  const dHead = el("div", "as-detail-head");
-  dHead.append(dTitle, dClose);
-  detail.append(dHead, dCanvas, dReadout);
-  let geom = null;
+    const back = thumbs[l * part().H + h];
+    if (back) back.focus();
+  }
+
+  function resetZoom() {
+    const p = part();
+    st.zoom = { i0: 0, i1: p.Tq, j0: 0, j1: p.Tk };
+    drawDetail();
+  }
+
+  // Zoom around the centre (or a given cell) by `factor` (< 1 zooms in), keeping in range.
+  function zoomBy(factor, ci, cj) {
+    const p = part();
+    const z = st.zoom;
+    const fit = (lo, hi, centre, n) => {
+      const span = Math.max(4, Math.min(n, Math.round((hi - lo) * factor)));
+      let a = Math.round(centre - span / 2);
+      a = Math.max(0, Math.min(n - span, a));
+      return [a, a + span];
+    };
+    [z.i0, z.i1] = fit(z.i0, z.i1, ci === undefined ? (z.i0 + z.i1) / 2 : ci, p.Tq);
+    [z.j0, z.j1] = fit(z.j0, z.j1, cj === undefined ? (z.j0 + z.j1) / 2 : cj, p.Tk);
+    drawDetail();
+  }
+
+  function panBy(di, dj) {
+    const p = part();
+    const z = st.zoom;
+    const si = Math.max(-z.i0, Math.min(p.Tq - z.i1, di));
+    const sj = Math.max(-z.j0, Math.min(p.Tk - z.j1, dj));
+    z.i0 += si; z.i1 += si; z.j0 += sj; z.j1 += sj;
+    drawDetail();
+  }
 
   function open(l, h) {
     st.open = [l, h];
+    resetZoom();
     detail.hidden = false;
-    drawDetail();
     drawThumbs();
+    dCanvas.focus({ preventScroll: true });
   }
 
   function drawDetail() {
     if (!st.open) return;
     const p = part();
+    if (!p.coarse[st.open[0]]) return;
     const [l, h] = st.open;
+    const z = st.zoom;
     dTitle.textContent = `${p.label}: layer ${p.layers[l]}, head ${p.heads[h]}`;
-    const n = Math.max(p.Tq, p.Tk);
-    const cell = Math.max(1, Math.min(22, Math.floor(DETAIL_SIDE / n)));
-    const every = Math.max(1, Math.ceil(11 / cell)); // label every k-th token when cells are small
+    const nq = z.i1 - z.i0, nk = z.j1 - z.j0;
+    const cell = Math.max(DETAIL_SIDE / Math.max(nq, nk) >= 1 ? 1 : 0, Math.min(22, DETAIL_SIDE / Math.max(nq, nk)));
     const measure = dCanvas.getContext("2d");
     measure.font = "11px sans-serif";
     let margin = 20;
-    for (const t of [...p.rows, ...p.cols]) margin = Math.max(margin, measure.measureText(t).width + 8);
+    for (let i = z.i0; i < z.i1; i++) margin = Math.max(margin, measure.measureText(p.rows[i]).width + 8);
+    for (let j = z.j0; j < z.j1; j++) margin = Math.max(margin, measure.measureText(p.cols[j]).width + 8);
     margin = Math.min(140, Math.ceil(margin));
-    const width = margin + p.Tk * cell, height = margin + p.Tq * cell;
-    const ctx = sizeCanvas(dCanvas, width, height);
-    geom = { margin, cell };
+    const w = Math.max(1, Math.round(nk * cell)), hgt = Math.max(1, Math.round(nq * cell));
+    const ctx = sizeCanvas(dCanvas, margin + w, margin + hgt);
+    geom = { margin, cellW: w / nk, cellH: hgt / nq };
     const off = document.createElement("canvas");
-    off.width = p.Tk;
-    off.height = p.Tq;
+    off.width = Math.min(nk, w);
+    off.height = Math.min(nq, hgt);
     const octx = off.getContext("2d");
-    octx.putImageData(headImage(octx, p, l, h, Infinity, st.hover), 0, 0);
+    const scale = makeScale(st.scaleMode, st.scaleMax);
+    octx.putImageData(headImage(octx, p, l, h, off.height, off.width, z, st.hover, scale, ramp, grey), 0, 0);
     ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(off, margin, margin, p.Tk * cell, p.Tq * cell);
+    ctx.drawImage(off, margin, margin, w, hgt);
     ctx.font = "11px sans-serif";
     ctx.fillStyle = getComputedStyle(detail).color || "#222";
     ctx.textBaseline = "middle";
     ctx.textAlign = "right";
-    for (let i = 0; i < p.Tq; i += every) ctx.fillText(p.rows[i], margin - 4, margin + i * cell + cell / 2, margin - 6);
+    // labels as room allows: every k-th token so that labels are LABEL_ROOM pixels apart
+    const everyQ = Math.max(1, Math.ceil(LABEL_ROOM / geom.cellH));
+    const everyK = Math.max(1, Math.ceil(LABEL_ROOM / geom.cellW));
+    for (let i = z.i0; i < z.i1; i += everyQ) {
+      ctx.fillText(p.rows[i], margin - 4, margin + (i - z.i0 + 0.5) * geom.cellH, margin - 6);
+    }
     ctx.save();
     ctx.rotate(-Math.PI / 2);
     ctx.textAlign = "left";
-    for (let j = 0; j < p.Tk; j += every) ctx.fillText(p.cols[j], -margin + 4, margin + j * cell + cell / 2, margin - 6);
+    for (let j = z.j0; j < z.j1; j += everyK) {
+      ctx.fillText(p.cols[j], -margin + 4, margin + (j - z.j0 + 0.5) * geom.cellW, margin - 6);
+    }
     ctx.restore();
+    st.labels = { query: Math.ceil(nq / everyQ), key: Math.ceil(nk / everyK) };
+    dRange.textContent = `queries ${z.i0}\u2013${z.i1 - 1}, keys ${z.j0}\u2013${z.j1 - 1}` +
+      (nq < p.Tq || nk < p.Tk ? " (wheel or +/\u2212 to zoom, drag or arrow keys to pan)" : "");
+  }
+
+  function cellAt(e) {
+    if (!geom || !st.open) return null;
+    const rect = dCanvas.getBoundingClientRect();
+    const z = st.zoom;
+    const i = z.i0 + Math.floor((e.clientY - rect.top - geom.margin) / geom.cellH);
+    const j = z.j0 + Math.floor((e.clientX - rect.left - geom.margin) / geom.cellW);
+    return [i, j];
   }
 
   function setHover(i) {
@@ -577,29 +1237,89 @@ function modelView(panel, P, A) {
     if (node) setHover(Number(node.dataset.index));
   });
   strip.addEventListener("mouseleave", () => setHover(null));
+  let drag = null;
+  dCanvas.addEventListener("mousedown", (e) => {
+    drag = { x: e.clientX, y: e.clientY, moved: false };
+  });
+  window.addEventListener("mouseup", () => {
+    drag = null;
+  });
   dCanvas.addEventListener("mousemove", (e) => {
-    if (!geom || !st.open) return;
     const p = part();
-    const rect = dCanvas.getBoundingClientRect();
-    const i = Math.floor((e.clientY - rect.top - geom.margin) / geom.cell);
-    const j = Math.floor((e.clientX - rect.left - geom.margin) / geom.cell);
-    if (i < 0 || i >= p.Tq) {
-      dReadout.textContent = "\u00a0";
-      setHover(null);
+    if (drag && geom) {
+      const dj = Math.round((drag.x - e.clientX) / geom.cellW), di = Math.round((drag.y - e.clientY) / geom.cellH);
+      if (di || dj) {
+        drag.x = e.clientX;
+        drag.y = e.clientY;
+        drag.moved = true;
+        panBy(di, dj);
+      }
       return;
     }
-    if (j >= 0 && j < p.Tk) {
-      const v = p.bytes[((st.open[0] * p.H + st.open[1]) * p.Tq + i) * p.Tk + j] / 255;
-      dReadout.textContent = `${p.rows[i]} \u2192 ${p.cols[j]}: ${v.toFixed(3)}`;
+    const cell = cellAt(e);
+    if (!cell) return;
+    const [i, j] = cell;
+    const z = st.zoom;
+    if (i < z.i0 || i >= z.i1 || j < z.j0 || j >= z.j1) {
+      dReadout.textContent = "\u00a0";
+      ctxs.tip.hide();
+      return;
     }
-    setHover(i);
+    const masked = p.causal && j > i;
+    const v = masked ? "masked" : fmt(p.weight(st.open[0], st.open[1], i, j));
+    const text = [`query ${i}: ${p.rows[i]}`, `key ${j}: ${p.cols[j]}`, `weight ${v}`];
+    dReadout.textContent = `${p.rows[i]} \u2192 ${p.cols[j]}: ${v}`;
+    ctxs.tip.show(text, e.clientX, e.clientY);
   });
+  dCanvas.addEventListener("wheel", (e) => {
+    const cell = cellAt(e);
+    if (!cell) return;
+    e.preventDefault();
+    zoomBy(e.deltaY < 0 ? 0.8 : 1.25, cell[0], cell[1]);
+  }, { passive: false });
   dCanvas.addEventListener("mouseleave", () => {
     dReadout.textContent = "\u00a0";
-    setHover(null);
+    ctxs.tip.hide();
   });
+  // A click on a cell tells the page around the view which query and key it was (the
+  // explorer opens its explain panel on it); the event bubbles out of the view's root.
+  dCanvas.addEventListener("click", (e) => {
+    const cell = cellAt(e);
+    if (!cell || (drag && drag.moved)) return;
+    const p = part();
+    const [i, j] = cell;
+    if (i < 0 || i >= p.Tq || j < 0 || j >= p.Tk) return;
+    panel.dispatchEvent(new CustomEvent("attnscope-cell", { bubbles: true, detail: {
+      part: p.name, layer: st.open[0], head: st.open[1], query: i, key: j } }));
+  });
+  dCanvas.addEventListener("keydown", (e) => {
+    const z = st.zoom;
+    const stepI = Math.max(1, Math.round((z.i1 - z.i0) / 4)), stepJ = Math.max(1, Math.round((z.j1 - z.j0) / 4));
+    const keys = { "+": () => zoomBy(0.5), "=": () => zoomBy(0.5), "-": () => zoomBy(2),
+      "0": () => resetZoom(), ArrowUp: () => panBy(-stepI, 0), ArrowDown: () => panBy(stepI, 0),
+      ArrowLeft: () => panBy(0, -stepJ), ArrowRight: () => panBy(0, stepJ) };
+    if (keys[e.key]) {
+      e.preventDefault();
+      keys[e.key]();
+    }
+  });
+  detail.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") {
+      e.preventDefault();
+      close();
+    }
+  });
+
+  function exportDetail() {
+    if (!st.open) return null;
+    downloadCanvas(dCanvas, `attention-layer${st.open[0]}-head${st.open[1]}.png`);
+    return dCanvas;
+  }
+
   rebuild();
-  return { state: st, open, setHover, thumbs: () => thumbs, detail: dCanvas };
+  void dClose;
+  return { state: st, open, close, setHover, zoomBy, panBy, thumbs: () => thumbs, detail: dCanvas,
+    refresh: () => {} };
 }
 
 // ----- neuron view --------------------------------------------------------------------------
@@ -630,6 +1350,17 @@ function neuronView(panel, P, A) {
     draw();
   });
   querySel.parentElement.classList.add("as-query");
+  // The legend for the strips: one diverging scale, blue below zero and red above.
+  const legend = el("div", "as-colorbar as-nv-legend");
+  const lc = el("canvas", "as-colorbar-canvas");
+  legend.append(el("span", "as-label", "strips"), el("span", null, "\u2212max"), lc, el("span", null, "+max"),
+    el("span", "as-note", "(each strip scaled to its largest |value|)"));
+  controls.append(legend);
+  const lctx = sizeCanvas(lc, 120, 10);
+  for (let x = 0; x < 120; x++) {
+    lctx.fillStyle = diverging((x / 119) * 2 - 1);
+    lctx.fillRect(x, 0, 1, 10);
+  }
   const note = el("div", "as-note");
   panel.append(note);
   const cw = Math.max(2, Math.min(8, Math.floor(256 / d))); // pixels per vector component
@@ -648,21 +1379,46 @@ function neuronView(panel, P, A) {
   p.cols.forEach((tok, j) => {
     const node = el("div", "as-tok" + (p.colSpecial[j] ? " as-special" : ""), tok);
     node.dataset.index = String(j);
+    node.tabIndex = j === st.query ? 0 : -1;
     node.style.height = node.style.lineHeight = NV_ROW + "px";
     labels.append(node);
   });
-  labels.addEventListener("click", (e) => {
-    const node = e.target.closest(".as-tok");
-    if (!node) return;
+  const choose = (node) => {
     st.query = Number(node.dataset.index);
     querySel.value = String(st.query);
     draw();
+  };
+  labels.addEventListener("click", (e) => {
+    const node = e.target.closest(".as-tok");
+    if (node) choose(node);
+  });
+  labels.addEventListener("keydown", (e) => {
+    const node = e.target.closest(".as-tok");
+    if (!node) return;
+    const i = Number(node.dataset.index);
+    const target = e.key === "ArrowDown" ? labels.children[Math.min(T - 1, i + 1)]
+      : e.key === "ArrowUp" ? labels.children[Math.max(0, i - 1)] : null;
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      choose(node);
+    } else if (target) {
+      e.preventDefault();
+      node.tabIndex = -1;
+      target.tabIndex = 0;
+      target.focus();
+    }
   });
   const qctx = sizeCanvas(qCanvas, width, 40);
   const ctx = sizeCanvas(canvas, width, T * NV_ROW + 4);
+  const dark = P.theme === "dark";
+  const ink = dark ? "#e6edf3" : "#222";
 
   function draw() {
     const { layer, head, query } = st;
+    if (!p.coarse[layer]) {
+      p.ensure(layer).then(draw);
+      return;
+    }
     const off = ((layer * H + head) * T) * d; // start of [T, d] for this head
     const q = A.qk.q.subarray(off + query * d, off + query * d + d);
     const keys = A.qk.k.subarray(off, off + T * d);
@@ -676,10 +1432,10 @@ function neuronView(panel, P, A) {
     note.textContent = "For the chosen query token: each key's vector k, the element-wise " +
       "product q\u2299k, the score q\u00b7k \u00d7 scale (" + A.qk.scaleTexts[layer] + ") and the " +
       "model's attention weight (the softmax of the scores, with any mask or position bias). " +
-      "Click a token to make it the query.";
+      "Click a token (or Enter) to make it the query.";
     qctx.clearRect(0, 0, width, 40);
     qctx.font = "11px sans-serif";
-    qctx.fillStyle = "#555";
+    qctx.fillStyle = dark ? "#9198a1" : "#555";
     qctx.textBaseline = "top";
     qctx.fillText("query q (above), key k (rows)", xs.k, 0);
     qctx.fillText("q (above), q\u2299k (rows)", xs.prod, 0);
@@ -693,9 +1449,8 @@ function neuronView(panel, P, A) {
     ctx.clearRect(0, 0, width, T * NV_ROW + 4);
     ctx.font = "11px sans-serif";
     ctx.textBaseline = "middle";
-    const att = p.bytes;
     const scores = new Float32Array(T);
-    const attBase = ((layer * p.H + head) * p.Tq + query) * p.Tk;
+    const weights = new Float32Array(T);
     for (let j = 0; j < T; j++) {
       const y = j * NV_ROW + 2;
       const masked = p.causal && j > query;
@@ -710,23 +1465,25 @@ function neuronView(panel, P, A) {
       }
       score *= A.qk.scales[layer];
       scores[j] = score;
-      ctx.fillStyle = masked ? "#aaa" : "#222";
+      ctx.fillStyle = masked ? "#aaa" : ink;
       ctx.textAlign = "right";
       ctx.fillText(masked ? "masked" : score.toFixed(2), xs.score + scoreW, y + NV_ROW / 2 - 1);
-      const w = masked ? 0 : att[attBase + j] / 255;
-      ctx.fillStyle = "#eee";
+      const w = masked ? 0 : p.weight(layer, head, query, j);
+      weights[j] = w;
+      ctx.fillStyle = dark ? "#30363d" : "#eee";
       ctx.fillRect(xs.bar, y, barW, NV_ROW - 3);
       ctx.fillStyle = "#2171b5";
       ctx.fillRect(xs.bar, y, barW * w, NV_ROW - 3);
-      ctx.fillStyle = "#222";
+      ctx.fillStyle = ink;
       ctx.textAlign = "left";
-      ctx.fillText(w.toFixed(3), xs.bar + barW + 4, y + NV_ROW / 2 - 1);
+      ctx.fillText(fmt(w), xs.bar + barW + 4, y + NV_ROW / 2 - 1);
     }
     for (const node of labels.children) node.classList.toggle("as-hot", Number(node.dataset.index) === query);
     st.scores = Array.from(scores);
+    st.weights = Array.from(weights);
   }
   draw();
-  return { state: st, canvas, redraw: draw };
+  return { state: st, canvas, redraw: draw, refresh: draw };
 }
 
 // ----- tokens table -------------------------------------------------------------------------
