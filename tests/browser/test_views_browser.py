@@ -82,10 +82,11 @@ class Opened:
     def state(self, kind):
         return self.js(f"document.querySelector('.attnscope-root').attnscope.views.{kind}.state")
 
-    def check_clean(self):
+    def check_clean(self, allow_blobs=False):
         assert self.problems == []
         assert self.dialogs == []
-        assert self.requests == [self.url], "the page requested something besides itself"
+        requests = [r for r in self.requests if not (allow_blobs and r.startswith("blob:"))]
+        assert requests == [self.url], "the page requested something besides itself"
         assert self.js("document.querySelector('.attnscope-root').dataset.error") is None
         self.page.close()
 
@@ -281,7 +282,146 @@ def test_notebook_iframe_renders(browser, seed_pair_trace, tmp_path):
     page.close()
 
 
-def test_512_token_page_opens_within_budget(browser, tmp_path):
+def _near(shown, value):
+    """A number shown to 3 significant digits is the Trace's value to 3 significant digits
+    (up to the page's 0.11% encoding error where the value lies on a rounding boundary)."""
+    unit = 10.0 ** (np.floor(np.log10(value)) - 2)
+    return abs(float(shown) - value) <= unit / 2 + page_html.FINE_ERROR * value + 1e-12
+
+
+def test_head_view_tooltip_shows_each_heads_weight(browser, seed_pair_trace, tmp_path):
+    trace = seed_pair_trace
+    page = Opened(browser, at.head_view(trace, layer=1, heads=[0, 4]).save(tmp_path / "h.html"))
+    page.page.wait_for_function("document.querySelector('.attnscope-root').dataset.exact")
+    page.page.click(".as-hv-left .as-tok[data-index='3']")  # pin query 3
+    assert page.state("head")["pinned"] == {"side": "q", "index": 3}
+    page.page.hover(".as-hv-right .as-tok[data-index='6']")
+    tip = page.js("[...document.querySelectorAll('.as-tip div')].map(d => d.textContent)")
+    assert page.js("document.querySelector('.as-tip').hidden") is False
+    assert tip[0].startswith(f"{trace.tokens[3]} \u2192 {trace.tokens[6]} (query 3, key 6)")
+    for line, head in zip(tip[1:], [0, 4], strict=True):
+        name, shown = line.split(": ")
+        assert name == f"head {head}"
+        assert _near(shown, float(trace.attentions[1, head, 3, 6]))
+    assert page.js("document.querySelector('.as-head .as-readout').textContent").count("head") == 2
+    page.page.keyboard.press("Escape")
+    page.check_clean()
+
+
+def test_model_view_tooltip_zoom_pan_and_contrast(browser, seed_pair_trace, tmp_path):
+    trace = seed_pair_trace
+    page = Opened(browser, at.model_view(trace).save(tmp_path / "m.html"))
+    page.page.wait_for_function("document.querySelector('.attnscope-root').dataset.exact")
+    grid_box = page.page.locator(".as-grid").bounding_box()
+    page.page.click(".as-thumb[data-layer='4'][data-head='7']")
+    # the opened head lies over the grid: the grid does not move
+    assert page.page.locator(".as-grid").bounding_box() == grid_box
+    shown = 0
+    for i, j in [(2, 5), (0, 0), (7, 12), (11, 3)]:
+        page.js("""([i, j]) => {
+            const v = document.querySelector('.attnscope-root').attnscope.views.model;
+            const c = document.querySelector('.as-detail-canvas');
+            const r = c.getBoundingClientRect();
+            const g = v.state.geom;
+            c.dispatchEvent(new MouseEvent('mousemove', {bubbles: true,
+                clientX: r.left + g.margin + (j + 0.5) * g.cellW,
+                clientY: r.top + g.margin + (i + 0.5) * g.cellH}));
+        }""", [i, j])
+        tip = page.js("[...document.querySelectorAll('.as-tip div')].map(d => d.textContent)")
+        assert tip[0] == f"query {i}: {trace.tokens[i]}" and tip[1] == f"key {j}: {trace.tokens[j]}"
+        assert _near(tip[2].removeprefix("weight "), float(trace.attentions[4, 7, i, j]))
+        shown += 1
+    assert shown == 4
+
+    # zoom in twice, pan, zoom back out: the visible range follows
+    full = page.state("model")["zoom"]
+    assert full == {"i0": 0, "i1": 13, "j0": 0, "j1": 13}
+    page.page.click(".as-zoom-in")
+    zoomed = page.state("model")["zoom"]
+    assert zoomed["i1"] - zoomed["i0"] < 13 and zoomed["j1"] - zoomed["j0"] < 13
+    assert page.js("document.querySelector('.as-range').textContent").startswith(
+        f"queries {zoomed['i0']}\u2013{zoomed['i1'] - 1}")
+    page.page.focus(".as-detail-canvas")
+    page.page.keyboard.press("ArrowDown")
+    panned = page.state("model")["zoom"]
+    assert panned["i0"] > zoomed["i0"]
+    assert panned["i1"] - panned["i0"] == zoomed["i1"] - zoomed["i0"]
+    labels = page.state("model")["labels"]
+    assert labels["query"] == panned["i1"] - panned["i0"]  # room for every label when zoomed
+    page.page.click(".as-zoom-reset")
+    assert page.state("model")["zoom"] == full
+
+    # contrast: a logarithmic scale lifts small weights, and the colour bar says so
+    before = page.pixels(".as-thumb", 0)
+    page.page.select_option(".as-scale select", "log")
+    assert page.pixels(".as-thumb", 0) != before
+    assert page.js("document.querySelector('.as-cb-lo').textContent").startswith("\u2264")
+    page.page.keyboard.press("Escape")
+    assert page.js("document.querySelector('.as-detail').hidden") is True
+    page.check_clean()
+
+
+def test_keyboard_reaches_every_control(browser, seed_pair_trace, tmp_path):
+    page = Opened(browser, all_views(seed_pair_trace).save(tmp_path / "all.html"))
+    reached = []
+    for _ in range(40):
+        page.page.keyboard.press("Tab")
+        reached.append(page.js("""(() => { const a = document.activeElement;
+            const label = a.closest('label');
+            return (label ? label.className + ' ' : '') + a.className + '|'
+                + (a.dataset.head || a.dataset.kind || a.dataset.index || '')
+                + '|' + getComputedStyle(a).outlineStyle; })()"""))
+    names = " ".join(reached)
+    for needed in ("as-tab|model", "as-swatch|0", "as-export", "as-layer", "as-topk"):
+        assert needed in names, needed
+    assert [e for e in reached if e.startswith("as-tok") and "|0|" in e]  # the first token
+    for item in reached:  # focus is visible on every control reached (the body aside)
+        if item.startswith("attnscope-page"):
+            continue
+        assert not item.endswith("|none"), item
+    # arrows move between heads and between tokens, Enter pins a token
+    page.page.focus(".as-swatch[data-head='0']")
+    page.page.keyboard.press("ArrowRight")
+    assert page.js("document.activeElement.dataset.head") == "1"
+    page.page.keyboard.press("Enter")  # hides head 1
+    assert page.js("document.querySelector('.attnscope-root').attnscope.views.head.state"
+                   ".active.has(1)") is False
+    page.page.focus(".as-hv-left .as-tok[data-index='0']")
+    page.page.keyboard.press("ArrowDown")
+    page.page.keyboard.press("ArrowDown")
+    assert page.js("document.activeElement.dataset.index") == "2"
+    page.page.keyboard.press("Enter")
+    assert page.state("head")["pinned"] == {"side": "q", "index": 2}
+
+    # the model view: arrows move between thumbnails, Enter opens, Escape closes
+    page.page.click("button.as-tab[data-kind='model']")
+    page.page.focus(".as-thumb[data-layer='0'][data-head='0']")
+    page.page.keyboard.press("ArrowDown")
+    page.page.keyboard.press("ArrowRight")
+    assert page.js("[document.activeElement.dataset.layer, document.activeElement.dataset.head]"
+                   ) == ["1", "1"]
+    page.page.keyboard.press("Enter")
+    assert page.js("document.querySelector('.as-detail').hidden") is False
+    assert page.js("document.querySelector('.as-detail-title').textContent").endswith(
+        "layer 1, head 1")
+    page.page.keyboard.press("Escape")
+    assert page.js("document.querySelector('.as-detail').hidden") is True
+    assert page.js("document.activeElement.dataset.layer") == "1"  # focus returns to the grid
+    page.check_clean()
+
+
+def test_export_png_from_the_page(browser, seed_pair_trace, tmp_path):
+    page = Opened(browser, at.head_view(seed_pair_trace).save(tmp_path / "h.html"))
+    with page.page.expect_download() as info:
+        page.page.click(".as-head .as-export")
+    target = tmp_path / "export.png"
+    info.value.save_as(target)
+    assert target.read_bytes().startswith(b"\x89PNG")
+    assert info.value.suggested_filename == "attention-layer5.png"
+    page.check_clean(allow_blobs=True)
+
+
+def test_512_tokens_open_and_leaving_a_token_restores_the_drawing(browser, tmp_path):
     # BERT-base shape: 12 layers x 12 heads x 512 x 512, softmax of random logits
     rng = np.random.default_rng(1)
     att = rng.standard_normal((12, 12, 512, 512), dtype=np.float32)
@@ -289,9 +429,30 @@ def test_512_token_page_opens_within_budget(browser, tmp_path):
     att /= att.sum(-1, keepdims=True)
     tokens = ["[CLS]"] + [f"w{i}" for i in range(510)] + ["[SEP]"]
     view = compat.model_view(tuple(att[:, None]), tokens, html_action="return")
-    page = Opened(browser, view.save(tmp_path / "big.html"), timeout_ms=20_000)
-    assert page.seconds < 6.0  # the benchmark's target is 3 s; allow for a busy test machine
-    assert page.js("document.querySelectorAll('.as-thumb').length") == 144
+    page = Opened(browser, all_views(view.trace).save(tmp_path / "big.html"), timeout_ms=30_000)
+    complete = "document.querySelector('.attnscope-root').attnscope.views.head.state.complete"
+    page.page.wait_for_function(complete, timeout=30_000)
+    full = page.pixels(".as-hv-canvas")
+    assert full[0] > 10_000
+    # hover a token, then leave it: timed inside the page, to the frame after the event
+    timed = """async ([what, i]) => {
+        const node = document.querySelector(`.as-hv-left .as-tok[data-index='${i}']`);
+        const t0 = performance.now();
+        node.dispatchEvent(new MouseEvent(what, {bubbles: true}));
+        await new Promise((done) => requestAnimationFrame(() => setTimeout(done, 0)));
+        return performance.now() - t0;
+    }"""
+    hover_ms = page.js(timed, ["mouseover", 200])
+    assert page.state("head")["hover"] == {"side": "q", "index": 200}
+    assert page.pixels(".as-hv-canvas") != full
+    leave_ms = page.js(timed, ["mouseout", 200])
+    assert page.state("head")["hover"] is None
+    assert page.pixels(".as-hv-canvas") == full  # the kept drawing, not a redraw
+    # generous bounds for a busy test machine (bench/views.py measures the real figures;
+    # leaving a token used to take 81 s here)
+    assert hover_ms < 2000 and leave_ms < 1000, (hover_ms, leave_ms)
+    page.page.click("button.as-tab[data-kind='model']")
+    page.page.wait_for_function("document.querySelectorAll('.as-thumb').length === 144")
     assert page.pixels(".as-thumb", 0)[0] > 0
     page.page.click(".as-thumb >> nth=0")
     assert page.pixels(".as-detail-canvas")[0] > 0

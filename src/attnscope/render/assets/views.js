@@ -523,6 +523,7 @@ function headView(panel, P, A, ctxs) {
       sw.type = "button";
       sw.style.background = P.colors[h % P.colors.length];
       sw.dataset.head = String(h);
+      sw.tabIndex = h === 0 ? 0 : -1; // one tab stop; arrow keys move between heads
       sw.title = "head " + p.heads[h] + ": click (or Enter) to show or hide, double-click to show alone";
       sw.addEventListener("click", () => {
         st.active.has(h) ? st.active.delete(h) : st.active.add(h);
@@ -537,6 +538,8 @@ function headView(panel, P, A, ctxs) {
         if (step) {
           e.preventDefault();
           const next = swatches.children[(h + step + p.H) % p.H];
+          sw.tabIndex = -1;
+          next.tabIndex = 0;
           next.focus();
         }
       });
@@ -1185,7 +1188,7 @@ function modelView(panel, P, A, ctxs) {
     margin = Math.min(140, Math.ceil(margin));
     const w = Math.max(1, Math.round(nk * cell)), hgt = Math.max(1, Math.round(nq * cell));
     const ctx = sizeCanvas(dCanvas, margin + w, margin + hgt);
-    geom = { margin, cellW: w / nk, cellH: hgt / nq };
+    geom = st.geom = { margin, cellW: w / nk, cellH: hgt / nq };
     const off = document.createElement("canvas");
     off.width = Math.min(nk, w);
     off.height = Math.min(nq, hgt);
