@@ -6,6 +6,7 @@ dialogs and network requests, and each test asserts none of them went wrong.
 
 from __future__ import annotations
 
+import base64
 import time
 
 import numpy as np
@@ -456,4 +457,49 @@ def test_512_tokens_open_and_leaving_a_token_restores_the_drawing(browser, tmp_p
     assert page.pixels(".as-thumb", 0)[0] > 0
     page.page.click(".as-thumb >> nth=0")
     assert page.pixels(".as-detail-canvas")[0] > 0
+    page.check_clean()
+
+
+def test_long_input_pages_keep_strong_weights_and_say_what_is_not_kept(browser, tmp_path,
+                                                                       monkeypatch):
+    # the representation of 2048-token inputs, forced here on 300 tokens
+    monkeypatch.setattr(page_html, "DENSE_LIMIT", 0)
+    rng = np.random.default_rng(4)
+    att = np.exp(rng.normal(size=(2, 3, 300, 300)) * 2).astype(np.float32)
+    att /= att.sum(-1, keepdims=True)
+    tokens = [f"w{i}" for i in range(300)]
+    view = compat.head_view(tuple(att[:, None]), tokens, html_action="return")
+    everything = all_views(view.trace)
+    spec = everything.payload()["parts"][0]["att"]
+    assert spec["dtype"] == "log12-sparse"
+    threshold = np.frombuffer(base64.b64decode(spec["threshold"]), "<f4").reshape(2, 3, 300)
+    page = Opened(browser, everything.save(tmp_path / "long.html"))
+    page.page.wait_for_function("document.querySelector('.attnscope-root').dataset.exact")
+    assert page.state("head")["drawn"] == 3 * 300  # the strongest line of every token
+    page.page.click("button.as-tab[data-kind='model']")
+    page.page.wait_for_function("document.querySelectorAll('.as-thumb').length === 6")
+    assert page.pixels(".as-thumb", 4)[0] > 0
+    page.page.click(".as-thumb[data-layer='1'][data-head='1']")
+    for i in (5, 150, 299):
+        j_strong = int(att[1, 1, i].argmax())
+        j_weak = int(att[1, 1, i].argmin())
+        for j, strong in ((j_strong, True), (j_weak, False)):
+            page.js("""([i, j]) => {
+                const v = document.querySelector('.attnscope-root').attnscope.views.model;
+                v.zoomBy(1);
+                const c = document.querySelector('.as-detail-canvas');
+                const r = c.getBoundingClientRect();
+                const g = v.state.geom, z = v.state.zoom;
+                c.dispatchEvent(new MouseEvent('mousemove', {bubbles: true,
+                    clientX: r.left + g.margin + (j - z.j0 + 0.5) * g.cellW,
+                    clientY: r.top + g.margin + (i - z.i0 + 0.5) * g.cellH}));
+            }""", [i, j])
+            weight = page.js("document.querySelectorAll('.as-tip div')[2].textContent")
+            assert weight.startswith("weight ")
+            if strong:
+                assert _near(weight.split()[1], float(att[1, 1, i, j]))
+            else:
+                limit = f"{threshold[1, 1, i]:.3g}"
+                assert "not kept: below" in weight and float(weight.split("below ")[1]
+                                                              .split(";")[0]) == float(limit)
     page.check_clean()

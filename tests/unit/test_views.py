@@ -65,6 +65,31 @@ def test_encoding_keeps_real_attention_on_long_text(embedded):
     assert (1 - (np.rint(att * 255) / 255).sum(-1)).max() > 0.05
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_long_inputs_keep_each_rows_strongest_weights_and_its_mass(causal):
+    att = _softmax_attention(2, 2, 400, seed=3)
+    if causal:
+        att = np.tril(att)
+        att /= att.sum(-1, keepdims=True)
+    spec = page_html.encode_attention(att, causal=causal, dense_limit=0)
+    assert spec["dtype"] == "log12-sparse"
+    shown = page_html.decode_attention(spec)
+    threshold = np.frombuffer(base64.b64decode(spec["threshold"]), "<f4").reshape(2, 2, 400)
+    kept = (att >= threshold[..., None]) & (att > 0)
+    # kept weights within 0.11%, the rest below the threshold, each row's mass kept
+    rel = np.abs(shown[kept] - att[kept]) / att[kept]
+    assert rel.max() <= page_html.FINE_ERROR + 1e-6
+    assert (att[~kept] < threshold[..., None].repeat(400, -1)[~kept]).all()
+    np.testing.assert_allclose(shown.sum(-1), att.sum(-1), rtol=2e-3)
+    # about `keep` weights a row, always the largest ones
+    counts = kept.sum(-1)
+    assert 16 <= np.median(counts[..., 64:]) <= 96
+    top = np.argmax(att, axis=-1)
+    assert np.take_along_axis(kept, top[..., None], -1).all()
+    if causal:
+        assert (shown[..., np.triu_indices(400, 1)[0], np.triu_indices(400, 1)[1]] == 0).all()
+
+
 def test_float16_payload_round_trips():
     values = np.random.default_rng(1).normal(size=(2, 3, 4, 5)).astype(np.float32) * 10
     spec = page_html.encode_float16(values)

@@ -38,6 +38,7 @@ __all__ = [
     "build_fragment",
     "build_page",
     "decode_attention",
+    "decode_layer",
     "encode_attention",
     "encode_float16",
     "iframe",
@@ -94,9 +95,40 @@ def _deflate_all(chunks: list[bytes], level: int) -> list[str]:
     return [base64.b64encode(chunk).decode("ascii") for chunk in packed]
 
 
-def encode_attention(weights: np.ndarray, *, fine: bool = True,
-                     level: int | None = None) -> dict[str, Any]:
+#: Above this many weights a page keeps each row's strongest weights only (see
+#: :func:`encode_attention`): 12 x 12 heads at 512 tokens (37.7 million) are kept whole.
+DENSE_LIMIT = 64 * 2**20
+#: About how many weights of each row a page keeps above DENSE_LIMIT.
+KEEP_PER_ROW = 32
+
+
+def encode_attention(weights: np.ndarray, *, fine: bool = True, level: int | None = None,
+                     causal: bool = False, dense_limit: int | None = None,
+                     keep: int = KEEP_PER_ROW) -> dict[str, Any]:
     """Attention ``[L, H, Tq, Tk]`` (each row's weights >= 0) as a compact, faithful payload.
+
+    Up to ``dense_limit`` weights every weight is kept (:func:`_encode_dense`, below). Above
+    it (12 x 12 heads at 2048 tokens is 604 million weights) each row keeps the weights at or
+    above a threshold: the ``keep // 8``-th largest of every 8th weight of the row, so about
+    its ``keep`` largest, never fewer than ``keep // 8``, and not more than ``8 * keep``
+    (rows past that get their exact ``keep``-th largest as threshold; only ties go beyond).
+    Kept weights are coded as in the dense case (within 0.11%); the row's other weights, each
+    below the threshold, share their mean, so each row's mass is kept. ``"threshold"``
+    ``[L, H, Tq]`` float32 travels with the page, so a value shown for a weight not kept can
+    say it lies below it. ``causal`` says that keys after the query are masked (they stay
+    zero rather than share the mean).
+    """
+    weights = np.asarray(weights)
+    if weights.ndim != 4:
+        raise ValueError(f"attention must be [L, H, Tq, Tk], got shape {weights.shape}")
+    if weights.size <= (DENSE_LIMIT if dense_limit is None else dense_limit):
+        return _encode_dense(weights, fine=fine, level=level)
+    return _encode_sparse(weights, keep=keep, fine=fine, causal=causal)
+
+
+def _encode_dense(weights: np.ndarray, *, fine: bool = True,
+                  level: int | None = None) -> dict[str, Any]:
+    """Every weight of ``[L, H, Tq, Tk]``, coded by its ratio to its row's maximum.
 
     Every weight ``w`` of a row whose largest weight is ``m`` is coded by ``w / m`` on a
     logarithmic 12-bit scale (:data:`LOG_STEP` per code):
@@ -116,9 +148,6 @@ def encode_attention(weights: np.ndarray, *, fine: bool = True,
     The arrays are coded one head at a time, so only a few float32 copies of one head are ever
     held besides the input.
     """
-    weights = np.asarray(weights)
-    if weights.ndim != 4:
-        raise ValueError(f"attention must be [L, H, Tq, Tk], got shape {weights.shape}")
     layers, heads, tq, tk = weights.shape
     coarse = np.empty(weights.shape, dtype=np.uint8)
     fine_plane = np.empty((layers, (heads * tq * tk + 1) // 2), dtype=np.uint8) if fine else None
@@ -176,30 +205,152 @@ def _code_head(head: np.ndarray, rowmax: np.ndarray,
     return coarse, (code & 15).astype(np.uint8)
 
 
+def _codes(ratio: np.ndarray) -> np.ndarray:
+    """12-bit codes (``uint16``, 0 for zero) of ratios to the row maximum in [0, 1]."""
+    with np.errstate(divide="ignore"):
+        steps = np.log(ratio, where=ratio > 0, out=np.full_like(ratio, -np.inf))
+    steps *= -1.0 / LOG_STEP
+    np.rint(steps, out=steps)
+    return np.where(ratio > 0, CODE_TOP - np.minimum(steps, CODE_TOP - CODE_BOTTOM),
+                    0).astype(np.uint16)
+
+
+def _encode_sparse(weights: np.ndarray, *, keep: int, fine: bool,
+                   causal: bool) -> dict[str, Any]:
+    """Each row's weights at or above its threshold, as rows of (key index, code).
+
+    Per layer: ``"counts"`` uint16 ``[H, Tq]`` (weights kept per row), ``"index"`` uint16
+    (each kept key's distance from the previous one in its row, the first from 0), and the
+    coarse and fine planes of their codes; all deflated.
+    """
+    layers, heads, tq, tk = weights.shape
+    stride = 8 if tk >= 8 * keep else 1
+    kth = min(max(1, keep // stride), -(-tk // stride))
+    rowmax = np.zeros((layers, heads, tq), dtype=np.float32)
+    tail = np.zeros((layers, heads, tq), dtype=np.float32)
+    threshold = np.zeros((layers, heads, tq), dtype=np.float32)
+    # positive weights per row: every key, or up to the query for causal attention
+    positive = (np.minimum(np.arange(1, tq + 1), tk) if causal else np.full(tq, tk))[None, :]
+
+    def one_layer(layer: int) -> dict[str, bytes]:
+        w = np.asarray(weights[layer], dtype=np.float32)  # (H, Tq, Tk), a view when float32
+        sample = np.ascontiguousarray(w[..., ::stride])  # (H, Tq, ceil(Tk / stride))
+        tau = np.partition(sample, -kth, axis=-1)[..., -kth]  # (H, Tq)
+        del sample
+        np.maximum(tau, np.finfo(np.float32).tiny, out=tau)  # zeros are never kept
+        kept = w >= tau[..., None]  # (H, Tq, Tk)
+        flat = np.flatnonzero(kept)  # row-major: by head, query, then key
+        del kept
+        rows, keys = np.divmod(flat, tk)
+        counts = np.bincount(rows, minlength=heads * tq).reshape(heads, tq)
+        # rows with many equal weights (a uniform row) get their exact keep-th largest
+        crowded = np.flatnonzero(counts.ravel() > 8 * keep)
+        if crowded.size:
+            for row in crowded:
+                h, i = divmod(int(row), tq)
+                tau[h, i] = max(np.partition(w[h, i], -keep)[-keep], np.finfo(np.float32).tiny)
+            again = np.isin(rows, crowded)
+            drop = again & (w.reshape(-1)[flat] < tau.ravel()[rows])
+            flat, rows, keys = flat[~drop], rows[~drop], keys[~drop]
+            counts = np.bincount(rows, minlength=heads * tq).reshape(heads, tq)
+        values = w.reshape(-1)[flat]
+        # the row maximum is always kept (it is at least the threshold)
+        starts = np.concatenate([[0], np.cumsum(counts.ravel())[:-1]])
+        present = counts.ravel() > 0
+        peak = np.zeros(heads * tq, dtype=np.float32)
+        if values.size:
+            peak[present] = np.maximum.reduceat(values, starts[present])
+        rowmax[layer] = peak.reshape(heads, tq)
+        rest_mass = w.sum(axis=-1).ravel() - np.bincount(rows, weights=values,
+                                                         minlength=heads * tq)
+        rest = (positive - counts).ravel()
+        tail[layer] = np.where(rest > 0, np.maximum(rest_mass, 0.0) / np.maximum(rest, 1),
+                               0.0).reshape(heads, tq)
+        threshold[layer] = tau
+        scale = np.where(rowmax[layer] > 0, rowmax[layer], 1.0).ravel()
+        code = _codes(values / scale[rows])
+        gaps = keys.copy()
+        gaps[1:] -= keys[:-1]
+        firsts = starts[present]
+        gaps[firsts] = keys[firsts]
+        low = (code & 15).astype(np.uint8)
+        if low.size % 2:
+            low = np.append(low, np.uint8(0))
+        return {"counts": counts.astype("<u2").tobytes(), "index": gaps.astype("<u2").tobytes(),
+                "coarse": (code >> 4).astype(np.uint8).tobytes(),
+                "fine": (low[0::2] | (low[1::2] << 4)).tobytes()}
+
+    # NumPy releases the GIL in these loops: layers are coded in parallel
+    with ThreadPoolExecutor(max_workers=max(1, min(layers, os.cpu_count() or 1))) as pool:
+        done = list(pool.map(one_layer, range(layers)))
+    planes = {name: [d[name] for d in done] for name in ("counts", "index", "coarse", "fine")}
+    encoded = {name: _deflate_all(chunks, 1) for name, chunks in planes.items()
+               if fine or name != "fine"}
+    return {
+        "shape": [layers, heads, tq, tk],
+        "dtype": "log12-sparse",
+        "zlib": True,
+        "step": LOG_STEP,
+        "top": CODE_TOP,
+        "keep": keep,
+        "causal": causal,
+        **encoded,
+        "fine": encoded.get("fine"),
+        "rowmax": base64.b64encode(rowmax.astype("<f4").tobytes()).decode("ascii"),
+        "tail": base64.b64encode(tail.astype("<f4").tobytes()).decode("ascii"),
+        "threshold": base64.b64encode(threshold.astype("<f4").tobytes()).decode("ascii"),
+    }
+
+
 def decode_attention(spec: dict[str, Any], *, fine: bool = True) -> np.ndarray:
     """The weights a page shows, float32 ``[L, H, Tq, Tk]``, decoded from
     :func:`encode_attention`'s payload as the page script decodes them: from both planes (as
     numbers are shown), or with ``fine=False`` from the coarse plane alone (as lines and
     colours are drawn)."""
+    layers = spec["shape"][0]
+    return np.stack([decode_layer(spec, layer, fine=fine) for layer in range(layers)])
+
+
+def decode_layer(spec: dict[str, Any], layer: int, *, fine: bool = True) -> np.ndarray:
+    """One layer of :func:`decode_attention`: float32 ``[H, Tq, Tk]``."""
     layers, heads, tq, tk = spec["shape"]
-    rowmax = np.frombuffer(base64.b64decode(spec["rowmax"]), "<f4").reshape(layers, heads, tq)
-    tail = np.frombuffer(base64.b64decode(spec["tail"]), "<f4").reshape(layers, heads, tq)
-    out = np.empty((layers, heads, tq, tk), dtype=np.float32)
-    for layer in range(layers):
-        coarse = np.frombuffer(zlib.decompress(base64.b64decode(spec["coarse"][layer])),
-                               np.uint8).reshape(heads, tq, tk)
-        if fine and spec["fine"] is not None:
-            packed = np.frombuffer(zlib.decompress(base64.b64decode(spec["fine"][layer])),
-                                   np.uint8)
-            low = np.empty(packed.size * 2, dtype=np.uint8)
-            low[0::2], low[1::2] = packed & 15, packed >> 4
-            code = (coarse.astype(np.float32) * 16 + low[: coarse.size].reshape(coarse.shape))
-        else:
-            code = coarse.astype(np.float32) * 16 + 7.5
-        value = rowmax[layer][..., None] * np.exp(-(spec["top"] - code) * spec["step"])
-        value = np.where(coarse == 1, tail[layer][..., None], value)
-        out[layer] = np.where(coarse == 0, 0.0, value)
-    return out
+
+    def plane(name: str, dtype: str) -> np.ndarray:
+        return np.frombuffer(zlib.decompress(base64.b64decode(spec[name][layer])), dtype)
+
+    def floats(name: str) -> np.ndarray:
+        return np.frombuffer(base64.b64decode(spec[name]), "<f4").reshape(
+            layers, heads, tq)[layer]
+
+    rowmax, tail = floats("rowmax"), floats("tail")
+    coarse = plane("coarse", "u1")
+    if fine and spec["fine"] is not None:
+        packed = plane("fine", "u1")
+        low = np.empty(packed.size * 2, dtype=np.uint8)
+        low[0::2], low[1::2] = packed & 15, packed >> 4
+        code = coarse.astype(np.float32) * 16 + low[: coarse.size]
+    else:
+        code = coarse.astype(np.float32) * 16 + 7.5
+    factor = np.exp(-(spec["top"] - code) * spec["step"])
+    if spec["dtype"] == "log12":
+        coarse = coarse.reshape(heads, tq, tk)
+        value = rowmax[..., None] * factor.reshape(heads, tq, tk)
+        value = np.where(coarse == 1, tail[..., None], value)
+        return np.where(coarse == 0, 0.0, value).astype(np.float32)
+    # sparse: every position of a row holds the row's tail mean (up to the diagonal for a
+    # causal row, whose later keys are zero), then the kept weights
+    counts = plane("counts", "<u2").astype(np.int64).ravel()
+    rows = np.repeat(np.arange(heads * tq), counts)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    gaps = plane("index", "<u2").astype(np.int64)
+    # undo the gaps: a running sum that restarts at each row
+    keys = np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[starts] - gaps[starts], counts)
+    out = np.repeat(tail.reshape(-1, 1), tk, axis=1)  # (H * Tq, Tk)
+    if spec.get("causal"):
+        out.reshape(heads, tq, tk)[:, np.triu_indices(tq, 1, tk)[0],
+                                   np.triu_indices(tq, 1, tk)[1]] = 0.0
+    out[rows, keys] = rowmax.ravel()[rows] * factor
+    return out.reshape(heads, tq, tk)
 
 
 def encode_float16(values: np.ndarray) -> dict[str, Any]:

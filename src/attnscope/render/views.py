@@ -205,16 +205,17 @@ def _payload(view: AttnView) -> dict[str, Any]:
     for name in part_names:
         attentions, _, _ = trace.part(name)
         layers, heads = attentions.shape[:2]
+        causal = bool(name == "decoder" or (name == "self" and trace.is_causal))
         parts.append({
             "name": name,
             "label": _PART_LABELS[name] if len(trace.parts) > 1 else "Attention",
             "rows": "decoder" if name in ("decoder", "cross") else "self",
             "cols": "decoder" if name == "decoder" else "self",
             # decoder self-attention is always causal; a decoder-only model's too
-            "causal": bool(name == "decoder" or (name == "self" and trace.is_causal)),
+            "causal": causal,
             "layers": view._layer_labels or list(range(layers)),
             "heads": view._head_labels or list(range(heads)),
-            "att": page_html.encode_attention(attentions),
+            "att": page_html.encode_attention(attentions, causal=causal),
         })
     tokens = {"self": list(trace.tokens)}
     special = {"self": [int(s) for s in np.asarray(trace.special_mask, dtype=bool)]}

@@ -272,40 +272,96 @@ function loadPart(spec, P) {
     exact: !!att.fine,
   };
   const coarseB64 = att.coarse, fineB64 = att.fine;
-  att.coarse = att.fine = att.rowmax = att.tail = null; // the decoded copies are all we keep
+  const sparse = att.dtype === "log12-sparse";
+  const countsB64 = att.counts, indexB64 = att.index;
+  part.sparse = sparse;
+  part.threshold = sparse ? float32s(att.threshold) : null;
+  part.starts = new Array(L).fill(null); // sparse: where each row's kept weights begin
+  part.keys = new Array(L).fill(null); // sparse: their key indices
+  att.coarse = att.fine = att.rowmax = att.tail = att.counts = att.index = att.threshold = null;
   const pending = new Array(L).fill(null);
+  async function decodeLayer(l) {
+    const bytes = await inflate(base64Bytes(coarseB64[l]));
+    if (sparse) {
+      const c = await inflate(base64Bytes(countsB64[l]));
+      const counts = new Uint16Array(c.buffer, 0, H * Tq);
+      const starts = new Int32Array(H * Tq + 1);
+      for (let r = 0; r < H * Tq; r++) starts[r + 1] = starts[r] + counts[r];
+      const g = await inflate(base64Bytes(indexB64[l]));
+      const keys = new Uint16Array(g.buffer, 0, starts[H * Tq]);
+      for (let r = 0; r < H * Tq; r++) { // the gaps between kept keys become key indices
+        for (let x = starts[r] + 1; x < starts[r + 1]; x++) keys[x] += keys[x - 1];
+      }
+      part.starts[l] = starts;
+      part.keys[l] = keys;
+      countsB64[l] = indexB64[l] = null;
+    }
+    coarse[l] = bytes;
+    coarseB64[l] = null;
+    return bytes;
+  }
   part.ensure = (l) => {
     if (coarse[l]) return Promise.resolve(coarse[l]);
-    if (!pending[l]) {
-      pending[l] = inflate(base64Bytes(coarseB64[l])).then((bytes) => {
-        coarse[l] = bytes;
-        coarseB64[l] = null;
-        return bytes;
-      });
-    }
+    if (!pending[l]) pending[l] = decodeLayer(l);
     return pending[l];
   };
   part.ensureAll = () => Promise.all([...Array(L).keys()].map((l) => part.ensure(l)));
+  const fineValue = (l, r, x, c) => {
+    const f = part.fine[l];
+    if (f) return part.rowmax[r] * fineLut[(c << 4) | ((f[x >> 1] >> ((x & 1) << 2)) & 15)];
+    return part.rowmax[r] * coarseLut[c];
+  };
+  // Sparse rows: the position of key j among row r's kept weights, or -1.
+  const find = (l, r, j) => {
+    const keys = part.keys[l];
+    let lo = part.starts[l][r], hi = part.starts[l][r + 1] - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (keys[mid] === j) return mid;
+      if (keys[mid] < j) lo = mid + 1; else hi = mid - 1;
+    }
+    return -1;
+  };
+  part.isKept = (l, h, i, j) => !sparse || find(l, h * Tq + i, j) >= 0;
   part.weight = (l, h, i, j) => {
+    const r = (l * H + h) * Tq + i;
+    if (sparse) {
+      const x = find(l, h * Tq + i, j);
+      if (x >= 0) return fineValue(l, r, x, coarse[l][x]);
+      return part.causal && j > i ? 0 : part.tail[r];
+    }
     const idx = (h * Tq + i) * Tk + j;
     const c = coarse[l][idx];
     if (c === 0) return 0;
-    const r = (l * H + h) * Tq + i;
     if (c === 1) return part.tail[r];
-    const f = part.fine[l];
-    if (f) return part.rowmax[r] * fineLut[(c << 4) | ((f[idx >> 1] >> ((idx & 1) << 2)) & 15)];
-    return part.rowmax[r] * coarseLut[c];
+    return fineValue(l, r, idx, c);
   };
   part.row = (l, h, i, out) => {
     const codes = coarse[l];
     const r = (l * H + h) * Tq + i;
     const m = part.rowmax[r], t = part.tail[r];
+    if (sparse) {
+      const end = part.causal ? Math.min(Tk, i + 1) : Tk;
+      out.fill(t, 0, end);
+      out.fill(0, end);
+      const keys = part.keys[l], s0 = part.starts[l][h * Tq + i], s1 = part.starts[l][h * Tq + i + 1];
+      for (let x = s0; x < s1; x++) out[keys[x]] = m * coarseLut[codes[x]];
+      return out;
+    }
     const base = (h * Tq + i) * Tk;
     for (let j = 0; j < Tk; j++) {
       const c = codes[base + j];
       out[j] = c > 1 ? m * coarseLut[c] : (c === 1 ? t : 0);
     }
     return out;
+  };
+  // Sparse rows only: calls fn(j, value) for each kept weight of a row (coarse values).
+  part.eachKept = (l, h, i, fn) => {
+    const codes = coarse[l], keys = part.keys[l];
+    const m = part.rowmax[(l * H + h) * Tq + i];
+    for (let x = part.starts[l][h * Tq + i]; x < part.starts[l][h * Tq + i + 1]; x++) {
+      fn(keys[x], m * coarseLut[codes[x]]);
+    }
   };
   // After the first drawing: every coarse plane, then the fine planes, a layer per task.
   part.loadRest = async () => {
@@ -622,21 +678,37 @@ function headView(panel, P, A, ctxs) {
       lv[n] = Math.max(1, Math.round(scale(v) * 32));
       n++;
     };
+    // candidates of row i: every key (dense), or the kept ones (sparse rows: every weight
+    // not kept is below them)
+    const candJ = new Int32Array(Tk), candV = new Float32Array(Tk);
     for (let i = 0; i < Tq; i++) {
       if (filter && !inSide(i, filter[0])) continue;
-      p.row(st.layer, h, i, rowVals);
       const jEnd = p.causal ? Math.min(Tk, i + 1) : Tk;
-      if (!k) {
+      let nc = 0;
+      if (p.sparse) {
+        p.eachKept(st.layer, h, i, (j, v) => {
+          candJ[nc] = j;
+          candV[nc++] = v;
+        });
+      } else {
+        p.row(st.layer, h, i, rowVals);
         for (let j = 0; j < jEnd; j++) {
-          if (rowVals[j] < MIN_LINE || (filter && !inSide(j, filter[1]))) continue;
-          push(i, j, rowVals[j]);
+          candJ[nc] = j;
+          candV[nc++] = rowVals[j];
+        }
+      }
+      if (!k) {
+        for (let x = 0; x < nc; x++) {
+          const j = candJ[x];
+          if (candV[x] < MIN_LINE || j >= jEnd || (filter && !inSide(j, filter[1]))) continue;
+          push(i, j, candV[x]);
         }
         continue;
       }
       let m = 0;
-      for (let j = 0; j < jEnd; j++) {
-        const v = rowVals[j];
-        if (v <= 0 || (m === k && v <= topV[m - 1]) || (filter && !inSide(j, filter[1]))) continue;
+      for (let x = 0; x < nc; x++) {
+        const j = candJ[x], v = candV[x];
+        if (v <= 0 || j >= jEnd || (m === k && v <= topV[m - 1]) || (filter && !inSide(j, filter[1]))) continue;
         let at = m < k ? m++ : k - 1;
         while (at > 0 && topV[at - 1] < v) {
           topV[at] = topV[at - 1];
@@ -825,7 +897,8 @@ function headView(panel, P, A, ctxs) {
     const lines = [`${p.rows[i]} \u2192 ${p.cols[j]} (query ${i}, key ${j}), layer ${p.layers[st.layer]}`];
     for (const h of [...st.active].sort((a, b) => a - b)) {
       const masked = p.causal && j > i;
-      lines.push(`head ${p.heads[h]}: ${masked ? "masked" : fmt(p.weight(st.layer, h, i, j))}`);
+      const kept = masked || p.isKept(st.layer, h, i, j) ? "" : " (not kept; the mean of the rest)";
+      lines.push(`head ${p.heads[h]}: ${masked ? "masked" : fmt(p.weight(st.layer, h, i, j))}${kept}`);
     }
     readout.textContent = lines.join("; ");
     return lines;
@@ -953,6 +1026,8 @@ function headImage(ctx, p, layer, head, rows, cols, view, onlyRow, scale, ramp, 
   const colStart = new Int32Array(cols + 1);
   for (let c = 0; c <= cols; c++) colStart[c] = j0 + Math.floor((c * (j1 - j0)) / cols);
   const vals = new Float32Array(p.Tk);
+  const colOf = new Int32Array(j1 - j0); // the pixel column of each key
+  for (let c = 0; c < cols; c++) colOf.fill(c, colStart[c] - j0, colStart[c + 1] - j0);
   const isolated = onlyRow !== null && onlyRow !== undefined;
   const block = new Float32Array(cols);
   for (let r = 0; r < rows; r++) {
@@ -972,6 +1047,17 @@ function headImage(ctx, p, layer, head, rows, cols, view, onlyRow, scale, ramp, 
     }
     block.fill(0);
     for (let i = a; i < b; i++) {
+      if (p.sparse) { // the row's mean of the rest, then its kept weights
+        const t = p.tail[(layer * p.H + head) * p.Tq + i];
+        const end = p.causal ? i + 1 : p.Tk;
+        for (let c = 0; c < cols && colStart[c] < end; c++) if (t > block[c]) block[c] = t;
+        p.eachKept(layer, head, i, (j, v) => {
+          if (j < j0 || j >= j1) return;
+          const c = colOf[j - j0];
+          if (v > block[c]) block[c] = v;
+        });
+        continue;
+      }
       p.row(layer, head, i, vals);
       for (let c = 0; c < cols; c++) {
         let m = block[c];
@@ -1269,7 +1355,11 @@ function modelView(panel, P, A, ctxs) {
       return;
     }
     const masked = p.causal && j > i;
-    const v = masked ? "masked" : fmt(p.weight(st.open[0], st.open[1], i, j));
+    const [l, h] = st.open;
+    let v = masked ? "masked" : fmt(p.weight(l, h, i, j));
+    if (!masked && !p.isKept(l, h, i, j)) {
+      v += ` (not kept: below ${fmt(p.threshold[(l * p.H + h) * p.Tq + i])}; the mean of the rest)`;
+    }
     const text = [`query ${i}: ${p.rows[i]}`, `key ${j}: ${p.cols[j]}`, `weight ${v}`];
     dReadout.textContent = `${p.rows[i]} \u2192 ${p.cols[j]}: ${v}`;
     ctxs.tip.show(text, e.clientX, e.clientY);
