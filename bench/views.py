@@ -19,12 +19,14 @@ softmax of random normal logits. ``--long`` adds 2048 tokens, causal and full.
 
     python bench/views.py                  # 32, 128 and 512 tokens
     python bench/views.py 512              # one size
-    python bench/views.py --long           # and 2048 tokens
+    python bench/views.py --long           # 2048 tokens only
+    python bench/views.py 128 512 --long   # both
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import gc
 import os
 import platform
@@ -53,11 +55,14 @@ def random_attention(tokens: int, *, causal: bool = False, seed: int = 0) -> np.
     """Softmax of random logits: float32 [L, H, T, T], rows sum to 1."""
     rng = np.random.default_rng(seed)
     att = rng.standard_normal((LAYERS, HEADS, tokens, tokens), dtype=np.float32)
-    if causal:
-        att[..., np.triu_indices(tokens, 1)[0], np.triu_indices(tokens, 1)[1]] = -np.inf
-    att -= att.max(-1, keepdims=True)
-    np.exp(att, out=att)
-    att /= att.sum(-1, keepdims=True)
+    upper = np.triu_indices(tokens, 1)
+    for layer in range(LAYERS):  # a layer at a time: no temporary of the whole array
+        x = att[layer]
+        if causal:
+            x[:, upper[0], upper[1]] = -np.inf
+        x -= x.max(-1, keepdims=True)
+        np.exp(x, out=x)
+        x /= x.sum(-1, keepdims=True)
     return att
 
 
@@ -196,12 +201,69 @@ def head_timings(browser, path: Path, tokens: int) -> dict[str, float]:
         page.close()
 
 
+def long_inputs(browser, folder: Path, tokens: int = 2048) -> None:
+    """Random attention at ``tokens`` tokens, full and causal: the pages keep each row's
+    strongest weights (see attnscope.render.html.encode_attention)."""
+    print(f"\n{tokens} tokens ({LAYERS} x {HEADS} heads, {LAYERS * HEADS * tokens**2 / 1e6:.0f} "
+          "million weights, softmax of random logits)")
+    line = (f"{'attention':>9} {'view':>5} {'page MB':>8} {'build s':>7} {'peak MiB':>8} "
+            f"{'mass loss':>9} {'kept err':>8} {'opens s':>7} {'hover':>6} {'leave':>6} "
+            f"{'layer':>6} {'toggle':>6}")
+    print(line)
+    print("-" * len(line))
+    names = [f"tok{i}" for i in range(tokens)]
+    for causal in (False, True):
+        att = random_attention(tokens, causal=causal)
+        trace = compat.head_view(tuple(att[:1, None]), names, html_action="return").trace
+        trace = trace.replace(attentions=att, architecture="decoder" if causal else "encoder")
+        spec = page_html.encode_attention(att, causal=causal)
+        threshold = np.frombuffer(base64.b64decode(spec["threshold"]), "<f4").reshape(
+            att.shape[:3])
+        mass = rel = 0.0
+        for layer in range(att.shape[0]):
+            back, true = page_html.decode_layer(spec, layer), att[layer]
+            mass = max(mass, float(np.abs(back.sum(-1) - true.sum(-1)).max()))
+            kept = true >= threshold[layer][..., None]
+            kept &= true > 0
+            rel = max(rel, float((np.abs(back[kept] - true[kept]) / true[kept]).max()))
+            del back, kept
+        del spec
+        for kind in ("model", "head"):
+            maker = at.model_view if kind == "model" else at.head_view
+            gc.collect()
+            tracemalloc.start()
+            start = time.perf_counter()
+            page = maker(trace).html
+            seconds = time.perf_counter() - start
+            peak = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+            path = folder / f"{kind}-{tokens}-{causal}.html"
+            path.write_text(page, encoding="utf-8")
+            size = len(page.encode("utf-8"))
+            del page
+            t = {}
+            if browser is not None:
+                t = (head_timings(browser, path, tokens) if kind == "head"
+                     else {"open s": model_ready(browser, path)})
+            cells = " ".join(f"{t[k]:>6.0f}" if k in t else f"{'-':>6}"
+                             for k in ("hover", "leave", "layer", "toggle"))
+            opens = f"{t['open s']:.2f}" if t else "-"
+            print(f"{'causal' if causal else 'full':>9} {kind:>5} {size / 1e6:>8.1f} "
+                  f"{seconds:>7.2f} {peak:>8.0f} {mass:>9.3%} {rel:>8.3%} {opens:>7} {cells}",
+                  flush=True)
+        del att, trace
+    print("targets at 2048 tokens: build <= 5 s, peak <= 1536 MiB, opens <= 3 s, "
+          "hover <= 100 ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("sizes", nargs="*", type=int, default=[32, 128, 512])
+    parser.add_argument("sizes", nargs="*", type=int, default=None)
     parser.add_argument("--long", action="store_true", help="add 2048 tokens")
     parser.add_argument("--no-browser", action="store_true")
     args = parser.parse_args()
+    if args.sizes is None:
+        args.sizes = [] if args.long else [32, 128, 512]
     print(f"attnscope views benchmark: {LAYERS} layers x {HEADS} heads")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}")
@@ -259,6 +321,8 @@ def main() -> None:
                     del hpage
                     head_rows.append((tokens, data, head_timings(browser, hpath, tokens)))
                 del att
+        if args.long:
+            long_inputs(browser, Path(folder))
         if head_rows:
             print("\nhead view in Chromium (ms to the next frame, medians of 3)")
             line = (f"{'tokens':>6} {'data':>7} {'first drawing s':>15} {'layer':>7} "

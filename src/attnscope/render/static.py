@@ -21,7 +21,24 @@ from attnscope.errors import AttnscopeError, check_index
 from attnscope.files import atomic_write
 from attnscope.trace import Trace
 
-__all__ = ["AttnFigure", "heads_grid", "heatmap", "model_grid"]
+__all__ = ["WEIGHT_STOPS", "AttnFigure", "heads_grid", "heatmap", "model_grid", "weight_cmap"]
+
+#: One colour language for attention weights, shared with the interactive views (which read
+#: these stops from the page's data): from the background to a deep blue (light theme), or to
+#: a pale blue (dark theme). Signed values use the diverging "RdBu_r" (blue below zero, red
+#: above) in both.
+WEIGHT_STOPS = {
+    "light": ((255, 255, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8, 48, 107)),
+    "dark": ((13, 17, 23), (8, 48, 107), (33, 113, 181), (107, 174, 214), (222, 235, 247)),
+}
+
+
+def weight_cmap(theme: str = "light"):
+    """The attention colour map of the views as a matplotlib colour map ("light" or "dark")."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    stops = [tuple(c / 255 for c in rgb) for rgb in WEIGHT_STOPS[theme]]
+    return LinearSegmentedColormap.from_list(f"attnscope-{theme}", stops)
 
 # Above this many tokens, labels would overlap: ticks are thinned out.
 _MAX_LABELLED_TOKENS = 80
@@ -103,7 +120,7 @@ def heatmap(
     head: int = 0,
     *,
     part: str = "self",
-    cmap: str = "viridis",
+    cmap=None,
     ax=None,
 ) -> AttnFigure:
     """One head's attention as a heatmap: query tokens down, key tokens across.
@@ -112,7 +129,8 @@ def heatmap(
         trace: from :func:`attnscope.capture`.
         layer, head: which head; negative indices count from the end (``layer=-1``: last).
         part: "self", or for encoder-decoder traces "decoder" or "cross".
-        cmap: a matplotlib colour map name.
+        cmap: a matplotlib colour map (name or object); default the views' own
+            (:func:`weight_cmap`), so figures and pages read the same.
         ax: draw into this Axes instead of a new figure (its figure is returned).
 
     Returns:
@@ -129,8 +147,8 @@ def heatmap(
         ax = fig.add_subplot()
     else:
         fig = ax.figure
-    image = ax.imshow(matrix, cmap=cmap, vmin=0.0, vmax=max(float(matrix.max()), 1e-9),
-                      aspect="auto", interpolation="nearest")
+    image = ax.imshow(matrix, cmap=cmap or weight_cmap(), vmin=0.0,
+                      vmax=max(float(matrix.max()), 1e-9), aspect="auto", interpolation="nearest")
     fontsize = 9 if max(len(rows), len(cols)) <= 40 else 6
     _set_token_ticks(ax, rows, cols, fontsize)
     ax.set_xlabel("key (attended to)")
@@ -141,7 +159,7 @@ def heatmap(
     return fig
 
 
-def heads_grid(trace: Trace, layer: int = -1, *, part: str = "self", cmap: str = "viridis",
+def heads_grid(trace: Trace, layer: int = -1, *, part: str = "self", cmap=None,
                ncols: int | None = None) -> AttnFigure:
     """Every head of one layer, side by side, on one colour scale (0 to 1)."""
     attentions, rows, cols = trace.part(part)
@@ -157,7 +175,8 @@ def heads_grid(trace: Trace, layer: int = -1, *, part: str = "self", cmap: str =
         if h >= heads:
             ax.set_axis_off()
             continue
-        ax.imshow(attentions[layer, h], cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(attentions[layer, h], cmap=cmap or weight_cmap(), vmin=0, vmax=1,
+                  interpolation="nearest")
         ax.set_title(f"head {h}", fontsize=9)
         if labelled:
             _set_token_ticks(ax, rows, cols, 6)
@@ -165,10 +184,21 @@ def heads_grid(trace: Trace, layer: int = -1, *, part: str = "self", cmap: str =
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(f"{trace.model_name}: {_part_name(trace, part)}layer {layer}, all heads")
+    _colorbar(fig, axes, cmap)
     return fig
 
 
-def model_grid(trace: Trace, *, part: str = "self", cmap: str = "viridis") -> AttnFigure:
+def _colorbar(fig, axes, cmap) -> None:
+    """One colour bar (0 to 1) for a grid of heads."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap or weight_cmap())
+    fig.colorbar(mappable, ax=list(np.ravel(axes)), label="attention weight", shrink=0.6,
+                 fraction=0.03)
+
+
+def model_grid(trace: Trace, *, part: str = "self", cmap=None) -> AttnFigure:
     """Every layer (rows) x head (columns) as a thumbnail, on one colour scale (0 to 1)."""
     attentions, _, _ = trace.part(part)
     layers, heads = attentions.shape[:2]
@@ -180,7 +210,7 @@ def model_grid(trace: Trace, *, part: str = "self", cmap: str = "viridis") -> At
     for layer in range(layers):
         for head in range(heads):
             ax = axes[layer, head]
-            ax.imshow(attentions[layer, head], cmap=cmap, vmin=0, vmax=1,
+            ax.imshow(attentions[layer, head], cmap=cmap or weight_cmap(), vmin=0, vmax=1,
                       interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
@@ -189,4 +219,5 @@ def model_grid(trace: Trace, *, part: str = "self", cmap: str = "viridis") -> At
             if head == 0:
                 ax.set_ylabel(f"L{layer}", fontsize=8)
     fig.suptitle(f"{trace.model_name}: {_part_name(trace, part)}every layer x head")
+    _colorbar(fig, axes, cmap)
     return fig

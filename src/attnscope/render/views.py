@@ -28,7 +28,7 @@ import numpy as np
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.files import write_text
 from attnscope.render import html as page_html
-from attnscope.render.static import AttnFigure, _label, model_grid
+from attnscope.render.static import WEIGHT_STOPS, AttnFigure, _label, model_grid
 from attnscope.trace import Trace
 
 __all__ = [
@@ -230,6 +230,7 @@ def _payload(view: AttnView) -> dict[str, Any]:
         "kinds": list(kinds),
         "theme": view.theme,
         "colors": list(HEAD_COLORS),
+        "ramp": [list(map(list, WEIGHT_STOPS[theme])) for theme in ("light", "dark")],
         "sentence_b_start": trace.sentence_b_start,
         "tokens": tokens,
         "special": special,

@@ -96,6 +96,7 @@ function makeRamp(stops) {
   return lut;
 }
 
+// (replaced by the stops in the page's data, which attnscope.render.static also uses)
 const RAMPS = { light: makeRamp(RAMP_STOPS.light), dark: makeRamp(RAMP_STOPS.dark) };
 
 // Diverging colour for a value in [-1, 1]: blue (negative), white (0), red (positive).
@@ -405,6 +406,10 @@ function attnscopeMount(root) {
   const marks = { mount: performance.now() };
   const P = JSON.parse(root.querySelector(".attnscope-data").textContent);
   marks.parsed = performance.now();
+  if (P.ramp) { // the colour stops the static figures use too
+    RAMPS.light = makeRamp(P.ramp[0]);
+    RAMPS.dark = makeRamp(P.ramp[1]);
+  }
   if (P.theme === "dark") root.classList.add("as-dark");
   // Tests and tools reach a view's state through the element, never through a global.
   const api = { views: {}, payload: P, marks };
