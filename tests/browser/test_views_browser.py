@@ -503,3 +503,55 @@ def test_long_input_pages_keep_strong_weights_and_say_what_is_not_kept(browser, 
                 assert "not kept: below" in weight and float(weight.split("below ")[1]
                                                               .split(";")[0]) == float(limit)
     page.check_clean()
+
+
+def test_sentence_filter_combined_heads_and_coloured_text(browser, qk_trace, tmp_path):
+    trace = qk_trace
+    b, n = trace.sentence_b_start, trace.num_tokens
+    page = Opened(browser, all_views(trace).save(tmp_path / "all.html"))
+    page.page.click("button.as-tab[data-kind='model']")
+    page.page.wait_for_function("document.querySelectorAll('.as-thumb').length === 72")
+    page.page.wait_for_function("document.querySelector('.attnscope-root').dataset.exact")
+    # sentence A -> B: thumbnails show queries of A against keys of B, and so does the
+    # opened head
+    page.page.select_option(".as-model .as-filter select", "AB")
+    size = page.js("[document.querySelector('.as-thumb').width, "
+                   "document.querySelector('.as-thumb').height]")
+    assert size == [n - b, b]
+    page.page.click(".as-thumb[data-layer='2'][data-head='1']")
+    assert page.state("model")["zoom"] == {"i0": 0, "i1": b, "j0": b, "j1": n}
+
+    # every head of a layer in one image, each head in its own colour
+    page.page.keyboard.press("Escape")
+    page.page.click(".as-combine")
+    assert page.js("document.querySelectorAll('.as-combined').length") == 6
+    hues = page.js("""() => {
+        const c = document.querySelectorAll('.as-combined')[0];
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const seen = new Set();
+        for (let k = 0; k < d.length; k += 4) seen.add(d[k] + ',' + d[k + 1] + ',' + d[k + 2]);
+        return seen.size;
+    }""")
+    assert hues > 5
+
+    # the running text coloured by the attention token 3 pays, averaged over every head,
+    # then in the opened head alone
+    page.page.select_option(".as-model .as-filter select", "all")
+    page.page.click(".as-tokstrip .as-tok[data-index='3']")
+    mean = trace.attentions[:, :, 3, :].mean(axis=(0, 1))
+    np.testing.assert_allclose(page.state("model")["sourceWeights"], mean, rtol=3e-3, atol=1e-6)
+    title = page.js("document.querySelectorAll('.as-tokstrip .as-tok')[0].title")
+    assert title.startswith(f"{trace.tokens[3]} \u2192 {trace.tokens[0]}: ")
+    page.page.click(".as-thumb[data-layer='4'][data-head='2']")
+    np.testing.assert_allclose(page.state("model")["sourceWeights"], trace.attentions[4, 2, 3],
+                               rtol=3e-3, atol=1e-6)
+    colours = page.js("[...document.querySelectorAll('.as-tokstrip .as-tok')]"
+                      ".map(t => t.style.backgroundColor)")
+    assert len(set(colours)) > 3
+
+    # the neuron view keeps the keys of one sentence
+    page.page.click("button.as-tab[data-kind='neuron']")
+    page.page.select_option(".as-neuron .as-filter select", "B")
+    scores = page.state("neuron")["scores"]
+    assert all(s is None for s in scores[:b]) and all(s is not None for s in scores[b:])
+    page.check_clean()

@@ -1022,35 +1022,30 @@ const THUMB_RES = 96; // a thumbnail has at most 96 x 96 cells; each shows its b
 const DETAIL_SIDE = 560;
 const LABEL_ROOM = 11; // pixels a token label needs
 
-// Draw cells [i0, i1) x [j0, j1) of one head into an ImageData of (rows x cols) pixels, each
-// pixel the largest weight of its block. With `onlyRow` set, every other query row is grey.
-function headImage(ctx, p, layer, head, rows, cols, view, onlyRow, scale, ramp, grey) {
+// The largest weight of each block of cells [i0, i1) x [j0, j1) of one head, on a grid of
+// (rows x cols) blocks: Float32Array(rows * cols). With `onlyRow` set, every other query row
+// is -1 (drawn grey).
+function headBlocks(p, layer, head, rows, cols, view, onlyRow) {
   const { i0, i1, j0, j1 } = view;
-  const img = ctx.createImageData(cols, rows);
-  const px = img.data;
+  const out = new Float32Array(rows * cols);
   const colStart = new Int32Array(cols + 1);
   for (let c = 0; c <= cols; c++) colStart[c] = j0 + Math.floor((c * (j1 - j0)) / cols);
   const vals = new Float32Array(p.Tk);
   const colOf = new Int32Array(j1 - j0); // the pixel column of each key
   for (let c = 0; c < cols; c++) colOf.fill(c, colStart[c] - j0, colStart[c + 1] - j0);
   const isolated = onlyRow !== null && onlyRow !== undefined;
-  const block = new Float32Array(cols);
   for (let r = 0; r < rows; r++) {
+    const block = out.subarray(r * cols, (r + 1) * cols);
     let a = i0 + Math.floor((r * (i1 - i0)) / rows), b = i0 + Math.floor(((r + 1) * (i1 - i0)) / rows);
     if (b === a) b = a + 1;
     if (isolated) {
       if (onlyRow < a || onlyRow >= b) {
-        for (let c = 0; c < cols; c++) {
-          const o = (r * cols + c) * 4;
-          px[o] = px[o + 1] = px[o + 2] = grey;
-          px[o + 3] = 255;
-        }
+        block.fill(-1);
         continue;
       }
       a = onlyRow;
       b = onlyRow + 1;
     }
-    block.fill(0);
     for (let i = a; i < b; i++) {
       if (p.sparse) { // the row's mean of the rest, then its kept weights
         const t = p.tail[(layer * p.H + head) * p.Tq + i];
@@ -1070,21 +1065,69 @@ function headImage(ctx, p, layer, head, rows, cols, view, onlyRow, scale, ramp, 
         block[c] = m;
       }
     }
-    for (let c = 0; c < cols; c++) {
-      const k = Math.round(scale(block[c]) * 255) * 3;
-      const o = (r * cols + c) * 4;
+  }
+  return out;
+}
+
+// One head as an ImageData of (rows x cols) pixels in the weight ramp.
+function headImage(ctx, p, layer, head, rows, cols, view, onlyRow, scale, ramp, grey) {
+  const blocks = headBlocks(p, layer, head, rows, cols, view, onlyRow);
+  const img = ctx.createImageData(cols, rows);
+  const px = img.data;
+  for (let x = 0; x < blocks.length; x++) {
+    const o = x * 4;
+    if (blocks[x] < 0) {
+      px[o] = px[o + 1] = px[o + 2] = grey;
+    } else {
+      const k = Math.round(scale(blocks[x]) * 255) * 3;
       px[o] = ramp[k];
       px[o + 1] = ramp[k + 1];
       px[o + 2] = ramp[k + 2];
-      px[o + 3] = 255;
     }
+    px[o + 3] = 255;
+  }
+  return img;
+}
+
+function hexRgb(hex) {
+  const n = parseInt(hex.slice(1), 16);
+  return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
+}
+
+// Every head of one layer in one image, each head in its own colour (as CircuitsVis draws
+// them): each head's tint, as strong as its weight, is laid over the background.
+function combinedImage(ctx, p, layer, rows, cols, view, scale, colors, dark) {
+  const img = ctx.createImageData(cols, rows);
+  const px = img.data;
+  const bg = dark ? [13, 17, 23] : [255, 255, 255];
+  const acc = new Float32Array(rows * cols * 3);
+  const total = new Float32Array(rows * cols);
+  for (let h = 0; h < p.H; h++) {
+    const blocks = headBlocks(p, layer, h, rows, cols, view, null);
+    const rgb = hexRgb(colors[h % colors.length]);
+    for (let x = 0; x < blocks.length; x++) {
+      const s = scale(blocks[x]);
+      if (s <= 0) continue;
+      total[x] += s;
+      acc[x * 3] += s * rgb[0];
+      acc[x * 3 + 1] += s * rgb[1];
+      acc[x * 3 + 2] += s * rgb[2];
+    }
+  }
+  for (let x = 0; x < total.length; x++) {
+    const strength = Math.min(1, total[x]); // how much colour, and which: the heads' mix
+    for (let c = 0; c < 3; c++) {
+      const hue = total[x] > 0 ? acc[x * 3 + c] / total[x] : bg[c];
+      px[x * 4 + c] = Math.round(bg[c] * (1 - strength) + hue * strength);
+    }
+    px[x * 4 + 3] = 255;
   }
   return img;
 }
 
 function modelView(panel, P, A, ctxs) {
   const st = { part: P.initial.part, open: null, hover: null, scaleMode: "linear", scaleMax: 1,
-    zoom: null, focus: [0, 0] };
+    zoom: null, filter: "all", combined: false, source: null };
   const part = () => A.parts[st.part];
   const dark = P.theme === "dark";
   const ramp = RAMPS[dark ? "dark" : "light"];
@@ -1099,16 +1142,35 @@ function modelView(panel, P, A, ctxs) {
       rebuild();
     });
   }
+  let filterField = null;
+  if (P.sentence_b_start !== null && P.sentence_b_start !== undefined) {
+    const opts = [["all", "All"], ["AA", "Sentence A \u2192 A"], ["AB", "Sentence A \u2192 B"],
+      ["BA", "Sentence B \u2192 A"], ["BB", "Sentence B \u2192 B"]];
+    filterField = selectField(controls, "Pairs", opts, "all", (v) => {
+      st.filter = v;
+      drawThumbs();
+      if (st.open) resetZoom();
+    });
+    filterField.parentElement.classList.add("as-filter");
+  }
   contrastControls(controls, st, () => {
     drawThumbs();
     drawDetail();
     legend();
+    colourStrip();
   });
+  button(controls, "as-combine", "All heads in one image",
+    "add a column with every head of a layer in one image, each head in its colour", () => {
+      st.combined = !st.combined;
+      rebuild();
+    });
   const bar = colorbar(controls);
   const legend = () => bar.update(ramp, st.scaleMode, st.scaleMax, makeScale(st.scaleMode, st.scaleMax));
   panel.append(el("div", "as-note",
     "Every layer (rows) and head (columns). Click a head (or Enter) to open it; hover a token " +
-    "to keep only its row. Arrow keys move between heads; Escape closes the opened head."));
+    "to keep only its row; click a token to colour the text by the attention it pays (in the " +
+    "opened head, or averaged over every head). Arrow keys move between heads; Escape closes " +
+    "the opened head."));
   const strip = el("div", "as-tokstrip");
   const stage = el("div", "as-stage");
   const grid = el("div", "as-grid");
@@ -1119,6 +1181,19 @@ function modelView(panel, P, A, ctxs) {
   stage.append(grid, detail);
   panel.append(strip, stage);
   let thumbs = [];
+  let combined = [];
+
+  // The cells the sentence-pair filter keeps: queries and keys of sentence A or B.
+  function bounds() {
+    const p = part();
+    const b = P.sentence_b_start;
+    const range = (side, n) => (side === "A" ? [0, Math.min(b, n)] : [Math.min(b, n), n]);
+    if (st.filter === "all" || p.name !== "self" || b === null || b === undefined) {
+      return { i0: 0, i1: p.Tq, j0: 0, j1: p.Tk };
+    }
+    const [i0, i1] = range(st.filter[0], p.Tq), [j0, j1] = range(st.filter[1], p.Tk);
+    return { i0, i1, j0, j1 };
+  }
 
   function rebuild() {
     const p = part();
@@ -1129,9 +1204,12 @@ function modelView(panel, P, A, ctxs) {
       strip.append(node);
     });
     grid.textContent = "";
-    grid.style.gridTemplateColumns = `auto repeat(${p.H}, auto)`;
+    filterField && (filterField.parentElement.hidden = p.name !== "self");
+    grid.style.gridTemplateColumns = `auto repeat(${p.H + (st.combined ? 1 : 0)}, auto)`;
     grid.append(el("div", "as-corner"));
     for (let h = 0; h < p.H; h++) grid.append(el("div", "as-collabel", "H" + p.heads[h]));
+    if (st.combined) grid.append(el("div", "as-collabel", "all"));
+    combined = [];
     thumbs = [];
     for (let l = 0; l < p.L; l++) {
       grid.append(el("div", "as-rowlabel", "L" + p.layers[l]));
@@ -1149,6 +1227,13 @@ function modelView(panel, P, A, ctxs) {
         grid.append(c);
         thumbs.push(c);
       }
+      if (st.combined) {
+        const c = el("canvas", "as-thumb as-combined");
+        c.dataset.layer = String(l);
+        c.title = `layer ${p.layers[l]}: every head, each in its colour`;
+        grid.append(c);
+        combined.push(c);
+      }
     }
     detail.hidden = true;
     drawThumbs();
@@ -1162,16 +1247,68 @@ function modelView(panel, P, A, ctxs) {
       return;
     }
     const scale = makeScale(st.scaleMode, st.scaleMax);
-    const full = { i0: 0, i1: p.Tq, j0: 0, j1: p.Tk };
+    const view = bounds();
+    const w = Math.max(1, Math.min(view.j1 - view.j0, THUMB_RES));
+    const h = Math.max(1, Math.min(view.i1 - view.i0, THUMB_RES));
     for (const c of thumbs) {
+      if (c.width !== w) c.width = w;
+      if (c.height !== h) c.height = h;
       const ctx = c.getContext("2d");
       ctx.putImageData(headImage(ctx, p, Number(c.dataset.layer), Number(c.dataset.head),
-        c.height, c.width, full, st.hover, scale, ramp, grey), 0, 0);
+        h, w, view, st.hover, scale, ramp, grey), 0, 0);
       c.classList.toggle("as-open", !!st.open && st.open[0] === Number(c.dataset.layer) && st.open[1] === Number(c.dataset.head));
+    }
+    for (const c of combined) {
+      c.width = w;
+      c.height = h;
+      const ctx = c.getContext("2d");
+      ctx.putImageData(combinedImage(ctx, p, Number(c.dataset.layer), h, w, view, scale,
+        P.colors, dark), 0, 0);
     }
     for (const node of strip.querySelectorAll(".as-hot")) node.classList.remove("as-hot");
     if (st.hover !== null && strip.children[st.hover]) strip.children[st.hover].classList.add("as-hot");
   }
+
+  // The running text coloured by the attention one chosen token pays to every other token.
+  function colourStrip() {
+    const p = part();
+    const src = st.source;
+    const scale = makeScale(st.scaleMode, st.scaleMax);
+    const heads = st.open ? [st.open] : [];
+    if (!st.open) for (let l = 0; l < p.L; l++) for (let h = 0; h < p.H; h++) heads.push([l, h]);
+    if (src !== null && p.coarse.some((c) => !c)) {
+      p.ensureAll().then(colourStrip);
+      return;
+    }
+    st.sourceWeights = [];
+    for (const node of strip.children) {
+      const j = Number(node.dataset.index);
+      node.classList.toggle("as-source", j === src);
+      if (src === null || j >= p.Tk) {
+        node.style.backgroundColor = "";
+        node.style.color = "";
+        node.removeAttribute("title");
+        continue;
+      }
+      let v = 0;
+      for (const [l, h] of heads) v += p.weight(l, h, src, j);
+      v /= heads.length;
+      st.sourceWeights.push(v);
+      const k = Math.round(scale(v) * 255) * 3;
+      node.style.backgroundColor = `rgb(${ramp[k]},${ramp[k + 1]},${ramp[k + 2]})`;
+      node.style.color = scale(v) > 0.6 ? (dark ? "#0d1117" : "#ffffff") : "";
+      node.title = `${p.rows[src]} \u2192 ${p.cols[j]}: ${fmt(v)}` +
+        (st.open ? "" : " (mean over every layer and head)");
+    }
+  }
+
+  strip.addEventListener("click", (e) => {
+    const node = e.target.closest(".as-tok");
+    if (!node) return;
+    const i = Number(node.dataset.index);
+    st.source = st.source === i ? null : i;
+    colourStrip();
+  });
 
   grid.addEventListener("keydown", (e) => {
     const c = e.target.closest(".as-thumb");
@@ -1220,36 +1357,34 @@ function modelView(panel, P, A, ctxs) {
     detail.hidden = true;
     ctxs.tip.hide();
     drawThumbs();
+    if (st.source !== null) colourStrip();
     const back = thumbs[l * part().H + h];
     if (back) back.focus();
   }
 
   function resetZoom() {
-    const p = part();
-    st.zoom = { i0: 0, i1: p.Tq, j0: 0, j1: p.Tk };
+    st.zoom = bounds();
     drawDetail();
   }
 
   // Zoom around the centre (or a given cell) by `factor` (< 1 zooms in), keeping in range.
   function zoomBy(factor, ci, cj) {
-    const p = part();
-    const z = st.zoom;
-    const fit = (lo, hi, centre, n) => {
-      const span = Math.max(4, Math.min(n, Math.round((hi - lo) * factor)));
+    const z = st.zoom, b = bounds();
+    const fit = (lo, hi, centre, start, end) => {
+      const span = Math.max(Math.min(4, end - start), Math.min(end - start, Math.round((hi - lo) * factor)));
       let a = Math.round(centre - span / 2);
-      a = Math.max(0, Math.min(n - span, a));
+      a = Math.max(start, Math.min(end - span, a));
       return [a, a + span];
     };
-    [z.i0, z.i1] = fit(z.i0, z.i1, ci === undefined ? (z.i0 + z.i1) / 2 : ci, p.Tq);
-    [z.j0, z.j1] = fit(z.j0, z.j1, cj === undefined ? (z.j0 + z.j1) / 2 : cj, p.Tk);
+    [z.i0, z.i1] = fit(z.i0, z.i1, ci === undefined ? (z.i0 + z.i1) / 2 : ci, b.i0, b.i1);
+    [z.j0, z.j1] = fit(z.j0, z.j1, cj === undefined ? (z.j0 + z.j1) / 2 : cj, b.j0, b.j1);
     drawDetail();
   }
 
   function panBy(di, dj) {
-    const p = part();
-    const z = st.zoom;
-    const si = Math.max(-z.i0, Math.min(p.Tq - z.i1, di));
-    const sj = Math.max(-z.j0, Math.min(p.Tk - z.j1, dj));
+    const z = st.zoom, b = bounds();
+    const si = Math.max(b.i0 - z.i0, Math.min(b.i1 - z.i1, di));
+    const sj = Math.max(b.j0 - z.j0, Math.min(b.j1 - z.j1, dj));
     z.i0 += si; z.i1 += si; z.j0 += sj; z.j1 += sj;
     drawDetail();
   }
@@ -1259,6 +1394,7 @@ function modelView(panel, P, A, ctxs) {
     resetZoom();
     detail.hidden = false;
     drawThumbs();
+    if (st.source !== null) colourStrip();
     dCanvas.focus({ preventScroll: true });
   }
 
@@ -1448,6 +1584,15 @@ function neuronView(panel, P, A) {
     draw();
   });
   querySel.parentElement.classList.add("as-query");
+  st.keys = "all";
+  const b = P.sentence_b_start;
+  if (b !== null && b !== undefined) {
+    selectField(controls, "Keys", [["all", "All"], ["A", "Sentence A"], ["B", "Sentence B"]], "all", (v) => {
+      st.keys = v;
+      draw();
+    }).parentElement.classList.add("as-filter");
+  }
+  const shownKey = (j) => st.keys === "all" || (st.keys === "A" ? j < b : j >= b);
   // The legend for the strips: one diverging scale, blue below zero and red above.
   const legend = el("div", "as-colorbar as-nv-legend");
   const lc = el("canvas", "as-colorbar-canvas");
@@ -1551,6 +1696,10 @@ function neuronView(panel, P, A) {
     const weights = new Float32Array(T);
     for (let j = 0; j < T; j++) {
       const y = j * NV_ROW + 2;
+      if (!shownKey(j)) { // the sentence filter leaves this key out
+        scores[j] = NaN;
+        continue;
+      }
       const masked = p.causal && j > query;
       let score = 0;
       for (let c = 0; c < d; c++) {
@@ -1576,8 +1725,11 @@ function neuronView(panel, P, A) {
       ctx.textAlign = "left";
       ctx.fillText(fmt(w), xs.bar + barW + 4, y + NV_ROW / 2 - 1);
     }
-    for (const node of labels.children) node.classList.toggle("as-hot", Number(node.dataset.index) === query);
-    st.scores = Array.from(scores);
+    for (const node of labels.children) {
+      node.classList.toggle("as-hot", Number(node.dataset.index) === query);
+      node.style.visibility = shownKey(Number(node.dataset.index)) ? "" : "hidden";
+    }
+    st.scores = Array.from(scores, (x) => (Number.isNaN(x) ? null : x));
     st.weights = Array.from(weights);
   }
   draw();
