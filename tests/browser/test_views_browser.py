@@ -555,3 +555,46 @@ def test_sentence_filter_combined_heads_and_coloured_text(browser, qk_trace, tmp
     scores = page.state("neuron")["scores"]
     assert all(s is None for s in scores[:b]) and all(s is not None for s in scores[b:])
     page.check_clean()
+
+
+def test_difference_of_two_traces_on_a_diverging_scale(browser, embedded, tmp_path):
+    a = at.capture(embedded, "the cat sat on the mat")
+    b = at.capture(embedded, "the dog lay on the rug")
+    assert a.num_tokens == b.num_tokens
+    diff = a.attentions - b.attentions  # (L, H, T, T), signed
+    view = at.model_view(a, minus=b)
+    page = Opened(browser, view.save(tmp_path / "diff.html"))
+    page.page.wait_for_function("document.querySelector('.attnscope-root').dataset.exact")
+    assert page.js("document.querySelector('.as-cb-lo').textContent").startswith("\u2212")
+    layer, head = np.unravel_index(np.abs(diff).max(axis=(2, 3)).argmax(), diff.shape[:2])
+    page.page.click(f".as-thumb[data-layer='{layer}'][data-head='{head}']")
+    flat = np.argsort(np.abs(diff[layer, head]).ravel())[::-1][:4]  # the largest differences
+    for i, j in zip(*np.unravel_index(flat, diff.shape[2:]), strict=True):
+        page.js("""([i, j]) => {
+            const v = document.querySelector('.attnscope-root').attnscope.views.model;
+            const c = document.querySelector('.as-detail-canvas');
+            const r = c.getBoundingClientRect();
+            const g = v.state.geom;
+            c.dispatchEvent(new MouseEvent('mousemove', {bubbles: true,
+                clientX: r.left + g.margin + (j + 0.5) * g.cellW,
+                clientY: r.top + g.margin + (i + 0.5) * g.cellH}));
+        }""", [int(i), int(j)])
+        shown = page.js("document.querySelectorAll('.as-tip div')[2].textContent").split()[1]
+        value = float(diff[layer, head, i, j])
+        assert np.sign(float(shown)) == np.sign(value)
+        assert _near(shown.lstrip("-"), abs(value))
+    # red where the first text attends more, blue where the second does
+    colours = page.js("""() => {
+        const c = document.querySelector('.as-detail-canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let red = 0, blue = 0;
+        for (let k = 0; k < d.length; k += 4) {
+            if (d[k] > d[k + 2] + 8) red++;
+            if (d[k + 2] > d[k] + 8) blue++;
+        }
+        return [red, blue];
+    }""")
+    assert colours[0] > 0 and colours[1] > 0
+    with pytest.raises(at.AttnscopeError, match="same layers, heads and length"):
+        at.model_view(a, minus=at.capture(embedded, "a much longer sentence than the first one"))
+    page.check_clean()

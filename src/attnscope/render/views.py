@@ -65,7 +65,7 @@ class AttnView:
                  heads: Sequence[int] | None = None, part: str = "self", head: int = 0,
                  query: int | None = None, theme: str = "light",
                  layer_labels: Sequence[int] | None = None,
-                 head_labels: Sequence[int] | None = None) -> None:
+                 head_labels: Sequence[int] | None = None, minus: Trace | None = None) -> None:
         if not isinstance(trace, Trace):
             raise AttnscopeError(
                 f"A view needs a Trace from attnscope.capture, not {type(trace).__name__}."
@@ -88,6 +88,7 @@ class AttnView:
             query = int(plain[0]) if plain.size else 0
         self.query = check_index(query, trace.num_tokens, "query token", "tokens")
         self.theme = theme
+        self.minus = _check_minus(trace, minus, self.part) if minus is not None else None
         self._layer_labels = list(layer_labels) if layer_labels is not None else None
         self._head_labels = list(head_labels) if head_labels is not None else None
         self._page: str | None = None
@@ -128,6 +129,8 @@ class AttnView:
         """The static equivalent of the first view: head lines, the model grid, or the neuron
         figure (the tokens table has no figure)."""
         kind = self.kinds[0]
+        if self.minus is not None:
+            raise AttnscopeError("A difference of two traces saves as .html only.")
         if kind == "head":
             return head_lines(self.trace, self.layer, self.heads, part=self.part)
         if kind == "model":
@@ -172,9 +175,27 @@ def head_view(trace: Trace, layer: int = -1, heads: Sequence[int] | None = None,
     return AttnView(trace, ["head"], layer=layer, heads=heads, part=part, theme=theme)
 
 
-def model_view(trace: Trace, *, part: str = "self", theme: str = "light") -> AttnView:
-    """Every layer x head as a thumbnail (``[L, H]`` grid); click one to open it large."""
-    return AttnView(trace, ["model"], part=part, theme=theme)
+def model_view(trace: Trace, *, part: str = "self", theme: str = "light",
+               minus: Trace | None = None) -> AttnView:
+    """Every layer x head as a thumbnail (``[L, H]`` grid); click one to open it large.
+
+    With ``minus`` (a Trace of the same model and tokens, e.g. another input of the same
+    length), the view shows the signed difference ``trace - minus`` on a diverging scale: red
+    where ``trace`` attends more, blue where ``minus`` does.
+    """
+    return AttnView(trace, ["model"], part=part, theme=theme, minus=minus)
+
+
+def _check_minus(trace: Trace, minus: Trace, part: str) -> Trace:
+    if not isinstance(minus, Trace):
+        raise AttnscopeError(f"minus must be a Trace, not {type(minus).__name__}.")
+    mine, theirs = trace.part(part)[0], minus.part(part)[0]
+    if mine.shape != theirs.shape:
+        raise AttnscopeError(
+            f"Cannot subtract attention of shape {tuple(theirs.shape)} from "
+            f"{tuple(mine.shape)}: the two traces need the same layers, heads and length."
+        )
+    return minus
 
 
 def neuron_view(trace: Trace, layer: int = -1, head: int = 0, query: int | None = None, *,
@@ -201,9 +222,13 @@ def _payload(view: AttnView) -> dict[str, Any]:
     trace = view.trace
     kinds = view.kinds
     part_names = list(trace.parts) if ("head" in kinds or "model" in kinds) else ["self"]
+    if view.minus is not None:
+        part_names = [view.part]
     parts = []
     for name in part_names:
         attentions, _, _ = trace.part(name)
+        if view.minus is not None:  # (L, H, Tq, Tk), signed
+            attentions = np.asarray(attentions, np.float32) - view.minus.part(name)[0]
         layers, heads = attentions.shape[:2]
         causal = bool(name == "decoder" or (name == "self" and trace.is_causal))
         parts.append({
@@ -215,7 +240,8 @@ def _payload(view: AttnView) -> dict[str, Any]:
             "causal": causal,
             "layers": view._layer_labels or list(range(layers)),
             "heads": view._head_labels or list(range(heads)),
-            "att": page_html.encode_attention(attentions, causal=causal),
+            "att": (page_html.encode_signed(attentions) if view.minus is not None
+                    else page_html.encode_attention(attentions, causal=causal)),
         })
     tokens = {"self": list(trace.tokens)}
     special = {"self": [int(s) for s in np.asarray(trace.special_mask, dtype=bool)]}
@@ -225,7 +251,9 @@ def _payload(view: AttnView) -> dict[str, Any]:
         special["decoder"] = ([int(s) for s in np.asarray(mask, dtype=bool)] if mask is not None
                               else [0] * len(trace.decoder_tokens))
     payload: dict[str, Any] = {
-        "title": trace.model_name,
+        "title": trace.model_name + (
+            "" if view.minus is None else f": \u201c{_short(trace.text)}\u201d minus "
+            f"\u201c{_short(view.minus.text)}\u201d"),
         "subtitle": _subtitle(trace),
         "kinds": list(kinds),
         "theme": view.theme,
@@ -251,6 +279,10 @@ def _payload(view: AttnView) -> dict[str, Any]:
             "scale_texts": [_scale_text(s, d) for s in scales],
         }
     return payload
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _queries_keys(trace: Trace) -> tuple[np.ndarray, np.ndarray, list[float]]:

@@ -132,12 +132,23 @@ function colorbar(parent) {
   labels.append(lo, mid, hi);
   wrap.append(el("span", "as-label", "weight"), canvas, labels);
   parent.append(wrap);
-  function update(ramp, mode, max, scale) {
+  function update(ramp, mode, max, scale, signed, dark) {
     const ctx = sizeCanvas(canvas, 160, 10);
     for (let x = 0; x < 160; x++) {
-      const k = Math.round((x / 159) * 255) * 3;
-      ctx.fillStyle = `rgb(${ramp[k]},${ramp[k + 1]},${ramp[k + 2]})`;
+      if (signed) {
+        const [r, g, b] = divergingRgb((x / 159) * 2 - 1, dark);
+        ctx.fillStyle = `rgb(${r},${g},${b})`;
+      } else {
+        const k = Math.round((x / 159) * 255) * 3;
+        ctx.fillStyle = `rgb(${ramp[k]},${ramp[k + 1]},${ramp[k + 2]})`;
+      }
       ctx.fillRect(x, 0, 1, 10);
+    }
+    if (signed) {
+      lo.textContent = "\u2212" + fmt(max);
+      mid.textContent = "0";
+      hi.textContent = "+" + fmt(max);
+      return;
     }
     // label the ends and the value that maps to the middle of the ramp
     let m = 0, a = 0, b = max;
@@ -281,8 +292,13 @@ function loadPart(spec, P) {
   part.keys = new Array(L).fill(null); // sparse: their key indices
   att.coarse = att.fine = att.rowmax = att.tail = att.counts = att.index = att.threshold = null;
   const pending = new Array(L).fill(null);
+  const signB64 = att.sign || null;
+  part.signed = !!att.signed;
+  part.signs = new Array(L).fill(null);
+  att.sign = null;
   async function decodeLayer(l) {
     const bytes = await inflate(base64Bytes(coarseB64[l]));
+    if (signB64) part.signs[l] = await inflate(base64Bytes(signB64[l]));
     if (sparse) {
       const c = await inflate(base64Bytes(countsB64[l]));
       const counts = new Uint16Array(c.buffer, 0, H * Tq);
@@ -324,7 +340,10 @@ function loadPart(spec, P) {
     return -1;
   };
   part.isKept = (l, h, i, j) => !sparse || find(l, h * Tq + i, j) >= 0;
-  part.weight = (l, h, i, j) => {
+  // signed values (a difference of two traces): bit x of the layer's sign plane is 1 for < 0
+  const sign = (l, x) => (part.signs[l] && (part.signs[l][x >> 3] >> (7 - (x & 7))) & 1 ? -1 : 1);
+  part.weight = (l, h, i, j) => sign(l, (h * Tq + i) * Tk + j) * magnitude(l, h, i, j);
+  const magnitude = (l, h, i, j) => {
     const r = (l * H + h) * Tq + i;
     if (sparse) {
       const x = find(l, h * Tq + i, j);
@@ -354,6 +373,7 @@ function loadPart(spec, P) {
       const c = codes[base + j];
       out[j] = c > 1 ? m * coarseLut[c] : (c === 1 ? t : 0);
     }
+    if (part.signed) for (let j = 0; j < Tk; j++) out[j] *= sign(l, base + j);
     return out;
   };
   // Sparse rows only: calls fn(j, value) for each kept weight of a row (coarse values).
@@ -1040,7 +1060,7 @@ function headBlocks(p, layer, head, rows, cols, view, onlyRow) {
     if (b === a) b = a + 1;
     if (isolated) {
       if (onlyRow < a || onlyRow >= b) {
-        block.fill(-1);
+        block.fill(NaN);
         continue;
       }
       a = onlyRow;
@@ -1059,6 +1079,14 @@ function headBlocks(p, layer, head, rows, cols, view, onlyRow) {
         continue;
       }
       p.row(layer, head, i, vals);
+      if (p.signed) { // the value of largest magnitude
+        for (let c = 0; c < cols; c++) {
+          let m = block[c];
+          for (let j = colStart[c]; j < colStart[c + 1]; j++) if (Math.abs(vals[j]) > Math.abs(m)) m = vals[j];
+          block[c] = m;
+        }
+        continue;
+      }
       for (let c = 0; c < cols; c++) {
         let m = block[c];
         for (let j = colStart[c]; j < colStart[c + 1]; j++) if (vals[j] > m) m = vals[j];
@@ -1069,14 +1097,30 @@ function headBlocks(p, layer, head, rows, cols, view, onlyRow) {
   return out;
 }
 
+// Blue (negative) through the background to red (positive), for t in [-1, 1]: the static
+// figures' "RdBu_r" ends.
+function divergingRgb(t, dark) {
+  const bg = dark ? [13, 17, 23] : [255, 255, 255];
+  const end = t >= 0 ? [178, 24, 43] : [33, 102, 172];
+  const a = Math.min(1, Math.abs(t));
+  return [0, 1, 2].map((c) => Math.round(bg[c] * (1 - a) + end[c] * a));
+}
+
 // One head as an ImageData of (rows x cols) pixels in the weight ramp.
 function headImage(ctx, p, layer, head, rows, cols, view, onlyRow, scale, ramp, grey) {
   const blocks = headBlocks(p, layer, head, rows, cols, view, onlyRow);
   const img = ctx.createImageData(cols, rows);
   const px = img.data;
+  const dark = grey < 128;
   for (let x = 0; x < blocks.length; x++) {
     const o = x * 4;
-    if (blocks[x] < 0) {
+    if (p.signed && !Number.isNaN(blocks[x])) {
+      const v = blocks[x];
+      const [r, g, b] = divergingRgb(Math.sign(v) * scale(Math.abs(v)), dark);
+      px[o] = r;
+      px[o + 1] = g;
+      px[o + 2] = b;
+    } else if (Number.isNaN(blocks[x])) { // a row the hovered token leaves out
       px[o] = px[o + 1] = px[o + 2] = grey;
     } else {
       const k = Math.round(scale(blocks[x]) * 255) * 3;
@@ -1165,7 +1209,8 @@ function modelView(panel, P, A, ctxs) {
       rebuild();
     });
   const bar = colorbar(controls);
-  const legend = () => bar.update(ramp, st.scaleMode, st.scaleMax, makeScale(st.scaleMode, st.scaleMax));
+  const legend = () => bar.update(ramp, st.scaleMode, st.scaleMax,
+    makeScale(st.scaleMode, st.scaleMax), part().signed, dark);
   panel.append(el("div", "as-note",
     "Every layer (rows) and head (columns). Click a head (or Enter) to open it; hover a token " +
     "to keep only its row; click a token to colour the text by the attention it pays (in the " +
