@@ -182,6 +182,9 @@ def head_timings(browser, path: Path, tokens: int) -> dict[str, float]:
     page = open_page(browser, path)
     try:
         out = {"open s": page.evaluate("performance.now()") / 1000}
+        # from the moment the page's script starts (its text read and parsed) to the drawing
+        marks = page.evaluate("document.querySelector('.attnscope-root').attnscope.marks")
+        out["script s"] = (marks["drawn"] - marks["mount"]) / 1000
         # wait for the full drawing to be kept, as a person would before leaving a token
         complete = ("document.querySelector('.attnscope-root').attnscope.views.head"
                     ".state.complete")
@@ -324,13 +327,16 @@ def main() -> None:
         if args.long:
             long_inputs(browser, Path(folder))
         if head_rows:
-            print("\nhead view in Chromium (ms to the next frame, medians of 3)")
-            line = (f"{'tokens':>6} {'data':>7} {'first drawing s':>15} {'layer':>7} "
-                    f"{'toggle':>7} {'hover':>7} {'leave':>7}")
+            print("\nhead view in Chromium: seconds from navigation start to the first drawing "
+                  "(and of those, after the page's text was read), then ms to the next frame "
+                  "(medians of 3)")
+            line = (f"{'tokens':>6} {'data':>7} {'first drawing s':>15} {'of which script':>15} "
+                    f"{'layer':>7} {'toggle':>7} {'hover':>7} {'leave':>7}")
             print(line)
             print("-" * len(line))
             for tokens, data, t in head_rows:
-                print(f"{tokens:>6} {data:>7} {t['open s']:>15.2f} {t['layer']:>7.0f} "
+                print(f"{tokens:>6} {data:>7} {t['open s']:>15.2f} {t['script s']:>15.2f} "
+                      f"{t['layer']:>7.0f} "
                       f"{t['toggle']:>7.0f} {t['hover']:>7.0f} {t['leave']:>7.0f}")
     if browser is not None:
         browser.close()

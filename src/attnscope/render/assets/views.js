@@ -515,10 +515,9 @@ function headView(panel, P, A, ctxs) {
   const init = P.initial;
   const maxT = Math.max(...P.parts.map((p) => Math.max(p.att.shape[2], p.att.shape[3])));
   const st = { part: init.part, layer: init.layer, active: new Set(), hover: null, pinned: null,
-    filter: "all", drawn: 0, topk: maxT <= 48 ? 0 : maxT <= 160 ? 3 : 1, scaleMode: "linear", scaleMax: 1,
+    filter: "all", drawn: 0, topk: maxT <= 16 ? 0 : maxT <= 160 ? 3 : 1, scaleMode: "linear", scaleMax: 1,
     complete: false, timings: {} };
   const part = () => A.parts[st.part];
-  const ramp = RAMPS[P.theme === "dark" ? "dark" : "light"];
   const resetHeads = (heads) => {
     st.active = new Set(heads === null || heads === undefined
       ? [...Array(part().H).keys()] : heads);
@@ -706,33 +705,34 @@ function headView(panel, P, A, ctxs) {
     // candidates of row i: every key (dense), or the kept ones (sparse rows: every weight
     // not kept is below them)
     const candJ = new Int32Array(Tk), candV = new Float32Array(Tk);
+    const IDENTITY = new Int32Array(Tk).map((_, j) => j);
     for (let i = 0; i < Tq; i++) {
       if (filter && !inSide(i, filter[0])) continue;
       const jEnd = p.causal ? Math.min(Tk, i + 1) : Tk;
       let nc = 0;
+      let cj = candJ, cv = candV;
       if (p.sparse) {
         p.eachKept(st.layer, h, i, (j, v) => {
           candJ[nc] = j;
           candV[nc++] = v;
         });
-      } else {
+      } else { // every key of the row, in order: the row itself, no copy
         p.row(st.layer, h, i, rowVals);
-        for (let j = 0; j < jEnd; j++) {
-          candJ[nc] = j;
-          candV[nc++] = rowVals[j];
-        }
+        cj = IDENTITY;
+        cv = rowVals;
+        nc = jEnd;
       }
       if (!k) {
         for (let x = 0; x < nc; x++) {
-          const j = candJ[x];
-          if (candV[x] < MIN_LINE || j >= jEnd || (filter && !inSide(j, filter[1]))) continue;
-          push(i, j, candV[x]);
+          const j = cj[x];
+          if (cv[x] < MIN_LINE || j >= jEnd || (filter && !inSide(j, filter[1]))) continue;
+          push(i, j, cv[x]);
         }
         continue;
       }
       let m = 0;
       for (let x = 0; x < nc; x++) {
-        const j = candJ[x], v = candV[x];
+        const j = cj[x], v = cv[x];
         if (v <= 0 || j >= jEnd || (m === k && v <= topV[m - 1]) || (filter && !inSide(j, filter[1]))) continue;
         let at = m < k ? m++ : k - 1;
         while (at > 0 && topV[at - 1] < v) {
@@ -766,8 +766,8 @@ function headView(panel, P, A, ctxs) {
     ctx.rect(0, top, HV_WIDTH, bottom - top);
     ctx.clip();
     ctx.clearRect(0, top, HV_WIDTH, bottom - top);
-    // Hairlines have a fast path in the rasterizer: long texts get them, short ones 2 px.
-    ctx.lineWidth = canvasH <= 64 * 20 ? 2 : 1;
+    // Hairlines have a fast path in the rasterizer: many lines get them, a few get 2 px.
+    ctx.lineWidth = lines.n <= 1500 ? 2 : 1;
     for (const [key, path] of paths) {
       ctx.strokeStyle = P.colors[(key >> 6) % P.colors.length];
       ctx.globalAlpha = Math.min(1, (key & 63) / 32);
@@ -1032,7 +1032,6 @@ function headView(panel, P, A, ctxs) {
   }
 
   rebuild();
-  void ramp;
   return { state: st, canvas, redraw: draw, exportPng, refresh: () => {} };
 }
 
@@ -1392,7 +1391,7 @@ function modelView(panel, P, A, ctxs) {
   button(dTools, "as-zoom-out", "\u2212", "zoom out (-)", () => zoomBy(2));
   button(dTools, "as-zoom-reset", "1:1", "show every token", () => resetZoom());
   button(dTools, "as-export", "PNG", "save the opened head as a PNG file", () => exportDetail());
-  const dClose = button(dTools, "as-close", "\u00d7", "close (Escape)", () => close());
+  button(dTools, "as-close", "\u00d7", "close (Escape)", () => close());
   let geom = null;
 
   function close() {
@@ -1596,7 +1595,6 @@ function modelView(panel, P, A, ctxs) {
   }
 
   rebuild();
-  void dClose;
   return { state: st, open, close, setHover, zoomBy, panBy, thumbs: () => thumbs, detail: dCanvas,
     refresh: () => {} };
 }
