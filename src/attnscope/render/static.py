@@ -21,7 +21,7 @@ from attnscope.errors import AttnscopeError, check_index
 from attnscope.files import atomic_write
 from attnscope.trace import Trace
 
-__all__ = ["WEIGHT_STOPS", "AttnFigure", "heads_grid", "heatmap", "model_grid", "weight_cmap"]
+__all__ = ["AttnFigure", "WEIGHT_STOPS", "heads_grid", "heatmap", "model_grid", "weight_cmap"]
 
 #: One colour language for attention weights, shared with the interactive views (which read
 #: these stops from the page's data): from the background to a deep blue (light theme), or to
