@@ -598,3 +598,19 @@ def test_difference_of_two_traces_on_a_diverging_scale(browser, embedded, tmp_pa
     with pytest.raises(at.AttnscopeError, match="same layers, heads and length"):
         at.model_view(a, minus=at.capture(embedded, "a much longer sentence than the first one"))
     page.check_clean()
+
+
+def test_export_svg_has_the_lines_and_tokens_as_text(browser, tmp_path):
+    att = np.full((1, 1, 2, 3, 3), 0.0, dtype=np.float32)
+    att[..., 0, 0] = att[..., 1, 1] = att[..., 2, 2] = 0.7
+    att[..., 0, 1] = att[..., 1, 2] = att[..., 2, 0] = 0.3
+    view = compat.head_view(tuple(att), HOSTILE[:3], html_action="return")
+    page = Opened(browser, view.save(tmp_path / "h.html"))
+    with page.page.expect_download() as info:
+        page.page.click(".as-export-svg")
+    target = tmp_path / "export.svg"
+    info.value.save_as(target)
+    text = target.read_text(encoding="utf-8")
+    assert text.startswith("<svg") and text.count("<line") == 2 * 6  # 2 heads x 6 weights
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text and "<img" not in text
+    page.check_clean(allow_blobs=True)

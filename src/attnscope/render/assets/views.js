@@ -177,6 +177,26 @@ function downloadCanvas(canvas, name) {
   }, "image/png");
 }
 
+// Saves an SVG element as a file. The markup comes from XMLSerializer, so token texts are
+// escaped as XML text.
+function downloadSvg(svg, name) {
+  const text = new XMLSerializer().serializeToString(svg);
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(new Blob([text], { type: "image/svg+xml" }));
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+
+function svgEl(tag, attrs, text) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
 // A tooltip that follows the pointer inside one root.
 function tooltip(root) {
   const tip = el("div", "as-tip");
@@ -557,6 +577,8 @@ function headView(panel, P, A, ctxs) {
   }).parentElement.classList.add("as-topk");
   contrastControls(controls, st, () => draw());
   button(controls, "as-export", "Save PNG", "save the drawing as a PNG file", () => exportPng());
+  button(controls, "as-export-svg", "Save SVG",
+    "save the lines shown (without a hovered token) and the tokens as an SVG file", () => exportSvg());
   const swatches = el("div", "as-heads");
   swatches.setAttribute("role", "group");
   swatches.setAttribute("aria-label", "heads");
@@ -1011,6 +1033,31 @@ function headView(panel, P, A, ctxs) {
   }
   body.addEventListener("mouseleave", leave);
 
+  // The full drawing (the lines the current settings keep) as vector lines with the tokens.
+  function exportSvg() {
+    const p = part();
+    const labelW = 140, w = HV_WIDTH + 2 * labelW;
+    const dark = P.theme === "dark";
+    const svg = svgEl("svg", { xmlns: "http://www.w3.org/2000/svg", width: w, height: canvasH,
+      viewBox: `0 0 ${w} ${canvasH}`, "font-family": "monospace", "font-size": 12 });
+    svg.append(svgEl("rect", { width: w, height: canvasH, fill: dark ? "#0d1117" : "#ffffff" }));
+    const lines = collectLines();
+    const half = rowH / 2;
+    for (let t = 0; t < lines.n; t++) {
+      svg.append(svgEl("line", { x1: labelW, y1: lines.y0[t] * rowH + half, x2: labelW + HV_WIDTH,
+        y2: lines.y1[t] * rowH + half, stroke: P.colors[lines.hd[t] % P.colors.length],
+        "stroke-opacity": Math.min(1, lines.lv[t] / 32).toFixed(3), "stroke-width": 1.5 }));
+    }
+    const ink = dark ? "#e6edf3" : "#1f2328";
+    p.rows.forEach((tok, i) => svg.append(svgEl("text", { x: labelW - 4, y: i * rowH + half,
+      "text-anchor": "end", "dominant-baseline": "middle", fill: ink }, tok)));
+    p.cols.forEach((tok, j) => svg.append(svgEl("text", { x: labelW + HV_WIDTH + 4, y: j * rowH + half,
+      "dominant-baseline": "middle", fill: ink }, tok)));
+    downloadSvg(svg, `attention-layer${p.layers[st.layer]}.svg`);
+    st.exported = lines.n;
+    return svg;
+  }
+
   function exportPng() {
     const p = part();
     const labelW = 140;
@@ -1032,7 +1079,7 @@ function headView(panel, P, A, ctxs) {
   }
 
   rebuild();
-  return { state: st, canvas, redraw: draw, exportPng, refresh: () => {} };
+  return { state: st, canvas, redraw: draw, exportPng, exportSvg, refresh: () => {} };
 }
 
 // ----- model view ---------------------------------------------------------------------------
