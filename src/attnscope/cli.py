@@ -317,6 +317,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help').\n")
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from attnscope.app import Limits, serve
+
+    if args.corpus is not None:
+        raise AttnscopeError("--corpus needs corpus mode, which this version of attnscope "
+                             "does not have yet.")
+    limits = Limits(max_chars=args.max_chars, max_tokens=args.max_tokens,
+                    timeout_s=args.timeout, runs=args.runs, queue=args.queue,
+                    flow_budget_s=args.flow_budget, cache=args.cache)
+    serve(args.model or None, host=args.host, port=args.port, limits=limits, device=args.device)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="attnscope",
@@ -417,6 +430,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=Path("report.html"),
                    help="the page to write (default: report.html)")
     p.set_defaults(func=_cmd_report)
+
+    from attnscope.app.runtime import Limits
+
+    lim = Limits()
+    p = sub.add_parser("serve", help="the explorer: a local web app to see, explain and "
+                                     "compare attention",
+                       description="Serve the explorer on this machine until Ctrl-C: type a "
+                                   "text and see its views, head table, explanations, rollout "
+                                   "and flow, or compare two texts or models. Its JSON API is "
+                                   "documented at /docs. Needs the app extra "
+                                   "(pip install 'attnscope[app]').")
+    p.add_argument("-m", "--model", action="append", default=[],
+                   help="a model visitors may pick (repeat for several; a hub name or a local "
+                        "directory; default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: auto)")
+    p.add_argument("--corpus", type=Path, default=None,
+                   help="a corpus statistics store to browse")
+    p.add_argument("--max-chars", type=int, default=lim.max_chars,
+                   help=f"most characters in one text (default {lim.max_chars})")
+    p.add_argument("--max-tokens", type=int, default=lim.max_tokens,
+                   help=f"most tokens in one text (default {lim.max_tokens})")
+    p.add_argument("--timeout", type=float, default=lim.timeout_s,
+                   help=f"seconds a request may take (default {lim.timeout_s:g})")
+    p.add_argument("--runs", type=int, default=lim.runs,
+                   help=f"model runs at the same time (default {lim.runs})")
+    p.add_argument("--queue", type=int, default=lim.queue,
+                   help=f"requests that may wait for a run; more get 503 (default {lim.queue})")
+    p.add_argument("--flow-budget", type=float, default=lim.flow_budget_s,
+                   help=f"seconds attention flow may spend on one output token "
+                        f"(default {lim.flow_budget_s:g})")
+    p.add_argument("--cache", type=int, default=lim.cache,
+                   help=f"captures kept in memory (default {lim.cache})")
+    p.set_defaults(func=_cmd_serve)
 
     return parser
 

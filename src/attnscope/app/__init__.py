@@ -1,0 +1,102 @@
+"""The explorer: a local web app to type a text and see, explain and compare its attention.
+
+    attnscope serve                                  # the embedded model, on 127.0.0.1:8000
+    attnscope serve --model ./my-bert --model gpt2   # the models a visitor may pick from
+
+Or from Python::
+
+    from attnscope.app import Limits, create_app, serve
+    serve(["./my-bert"], port=8001, limits=Limits(max_tokens=128))
+
+It needs the ``app`` extra (``pip install 'attnscope[app]'``: FastAPI and uvicorn). Every view
+it shows is drawn by :mod:`attnscope.render`'s view script, the same one saved pages use.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from attnscope.app.runtime import Limits, Models
+from attnscope.errors import AttnscopeError
+
+__all__ = ["Limits", "Models", "create_app", "is_loopback", "load_models", "serve"]
+
+
+def _require_extra() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        raise AttnscopeError(
+            f"The explorer needs FastAPI and uvicorn ({err.name} is missing): "
+            "pip install 'attnscope[app]'."
+        ) from None
+
+
+def create_app(models: Models | Sequence[Any], limits: Limits | None = None, *,
+               corpus: Any = None):
+    """The explorer as an ASGI application (FastAPI) for ``models``: a :class:`Models`, or
+    LoadedModel objects (the first is the default). See :mod:`attnscope.app.api`."""
+    _require_extra()
+    from attnscope.app.api import create_app as _create
+
+    if not isinstance(models, Models):
+        models = Models(list(models))
+    return _create(models, limits, corpus=corpus)
+
+
+def load_models(names: Sequence[str | None] | None = None, device: str | None = None) -> Models:
+    """Load the allowlist once: hub names or local directories (None or empty: the embedded
+    default model)."""
+    import attnscope as at
+
+    names = list(names or [None])
+    return Models([at.load(name, device=device) for name in names])
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(models: Sequence[str | None] | None = None, *, host: str = "127.0.0.1",
+          port: int = 8000, limits: Limits | None = None, device: str | None = None,
+          corpus: Any = None, log_level: str = "warning") -> None:
+    """Load ``models``, print the explorer's URL and serve until Ctrl-C."""
+    _require_extra()
+    import uvicorn
+
+    if not 0 <= port <= 65535:
+        raise AttnscopeError(f"Port {port} is out of range: use 1 to 65535 (or 0 for any free "
+                             "port).")
+    loaded = load_models(models, device)
+    app = create_app(loaded, limits, corpus=corpus)
+    if not is_loopback(host):
+        print(f"attnscope: warning: serving on {host}, which other machines may reach; the "
+              "explorer has no login. Use --host 127.0.0.1 to keep it on this machine.",
+              file=sys.stderr)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+
+    # Print the URL once the socket is bound (port 0 picks a free port).
+    original_startup = server.startup
+
+    async def startup(sockets=None) -> None:
+        await original_startup(sockets)
+        if server.started:
+            bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+            shown = f"[{host}]" if ":" in host else host
+            print(f"attnscope explorer: http://{shown}:{bound}/  "
+                  f"(models: {', '.join(loaded.names)}; Ctrl-C to stop)", flush=True)
+
+    server.startup = startup
+    server.run()

@@ -1,0 +1,666 @@
+"""The explorer's web application: the page, its JSON API and the documentation of that API.
+
+``create_app(models, limits)`` returns a FastAPI application. Routes (all JSON, documented
+at ``/docs``, schema at ``/openapi.json``):
+
+* ``GET /api/models`` -- the models this explorer serves and its limits.
+* ``POST /api/capture`` -- one text's views: the payload the page's view script draws (the
+  head, model and neuron views and the tokens table), attention as compressed uint8.
+* ``POST /api/heads`` -- every head's pattern scores and label.
+* ``POST /api/explain`` -- every step of one head's attention for one query token.
+* ``POST /api/flow`` -- attention rollout, or attention flow computed in slices within a time
+  budget (ask again to continue; ``done`` / ``total`` say how far it is).
+* ``POST /api/compare`` -- two texts or two models side by side, with the difference per head.
+* ``POST /api/page`` -- what is shown, as one self-contained HTML page to download.
+
+A request names a model only by its name in the allowlist given at start-up, and nothing a
+request carries reaches the file system. A person's mistake gets a 4xx answer with one
+sentence, ``{"error": "..."}``; when too many runs are waiting, or a run takes longer than the
+time limit, the answer is 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import time
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import attnscope as at
+from attnscope.app.runtime import Busy, CaptureEntry, Captures, Limits, Models, RunGate, TooLarge
+from attnscope.errors import AttnscopeError, check_index
+
+__all__ = ["create_app"]
+
+# ----- request and response bodies -------------------------------------------------------------
+
+
+class TextInput(BaseModel):
+    """A text (and optional second text) for one model of the allowlist."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, description="a model name from GET /api/models "
+                                                "(default: the first one)")
+    text: str = Field(description="the text to look at")
+    text_b: str | None = Field(None, description="a second sentence (a pair), or the decoder's "
+                                                 "text for encoder-decoder models")
+
+
+class CaptureRequest(TextInput):
+    layer: int = Field(-1, description="layer shown first (negative counts from the end)")
+    head: int | None = Field(None, description="head shown alone (default: every head)")
+    query: int | None = Field(None, description="query token of the neuron view")
+
+
+class ExplainRequest(TextInput):
+    layer: int = Field(0, description="layer (negative counts from the end)")
+    head: int = Field(0, description="head (negative counts from the end)")
+    query: int = Field(0, description="position of the query token")
+    part: Literal["self", "decoder", "cross"] = "self"
+
+
+class FlowRequest(TextInput):
+    kind: Literal["rollout", "flow"] = Field("flow", description="rollout (instant) or flow "
+                                                                 "(maximum flow, in slices)")
+    output: int | None = Field(None, description="output token position (default: [CLS], or "
+                                                 "the last token of causal models)")
+    budget_s: float | None = Field(None, gt=0, le=3600, allow_inf_nan=False,
+                                   description="seconds this request may spend (at most the "
+                                               "server's flow budget)")
+    figure: bool = Field(True, description="add the relevance chart once complete")
+
+
+class CompareRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    a: TextInput
+    b: TextInput
+    layer: int = Field(-1, description="layer of the head whose difference is drawn large")
+    head: int = Field(0, description="head whose difference is drawn large")
+
+
+class PageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    a: CaptureRequest
+    b: TextInput | None = Field(None, description="a second input shown beside the first")
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what was wrong, in one sentence")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    model_type: str
+    architecture: str
+    layers: int
+    heads: int
+    max_tokens: int | None
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+    default: str
+    limits: dict[str, float]
+
+
+class CaptureResponse(BaseModel):
+    model: str
+    tokens: list[str]
+    num_layers: int
+    num_heads: int
+    layer: int
+    head: int | None
+    capture_ms: float
+    view: dict[str, Any] = Field(description="what the view script draws: tokens, and "
+                                             "attention as zlib-compressed uint8 in base64")
+
+
+class HeadRow(BaseModel):
+    layer: int
+    head: int
+    label: str
+    label_score: float | None
+    class_: str = Field(alias="class")
+    scores: dict[str, float | None]
+
+
+class HeadsResponse(BaseModel):
+    model: str
+    tokens: list[str]
+    score_names: list[str]
+    heads: list[HeadRow]
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    layer: int
+    head: int
+    query: int
+    query_token: str
+    key_tokens: list[str]
+    head_dim: int
+    q: list[float]
+    keys: dict[str, Any] = Field(description="key vectors [T_k, d] as float16 in base64")
+    dots: list[float]
+    scale: float
+    scores: list[float]
+    bias: list[float] | None
+    visible: list[bool]
+    weights: list[float]
+    model_weights: list[float]
+    max_abs_error: float
+
+
+class FlowResponse(BaseModel):
+    kind: str
+    model: str
+    output: int
+    output_token: str
+    tokens: list[str]
+    values: list[float | None]
+    relevance: list[float] | None
+    done: int
+    total: int
+    complete: bool
+    seconds: float
+    budget_s: float
+    note: str | None
+    figure: str | None = Field(description="the relevance chart as a PNG data URL")
+
+
+class CompareSide(BaseModel):
+    model: str
+    text: str
+    text_b: str | None
+    tokens: list[str]
+    view: dict[str, Any]
+
+
+class Difference(BaseModel):
+    comparable: bool
+    reason: str | None
+    layer: int
+    head: int
+    changes: list[list[float]] | None = Field(description="largest |B - A| per head [L][H]")
+    grid: str | None = Field(description="every head's B - A as a PNG data URL")
+    head_figure: str | None = Field(description="the chosen head's B - A as a PNG data URL")
+
+
+class CompareResponse(BaseModel):
+    a: CompareSide
+    b: CompareSide
+    difference: Difference
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "the request cannot be read"},
+    413: {"model": ErrorBody, "description": "a text over the length limits"},
+    422: {"model": ErrorBody, "description": "a field is missing or wrong (one sentence says "
+                                             "which)"},
+    503: {"model": ErrorBody, "description": "too many runs waiting, or a run over the time "
+                                             "limit; retry after the Retry-After seconds"},
+}
+
+_VIEW_KINDS = ["head", "model", "neuron", "tokens"]
+
+
+# ----- the application -------------------------------------------------------------------------
+
+
+def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = None) -> FastAPI:
+    """The explorer as an ASGI application.
+
+    Args:
+        models: the allowlist (loaded at start-up); requests choose among these only.
+        limits: text length, time, concurrency, flow budget and cache size (defaults:
+            :class:`~attnscope.app.runtime.Limits`).
+        corpus: reserved for the corpus browser; must be None for now.
+    """
+    from attnscope.app.page import docs_page, explorer_page
+
+    limits = limits or Limits()
+    if corpus is not None:
+        raise AttnscopeError("This version of the explorer has no corpus browser yet.")
+    state = _State(models, limits)
+    app = FastAPI(
+        title="attnscope explorer",
+        version=at.__version__,
+        summary="Capture, see, explain and compare self-attention, over a local JSON API.",
+        description=(
+            "Every route takes and returns JSON. Texts are checked against the explorer's "
+            f"limits (at most {limits.max_chars} characters and {limits.max_tokens} tokens "
+            "each). Mistakes get a 4xx answer with one sentence in `error`; a full queue or "
+            "a run over the time limit gets 503 with `Retry-After`. Attention travels in the "
+            "encoding the view script reads: uint8 weights, zlib-compressed, in base64."
+        ),
+        docs_url=None, redoc_url=None,
+    )
+    app.state.explorer = state
+
+    @app.exception_handler(AttnscopeError)
+    async def _mistake(request: Request, err: AttnscopeError) -> JSONResponse:
+        status = 413 if isinstance(err, TooLarge) else 422
+        return _error(status, str(err))
+
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, err: Busy) -> JSONResponse:
+        return _error(503, str(err), {"Retry-After": str(err.retry_after)})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        errors = list(err.errors())
+        unreadable = bool(errors) and errors[0].get("type") == "json_invalid"
+        return _error(400 if unreadable else 422, _validation_sentence(errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        sentence = {404: f"There is nothing at {request.url.path[:100]!r}; see /docs.",
+                    405: f"{request.method} is not allowed here; see /docs."}.get(
+            err.status_code, str(err.detail).rstrip(".") + ".")
+        return _error(err.status_code, sentence, getattr(err, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        return _error(500, f"The explorer failed on this request ({type(err).__name__}); "
+                           "please report it with the text you used.")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(state.page(explorer_page))
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(docs_page(app.openapi()))
+
+    @app.get("/api/models", response_model=ModelsResponse, summary="Models and limits")
+    async def list_models() -> dict[str, Any]:
+        """The models this explorer serves (its allowlist, fixed at start-up) and its limits."""
+        return state.models_body()
+
+    @app.post("/api/capture", response_model=CaptureResponse, responses=_ERRORS,
+              summary="Capture a text and get its views")
+    async def capture(body: CaptureRequest) -> Response:
+        """Run the model (or reuse a cached capture) and return what the head, model and
+        neuron views and the tokens table draw, with the chosen layer and head shown first."""
+        key = state.key(body)
+        derived = ("capture", body.layer, body.head, body.query)
+        return await state.cached_json(key, derived, lambda e: state.capture_body(e, body))
+
+    @app.post("/api/heads", response_model=HeadsResponse, responses=_ERRORS,
+              summary="What each head does")
+    async def heads(body: TextInput) -> Response:
+        """Every head's pattern scores (previous, next, self, first, separator, punctuation,
+        duplicate, induction, broad, distance), label and class."""
+        key = state.key(body)
+        return await state.cached_json(key, ("heads",), lambda e: state.heads_body(e, body))
+
+    @app.post("/api/explain", response_model=ExplainResponse, responses=_ERRORS,
+              summary="Explain one head for one query token")
+    async def explain(body: ExplainRequest) -> Response:
+        """For one query token: q, every key k, q·k, the scale, any bias or mask, the softmax
+        over the keys, and the model's own attention row beside it (``at.explain``)."""
+        key = state.key(body)
+        derived = ("explain", body.layer, body.head, body.query, body.part)
+        return await state.cached_json(key, derived, lambda e: state.explain_body(e, body))
+
+    @app.post("/api/flow", response_model=FlowResponse, responses=_ERRORS,
+              summary="Attention rollout or flow for one output token")
+    async def flow(body: FlowRequest) -> Response:
+        """Rollout at once; flow one input token at a time until this request's budget is
+        spent. Ask again with the same body to continue: values already found are kept, and
+        ``done`` / ``total`` say how far it is. Flow stops for good once the server's flow
+        budget for that output token is spent (``complete`` stays false, ``note`` says so)."""
+        key = state.key(body)
+        return _json_response(
+            await state.gate.run(lambda: state.flow_body(state.entry(key), body)))
+
+    @app.post("/api/compare", response_model=CompareResponse, responses=_ERRORS,
+              summary="Compare two texts or two models")
+    async def compare(body: CompareRequest) -> Response:
+        """Both inputs' head and model views side by side, and, where both have the same
+        number of layers, heads and tokens, the difference B - A of every head."""
+        key_a, key_b = state.key(body.a), state.key(body.b)
+        derived = ("compare", key_b, body.layer, body.head)
+        return await state.cached_json(
+            key_a, derived, lambda e: state.compare_body(e, key_b, body))
+
+    @app.post("/api/page", response_class=HTMLResponse, responses=_ERRORS,
+              summary="Download what is shown as one HTML page")
+    async def download(body: PageRequest) -> HTMLResponse:
+        """One self-contained HTML page (it opens offline) with the views of the text, its
+        head table, and, with ``b``, the second input's views and the difference."""
+        page_html = await state.gate.run(state.page_download, body)
+        return HTMLResponse(page_html, headers={
+            "Content-Disposition": 'attachment; filename="attnscope-explorer.html"'})
+
+    return app
+
+
+class _State:
+    """The explorer's models, limits, gate and cache, and the work behind each route."""
+
+    def __init__(self, models: Models, limits: Limits) -> None:
+        from attnscope.adapters import supported
+
+        self.models = models
+        self.limits = limits
+        self.gate = RunGate(limits)
+        self.captures = Captures(limits.cache)
+        self._qkv_families = set(supported())
+        self._page: str | None = None
+
+    def page(self, build) -> str:
+        if self._page is None:
+            self._page = build(self.models_body())
+        return self._page
+
+    def models_body(self) -> dict[str, Any]:
+        infos = []
+        for name in self.models.names:
+            m = self.models.get(name)
+            infos.append({"name": name, "model_type": m.model_type,
+                          "architecture": m.architecture, "layers": m.num_layers,
+                          "heads": m.num_heads, "max_tokens": m.max_length})
+        lim = self.limits
+        return {"models": infos, "default": self.models.default, "limits": {
+            "max_chars": lim.max_chars, "max_tokens": lim.max_tokens, "timeout_s": lim.timeout_s,
+            "runs": lim.runs, "queue": lim.queue, "flow_budget_s": lim.flow_budget_s,
+            "cache": lim.cache}}
+
+    # ----- inputs -------------------------------------------------------------------------------
+    def key(self, body: TextInput) -> tuple[str, str, str | None]:
+        """Check a request's model and texts (cheap checks only) and return its cache key."""
+        name = body.model if body.model is not None else self.models.default
+        self.models.get(name)  # an unknown name raises, listing the allowed ones
+        _check_chars(body.text, "text", self.limits.max_chars)
+        if body.text_b is not None:
+            _check_chars(body.text_b, "second text", self.limits.max_chars)
+        return (name, body.text, body.text_b)
+
+    def entry(self, key: tuple[str, str, str | None]) -> CaptureEntry:
+        """The cached capture of ``key``, or a new one (runs the model; call in a worker)."""
+        name, text, text_b = key
+        model = self.models.get(name)
+
+        def run() -> Any:
+            with self.models.lock(name):  # one run of a model at a time (tokenizer included)
+                _check_tokens(model, text, text_b, self.limits.max_tokens)
+                return at.capture(model, text, text_b, truncate=False,
+                                  qkv=model.model_type in self._qkv_families)
+
+        return self.captures.get_or_capture(key, run)
+
+    async def cached_json(self, key: tuple, derived: tuple, make) -> Response:
+        """The JSON body ``make(entry)`` for a capture, built once and then served from the
+        cache without touching the worker pool."""
+        entry = self.captures.peek(key)
+        if entry is not None and derived in entry.derived:
+            return _bytes_response(entry.derived[derived], hit=True)
+
+        def work() -> bytes:
+            e = self.entry(key)
+            return e.get_or_make(derived, lambda: _dumps(make(e)))
+
+        return _bytes_response(await self.gate.run(work), hit=False)
+
+    # ----- bodies -------------------------------------------------------------------------------
+    def capture_body(self, entry: CaptureEntry, body: CaptureRequest) -> dict[str, Any]:
+        trace = entry.trace
+        layer = check_index(body.layer, trace.num_layers, "layer")
+        head = None if body.head is None else check_index(body.head, trace.num_heads, "head")
+        query = body.query
+        if query is not None:
+            query = check_index(query, trace.num_tokens, "query token", "query tokens")
+        view = at.AttnView(trace, _VIEW_KINDS, layer=layer,
+                           heads=None if head is None else [head], head=head or 0, query=query)
+        return {"model": trace.model_name, "tokens": list(trace.tokens),
+                "num_layers": trace.num_layers, "num_heads": trace.num_heads, "layer": layer,
+                "head": head, "capture_ms": round(entry.seconds * 1000, 2),
+                "view": view.payload()}
+
+    def heads_body(self, entry: CaptureEntry, body: TextInput) -> dict[str, Any]:
+        from attnscope.analysis.patterns import SCORES
+
+        table = at.head_patterns(entry.trace)
+        rows = []
+        for r in table.records():
+            rows.append({"layer": r["layer"], "head": r["head"], "label": r["label"],
+                         "label_score": _finite(r["label_score"]), "class": r["class"],
+                         "scores": {s: _finite(r[s]) for s in SCORES}})
+        return {"model": table.model_name, "tokens": list(table.tokens),
+                "score_names": list(SCORES), "heads": rows}
+
+    def explain_body(self, entry: CaptureEntry, body: ExplainRequest) -> dict[str, Any]:
+        from attnscope.render.html import encode_float16
+
+        trace = entry.trace
+        model = None
+        if body.part != "self" or trace.queries is None:
+            model = self.models.get(trace.model_name)
+        if model is not None:
+            with self.models.lock(trace.model_name):
+                ex = at.explain(trace, body.layer, body.head, body.query, part=body.part,
+                                model=model)
+        else:
+            ex = at.explain(trace, body.layer, body.head, body.query, part=body.part)
+        return {"model": ex.model_name, "layer": ex.layer, "head": ex.head,
+                "query": ex.query_index, "query_token": ex.query_token,
+                "key_tokens": list(ex.key_tokens), "head_dim": ex.head_dim,
+                "q": _floats(ex.q), "keys": encode_float16(ex.keys), "dots": _floats(ex.dots),
+                "scale": float(ex.scale), "scores": _floats(ex.scores),
+                "bias": None if ex.bias is None else _floats(ex.bias),
+                "visible": [bool(v) for v in ex.visible], "weights": _floats(ex.weights),
+                "model_weights": _floats(ex.model_weights),
+                "max_abs_error": float(ex.max_abs_error)}
+
+    def flow_body(self, entry: CaptureEntry, body: FlowRequest) -> dict[str, Any]:
+        from attnscope.analysis.flow import (
+            FlowResult,
+            LayeredFlow,
+            default_output,
+            residual_attention,
+        )
+
+        start = time.perf_counter()
+        trace = entry.trace
+        n = trace.num_tokens
+        output = default_output(trace) if body.output is None else check_index(
+            body.output, n, "output token")
+        budget = self.limits.flow_budget_s
+        note = None
+        if body.kind == "rollout":
+            values = at.attention_rollout(trace, output).row(output)
+            spent = time.perf_counter() - start
+        else:
+            # Each output token's flow is kept with the capture: a later request continues
+            # where this one stopped. One request at a time works on one capture's graph.
+            lock = entry.get_or_make(("flow-lock",), _new_lock)
+            with lock:
+                network = entry.get_or_make(("flow-graph",),
+                                            lambda: LayeredFlow(residual_attention(trace)))
+                progress = entry.get_or_make(("flow", output), lambda: {
+                    "values": np.full(n, np.nan), "spent": 0.0})
+                values = progress["values"]
+                slice_s = budget if body.budget_s is None else min(body.budget_s, budget)
+                for t in np.flatnonzero(np.isnan(values)):
+                    if progress["spent"] >= budget or time.perf_counter() - start >= slice_s:
+                        break
+                    t0 = time.perf_counter()
+                    values[t] = network.value(output, int(t))
+                    progress["spent"] += time.perf_counter() - t0
+                spent = progress["spent"]
+                values = values.copy()
+            if np.isnan(values).any() and spent >= budget:
+                note = (f"Attention flow stopped after the {budget:g} s budget with "
+                        f"{int((~np.isnan(values)).sum())} of {n} input tokens; start the "
+                        "explorer with a larger --flow-budget for long texts.")
+        complete = not np.isnan(values).any()
+        relevance = figure = None
+        if complete:
+            result = FlowResult(body.kind, values[None, :], (output,), trace.tokens,
+                                trace.model_name, trace.unit)
+            relevance = _floats(result.relevance(output))
+            if body.figure:
+                figure = _png(result.bar(output))
+        return {"kind": body.kind, "model": trace.model_name, "output": output,
+                "output_token": trace.tokens[output], "tokens": list(trace.tokens),
+                "values": [None if math.isnan(v) else float(v) for v in values],
+                "relevance": relevance, "done": int((~np.isnan(values)).sum()), "total": n,
+                "complete": complete, "seconds": round(spent, 4), "budget_s": budget,
+                "note": note, "figure": figure}
+
+    def compare_body(self, entry_a: CaptureEntry, key_b: tuple,
+                     body: CompareRequest) -> dict[str, Any]:
+        from attnscope.render import compare
+
+        entry_b = self.entry(key_b)
+        a, b = entry_a.trace, entry_b.trace
+        sides = []
+        for trace in (a, b):
+            view = at.AttnView(trace, ["head", "model"])
+            sides.append({"model": trace.model_name, "text": trace.text,
+                          "text_b": trace.text_b, "tokens": list(trace.tokens),
+                          "view": view.payload()})
+        diff = {"comparable": False, "reason": None, "layer": body.layer, "head": body.head,
+                "changes": None, "grid": None, "head_figure": None}
+        try:
+            delta = compare.attention_difference(a, b)  # (L, H, T, T)
+        except AttnscopeError as err:
+            diff["reason"] = str(err)
+        else:
+            layer = check_index(body.layer, delta.shape[0], "layer")
+            head = check_index(body.head, delta.shape[1], "head")
+            diff.update(comparable=True, layer=layer, head=head,
+                        changes=[_floats(row) for row in compare.head_changes(delta)],
+                        grid=_png(compare.difference_grid(a, b)),
+                        head_figure=_png(compare.difference_heatmap(a, b, layer, head)))
+        return {"a": sides[0], "b": sides[1], "difference": diff}
+
+    def page_download(self, body: PageRequest) -> str:
+        from attnscope.render import compare
+        from attnscope.render.html import build_page
+
+        esc = html.escape
+        a = self.entry(self.key(body.a)).trace
+        layer = check_index(body.a.layer, a.num_layers, "layer")
+        head = None if body.a.head is None else check_index(body.a.head, a.num_heads, "head")
+        view = at.AttnView(a, _VIEW_KINDS, layer=layer,
+                           heads=None if head is None else [head], head=head or 0)
+        parts = [f"<h1>attnscope explorer: {esc(a.model_name)}</h1>",
+                 f"<p><b>text:</b> {esc(a.text)}</p>"]
+        if a.text_b is not None:
+            parts.append(f"<p><b>second text:</b> {esc(a.text_b)}</p>")
+        parts.append(view.fragment())
+        if body.b is None:
+            parts.append("<h2>What each head does</h2>"
+                         + at.head_patterns(a)._repr_html_())
+        else:
+            b = self.entry(self.key(body.b)).trace
+            parts.append(f"<h2>B: {esc(b.model_name)}</h2><p><b>text:</b> {esc(b.text)}</p>")
+            parts.append(at.AttnView(b, _VIEW_KINDS, layer=layer).fragment())
+            try:
+                grid = compare.difference_grid(a, b)
+            except AttnscopeError as err:
+                parts.append(f"<p>{esc(str(err))}</p>")
+            else:
+                parts.append(f'<h2>B \u2212 A</h2><img alt="difference" src="{_png(grid)}">')
+        return build_page("\n".join(parts), f"attnscope explorer: {a.model_name}")
+
+
+# ----- helpers ---------------------------------------------------------------------------------
+
+
+def _new_lock():
+    import threading
+
+    return threading.Lock()
+
+
+def _check_chars(text: str, what: str, limit: int) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise AttnscopeError(f"The {what} is not valid Unicode text (it holds a lone "
+                             "surrogate character).") from None
+    if len(text) > limit:
+        raise TooLarge(f"The {what} has {len(text)} characters; this explorer takes at most "
+                       f"{limit} (start it with a larger --max-chars for longer texts).")
+    at.tokens.check_text(text, what)
+
+
+def _check_tokens(model: Any, text: str, text_b: str | None, limit: int) -> None:
+    tok = model.tokenizer
+    if model.architecture == "encoder-decoder":
+        count = max(len(tok(t)["input_ids"]) for t in (text, text_b) if t is not None)
+    else:
+        count = len(tok(text, text_b)["input_ids"])
+    if count > limit:
+        raise TooLarge(f"The text has {count} tokens; this explorer takes at most {limit} "
+                       "(start it with a larger --max-tokens for longer texts).")
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _floats(values: Any) -> list[float]:
+    return [float(v) for v in np.asarray(values, dtype=np.float64).ravel()]
+
+
+def _png(fig) -> str:
+    """A figure as a PNG data URL."""
+    from attnscope.render.static import _quiet_glyph_warnings
+
+    buffer = io.BytesIO()
+    with _quiet_glyph_warnings():
+        fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=False).encode("utf-8")
+
+
+def _bytes_response(content: bytes, *, hit: bool) -> Response:
+    return Response(content, media_type="application/json",
+                    headers={"X-Attnscope-Cache": "hit" if hit else "miss"})
+
+
+def _json_response(body: dict[str, Any]) -> Response:
+    return Response(_dumps(body), media_type="application/json")
+
+
+def _error(status: int, sentence: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": sentence}, status_code=status, headers=headers)
+
+
+def _validation_sentence(errors: Any) -> str:
+    """One sentence for the first thing pydantic found wrong with a request."""
+    errors = list(errors)
+    if not errors:
+        return "The request is not valid."
+    first = errors[0]
+    kind = first.get("type", "")
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    if kind == "json_invalid":
+        return "The request body is not valid JSON."
+    if kind == "missing":
+        return f"The request needs the field {where!r}."
+    if kind == "extra_forbidden":
+        return f"The request has a field {where!r} this route does not take."
+    message = str(first.get("msg", "is not valid")).rstrip(".")
+    more = f" ({len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    if not where:
+        return f"The request body is not valid: {message}{more}."
+    return f"The field {where!r} is not valid: {message}{more}."

@@ -1,0 +1,245 @@
+"""What the explorer holds while it runs: the allowed models, a cache of captures, and the gate
+that bounds how many model runs happen at once.
+
+Everything here is plain Python (no web framework), so the limits are tested on their own:
+
+* :class:`Limits` -- every limit a user can set when starting ``attnscope serve``.
+* :class:`RunGate` -- at most ``runs`` pieces of work at a time on a thread pool, at most
+  ``queue`` more waiting; past that :class:`Busy` at once (the API answers 503 with
+  Retry-After). A run that outlives ``timeout_s`` answers :class:`Busy` too; the thread
+  finishes its run in the background and keeps its place until then, so a slow run can never
+  let more work in than the limits allow.
+* :class:`Models` -- the allowlist given at start-up. Requests name a model by its name in
+  that list and nothing else: a request can never make the server load a path or a hub model.
+  Each model has its own lock, so two threads never run one model at the same time and their
+  results never mix.
+* :class:`Captures` -- an LRU cache of Traces by (model, text, second text), with what was
+  derived from each (views, head table, flow graph), so switching views costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from attnscope.errors import AttnscopeError
+
+__all__ = ["Busy", "CaptureEntry", "Captures", "Limits", "Models", "RunGate", "TooLarge"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The explorer's limits; every one is an option of ``attnscope serve``.
+
+    Attributes:
+        max_chars: the most characters in one text.
+        max_tokens: the most tokens in one text (after tokenization, special tokens included).
+        timeout_s: the most seconds one request may wait for and spend on its model run.
+        runs: model runs (captures, head tables, flows) that may run at the same time.
+        queue: requests that may wait for a run; one more gets 503 with Retry-After.
+        flow_budget_s: the most seconds attention flow may spend on one output token.
+        cache: captures kept (least recently used ones are dropped first).
+    """
+
+    max_chars: int = 2000
+    max_tokens: int = 256
+    timeout_s: float = 20.0
+    runs: int = 2
+    queue: int = 16
+    flow_budget_s: float = 10.0
+    cache: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("max_chars", "max_tokens", "runs", "cache"):
+            if getattr(self, name) < 1:
+                raise AttnscopeError(f"The limit {name} must be at least 1.")
+        if self.queue < 0:
+            raise AttnscopeError("The limit queue must be 0 or more.")
+        for name in ("timeout_s", "flow_budget_s"):
+            if not getattr(self, name) > 0:
+                raise AttnscopeError(f"The limit {name} must be more than 0 seconds.")
+
+
+class Busy(Exception):
+    """The server cannot take this run now: too many waiting, or the run took too long.
+    ``retry_after`` is the seconds a client should wait before trying again."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooLarge(AttnscopeError):
+    """A text over the character or token limit (the API answers 413)."""
+
+
+class RunGate:
+    """Runs blocking work on a pool of ``limits.runs`` threads, with a bounded queue.
+
+    ``await gate.run(fn, *args)`` returns ``fn(*args)``; it raises :class:`Busy` when
+    ``runs + queue`` pieces of work are already admitted, or when the result is not ready
+    within ``limits.timeout_s``. Used from one event loop.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.admitted = 0  # running + waiting; changed only on the event loop's thread
+        self._pool = ThreadPoolExecutor(max_workers=limits.runs, thread_name_prefix="attnscope")
+
+    @property
+    def capacity(self) -> int:
+        return self.limits.runs + self.limits.queue
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.admitted >= self.capacity:
+            raise Busy(
+                f"The explorer is busy: {self.limits.runs} model runs are going and "
+                f"{self.limits.queue} are waiting; try again in a moment."
+            )
+        loop = asyncio.get_running_loop()
+        self.admitted += 1
+        future = loop.run_in_executor(self._pool, fn, *args)
+
+        def release(_: asyncio.Future) -> None:
+            self.admitted -= 1
+
+        future.add_done_callback(release)
+        try:
+            # shield: a timed-out run finishes in its thread (threads cannot be stopped) and
+            # keeps its place in the gate until then.
+            return await asyncio.wait_for(asyncio.shield(future), self.limits.timeout_s)
+        except TimeoutError:
+            future.add_done_callback(_swallow)
+            raise Busy(
+                f"The model run took longer than the {self.limits.timeout_s:g} s limit; "
+                "try a shorter text, or start the explorer with a larger --timeout.",
+                retry_after=max(1, round(self.limits.timeout_s)),
+            ) from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _swallow(future: asyncio.Future) -> None:
+    # A timed-out run's own error has no one left to read it.
+    if not future.cancelled():
+        future.exception()
+
+
+class Models:
+    """The models the explorer may run, loaded once at start-up, by name.
+
+    Args:
+        loaded: LoadedModel objects in picker order; the first is the default.
+    """
+
+    def __init__(self, loaded: list[Any]) -> None:
+        if not loaded:
+            raise AttnscopeError("The explorer needs at least one model.")
+        self._models: dict[str, Any] = {}
+        for model in loaded:
+            self._models.setdefault(model.name, model)
+        self._locks = {name: threading.Lock() for name in self._models}
+        self.default = next(iter(self._models))
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def get(self, name: str | None) -> Any:
+        """The model called ``name`` (None: the default); an unknown name is an
+        :class:`AttnscopeError` listing the allowed ones."""
+        if name is None:
+            name = self.default
+        if name not in self._models:
+            shown = name if len(name) <= 80 else name[:77] + "..."
+            raise AttnscopeError(
+                f"Unknown model {shown!r}: this explorer serves "
+                f"{', '.join(repr(n) for n in self._models)}."
+            )
+        return self._models[name]
+
+    def lock(self, name: str) -> threading.Lock:
+        """The lock that serializes runs of one model."""
+        return self._locks[name]
+
+
+@dataclass
+class CaptureEntry:
+    """One capture and what was derived from it (each filled the first time it is asked for).
+
+    ``derived`` maps a key such as ``("view", layer, head)`` to a ready JSON response body
+    (bytes) or to an object such as the flow graph.
+    """
+
+    trace: Any
+    seconds: float
+    derived: dict[Any, Any] = field(default_factory=dict)
+
+    def get_or_make(self, key: Any, make: Callable[[], T]) -> T:
+        # Two threads may both make a missing value; both make the same one and one wins.
+        if key not in self.derived:
+            self.derived[key] = make()
+        return self.derived[key]
+
+
+class Captures:
+    """An LRU cache of :class:`CaptureEntry` by ``(model name, text, second text)``.
+
+    Safe to use from several threads; ``get_or_capture`` runs ``capture`` at most once at a
+    time per key (a second request for the same text waits for the first one's result).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple, CaptureEntry] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple, threading.Lock] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def peek(self, key: tuple) -> CaptureEntry | None:
+        """The entry for ``key`` if cached (and mark it recently used), else None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+            return entry
+
+    def get_or_capture(self, key: tuple, capture: Callable[[], Any]) -> CaptureEntry:
+        """The cached entry for ``key``, or a new one from ``capture()`` (run in this thread)."""
+        entry = self.peek(key)
+        if entry is not None:
+            return entry
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            entry = self.peek(key)
+            if entry is not None:
+                return entry
+            try:
+                start = time.perf_counter()
+                trace = capture()
+                entry = CaptureEntry(trace, time.perf_counter() - start)
+                with self._lock:
+                    self.misses += 1
+                    self._entries[key] = entry
+                    self._entries.move_to_end(key)
+                    while len(self._entries) > self.size:
+                        self._entries.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._key_locks.pop(key, None)
+            return entry
