@@ -40,7 +40,8 @@ def explorer_page(config: dict[str, Any]) -> str:
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        "<title>attnscope explorer</title>"
+        # an empty icon: the browser asks the server for none
+        "<title>attnscope explorer</title><link rel=\"icon\" href=\"data:,\">"
         f"<style>{views_css}\n{_asset('app.css')}</style></head>\n"
         f"<body class=\"attnscope-page explorer\">\n{_asset('app.html')}\n"
         f'<script type="application/json" id="explorer-config">{script_json(config)}</script>\n'
