@@ -235,8 +235,8 @@ def test_a_mistake_shows_one_sentence(browser, explorer_server):
     assert page.text_content("#error") == (
         "The text has 302 tokens; this explorer takes at most 256 (start it with a larger "
         "--max-tokens for longer texts).")
-    # the only console line is Chromium's note of the 413 answer
-    assert all("413" in line for line in ex.console_errors) and ex.console_errors
+    # the only console line is Chromium's note of the 422 answer
+    assert all("422" in line for line in ex.console_errors) and ex.console_errors
     ex.console_errors.clear()
     page.fill("#text", "Short again.")
     page.press("#text", "Enter")

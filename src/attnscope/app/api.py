@@ -48,7 +48,7 @@ __all__ = ["create_app"]
 class TextInput(BaseModel):
     """A text (and optional second text) for one model of the allowlist."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     model: str | None = Field(None, description="a model name from GET /api/models "
                                                 "(default: the first one)")
     text: str = Field(description="the text to look at")
@@ -81,7 +81,7 @@ class FlowRequest(TextInput):
 
 
 class CompareRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     a: TextInput
     b: TextInput
     layer: int = Field(-1, description="layer of the head whose difference is drawn large")
@@ -89,7 +89,7 @@ class CompareRequest(BaseModel):
 
 
 class PageRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     a: CaptureRequest
     b: TextInput | None = Field(None, description="a second input shown beside the first")
 
@@ -204,11 +204,17 @@ class CompareResponse(BaseModel):
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "the request cannot be read"},
-    413: {"model": ErrorBody, "description": "a text over the length limits"},
-    422: {"model": ErrorBody, "description": "a field is missing or wrong (one sentence says "
-                                             "which)"},
+    422: {"model": ErrorBody, "description": "a field is missing or wrong, or a text is over "
+                                             "the length limits (one sentence says which)"},
     503: {"model": ErrorBody, "description": "too many runs waiting, or a run over the time "
                                              "limit; retry after the Retry-After seconds"},
+}
+
+# The same answers for a route whose success is HTML: its errors are still JSON.
+_ERRORS_OF_HTML: dict[int | str, dict[str, Any]] = {
+    code: {"description": spec["description"], "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}}}}
+    for code, spec in _ERRORS.items()
 }
 
 _VIEW_KINDS = ["head", "model", "neuron", "tokens"]
@@ -246,11 +252,11 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
         docs_url=None, redoc_url=None,
     )
     app.state.explorer = state
+    _state_limits_in_schema(app, models.names, limits)
 
     @app.exception_handler(AttnscopeError)
     async def _mistake(request: Request, err: AttnscopeError) -> JSONResponse:
-        status = 413 if isinstance(err, TooLarge) else 422
-        return _error(status, str(err))
+        return _error(422, str(err))
 
     @app.exception_handler(Busy)
     async def _busy(request: Request, err: Busy) -> JSONResponse:
@@ -334,7 +340,7 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
         return await state.cached_json(
             key_a, derived, lambda e: state.compare_body(e, key_b, body))
 
-    @app.post("/api/page", response_class=HTMLResponse, responses=_ERRORS,
+    @app.post("/api/page", response_class=HTMLResponse, responses=_ERRORS_OF_HTML,
               summary="Download what is shown as one HTML page")
     async def download(body: PageRequest) -> HTMLResponse:
         """One self-contained HTML page (it opens offline) with the views of the text, its
@@ -492,13 +498,13 @@ class _State:
                     "values": np.full(n, np.nan), "spent": 0.0})
                 values = progress["values"]
                 slice_s = budget if body.budget_s is None else min(body.budget_s, budget)
+                loop_start, before = time.perf_counter(), progress["spent"]
                 for t in np.flatnonzero(np.isnan(values)):
-                    if progress["spent"] >= budget or time.perf_counter() - start >= slice_s:
+                    now = time.perf_counter() - loop_start
+                    if before + now >= budget or now >= slice_s:
                         break
-                    t0 = time.perf_counter()
                     values[t] = network.value(output, int(t))
-                    progress["spent"] += time.perf_counter() - t0
-                spent = progress["spent"]
+                progress["spent"] = spent = before + time.perf_counter() - loop_start
                 values = values.copy()
             if np.isnan(values).any() and spent >= budget:
                 note = (f"Attention flow stopped after the {budget:g} s budget with "
@@ -578,6 +584,31 @@ class _State:
 
 
 # ----- helpers ---------------------------------------------------------------------------------
+
+
+def _state_limits_in_schema(app: FastAPI, names: list[str], limits: Limits) -> None:
+    """Write this explorer's allowlist and text limits into its OpenAPI schema, so the
+    documentation (and a client generated from it) knows them: ``model`` is one of the
+    served names, each text at most ``max_chars`` characters."""
+    plain_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = plain_openapi()
+            for component in schema.get("components", {}).get("schemas", {}).values():
+                props = component.get("properties", {})
+                if "model" in props and "text" in props:
+                    props["model"]["anyOf"] = [{"type": "string", "enum": list(names)},
+                                               {"type": "null"}]
+                    props["text"].update(minLength=1, maxLength=limits.max_chars)
+                    for option in props.get("text_b", {}).get("anyOf", []):
+                        if option.get("type") == "string":
+                            option.update(minLength=1, maxLength=limits.max_chars)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
 
 
 def _new_lock():

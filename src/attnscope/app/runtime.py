@@ -78,7 +78,7 @@ class Busy(Exception):
 
 
 class TooLarge(AttnscopeError):
-    """A text over the character or token limit (the API answers 413)."""
+    """A text over the character or token limit."""
 
 
 class RunGate:
