@@ -188,3 +188,17 @@ def test_flow_stops_at_its_budget(embedded):
         assert body["note"].startswith("Attention flow stopped after the 0.02 s budget")
         again = c.post("/api/flow", json={"text": text, "kind": "flow", "output": 0}).json()
         assert again["done"] == body["done"]  # the budget is spent; it does not go on
+
+
+def test_captures_stay_within_their_memory(embedded):
+    cache = Captures(size=100, max_mb=1.0)
+    for i in range(6):
+        entry = cache.get_or_capture(("m", str(i), None),
+                                     lambda i=i: at.capture(embedded, f"text number {i}"))
+        entry.body(("view",), lambda: b"x" * 300_000)
+    assert cache.nbytes <= 2**20 and 1 <= len(cache) < 6
+    assert cache.peek(("m", "5", None)) is not None  # the newest stays
+    entry = cache.peek(("m", "5", None))
+    for k in range(20):
+        entry.body(k, lambda: b"y")
+    assert len(entry.bodies) == entry.BODIES

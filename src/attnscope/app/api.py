@@ -361,7 +361,7 @@ class _State:
         self.models = models
         self.limits = limits
         self.gate = RunGate(limits)
-        self.captures = Captures(limits.cache)
+        self.captures = Captures(limits.cache, limits.cache_mb)
         self._qkv_families = set(supported())
         self._page: str | None = None
 
@@ -381,7 +381,7 @@ class _State:
         return {"models": infos, "default": self.models.default, "limits": {
             "max_chars": lim.max_chars, "max_tokens": lim.max_tokens, "timeout_s": lim.timeout_s,
             "runs": lim.runs, "queue": lim.queue, "flow_budget_s": lim.flow_budget_s,
-            "cache": lim.cache}}
+            "cache": lim.cache, "cache_mb": lim.cache_mb}}
 
     # ----- inputs -------------------------------------------------------------------------------
     def key(self, body: TextInput) -> tuple[str, str, str | None]:
@@ -410,12 +410,13 @@ class _State:
         """The JSON body ``make(entry)`` for a capture, built once and then served from the
         cache without touching the worker pool."""
         entry = self.captures.peek(key)
-        if entry is not None and derived in entry.derived:
-            return _bytes_response(entry.derived[derived], hit=True)
+        body = None if entry is None else entry.cached_body(derived)
+        if body is not None:
+            return _bytes_response(body, hit=True)
 
         def work() -> bytes:
             e = self.entry(key)
-            return e.get_or_make(derived, lambda: _dumps(make(e)))
+            return e.body(derived, lambda: _dumps(make(e)))
 
         return _bytes_response(await self.gate.run(work), hit=False)
 
@@ -490,11 +491,11 @@ class _State:
         else:
             # Each output token's flow is kept with the capture: a later request continues
             # where this one stopped. One request at a time works on one capture's graph.
-            lock = entry.get_or_make(("flow-lock",), _new_lock)
+            lock = entry.state("flow-lock", _new_lock)
             with lock:
-                network = entry.get_or_make(("flow-graph",),
-                                            lambda: LayeredFlow(residual_attention(trace)))
-                progress = entry.get_or_make(("flow", output), lambda: {
+                network = entry.state("flow-graph",
+                                      lambda: LayeredFlow(residual_attention(trace)))
+                progress = entry.state(("flow", output), lambda: {
                     "values": np.full(n, np.nan), "spent": 0.0})
                 values = progress["values"]
                 slice_s = budget if body.budget_s is None else min(body.budget_s, budget)

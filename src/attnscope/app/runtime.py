@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from attnscope.errors import AttnscopeError
@@ -47,15 +47,17 @@ class Limits:
         queue: requests that may wait for a run; one more gets 503 with Retry-After.
         flow_budget_s: the most seconds attention flow may spend on one output token.
         cache: captures kept (least recently used ones are dropped first).
+        cache_mb: memory the kept captures and their answers may take, about, in MiB.
     """
 
     max_chars: int = 2000
     max_tokens: int = 256
     timeout_s: float = 20.0
     runs: int = 2
-    queue: int = 16
+    queue: int = 32
     flow_budget_s: float = 10.0
     cache: int = 64
+    cache_mb: float = 512.0
 
     def __post_init__(self) -> None:
         for name in ("max_chars", "max_tokens", "runs", "cache"):
@@ -63,9 +65,9 @@ class Limits:
                 raise AttnscopeError(f"The limit {name} must be at least 1.")
         if self.queue < 0:
             raise AttnscopeError("The limit queue must be 0 or more.")
-        for name in ("timeout_s", "flow_budget_s"):
+        for name in ("timeout_s", "flow_budget_s", "cache_mb"):
             if not getattr(self, name) > 0:
-                raise AttnscopeError(f"The limit {name} must be more than 0 seconds.")
+                raise AttnscopeError(f"The limit {name} must be more than 0.")
 
 
 class Busy(Exception):
@@ -172,34 +174,78 @@ class Models:
         return self._locks[name]
 
 
-@dataclass
 class CaptureEntry:
-    """One capture and what was derived from it (each filled the first time it is asked for).
+    """One capture and what was derived from it (each made the first time it is asked for).
 
-    ``derived`` maps a key such as ``("view", layer, head)`` to a ready JSON response body
-    (bytes) or to an object such as the flow graph.
+    ``body(key, make)`` keeps ready JSON response bodies (bytes), the ``BODIES`` most recently
+    used; ``state(key, make)`` keeps small working objects (a flow graph, flow progress, a
+    lock) for as long as the capture is cached. ``nbytes`` is the memory both hold, about.
     """
 
-    trace: Any
-    seconds: float
-    derived: dict[Any, Any] = field(default_factory=dict)
+    #: Response bodies kept per capture (views of other heads, head table, explanations...).
+    BODIES = 8
 
-    def get_or_make(self, key: Any, make: Callable[[], T]) -> T:
-        # Two threads may both make a missing value; both make the same one and one wins.
-        if key not in self.derived:
-            self.derived[key] = make()
-        return self.derived[key]
+    def __init__(self, trace: Any, seconds: float, on_grow: Callable[[], None] | None = None
+                 ) -> None:
+        self.trace = trace
+        self.seconds = seconds
+        self.bodies: OrderedDict[Any, bytes] = OrderedDict()
+        self.states: dict[Any, Any] = {}
+        self.trace_bytes = _trace_bytes(trace)
+        self._on_grow = on_grow
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        return self.trace_bytes + sum(len(b) for b in list(self.bodies.values()))
+
+    def cached_body(self, key: Any) -> bytes | None:
+        with self._lock:
+            body = self.bodies.get(key)
+            if body is not None:
+                self.bodies.move_to_end(key)
+            return body
+
+    def body(self, key: Any, make: Callable[[], bytes]) -> bytes:
+        """The body for ``key``, made now if it is not kept."""
+        found = self.cached_body(key)
+        if found is not None:
+            return found
+        made = make()
+        with self._lock:
+            self.bodies[key] = made
+            while len(self.bodies) > self.BODIES:
+                self.bodies.popitem(last=False)
+        if self._on_grow is not None:
+            self._on_grow()
+        return made
+
+    def state(self, key: Any, make: Callable[[], T]) -> T:
+        # Two threads may both make a missing value; the first one stored wins for both.
+        if key not in self.states:
+            self.states.setdefault(key, make())
+        return self.states[key]
+
+
+def _trace_bytes(trace: Any) -> int:
+    total = 0
+    for value in getattr(trace, "__dict__", {}).values():
+        total += getattr(value, "nbytes", 0)
+    return total
 
 
 class Captures:
-    """An LRU cache of :class:`CaptureEntry` by ``(model name, text, second text)``.
+    """An LRU cache of :class:`CaptureEntry` by ``(model name, text, second text)``, at most
+    ``size`` captures and about ``max_mb`` MiB (the least recently used go first; the one
+    most recently used always stays).
 
     Safe to use from several threads; ``get_or_capture`` runs ``capture`` at most once at a
     time per key (a second request for the same text waits for the first one's result).
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_mb: float = 512.0) -> None:
         self.size = size
+        self.max_bytes = int(max_mb * 2**20)
         self._entries: OrderedDict[tuple, CaptureEntry] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
@@ -208,6 +254,21 @@ class Captures:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(e.nbytes for e in self._entries.values())
+
+    def _trim(self) -> None:
+        """Drop the least recently used captures while over the count or the memory limit."""
+        with self._lock:
+            sizes = {k: e.nbytes for k, e in self._entries.items()}
+            total = sum(sizes.values())
+            while len(self._entries) > 1 and (len(self._entries) > self.size
+                                              or total > self.max_bytes):
+                key, _ = self._entries.popitem(last=False)
+                total -= sizes[key]
 
     def peek(self, key: tuple) -> CaptureEntry | None:
         """The entry for ``key`` if cached (and mark it recently used), else None."""
@@ -232,13 +293,12 @@ class Captures:
             try:
                 start = time.perf_counter()
                 trace = capture()
-                entry = CaptureEntry(trace, time.perf_counter() - start)
+                entry = CaptureEntry(trace, time.perf_counter() - start, self._trim)
                 with self._lock:
                     self.misses += 1
                     self._entries[key] = entry
                     self._entries.move_to_end(key)
-                    while len(self._entries) > self.size:
-                        self._entries.popitem(last=False)
+                self._trim()
             finally:
                 with self._lock:
                     self._key_locks.pop(key, None)
