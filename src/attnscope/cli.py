@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the page to write (default: report.html)")
     p.set_defaults(func=_cmd_report)
 
-    from attnscope.app.runtime import Limits
+    from attnscope.app.limits import Limits
 
     lim = Limits()
     p = sub.add_parser("serve", help="the explorer: a local web app to see, explain and "

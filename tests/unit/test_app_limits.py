@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 import attnscope as at
-from attnscope.app.runtime import Busy, Captures, Limits, Models, RunGate
+from attnscope.app.limits import Limits
+from attnscope.app.runtime import Busy, Captures, Models, RunGate
 
 pytest.importorskip("fastapi")
 

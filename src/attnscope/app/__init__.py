@@ -17,10 +17,13 @@ from __future__ import annotations
 import ipaddress
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from attnscope.app.runtime import Limits, Models
+from attnscope.app.limits import Limits
 from attnscope.errors import AttnscopeError
+
+if TYPE_CHECKING:
+    from attnscope.app.runtime import Models
 
 __all__ = ["Limits", "Models", "create_app", "is_loopback", "load_models", "serve"]
 
@@ -36,12 +39,21 @@ def _require_extra() -> None:
         ) from None
 
 
+def __getattr__(name: str) -> Any:
+    if name == "Models":
+        from attnscope.app.runtime import Models
+
+        return Models
+    raise AttributeError(f"module 'attnscope.app' has no attribute {name!r}")
+
+
 def create_app(models: Models | Sequence[Any], limits: Limits | None = None, *,
                corpus: Any = None):
     """The explorer as an ASGI application (FastAPI) for ``models``: a :class:`Models`, or
     LoadedModel objects (the first is the default). See :mod:`attnscope.app.api`."""
     _require_extra()
     from attnscope.app.api import create_app as _create
+    from attnscope.app.runtime import Models
 
     if not isinstance(models, Models):
         models = Models(list(models))
@@ -52,6 +64,7 @@ def load_models(names: Sequence[str | None] | None = None, device: str | None = 
     """Load the allowlist once: hub names or local directories (None or empty: the embedded
     default model)."""
     import attnscope as at
+    from attnscope.app.runtime import Models
 
     names = list(names or [None])
     return Models([at.load(name, device=device) for name in names])

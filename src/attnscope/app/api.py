@@ -37,7 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import attnscope as at
-from attnscope.app.runtime import Busy, CaptureEntry, Captures, Limits, Models, RunGate, TooLarge
+from attnscope.app.limits import Limits
+from attnscope.app.runtime import Busy, CaptureEntry, Captures, Models, RunGate, TooLarge
 from attnscope.errors import AttnscopeError, check_index
 
 __all__ = ["create_app"]
@@ -229,7 +230,7 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
     Args:
         models: the allowlist (loaded at start-up); requests choose among these only.
         limits: text length, time, concurrency, flow budget and cache size (defaults:
-            :class:`~attnscope.app.runtime.Limits`).
+            :class:`~attnscope.app.limits.Limits`).
         corpus: reserved for the corpus browser; must be None for now.
     """
     from attnscope.app.page import docs_page, explorer_page
