@@ -200,7 +200,8 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python "
-          f"{platform.python_version()}; embedded model all-MiniLM-L6-v2; 20-word texts")
+          f"{platform.python_version()}; embedded model all-MiniLM-L6-v2; 20-word texts; "
+          f"load average before: {os.getloadavg()[0]:.1f}")
     server = Server("--cache-mb", str(args.cache_mb))
     try:
         url = server.url
@@ -260,6 +261,8 @@ def main() -> None:
     print(f"server memory during the load (MiB): {' '.join(f'{m:.0f}' for m in samples)}; "
           f"second half {samples[-1] - half:+.0f} MiB (target: flat; the capture cache "
           f"holds at most {args.cache_mb:g} MiB)")
+    print(f"load average after: {os.getloadavg()[0]:.1f} (other work on the machine slows "
+          "every figure)")
     for failure in loaded.failures[:5]:
         print("  failure:", failure)
 

@@ -49,3 +49,13 @@ def test_twenty_clients_get_no_errors_and_memory_stays_flat(small_cache_server):
     assert result.errors == 0, result.failures[:3]
     assert set(result.statuses) <= {200, 503}
     assert after - before < 64 * 2**20
+
+
+def test_ctrl_c_stops_the_server_quietly(small_cache_server):
+    """(Runs after the load test.) Ctrl-C ends ``attnscope serve`` at once, as it ends every
+    command: status 130 and one line, no traceback."""
+    small_cache_server.stop()
+    assert small_cache_server.process.returncode == 130
+    printed = "".join(small_cache_server.output)
+    assert printed.startswith("attnscope explorer: http://127.0.0.1:")
+    assert printed.endswith("attnscope: interrupted\n") and "Traceback" not in printed
