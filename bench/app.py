@@ -94,6 +94,7 @@ class LoadResult:
     """What a load run saw: latencies (seconds) of answered requests and status counts."""
 
     latencies: list[float] = field(default_factory=list)
+    capture_ms: list[float] = field(default_factory=list)  # the model's own time, if asked
     statuses: dict[int, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
@@ -131,9 +132,11 @@ def mixed_request(rng: random.Random, texts: list[str], fresh: list[int]) -> tup
 
 
 async def load(url: str, *, clients: int, seconds: float | None = None,
-               requests: int | None = None, make=None, seed: int = 0) -> LoadResult:
+               requests: int | None = None, make=None, seed: int = 0,
+               read_capture_ms: bool = False) -> LoadResult:
     """``clients`` concurrent clients sending ``make(rng)`` requests until ``seconds`` pass or
-    ``requests`` are sent, whichever comes first (one of them must be given)."""
+    ``requests`` are sent, whichever comes first (one of them must be given). With
+    ``read_capture_ms``, also collect each answer's ``capture_ms`` (the model run alone)."""
     if seconds is None and requests is None:
         raise ValueError("give seconds or requests")
     result = LoadResult()
@@ -159,6 +162,8 @@ async def load(url: str, *, clients: int, seconds: float | None = None,
                 await asyncio.sleep(float(response.headers.get("retry-after", "1")) / 10)
             elif response.status_code < 400:
                 result.latencies.append(elapsed)
+                if read_capture_ms:
+                    result.capture_ms.append(response.json()["capture_ms"])
             else:
                 result.failures.append(f"{path} {response.status_code}: {response.text[:200]}")
 
@@ -214,8 +219,9 @@ def main() -> None:
         cached = asyncio.run(load(url, clients=1, requests=300,
                                   make=lambda rng: ("/api/capture", {"text": cached_text})))
         counter = iter(range(1_000_000, 2_000_000))
-        uncached = asyncio.run(load(url, clients=4, requests=120, make=lambda rng: (
-            "/api/capture", {"text": sentence(next(counter))})))
+        uncached = asyncio.run(load(url, clients=4, requests=120, read_capture_ms=True,
+                                    make=lambda rng: ("/api/capture",
+                                                      {"text": sentence(next(counter))})))
 
         texts = warm[-40:]
         asyncio.run(load(url, clients=args.clients, seconds=10,
@@ -249,6 +255,9 @@ def main() -> None:
     print(f"{'uncached capture + views, 4 clients (120)':<52} "
           f"{uncached.percentile_ms(50):>7.1f}ms {uncached.percentile_ms(95):>7.1f}ms   "
           "p95 < 300 ms")
+    model_ms = np.asarray(uncached.capture_ms)
+    print(f"{'  of which the model run alone (capture)':<52} "
+          f"{np.percentile(model_ms, 50):>7.1f}ms {np.percentile(model_ms, 95):>7.1f}ms")
     print(f"{f'mixed load, {args.clients} clients, {took:.0f} s':<52} "
           f"{loaded.percentile_ms(50):>7.1f}ms {loaded.percentile_ms(95):>7.1f}ms")
     print(f"{'first draw in Chromium after the response (5 texts)':<52} "

@@ -326,7 +326,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     limits = Limits(max_chars=args.max_chars, max_tokens=args.max_tokens,
                     timeout_s=args.timeout, runs=args.runs, queue=args.queue,
                     flow_budget_s=args.flow_budget, cache=args.cache, cache_mb=args.cache_mb)
-    serve(args.model or None, host=args.host, port=args.port, limits=limits, device=args.device)
+    serve(args.model or None, host=args.host, port=args.port, limits=limits, device=args.device,
+          torch_threads=args.torch_threads or None)
     return 0
 
 
@@ -465,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {lim.flow_budget_s:g})")
     p.add_argument("--cache", type=int, default=lim.cache,
                    help=f"captures kept in memory (default {lim.cache})")
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="CPU threads per model run (default 1, which keeps requests quick "
+                        "when several come at once; 0: one per core)")
     p.add_argument("--cache-mb", type=float, default=lim.cache_mb,
                    help=f"memory the kept captures may take, in MiB (default {lim.cache_mb:g})")
     p.set_defaults(func=_cmd_serve)

@@ -51,6 +51,19 @@ def test_twenty_clients_get_no_errors_and_memory_stays_flat(small_cache_server):
     assert after - before < 64 * 2**20
 
 
+def test_only_requests_addressed_to_this_machine(small_cache_server):
+    """A page elsewhere cannot use the explorer: a request for another host name is refused,
+    and a cross-site form post (not JSON) runs nothing."""
+    import httpx
+
+    url = small_cache_server.url
+    assert httpx.get(url + "api/models").status_code == 200
+    assert httpx.get(url + "api/models", headers={"host": "attacker.example"}).status_code == 400
+    form = httpx.post(url + "api/capture", content=b'{"text": "hello"}',
+                      headers={"content-type": "text/plain"})
+    assert form.status_code == 422
+
+
 def test_ctrl_c_stops_the_server_quietly(small_cache_server):
     """(Runs after the load test.) Ctrl-C ends ``attnscope serve`` at once, as it ends every
     command: status 130 and one line, no traceback."""

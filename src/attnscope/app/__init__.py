@@ -82,17 +82,36 @@ def is_loopback(host: str) -> bool:
 
 def serve(models: Sequence[str | None] | None = None, *, host: str = "127.0.0.1",
           port: int = 8000, limits: Limits | None = None, device: str | None = None,
-          corpus: Any = None, log_level: str = "warning") -> None:
-    """Load ``models``, print the explorer's URL and serve until Ctrl-C."""
+          corpus: Any = None, log_level: str = "warning", torch_threads: int | None = 1
+          ) -> None:
+    """Load ``models``, print the explorer's URL and serve until Ctrl-C.
+
+    ``torch_threads``: CPU threads of one model run (None: torch's default, one per core).
+    One keeps every request quick when several arrive at once or the machine is busy: a
+    run on two threads that must wait for a busy core can take ten times as long.
+    """
     _require_extra()
     import uvicorn
 
     if not 0 <= port <= 65535:
         raise AttnscopeError(f"Port {port} is out of range: use 1 to 65535 (or 0 for any free "
                              "port).")
+    if torch_threads is not None:
+        if torch_threads < 1:
+            raise AttnscopeError(f"--torch-threads must be at least 1, not {torch_threads}.")
+        import torch
+
+        torch.set_num_threads(torch_threads)
     loaded = load_models(models, device)
     app = create_app(loaded, limits, corpus=corpus)
-    if not is_loopback(host):
+    if is_loopback(host):
+        # Answer only requests addressed to this machine by name or number: a web page
+        # elsewhere cannot reach the explorer through a DNS name that points here.
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=[
+            "127.0.0.1", "localhost", "[::1]", "::1", host])
+    else:
         print(f"attnscope: warning: serving on {host}, which other machines may reach; the "
               "explorer has no login. Use --host 127.0.0.1 to keep it on this machine.",
               file=sys.stderr)
