@@ -19,7 +19,7 @@ from attnscope.app import Limits, create_app  # noqa: E402
 from attnscope.testing import build_tiny_model  # noqa: E402
 
 #: Generated requests per route, valid and invalid; seven routes make well over 500.
-EXAMPLES = 60
+EXAMPLES = 45
 
 
 @pytest.fixture(scope="module")
