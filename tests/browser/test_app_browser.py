@@ -135,10 +135,14 @@ def test_type_run_explain_flow_and_share(browser, explorer_server, qkv_trace):
     page.click(f"#views .as-thumb[data-layer='{best[0]}'][data-head='{best[1]}']")
     box = page.locator("#views .as-detail-canvas").bounding_box()
     n = trace.num_tokens
-    cell = max(1, min(22, 560 // n))
-    margin = box["width"] - n * cell
-    page.mouse.click(box["x"] + margin + key * cell + cell / 2,
-                     box["y"] + margin + query * cell + cell / 2)
+    geom = ex.view_state("model").get("geom")  # where the view says its cells are, if it does
+    if geom:
+        margin, cell_w, cell_h = geom["margin"], geom["cellW"], geom["cellH"]
+    else:  # square cells of up to 22 px in 560 px, after a margin for the labels
+        cell_w = cell_h = max(1, min(22, 560 // n))
+        margin = box["width"] - n * cell_w
+    page.mouse.click(box["x"] + margin + (key + 0.5) * cell_w,
+                     box["y"] + margin + (query + 0.5) * cell_h)
     page.wait_for_selector("#explain[data-query] tr.ex-selected")
     assert ex.js("[...'layer head query key'.split(' ')].map("
                  "k => Number(document.querySelector('#explain').dataset[k]))") == [

@@ -46,9 +46,14 @@ def client(app):
         yield c
 
 
-def _u8(spec) -> np.ndarray:
+def _weights(spec) -> np.ndarray:
+    """Attention ``[L, H, T, T]`` from a view payload, decoded as the page decodes it."""
+    from attnscope.render import html
+
+    if hasattr(html, "decode_attention"):
+        return html.decode_attention(spec)
     raw = b"".join(zlib.decompress(base64.b64decode(piece)) for piece in spec["b64"])
-    return np.frombuffer(raw, dtype=np.uint8).reshape(spec["shape"])
+    return np.frombuffer(raw, dtype=np.uint8).reshape(spec["shape"]) / 255
 
 
 def test_capture_gives_the_views_payload(client, embedded):
@@ -63,12 +68,9 @@ def test_capture_gives_the_views_payload(client, embedded):
     # exactly the payload the library's own view pages carry
     view = at.AttnView(trace, ["head", "model", "neuron", "tokens"], layer=5, heads=[3], head=3)
     expected = json.loads(json.dumps(view.payload()))
-    assert body["view"].keys() == expected.keys()
-    weights = _u8(body["view"]["parts"][0]["att"])  # (L, H, T, T)
-    np.testing.assert_array_equal(weights, _u8(expected["parts"][0]["att"]))
-    assert np.abs(weights / 255 - trace.attentions).max() <= 1 / 510 + 1e-6
-    assert body["view"]["initial"] == expected["initial"]
-    assert body["view"]["qk"]["scales"] == expected["qk"]["scales"]
+    assert body["view"] == expected
+    weights = _weights(body["view"]["parts"][0]["att"])  # (L, H, T, T)
+    assert np.abs(weights - trace.attentions).max() <= 2.5e-3
 
 
 def test_models_are_the_allowlist(client, embedded, tiny_bert):

@@ -309,19 +309,19 @@ function exHalfs(spec) {
 }
 
 async function exExplain(detail) {
-  if (detail.part !== "self") return;
   exShowError(null);
   const box = ex$("explain");
   try {
     const ex = await exPost("/api/explain", { ...exInput(), layer: detail.layer,
-      head: detail.head, query: detail.query });
+      head: detail.head, query: detail.query, part: detail.part });
     const j = detail.key;
     box.textContent = "";
     box.dataset.layer = String(ex.layer);
     box.dataset.head = String(ex.head);
     box.dataset.query = String(ex.query);
     box.dataset.key = String(j);
-    box.append(exEl("p", null, `Layer ${ex.layer}, head ${ex.head}: query ${ex.query} ` +
+    const where = detail.part === "self" ? "" : `${detail.part} attention, `;
+    box.append(exEl("p", null, `${where}Layer ${ex.layer}, head ${ex.head}: query ${ex.query} ` +
       `\u201c${ex.query_token}\u201d \u2192 key ${j} \u201c${ex.key_tokens[j]}\u201d`));
     const d = ex.head_dim;
     const keys = exHalfs(ex.keys);
