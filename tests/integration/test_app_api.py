@@ -227,3 +227,13 @@ def test_serve_command_line(tmp_path):
         "port).\n")
     bad = run("--queue", "-1")
     assert bad.returncode == 2 and "queue must be 0 or more" in bad.stderr
+    bad = run("--corpus", str(tmp_path / "stats.duckdb"))
+    assert bad.returncode == 2 and bad.stderr.startswith("attnscope: error: --corpus needs")
+    # without the app extra, one sentence says how to install it
+    code = ("import sys; sys.modules['fastapi'] = None\n"
+            "from attnscope.cli import main; sys.exit(main(['serve']))")
+    missing = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60)
+    assert missing.returncode == 2 and missing.stderr == (
+        "attnscope: error: The explorer needs FastAPI and uvicorn (fastapi is missing): "
+        "pip install 'attnscope[app]'.\n")
