@@ -27,196 +27,36 @@ import io
 import json
 import math
 import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import attnscope as at
 from attnscope.app.limits import Limits
 from attnscope.app.runtime import Busy, CaptureEntry, Captures, Models, RunGate, TooLarge
+from attnscope.app.schemas import (
+    ERRORS,
+    ERRORS_OF_HTML,
+    CaptureRequest,
+    CaptureResponse,
+    CompareRequest,
+    CompareResponse,
+    ExplainRequest,
+    ExplainResponse,
+    FlowRequest,
+    FlowResponse,
+    HeadsResponse,
+    ModelsResponse,
+    PageRequest,
+    TextInput,
+)
 from attnscope.errors import AttnscopeError, check_index
 
 __all__ = ["create_app"]
-
-# ----- request and response bodies -------------------------------------------------------------
-
-
-class TextInput(BaseModel):
-    """A text (and optional second text) for one model of the allowlist."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    model: str | None = Field(None, description="a model name from GET /api/models "
-                                                "(default: the first one)")
-    text: str = Field(description="the text to look at")
-    text_b: str | None = Field(None, description="a second sentence (a pair), or the decoder's "
-                                                 "text for encoder-decoder models")
-
-
-class CaptureRequest(TextInput):
-    layer: int = Field(-1, description="layer shown first (negative counts from the end)")
-    head: int | None = Field(None, description="head shown alone (default: every head)")
-    query: int | None = Field(None, description="query token of the neuron view")
-
-
-class ExplainRequest(TextInput):
-    layer: int = Field(0, description="layer (negative counts from the end)")
-    head: int = Field(0, description="head (negative counts from the end)")
-    query: int = Field(0, description="position of the query token")
-    part: Literal["self", "decoder", "cross"] = "self"
-
-
-class FlowRequest(TextInput):
-    kind: Literal["rollout", "flow"] = Field("flow", description="rollout (instant) or flow "
-                                                                 "(maximum flow, in slices)")
-    output: int | None = Field(None, description="output token position (default: [CLS], or "
-                                                 "the last token of causal models)")
-    budget_s: float | None = Field(None, gt=0, le=3600, allow_inf_nan=False,
-                                   description="seconds this request may spend (at most the "
-                                               "server's flow budget)")
-    figure: bool = Field(True, description="add the relevance chart once complete")
-
-
-class CompareRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    a: TextInput
-    b: TextInput
-    layer: int = Field(-1, description="layer of the head whose difference is drawn large")
-    head: int = Field(0, description="head whose difference is drawn large")
-
-
-class PageRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    a: CaptureRequest
-    b: TextInput | None = Field(None, description="a second input shown beside the first")
-
-
-class ErrorBody(BaseModel):
-    error: str = Field(description="what was wrong, in one sentence")
-
-
-class ModelInfo(BaseModel):
-    name: str
-    model_type: str
-    architecture: str
-    layers: int
-    heads: int
-    max_tokens: int | None
-
-
-class ModelsResponse(BaseModel):
-    models: list[ModelInfo]
-    default: str
-    limits: dict[str, float]
-
-
-class CaptureResponse(BaseModel):
-    model: str
-    tokens: list[str]
-    num_layers: int
-    num_heads: int
-    layer: int
-    head: int | None
-    capture_ms: float
-    view: dict[str, Any] = Field(description="what the view script draws: tokens, and "
-                                             "attention as zlib-compressed uint8 in base64")
-
-
-class HeadRow(BaseModel):
-    layer: int
-    head: int
-    label: str
-    label_score: float | None
-    class_: str = Field(alias="class")
-    scores: dict[str, float | None]
-
-
-class HeadsResponse(BaseModel):
-    model: str
-    tokens: list[str]
-    score_names: list[str]
-    heads: list[HeadRow]
-
-
-class ExplainResponse(BaseModel):
-    model: str
-    layer: int
-    head: int
-    query: int
-    query_token: str
-    key_tokens: list[str]
-    head_dim: int
-    q: list[float]
-    keys: dict[str, Any] = Field(description="key vectors [T_k, d] as float16 in base64")
-    dots: list[float]
-    scale: float
-    scores: list[float]
-    bias: list[float] | None
-    visible: list[bool]
-    weights: list[float]
-    model_weights: list[float]
-    max_abs_error: float
-
-
-class FlowResponse(BaseModel):
-    kind: str
-    model: str
-    output: int
-    output_token: str
-    tokens: list[str]
-    values: list[float | None]
-    relevance: list[float] | None
-    done: int
-    total: int
-    complete: bool
-    seconds: float
-    budget_s: float
-    note: str | None
-    figure: str | None = Field(description="the relevance chart as a PNG data URL")
-
-
-class CompareSide(BaseModel):
-    model: str
-    text: str
-    text_b: str | None
-    tokens: list[str]
-    view: dict[str, Any]
-
-
-class Difference(BaseModel):
-    comparable: bool
-    reason: str | None
-    layer: int
-    head: int
-    changes: list[list[float]] | None = Field(description="largest |B - A| per head [L][H]")
-    grid: str | None = Field(description="every head's B - A as a PNG data URL")
-    head_figure: str | None = Field(description="the chosen head's B - A as a PNG data URL")
-
-
-class CompareResponse(BaseModel):
-    a: CompareSide
-    b: CompareSide
-    difference: Difference
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "the request cannot be read"},
-    422: {"model": ErrorBody, "description": "a field is missing or wrong, or a text is over "
-                                             "the length limits (one sentence says which)"},
-    503: {"model": ErrorBody, "description": "too many runs waiting, or a run over the time "
-                                             "limit; retry after the Retry-After seconds"},
-}
-
-# The same answers for a route whose success is HTML: its errors are still JSON.
-_ERRORS_OF_HTML: dict[int | str, dict[str, Any]] = {
-    code: {"description": spec["description"], "content": {"application/json": {"schema": {
-        "type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}}}}
-    for code, spec in _ERRORS.items()
-}
 
 _VIEW_KINDS = ["head", "model", "neuron", "tokens"]
 
@@ -294,7 +134,7 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
         """The models this explorer serves (its allowlist, fixed at start-up) and its limits."""
         return state.models_body()
 
-    @app.post("/api/capture", response_model=CaptureResponse, responses=_ERRORS,
+    @app.post("/api/capture", response_model=CaptureResponse, responses=ERRORS,
               summary="Capture a text and get its views")
     async def capture(body: CaptureRequest) -> Response:
         """Run the model (or reuse a cached capture) and return what the head, model and
@@ -303,7 +143,7 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
         derived = ("capture", body.layer, body.head, body.query)
         return await state.cached_json(key, derived, lambda e: state.capture_body(e, body))
 
-    @app.post("/api/heads", response_model=HeadsResponse, responses=_ERRORS,
+    @app.post("/api/heads", response_model=HeadsResponse, responses=ERRORS,
               summary="What each head does")
     async def heads(body: TextInput) -> Response:
         """Every head's pattern scores (previous, next, self, first, separator, punctuation,
@@ -311,7 +151,7 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
         key = state.key(body)
         return await state.cached_json(key, ("heads",), lambda e: state.heads_body(e, body))
 
-    @app.post("/api/explain", response_model=ExplainResponse, responses=_ERRORS,
+    @app.post("/api/explain", response_model=ExplainResponse, responses=ERRORS,
               summary="Explain one head for one query token")
     async def explain(body: ExplainRequest) -> Response:
         """For one query token: q, every key k, q·k, the scale, any bias or mask, the softmax
@@ -320,7 +160,7 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
         derived = ("explain", body.layer, body.head, body.query, body.part)
         return await state.cached_json(key, derived, lambda e: state.explain_body(e, body))
 
-    @app.post("/api/flow", response_model=FlowResponse, responses=_ERRORS,
+    @app.post("/api/flow", response_model=FlowResponse, responses=ERRORS,
               summary="Attention rollout or flow for one output token")
     async def flow(body: FlowRequest) -> Response:
         """Rollout at once; flow one input token at a time until this request's budget is
@@ -331,7 +171,7 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
         return _json_response(
             await state.gate.run(lambda: state.flow_body(state.entry(key), body)))
 
-    @app.post("/api/compare", response_model=CompareResponse, responses=_ERRORS,
+    @app.post("/api/compare", response_model=CompareResponse, responses=ERRORS,
               summary="Compare two texts or two models")
     async def compare(body: CompareRequest) -> Response:
         """Both inputs' head and model views side by side, and, where both have the same
@@ -341,7 +181,7 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
         return await state.cached_json(
             key_a, derived, lambda e: state.compare_body(e, key_b, body))
 
-    @app.post("/api/page", response_class=HTMLResponse, responses=_ERRORS_OF_HTML,
+    @app.post("/api/page", response_class=HTMLResponse, responses=ERRORS_OF_HTML,
               summary="Download what is shown as one HTML page")
     async def download(body: PageRequest) -> HTMLResponse:
         """One self-contained HTML page (it opens offline) with the views of the text, its
