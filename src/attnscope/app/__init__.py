@@ -14,6 +14,7 @@ it shows is drawn by :mod:`attnscope.render`'s view script, the same one saved p
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import sys
 from collections.abc import Sequence
@@ -80,6 +81,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _warm_up(models: Models) -> None:
+    """Run each model once, so the first visitor's request is as quick as the rest (torch
+    sets up its kernels on the first pass)."""
+    import attnscope as at
+
+    for name in models.names:
+        model = models.get(name)
+        decoder_text = "Warm up." if model.architecture == "encoder-decoder" else None
+        with contextlib.suppress(AttnscopeError):
+            at.capture(model, "Warm up.", decoder_text)
+
+
 def serve(models: Sequence[str | None] | None = None, *, host: str = "127.0.0.1",
           port: int = 8000, limits: Limits | None = None, device: str | None = None,
           corpus: Any = None, log_level: str = "warning", torch_threads: int | None = 1
@@ -104,6 +117,7 @@ def serve(models: Sequence[str | None] | None = None, *, host: str = "127.0.0.1"
         torch.set_num_threads(torch_threads)
     loaded = load_models(models, device)
     app = create_app(loaded, limits, corpus=corpus)
+    _warm_up(loaded)
     if is_loopback(host):
         # Answer only requests addressed to this machine by name or number: a web page
         # elsewhere cannot reach the explorer through a DNS name that points here.
