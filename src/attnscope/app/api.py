@@ -5,7 +5,7 @@ at ``/docs``, schema at ``/openapi.json``):
 
 * ``GET /api/models`` -- the models this explorer serves and its limits.
 * ``POST /api/capture`` -- one text's views: the payload the page's view script draws (the
-  head, model and neuron views and the tokens table), attention as compressed uint8.
+  head, model and neuron views and the tokens table), attention as compressed typed arrays.
 * ``POST /api/heads`` -- every head's pattern scores and label.
 * ``POST /api/explain`` -- every step of one head's attention for one query token.
 * ``POST /api/flow`` -- attention rollout, or attention flow computed in slices within a time
@@ -88,7 +88,8 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
             f"limits (at most {limits.max_chars} characters and {limits.max_tokens} tokens "
             "each). Mistakes get a 4xx answer with one sentence in `error`; a full queue or "
             "a run over the time limit gets 503 with `Retry-After`. Attention travels in the "
-            "encoding the view script reads: uint8 weights, zlib-compressed, in base64."
+            "encoding the view script reads (compressed typed arrays in base64; see "
+            "attnscope.render.html), as in every page attnscope writes."
         ),
         docs_url=None, redoc_url=None,
     )

@@ -101,8 +101,9 @@ class CaptureResponse(BaseModel):
     layer: int
     head: int | None
     capture_ms: float
-    view: dict[str, Any] = Field(description="what the view script draws: tokens, and "
-                                             "attention as zlib-compressed uint8 in base64")
+    view: dict[str, Any] = Field(description="what the view script draws: the tokens, and "
+                                             "attention as compressed typed arrays in base64 "
+                                             "(the payload of attnscope.AttnView)")
 
 
 class HeadRow(BaseModel):
