@@ -59,3 +59,13 @@ class ExplorerServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def run_async(coroutine):
+    """Run a coroutine to its end on a fresh event loop in its own thread: the browser tests'
+    Playwright keeps an event loop running in the main thread for the whole session."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()

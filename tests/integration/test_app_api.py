@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import attnscope as at
+from tests.explorer_server import run_async
 
 pytest.importorskip("fastapi")
 
@@ -203,7 +204,7 @@ def test_concurrent_requests_never_mix(app, embedded, tiny_bert):
                         for i, t in enumerate(texts)]
             return await asyncio.gather(*requests)
 
-    answers = asyncio.run(scenario())
+    answers = run_async(scenario())
     for i, (text, answer) in enumerate(zip(texts, answers, strict=True)):
         tokenizer = models[i % 2].tokenizer
         expected = tokenizer.convert_ids_to_tokens(tokenizer(text)["input_ids"])

@@ -8,12 +8,10 @@ the 60-second version and prints the latency figures.)
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from bench.app import load, mixed_request, sentence
 
-from tests.explorer_server import ExplorerServer
+from tests.explorer_server import ExplorerServer, run_async
 
 pytest.importorskip("psutil")
 pytest.importorskip("fastapi")
@@ -34,12 +32,12 @@ def test_twenty_clients_get_no_errors_and_memory_stays_flat(small_cache_server):
     server = psutil.Process(small_cache_server.pid)
     url = small_cache_server.url.rstrip("/")
     texts = [sentence(i) for i in range(12)]
-    warm = asyncio.run(load(url, clients=20, seconds=4, seed=1,
+    warm = run_async(load(url, clients=20, seconds=4, seed=1,
                             make=lambda rng: mixed_request(rng, texts, [0])))
     assert warm.errors == 0, warm.failures[:3]
     before = server.memory_info().rss
     fresh = [0]
-    result = asyncio.run(load(url, clients=20, seconds=6, seed=2,
+    result = run_async(load(url, clients=20, seconds=6, seed=2,
                               make=lambda rng: mixed_request(rng, texts, fresh)))
     after = server.memory_info().rss
     print(f"\n{result.requests} requests, statuses {result.statuses}, "

@@ -13,6 +13,7 @@ import pytest
 import attnscope as at
 from attnscope.app.limits import Limits
 from attnscope.app.runtime import Busy, Captures, Models, RunGate
+from tests.explorer_server import run_async
 
 pytest.importorskip("fastapi")
 
@@ -56,7 +57,7 @@ def test_gate_full_queue_and_timeout():
         gate.close()
         slow.close()
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_captures_are_an_lru_and_run_once_per_key():
@@ -173,7 +174,7 @@ def test_full_queue_and_timeout_answer_503(embedded):
                                          "try a shorter text, or start the explorer with a "
                                          "larger --timeout."}
 
-    asyncio.run(scenario())
+    run_async(scenario())
 
 
 def test_flow_stops_at_its_budget(embedded):
