@@ -204,6 +204,9 @@ def test_compare_two_texts_and_download(browser, explorer_server, embedded, tmp_
                 " Number(r.lastChild.textContent)]; })()")
     layer, head = np.unravel_index(np.argmax(change), change.shape)
     assert top[:2] == [int(layer), int(head)]
+    # the head that changes most is drawn large
+    assert ex.js("document.querySelector('.ex-diff-head').alt") == (
+        f"difference of layer {layer}, head {head}")
     assert math.isclose(top[2], change[layer, head], abs_tol=1e-3)
     for img in (".ex-diff-grid", ".ex-diff-head"):
         assert ex.js(f"document.querySelector('{img}').naturalWidth") > 100

@@ -138,6 +138,10 @@ def test_compare_two_texts_and_two_models(client, embedded, tiny_bert):
     assert diff["grid"].startswith("data:image/png") and diff["head_figure"].startswith("data:")
     assert body["b"]["tokens"] == list(b.tokens)
     assert body["a"]["view"]["kinds"] == ["head", "model"]
+    # with no head named, the one drawn large is the head that changes most
+    most = client.post("/api/compare", json={"a": {"text": TEXT}, "b": {"text": TEXT_B}})
+    assert [most.json()["difference"][k] for k in ("layer", "head")] == [
+        int(i) for i in np.unravel_index(np.argmax(changes), changes.shape)]
 
     # two models with different shapes: side by side, and one sentence instead of a difference
     r = client.post("/api/compare", json={"a": {"text": TEXT},

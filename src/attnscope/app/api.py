@@ -387,10 +387,15 @@ class _State:
         except AttnscopeError as err:
             diff["reason"] = str(err)
         else:
-            layer = check_index(body.layer, delta.shape[0], "layer")
-            head = check_index(body.head, delta.shape[1], "head")
+            changes = compare.head_changes(delta)  # (L, H)
+            if body.layer is None or body.head is None:  # the head that changes most
+                layer, head = (int(i) for i in np.unravel_index(np.argmax(changes),
+                                                                changes.shape))
+            else:
+                layer = check_index(body.layer, delta.shape[0], "layer")
+                head = check_index(body.head, delta.shape[1], "head")
             diff.update(comparable=True, layer=layer, head=head,
-                        changes=[_floats(row) for row in compare.head_changes(delta)],
+                        changes=[_floats(row) for row in changes],
                         grid=_png(compare.difference_grid(a, b)),
                         head_figure=_png(compare.difference_heatmap(a, b, layer, head)))
         return {"a": sides[0], "b": sides[1], "difference": diff}

@@ -64,8 +64,10 @@ class CompareRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     a: TextInput
     b: TextInput
-    layer: int = Field(-1, description="layer of the head whose difference is drawn large")
-    head: int = Field(0, description="head whose difference is drawn large")
+    layer: int | None = Field(None, description="layer of the head whose difference is drawn "
+                                                "large (default: the head that changes most)")
+    head: int | None = Field(None, description="head whose difference is drawn large (default: "
+                                               "the head that changes most)")
 
 
 class PageRequest(BaseModel):
@@ -170,8 +172,8 @@ class CompareSide(BaseModel):
 class Difference(BaseModel):
     comparable: bool
     reason: str | None
-    layer: int
-    head: int
+    layer: int | None
+    head: int | None
     changes: list[list[float]] | None = Field(description="largest |B - A| per head [L][H]")
     grid: str | None = Field(description="every head's B - A as a PNG data URL")
     head_figure: str | None = Field(description="the chosen head's B - A as a PNG data URL")

@@ -126,6 +126,7 @@ function exReadUrl() {
   exState.layer = int(q.get("layer"), -1);
   exState.head = int(q.get("head"), null);
   exState.compare = q.get("compare") === "1";
+  exState.diffChosen = exState.compare && exState.head !== null;
   exState.text2 = q.get("text2") || "";
   exState.model2 = names.includes(q.get("model2")) ? q.get("model2") : exConfig.default;
   ex$("text").value = exState.text;
@@ -139,7 +140,8 @@ function exReadUrl() {
 
 // ----- running ---------------------------------------------------------------------------------
 
-async function exRun() {
+async function exRun(fromUrl) {
+  if (fromUrl !== true) exState.diffChosen = false; // a new run shows the head changing most
   exState.text = ex$("text").value;
   exState.text_b = ex$("text-b").value.trim() ? ex$("text-b").value : null;
   const model = ex$("model").value;
@@ -447,8 +449,13 @@ function exDrawFlow(data) {
 async function exRunCompare(layer, head) {
   const b = { model: exState.model2, text: exState.text2.trim() ? exState.text2 : exState.text,
     text_b: exState.text2.trim() ? null : exState.text_b };
-  const data = await exPost("/api/compare", { a: exInput(), b,
-    layer: layer === undefined ? (exState.layer ?? -1) : layer, head: head === undefined ? (exState.head ?? 0) : head });
+  // The head drawn large: the one clicked, or the one a shared URL names, else (null) the
+  // head that changes most.
+  if (layer === undefined) {
+    layer = exState.diffChosen ? exState.layer : null;
+    head = exState.diffChosen ? exState.head : null;
+  }
+  const data = await exPost("/api/compare", { a: exInput(), b, layer, head });
   ex$("single").hidden = true;
   ex$("compared").hidden = false;
   ex$("side-a-title").textContent = `A: ${data.a.model} \u2014 ${data.a.text}`;
@@ -489,6 +496,7 @@ function exDrawDiff(diff) {
     r.addEventListener("click", async () => {
       exShowError(null);
       try {
+        exState.diffChosen = true;
         await exRunCompare(l, h);
         exWriteUrl();
       } catch (err) {
@@ -541,14 +549,14 @@ function exStart() {
   ex$("text2").maxLength = exConfig.limits.max_chars;
   ex$("run-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    exRun();
+    exRun(false);
   });
   // Enter runs; Shift+Enter starts a new line.
   for (const id of ["text", "text-b", "text2"]) {
     ex$(id).addEventListener("keydown", (e) => {
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
         e.preventDefault();
-        exRun();
+        exRun(false);
       }
     });
   }
@@ -562,7 +570,7 @@ function exStart() {
   exApi.run = exRun;
   exApi.selectHead = exSelectHead;
   exReadUrl();
-  if (exState.text.trim()) exRun();
+  if (exState.text.trim()) exRun(true);
   document.body.dataset.ready = "1";
 }
 
