@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from attnscope.app.limits import Limits
 from attnscope.errors import AttnscopeError
 
-__all__ = ["Busy", "CaptureEntry", "Captures", "Limits", "Models", "RunGate", "TooLarge"]
+__all__ = ["Busy", "CaptureEntry", "Captures", "Models", "RunGate", "TooLarge"]
 
 T = TypeVar("T")
 
