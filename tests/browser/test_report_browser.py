@@ -35,9 +35,25 @@ def test_report_page_in_chromium(chromium_path, embedded, tmp_path):
                 "!r.querySelector('.as-status').textContent.includes('Loading'))",
                 timeout=10_000,
             )
-            sizes = page.evaluate(
-                "() => [...document.images].map(i => [i.complete, i.naturalWidth])"
+            # Every chart drew on its canvas: count the non-white pixels of each.
+            drawn = page.evaluate(
+                """() => [...document.querySelectorAll('figure.as-chart')].map(f => {
+                    const c = f.querySelector('canvas');
+                    if (!f.dataset.drawn || !c) return 0;
+                    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                    let n = 0;
+                    for (let k = 0; k < d.length; k += 4)
+                        if (d[k] < 240 || d[k + 1] < 240 || d[k + 2] < 240) n++;
+                    return n;
+                })"""
             )
+            # Hovering a bar shows its token and value.
+            bar_chart = page.locator("figure.as-chart").filter(has_text="rollout relevance")
+            canvas = bar_chart.locator("canvas")
+            canvas.scroll_into_view_if_needed()
+            box = canvas.bounding_box()
+            canvas.hover(position={"x": 48 + 2, "y": box["height"] / 3})
+            tip = bar_chart.locator(".as-tip").text_content()
             headings = page.evaluate(
                 "() => [...document.querySelectorAll('h2')].map(h => h.textContent)"
             )
@@ -53,7 +69,9 @@ def test_report_page_in_chromium(chromium_path, embedded, tmp_path):
             browser.close()
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
     assert errors == [] and dialogs == []
-    assert len(sizes) >= 10 and all(done and width > 100 for done, width in sizes)
+    assert len(drawn) >= 10 and all(n > 500 for n in drawn), drawn
+    relevance = at.attention_rollout(trace).relevance(0)
+    assert tip == f"{trace.tokens[0]} (0): relevance {relevance[0]:.3f}"
     assert {"Tokens", "What each head does", "Attention rollout and flow",
             "Norm-based attention", "Layer trends"} <= set(headings)
     assert len(roots) == 2 and all(n > 0 for n in roots)  # both views drew something

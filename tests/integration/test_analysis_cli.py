@@ -46,7 +46,7 @@ def test_report_command_writes_a_pair_page(tmp_path, capsys):
                  "-o", str(out)]) == 0
     page = out.read_text(encoding="utf-8")
     assert "autumn is marked by colorful foliage" in page
-    assert "Norm-based attention" in page and "data:image/png;base64," in page
+    assert "Norm-based attention" in page and '<figure class="as-chart"' in page
     assert f"wrote {out}" in capsys.readouterr().out
 
 

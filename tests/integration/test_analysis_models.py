@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 
 import numpy as np
@@ -161,9 +162,18 @@ def test_report_is_self_contained_and_escaped(embedded, tmp_path):
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;" in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
-    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) >= 10
-    assert base64.b64decode(images[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    # The charts are drawn in the page from its own data: one placeholder per chart spec.
+    specs = json.loads(re.search(
+        r'<script type="application/json" id="attnscope-report-data">(.*?)</script>',
+        page, re.S).group(1))
+    assert page.count('<figure class="as-chart"') == len(specs) >= 10
+    kinds = {spec["kind"] for spec in specs}
+    assert kinds == {"heatmap", "bars", "arcs", "lines", "scatter"}
+    norm = next(s for s in specs if s["kind"] == "heatmap" and s["title"].startswith("norm"))
+    weights = np.frombuffer(base64.b64decode(norm["values"]), "<f2").reshape(norm["shape"])
+    assert weights.shape == (trace.num_tokens, trace.num_tokens)
+    expected = at.attention_norms(trace, embedded).layer_mean(-1)
+    np.testing.assert_allclose(weights, expected, rtol=2e-3, atol=1e-4)  # float16
     assert page.count('class="attnscope-root"') == 2  # head view and model view
 
 
@@ -173,7 +183,8 @@ def test_report_without_model_says_how_to_add_norms(tiny_models):
     assert "Pass the model" in page and "Interactive views left out" in page
     # A causal model's rollout and flow are charted for its last token by default.
     assert f"Output token: {trace.tokens[-1]} ({trace.num_tokens - 1})" in page
-    assert page.count("data:image/png;base64,") >= 9
+    assert page.count('<figure class="as-chart"') >= 9
+    assert "data:image/png" not in page  # drawn in the page, not as pictures
 
 
 def test_decoder_part_of_an_encoder_decoder_model(tiny_models):

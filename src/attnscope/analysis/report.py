@@ -1,19 +1,22 @@
 """One self-contained HTML page about one Trace: tokens, interactive views, what each head
 does, rollout and flow, norm-based attention, layer trends and embedding PCA.
 
-Every figure is an inline base64 PNG, the interactive views carry their own script and style
-(from :mod:`attnscope.render.views`), every token and text is HTML-escaped, and the page makes
-no network request.
+The charts are drawn in the page itself, on canvas, by a small script (``render/assets/
+report.js``) from the numbers the page carries (heatmaps as float16 typed arrays): they show
+the value under the pointer, and the page is built in a fraction of the time a dozen
+matplotlib PNGs take. The same figures, as PNG, SVG or PDF for papers, come from each result's
+``figure()`` / ``bar()`` / ``label_map()`` / ``gallery()``. The interactive views carry their
+own script and style (from :mod:`attnscope.render.views`), every token and text is
+HTML-escaped or goes in as JSON data, and the page makes no network request.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
+import math
 import os
-import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,23 +35,83 @@ _STYLE = """
 body.attnscope-report{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;
   max-width:1200px;margin:0 auto;padding:16px 24px;color:#222}
 .attnscope-report h1{font-size:1.5em}.attnscope-report h2{margin-top:2em;border-bottom:1px solid
-  #ddd;padding-bottom:4px}.attnscope-report img{max-width:100%;height:auto;display:block;
-  margin:8px 0}.attnscope-report table{border-collapse:collapse;font-size:12px}
+  #ddd;padding-bottom:4px}.attnscope-report table{border-collapse:collapse;font-size:12px}
 .attnscope-report td,.attnscope-report th{border:1px solid #ddd;padding:2px 6px;text-align:right}
 .attnscope-report .scroll{max-height:420px;overflow:auto}.attnscope-report .note{color:#666}
 .attnscope-report code{background:#f4f4f4;padding:0 3px}
+.attnscope-report figure.as-chart{display:inline-block;vertical-align:top;margin:8px 16px 8px 0}
+.attnscope-report figcaption{font-size:13px;font-weight:600;margin-bottom:4px;max-width:900px}
+.attnscope-report .as-plot{position:relative}.attnscope-report canvas{display:block}
+.attnscope-report .as-tip{position:absolute;visibility:hidden;pointer-events:none;z-index:2;
+  background:rgba(255,255,255,.95);border:1px solid #999;border-radius:3px;padding:2px 6px;
+  font-size:12px;white-space:nowrap}
+.attnscope-report table.as-labels td{text-align:center;font-size:11px;min-width:44px}
+.attnscope-report .as-legend span{display:inline-block;padding:1px 6px;margin:2px;font-size:12px}
 """
 
 
-def _png(fig) -> str:
-    """A figure as an ``<img>`` with its PNG inline (base64)."""
-    from attnscope.render.static import _quiet_glyph_warnings
+class _Charts:
+    """The charts of one page: each ``add`` returns a placeholder ``<figure>``; ``data()`` is
+    the list of chart specifications that report.js draws into them."""
 
-    buffer = io.BytesIO()
-    with _quiet_glyph_warnings():
-        fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img alt="figure" src="data:image/png;base64,{data}">'
+    def __init__(self) -> None:
+        self.specs: list[dict[str, Any]] = []
+
+    def add(self, kind: str, **spec: Any) -> str:
+        self.specs.append({"kind": kind, **spec})
+        return f'<figure class="as-chart" data-chart="{len(self.specs) - 1}"></figure>'
+
+    def heatmap(self, matrix: np.ndarray, rows, cols, title: str, *, xlabel: str = "key",
+                ylabel: str = "query", bar: str = "", vmax: float | None = None,
+                compact: bool = False) -> str:
+        """``matrix`` ``[len(rows), len(cols)]``, travelling as float16."""
+        from attnscope.render.html import encode_float16
+
+        matrix = np.nan_to_num(np.asarray(matrix, dtype=np.float32))
+        top = float(matrix.max()) if vmax is None else vmax
+        return self.add("heatmap", title=title, rows=list(rows), cols=list(cols),
+                        shape=list(matrix.shape), values=encode_float16(matrix)["b64"],
+                        vmin=0.0, vmax=max(top, 1e-9), xlabel=xlabel, ylabel=ylabel, bar=bar,
+                        compact=compact)
+
+    def bars(self, values: np.ndarray, labels, title: str, *, highlight: int = -1,
+             ylabel: str = "") -> str:
+        return self.add("bars", title=title, labels=list(labels), values=_rounded(values),
+                        highlight=highlight, ylabel=ylabel)
+
+
+def _rounded(values: np.ndarray) -> list:
+    """Floats as JSON with 4 significant digits (NaN becomes None)."""
+    return [None if not math.isfinite(v) else float(f"{v:.4g}")
+            for v in np.asarray(values, dtype=np.float64).ravel()]
+
+
+def _label_table(table) -> str:
+    """Layers x heads, each cell coloured by its head's label, its score below; hovering a
+    cell lists every score of that head."""
+    from attnscope.analysis.figures import _LABEL_COLOURS, _SHORT
+    from attnscope.analysis.patterns import SCORES
+
+    esc = html.escape
+    head_row = "".join(f"<th>{h}</th>" for h in range(table.num_heads))
+    rows = []
+    for layer in range(table.num_layers):
+        cells = []
+        for head in range(table.num_heads):
+            label = str(table.labels[layer, head])
+            score = table.label_scores[layer, head]
+            text = _SHORT.get(label, label) + ("" if math.isnan(score) else f"<br>{score:.2f}")
+            scores = ", ".join(f"{name} {table.scores[layer, head, i]:.2f}"
+                               for i, name in enumerate(SCORES))
+            tip = f"layer {layer}, head {head}: {label}, {table.classes[layer, head]}; {scores}"
+            colour = _LABEL_COLOURS.get(label, "#dddddd")
+            cells.append(f'<td style="background:{colour}4d" title="{esc(tip)}">{text}</td>')
+        rows.append(f"<tr><th>{layer}</th>{''.join(cells)}</tr>")
+    used = [n for n in _LABEL_COLOURS if n in set(table.labels.ravel().tolist())]
+    legend = "".join(f'<span style="background:{_LABEL_COLOURS[n]}4d">{esc(n)}</span>'
+                     for n in used)
+    return (f'<table class="as-labels"><tr><th>layer \u2193 head \u2192</th>{head_row}</tr>'
+            f"{''.join(rows)}</table><div class='as-legend'>{legend}</div>")
 
 
 def _tokens_table(trace: Trace) -> str:
@@ -101,7 +164,6 @@ def report(trace: Trace, model=None, *, output: int | None = None,
     Returns:
         A :class:`Report`; ``report(trace).save("report.html")`` writes it.
     """
-    from attnscope.analysis.figures import attention_graph
     from attnscope.analysis.flow import attention_flow, attention_rollout, default_output
     from attnscope.analysis.layers import layer_trends
     from attnscope.analysis.patterns import head_patterns
@@ -134,39 +196,64 @@ def report(trace: Trace, model=None, *, output: int | None = None,
     else:
         sections.append("<p class='note'>Interactive views left out.</p>")
 
+    charts = _Charts()
+    tokens = trace.tokens
+    unit = trace.unit
     table = head_patterns(trace)
+    gallery = []
+    for pattern in _gallery_patterns(table):
+        for layer, head, score in table.best(pattern, 3):
+            gallery.append(charts.heatmap(
+                trace.attentions[layer, head], tokens, tokens,
+                f"{pattern} {score:.2f}: layer {layer}, head {head}", vmax=1.0, compact=True))
     sections.append(
         "<h2 id='heads'>What each head does</h2>"
         "<p class='note'>Scores are shares of attention (see attnscope.analysis.patterns); "
-        "label: the best pattern reaching 0.4; class: Kovaleva et al. (2019).</p>"
-        + _png(table.label_map())
-        + _png(table.gallery(trace))
+        "label: the best pattern reaching 0.4; class: Kovaleva et al. (2019). Hover a head for "
+        "all its scores.</p>"
+        + _label_table(table)
+        + "<h3>The best heads of each pattern</h3>" + "".join(gallery)
         + f'<div class="scroll">{table._repr_html_()}</div>'
     )
 
+    def relevance_charts(result) -> str:
+        rows = [tokens[i] for i in result.outputs]
+        matrix = ""
+        if len(result.outputs) > 1:
+            matrix = charts.heatmap(result.values, rows, tokens, f"attention {result.kind}",
+                                    xlabel=f"input {unit}", ylabel=f"output {unit}",
+                                    bar=result.kind)
+        return matrix + charts.bars(
+            result.relevance(output), tokens, highlight=output, ylabel="relevance",
+            title=f"{result.kind} relevance of each input for output "
+                  f"{tokens[output]!r} ({output})")
+
     rollout = attention_rollout(trace)
-    flow_note = ""
+    flow_note, flow_figs = "", ""
     if trace.num_tokens <= FULL_FLOW_TOKENS:
-        flow = attention_flow(trace)
-        flow_figs = _png(flow.figure()) + _png(flow.bar(output))
+        flow_figs = relevance_charts(attention_flow(trace))
     elif trace.num_tokens <= ONE_FLOW_TOKENS:
-        flow = attention_flow(trace, output)
-        flow_figs = _png(flow.bar(output))
-        flow_note = (f"<p class='note'>{trace.num_tokens} {trace.unit}s: flow computed for "
+        flow_figs = relevance_charts(attention_flow(trace, output))
+        flow_note = (f"<p class='note'>{trace.num_tokens} {unit}s: flow computed for "
                      f"output {output} only.</p>")
     else:
-        flow_figs = ""
-        flow_note = (f"<p class='note'>{trace.num_tokens} {trace.unit}s: flow left out (it "
+        flow_note = (f"<p class='note'>{trace.num_tokens} {unit}s: flow left out (it "
                      f"takes about a minute here); run attnscope.attention_flow(trace, "
                      f"output={output}) for it.</p>")
+    last = trace.attentions[-1].mean(axis=0)  # (T, T): the last layer, heads averaged
+    q_idx, k_idx = np.nonzero(last > 0.1)
+    edges = [[int(i), int(j), round(float(last[i, j]), 4)]
+             for i, j in zip(q_idx, k_idx, strict=True)]
     sections.append(
         "<h2 id='rollout'>Attention rollout and flow</h2>"
         "<p class='note'>Abnar &amp; Zuidema (2020): residual-augmented attention "
         "0.5·A + 0.5·I, heads averaged; rollout multiplies through the layers, flow is the "
-        f"maximum flow through the layered graph. Output token: {esc(trace.tokens[output])} "
+        f"maximum flow through the layered graph. Output token: {esc(tokens[output])} "
         f"({output}).</p>"
-        + _png(rollout.figure()) + _png(rollout.bar(output)) + flow_note + flow_figs
-        + _png(attention_graph(trace, -1, None, threshold=0.1))
+        + relevance_charts(rollout) + flow_note + flow_figs
+        + charts.add("arcs", tokens=list(tokens), edges=edges,
+                     title=f"last layer ({trace.num_layers - 1}), mean of heads: edges above "
+                           "0.1 (hover a token for its own)")
     )
 
     sections.append("<h2 id='norms'>Norm-based attention</h2>")
@@ -181,10 +268,27 @@ def report(trace: Trace, model=None, *, output: int | None = None,
         except AttnscopeError as err:
             sections.append(f"<p class='note'>{esc(str(err))}</p>")
         else:
-            sections.append(_png(norms.figure(-1)))
+            weight_share, norm_share = norms.special_share()
+            layer = trace.num_layers - 1
+            sections.append(
+                f"<p>Special tokens get {weight_share:.0%} of the attention weight but "
+                f"{norm_share:.0%} of the norm (all heads). Layer {layer}, mean of heads:</p>"
+                + charts.heatmap(trace.attentions[layer].mean(axis=0), tokens, tokens,
+                                 "attention weight α", bar="weight")
+                + charts.heatmap(norms.layer_mean(layer), tokens, tokens,
+                                 "norm ‖α f(x)‖", bar="norm"))
+
+    from attnscope.analysis.layers import LAYER_STATS
 
     trends = layer_trends(trace)
-    sections.append("<h2 id='layers'>Layer trends</h2>" + _png(trends.figure())
+    titles = {"entropy": "normalised entropy", "distance": f"mean distance ({unit}s)",
+              "special": "attention to special tokens", "punctuation": "attention to punctuation"}
+    panels = [{"title": titles[name], "mean": _rounded(trends.values[:, k]),
+               "heads": [_rounded(trends.per_head[:, h, k])
+                         for h in range(trends.per_head.shape[1])]}
+              for k, name in enumerate(LAYER_STATS)]
+    sections.append("<h2 id='layers'>Layer trends</h2>"
+                    + charts.add("lines", title="attention by layer", panels=panels)
                     + trends._repr_html_())
 
     sections.append("<h2 id='pca'>Hidden states in two dimensions (PCA)</h2>")
@@ -192,16 +296,34 @@ def report(trace: Trace, model=None, *, output: int | None = None,
         from attnscope.analysis.embeddings import pca, token_path
 
         word = int(np.flatnonzero(~np.asarray(trace.special_mask, dtype=bool))[0])
-        sections.append(_png(pca(trace, 0).figure()) + _png(pca(trace, -1).figure())
-                        + _png(token_path(trace, word).figure(path=True)))
+        for projection, path in ((pca(trace, 0), False), (pca(trace, -1), False),
+                                 (token_path(trace, word), True)):
+            ev = projection.explained
+            sections.append(charts.add(
+                "scatter", title=projection.title, labels=list(projection.labels),
+                points=[_rounded(p) for p in projection.points], path=path,
+                xlabel=f"PC 1 ({ev[0]:.0%} of variance)",
+                ylabel=f"PC 2 ({ev[1]:.0%} of variance)"))
     except AttnscopeError as err:
         sections.append(f"<p class='note'>{esc(str(err))}</p>")
 
+    from attnscope.render.html import _asset, script_json
+
     body = "\n".join(sections)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-                f"<title>{esc(title)}</title><style>{_STYLE}</style></head>\n"
-                f"<body class=\"attnscope-report attnscope-page\">\n{body}\n</body></html>\n")
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{esc(title)}</title><style>{_STYLE}</style></head>\n"
+            f"<body class=\"attnscope-report attnscope-page\">\n{body}\n"
+            '<script type="application/json" id="attnscope-report-data">'
+            f"{script_json(charts.specs)}</script>\n"
+            f"<script>(function(){{\n{_asset('report.js')}\nattnscopeReport(document);\n}})();"
+            "</script>\n</body></html>\n")
     return Report(page, title)
+
+
+def _gallery_patterns(table) -> list[str]:
+    """The patterns some head shows clearly (best score above 0.3), and "broad"."""
+    from attnscope.analysis.patterns import _MASS_SCORES
+
+    patterns = [p for p in _MASS_SCORES if (b := table.best(p, 1)) and b[0][2] > 0.3]
+    return [*patterns, "broad"]
