@@ -29,9 +29,37 @@ def test_negative_and_positive_indices_draw_the_same_head(seed_pair_trace):
     np.testing.assert_array_equal(a, b)
 
 
-def test_grids_have_one_panel_per_head(seed_pair_trace):
-    assert len([ax for ax in at.heads_grid(seed_pair_trace, 0).axes if ax.images]) == 12
-    assert len([ax for ax in at.model_grid(seed_pair_trace).axes if ax.images]) == 6 * 12
+def test_grids_have_one_panel_per_head_and_a_colour_bar(seed_pair_trace):
+    trace = seed_pair_trace
+    grid = at.heads_grid(trace, 0)
+    panels = [ax for ax in grid.axes if ax.images]
+    assert len(panels) == 12
+    np.testing.assert_array_equal(panels[7].images[0].get_array(), trace.attentions[0, 7])
+    colour_bars = [ax for ax in grid.axes if ax.get_label() == "<colorbar>"]
+    assert len(colour_bars) == 1 and colour_bars[0].get_ylabel() == "attention weight"
+    # Token labels on the outer panels: the left column and the bottom row.
+    assert tick_labels(panels[6].yaxis) == list(trace.tokens) and tick_labels(panels[7].yaxis) == []
+    assert tick_labels(panels[7].xaxis) == list(trace.tokens) and tick_labels(panels[1].xaxis) == []
+
+    model = at.model_grid(trace)
+    ax = model.axes[0]
+    mosaic = np.ma.filled(ax.images[0].get_array(), np.nan)  # every head, with white gaps
+    t, gap = trace.num_tokens, -(-trace.num_tokens // 8)
+    for layer, head in ((0, 0), (3, 7), (5, 11)):
+        top, left = layer * (t + gap), head * (t + gap)
+        np.testing.assert_array_equal(mosaic[top:top + t, left:left + t],
+                                      trace.attentions[layer, head])
+    assert np.isnan(mosaic[t:t + gap]).all()
+    assert tick_labels(ax.xaxis) == [f"h{h}" for h in range(12)]
+    assert tick_labels(ax.yaxis) == [f"L{la}" for la in range(6)]
+    assert [a.get_ylabel() for a in model.axes[1:]] == ["attention weight"]
+
+
+def test_model_grid_of_a_long_text_averages_blocks(embedded):
+    trace = at.capture(embedded, "word " * 200)  # 202 tokens: 2 x 2 blocks, 101 cells a side
+    mosaic = np.ma.filled(at.model_grid(trace).axes[0].images[0].get_array(), np.nan)
+    expected = trace.attentions[0, 0].reshape(101, 2, 101, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(mosaic[:101, :101], expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".svg", ".pdf"])

@@ -8,7 +8,13 @@ import numpy as np
 from matplotlib.patches import Arc, Patch
 
 from attnscope.errors import AttnscopeError, check_index
-from attnscope.render.static import AttnFigure, _label, _set_token_ticks, heatmap
+from attnscope.render.static import (
+    AttnFigure,
+    _label,
+    _set_token_ticks,
+    heatmap,
+    weight_cmap,
+)
 from attnscope.trace import Trace
 
 __all__ = [
@@ -35,7 +41,7 @@ def flow_matrix_figure(result) -> AttnFigure:
     height = min(16.0, max(2.5, 1.5 + 0.26 * len(rows)))
     fig = AttnFigure(figsize=(side + 1.2, height), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(result.values, cmap="magma", aspect="auto", interpolation="nearest",
+    image = ax.imshow(result.values, cmap=weight_cmap(), aspect="auto", interpolation="nearest",
                       vmin=0.0)
     _set_token_ticks(ax, rows, cols, _fontsize(len(cols)))
     ax.set_xlabel(f"input {result.unit}")
@@ -154,8 +160,8 @@ def norms_figure(norm_attention, layer: int = -1, head: int | None = None) -> At
     side = min(9.0, max(4.0, 2.0 + 0.22 * n))
     fig = AttnFigure(figsize=(2 * side + 1.5, side), layout="constrained")
     axes = fig.subplots(1, 2)
-    for ax, matrix, title, cmap in ((axes[0], weights, "attention weight α", "viridis"),
-                                    (axes[1], norms, "norm ‖α f(x)‖", "inferno")):
+    for ax, matrix, title, cmap in ((axes[0], weights, "attention weight α", weight_cmap()),
+                                    (axes[1], norms, "norm ‖α f(x)‖", weight_cmap())):
         image = ax.imshow(matrix, cmap=cmap, vmin=0, interpolation="nearest", aspect="auto")
         _set_token_ticks(ax, trace.tokens, trace.tokens, _fontsize(n))
         ax.set_title(title, fontsize=10)
@@ -199,7 +205,8 @@ def projection_figure(projection, *, path: bool = False) -> AttnFigure:
     pts = projection.points
     if path:
         ax.plot(pts[:, 0], pts[:, 1], color="#999999", linewidth=1, zorder=1)
-        ax.scatter(pts[:, 0], pts[:, 1], c=projection.levels, cmap="viridis", zorder=2)
+        ax.scatter(pts[:, 0], pts[:, 1], c=projection.levels, cmap="Blues",
+                   edgecolors="#08306b", zorder=2)
     else:
         ax.scatter(pts[:, 0], pts[:, 1], color="#1f77b4", zorder=2)
     for (x, y), label in zip(pts, projection.labels, strict=True):

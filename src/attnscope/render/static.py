@@ -161,15 +161,19 @@ def heatmap(
 
 def heads_grid(trace: Trace, layer: int = -1, *, part: str = "self", cmap=None,
                ncols: int | None = None) -> AttnFigure:
-    """Every head of one layer, side by side, on one colour scale (0 to 1)."""
+    """Every head of one layer, side by side, on one colour scale (0 to 1) with a colour bar.
+
+    Token labels sit on the outer panels only (the left column and the lowest panel of each
+    column): the grid reads like one table, and there are fewer labels to lay out.
+    """
     attentions, rows, cols = trace.part(part)
     layer = check_index(layer, attentions.shape[0], "layer")
     heads = attentions.shape[1]
     ncols = ncols or min(heads, 4 if heads <= 8 else 6)
     nrows = math.ceil(heads / ncols)
     labelled = max(len(rows), len(cols)) <= 24
-    cell = 3.2 if labelled else 2.2
-    fig = AttnFigure(figsize=(ncols * cell, nrows * cell + 0.6), layout="constrained")
+    cell = 2.6 if labelled else 2.2
+    fig = AttnFigure(figsize=(ncols * cell + 1.0, nrows * cell + 0.9), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for h, ax in enumerate(axes):
         if h >= heads:
@@ -178,11 +182,14 @@ def heads_grid(trace: Trace, layer: int = -1, *, part: str = "self", cmap=None,
         ax.imshow(attentions[layer, h], cmap=cmap or weight_cmap(), vmin=0, vmax=1,
                   interpolation="nearest")
         ax.set_title(f"head {h}", fontsize=9)
-        if labelled:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if labelled and (h % ncols == 0 or h + ncols >= heads):
             _set_token_ticks(ax, rows, cols, 6)
-        else:
-            ax.set_xticks([])
-            ax.set_yticks([])
+            if h % ncols:
+                ax.set_yticks([])
+            if h + ncols < heads:
+                ax.set_xticks([])
     fig.suptitle(f"{trace.model_name}: {_part_name(trace, part)}layer {layer}, all heads")
     _colorbar(fig, axes, cmap)
     return fig
@@ -198,26 +205,62 @@ def _colorbar(fig, axes, cmap) -> None:
                  fraction=0.03)
 
 
+# A model-grid thumbnail needs no more than this many cells a side; longer texts are averaged
+# down in blocks so the one mosaic image stays small.
+_THUMB_CELLS = 160
+
+
+def _mosaic(attentions: np.ndarray, gap: int) -> np.ndarray:
+    """``[L, H, Tq, Tk]`` -> one ``[L*(tq+gap)-gap, H*(tk+gap)-gap]`` image, NaN between
+    panels; each panel block-averaged to at most ``_THUMB_CELLS`` cells a side."""
+    layers, heads, tq, tk = attentions.shape
+    fq, fk = math.ceil(tq / _THUMB_CELLS), math.ceil(tk / _THUMB_CELLS)
+    if fq > 1 or fk > 1:
+        pad = ((0, 0), (0, 0), (0, -tq % fq), (0, -tk % fk))
+        padded = np.pad(attentions.astype(np.float32), pad)
+        attentions = padded.reshape(layers, heads, padded.shape[2] // fq, fq,
+                                    padded.shape[3] // fk, fk).mean(axis=(3, 5))
+        tq, tk = attentions.shape[2:]
+    out = np.full((layers * (tq + gap) - gap, heads * (tk + gap) - gap), np.nan, np.float32)
+    for layer in range(layers):
+        for head in range(heads):
+            out[layer * (tq + gap):layer * (tq + gap) + tq,
+                head * (tk + gap):head * (tk + gap) + tk] = attentions[layer, head]
+    return out
+
+
 def model_grid(trace: Trace, *, part: str = "self", cmap=None) -> AttnFigure:
-    """Every layer (rows) x head (columns) as a thumbnail, on one colour scale (0 to 1)."""
+    """Every layer (rows) x head (columns) as a thumbnail, on one colour scale (0 to 1) with a
+    colour bar.
+
+    The thumbnails are one mosaic image on one axes (a figure of 144 small axes takes seconds
+    to lay out); texts longer than 160 tokens are averaged down in blocks to 160 cells a side.
+    """
+    import matplotlib
+
     attentions, _, _ = trace.part(part)
     layers, heads = attentions.shape[:2]
     if layers * heads == 0:
         raise AttnscopeError("This trace has no attention heads to draw.")
+    gap = max(1, math.ceil(min(attentions.shape[2], _THUMB_CELLS) / 8))
+    mosaic = _mosaic(attentions, gap)  # (L*(tq+gap)-gap, H*(tk+gap)-gap)
+    tq = (mosaic.shape[0] + gap) // layers - gap
+    tk = (mosaic.shape[1] + gap) // heads - gap
+    colours = cmap or weight_cmap()
+    colours = (matplotlib.colormaps[colours] if isinstance(colours, str) else colours)
     cell = 1.1
-    fig = AttnFigure(figsize=(heads * cell + 0.8, layers * cell + 0.8), layout="constrained")
-    axes = fig.subplots(layers, heads, squeeze=False)
-    for layer in range(layers):
-        for head in range(heads):
-            ax = axes[layer, head]
-            ax.imshow(attentions[layer, head], cmap=cmap or weight_cmap(), vmin=0, vmax=1,
-                      interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if layer == 0:
-                ax.set_title(f"h{head}", fontsize=8)
-            if head == 0:
-                ax.set_ylabel(f"L{layer}", fontsize=8)
+    fig = AttnFigure(figsize=(heads * cell + 1.6, layers * cell + 0.8), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(mosaic, cmap=colours.with_extremes(bad="none"), vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_xticks([h * (tk + gap) + (tk - 1) / 2 for h in range(heads)],
+                  labels=[f"h{h}" for h in range(heads)], fontsize=8)
+    ax.set_yticks([la * (tq + gap) + (tq - 1) / 2 for la in range(layers)],
+                  labels=[f"L{la}" for la in range(layers)], fontsize=8)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
     fig.suptitle(f"{trace.model_name}: {_part_name(trace, part)}every layer x head")
-    _colorbar(fig, axes, cmap)
+    _colorbar(fig, [ax], cmap)
     return fig
