@@ -219,27 +219,48 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         reason = ("the folder does not accept new folders" if err.errno == errno.ENOENT
                   else describe_os_error(err))
         raise AttnscopeError(f"Cannot create folder '{folder}': {reason}.") from None
-    model = at.load(args.model, device=args.device)
-    tokens = at.tokenize(model, text)
-    trace = _capture(model, text, None, args, qkv=True)
-    written = []
-    written.append(write_text(folder / "tokens.txt", tokens.table() + "\n"))
-    written.append(at.heatmap(trace, layer=-1, head=0).save(folder / "heatmap.png"))
-    written.append(at.heads_grid(trace, layer=-1).save(folder / "heads_last_layer.png"))
-    written.append(at.model_grid(trace).save(folder / "all_heads.png"))
-    written.append(trace.save(folder / "trace.npz"))
+    from attnscope.analysis import report
     from attnscope.render.views import all_views
 
-    written.append(all_views(trace).save(folder / "view.html"))
-    from attnscope.analysis import report
-
-    written.append(report(trace, model).save(folder / "report.html"))
-    print(tokens.table())
-    print()
-    print(f"{trace!r}")
-    for path in written:
-        print(f"wrote {path}")
+    # Each step prints as it finishes, quickest files first, matplotlib's figures last.
+    steps = _Steps()
+    model = steps.run(lambda: at.load(args.model, device=args.device), "loaded the model")
+    tokens = at.tokenize(model, text)
+    trace = steps.run(lambda: _capture(model, text, None, args, qkv=True), "captured", trace=1)
+    print(tokens.table(), flush=True)
+    for name, write in (
+        ("tokens.txt", lambda path: write_text(path, tokens.table() + "\n")),
+        ("trace.npz", lambda path: trace.save(path)),
+        ("view.html", lambda path: all_views(trace).save(path)),
+        ("report.html", lambda path: report(trace, model).save(path)),
+        ("heatmap.png", lambda path: at.heatmap(trace, layer=-1, head=0).save(path)),
+        ("heads_last_layer.png", lambda path: at.heads_grid(trace, layer=-1).save(path)),
+        ("all_heads.png", lambda path: at.model_grid(trace).save(path)),
+    ):
+        steps.run(lambda write=write, name=name: write(folder / name), "wrote", path=1)
+    print(f"done in {steps.total:.1f} s: open {folder / 'report.html'}", flush=True)
     return 0
+
+
+class _Steps:
+    """Runs the demo's steps one by one, printing what each did and how long it took."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.perf_counter
+        self._start = self._clock()
+
+    @property
+    def total(self) -> float:
+        return self._clock() - self._start
+
+    def run(self, step, what: str, *, trace: int = 0, path: int = 0):
+        began = self._clock()
+        result = step()
+        shown = f" {result!r}" if trace else f" {result}" if path else ""
+        print(f"{what}{shown} ({self._clock() - began:.1f} s)", flush=True)
+        return result
 
 
 def _cmd_view(args: argparse.Namespace) -> int:

@@ -198,12 +198,25 @@ def test_decoder_part_of_an_encoder_decoder_model(tiny_models):
         at.head_patterns(trace, part="cross")
 
 
+def test_pca_projects_on_the_top_eigenvectors_of_the_covariance(text_trace):
+    states = text_trace.hidden_states[-1].astype(np.float64)  # (T, D)
+    centred = states - states.mean(axis=0)
+    eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred)  # ascending
+    projection = at.pca(text_trace, -1)
+    top = eigenvectors[:, ::-1][:, :2]  # (D, 2)
+    expected = centred @ top
+    signs = np.sign((projection.points * expected).sum(axis=0))  # a component's sign is free
+    np.testing.assert_allclose(projection.points, expected * signs, atol=1e-6)
+    np.testing.assert_allclose(projection.explained, eigenvalues[::-1][:2] / eigenvalues.sum(),
+                               rtol=1e-6)
+    # the sign convention: each component's largest weight over the hidden dimensions is positive
+    components = top * signs  # (D, 2)
+    assert (components[np.abs(components).argmax(axis=0), [0, 1]] > 0).all()
+
+
 def test_missing_extras_say_how_to_install(text_trace, monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "sklearn.decomposition", None)
     monkeypatch.setitem(sys.modules, "scipy.sparse.csgraph", None)
-    with pytest.raises(at.AttnscopeError, match=r"needs scikit-learn: pip install scikit-learn"):
-        at.pca(text_trace)
     with pytest.raises(at.AttnscopeError, match=r"needs scipy"):
         at.attention_flow(text_trace, output=0)

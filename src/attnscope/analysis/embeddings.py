@@ -1,6 +1,7 @@
 """Hidden states in two dimensions: PCA of the input embeddings and of any layer's output.
 
-Needs scikit-learn (an attnscope dependency).
+PCA here is a centred singular value decomposition in NumPy (the same components, signs and
+variance shares as scikit-learn's full-SVD ``PCA``, without the second of importing it).
 """
 
 from __future__ import annotations
@@ -13,16 +14,6 @@ from attnscope.errors import AttnscopeError, check_index
 from attnscope.trace import Trace
 
 __all__ = ["Projection", "pca", "token_path"]
-
-
-def _pca_class():
-    try:
-        from sklearn.decomposition import PCA
-    except ImportError:
-        raise AttnscopeError(
-            "Embedding PCA needs scikit-learn: pip install scikit-learn."
-        ) from None
-    return PCA
 
 
 @dataclass(frozen=True)
@@ -53,9 +44,19 @@ def _project(x: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
     """``x`` ``[N, D]`` -> (``[N, 2]`` PCA coordinates, explained variance shares)."""
     if x.shape[0] < 2:
         raise AttnscopeError("PCA needs at least two points; give a longer text.")
-    pca = _pca_class()(n_components=2)
-    points = pca.fit_transform(x.astype(np.float64))  # (N, 2)
-    ratio = pca.explained_variance_ratio_
+    centred = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)  # (N, D)
+    u, s, vt = np.linalg.svd(centred, full_matrices=False)  # u (N, K), s (K,), vt (K, D)
+    u, vt = u[:, :2], vt[:2]
+    # Each component's sign is fixed so that its largest weight over the hidden dimensions is
+    # positive (scikit-learn's convention), so the picture does not flip between machines.
+    u = u * np.sign(vt[range(len(vt)), np.abs(vt).argmax(axis=1)])
+    variance = s**2
+    total = variance.sum()
+    ratio = variance[:2] / total if total > 0 else np.zeros(2)
+    ratio = np.pad(ratio, (0, 2 - len(ratio)))
+    points = u * s[:2]  # (N, 2)
+    if points.shape[1] < 2:
+        points = np.pad(points, ((0, 0), (0, 2 - points.shape[1])))
     return points, (float(ratio[0]), float(ratio[1]))
 
 
