@@ -205,6 +205,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import attnscope as at
     from attnscope.models import peek
 
+    steps = _Steps()  # "done in" counts from here: the checks below import transformers
     folder: Path = args.output
     text = SEED_SENTENCE if args.text is None else args.text
     at.tokens.check_text(text)
@@ -223,7 +224,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from attnscope.render.views import all_views
 
     # Each step prints as it finishes, quickest files first, matplotlib's figures last.
-    steps = _Steps()
     model = steps.run(lambda: at.load(args.model, device=args.device), "loaded the model")
     tokens = at.tokenize(model, text)
     trace = steps.run(lambda: _capture(model, text, None, args, qkv=True), "captured", trace=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from attnscope.cli import main
@@ -50,8 +52,17 @@ def test_report_command_writes_a_pair_page(tmp_path, capsys):
     assert f"wrote {out}" in capsys.readouterr().out
 
 
-def test_demo_writes_the_report(tmp_path, tiny_dirs):
+def test_demo_writes_the_report(tmp_path, tiny_dirs, capsys):
     folder = tmp_path / "demo"
     assert main(["demo", "-o", str(folder), "-m", str(tiny_dirs["bert"])]) == 0
     page = (folder / "report.html").read_text(encoding="utf-8")
     assert "What each head does" in page
+    # Each step says what it did and how long it took, the quick files first.
+    out = capsys.readouterr().out
+    steps = re.findall(r"^(loaded the model|captured|wrote \S+).* \(\d+\.\d s\)$", out, re.M)
+    names = ["tokens.txt", "trace.npz", "view.html", "report.html", "heatmap.png",
+             "heads_last_layer.png", "all_heads.png"]
+    assert steps[:2] == ["loaded the model", "captured"]
+    assert steps[2:] == [f"wrote {folder / name}" for name in names]
+    assert all((folder / name).stat().st_size > 0 for name in names)
+    assert out.rstrip().endswith(f"open {folder / 'report.html'}")
