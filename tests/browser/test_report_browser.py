@@ -74,6 +74,7 @@ def test_report_page_in_chromium(chromium_path, embedded, tmp_path):
     assert tip == f"{trace.tokens[0]} (0): relevance {relevance[0]:.3f}"
     assert {"Tokens", "What each head does", "Attention rollout and flow",
             "Norm-based attention", "Layer trends"} <= set(headings)
-    assert len(roots) == 2 and all(n > 0 for n in roots)  # both views drew something
+    # head, model and neuron view (the trace has queries and keys), each drew something
+    assert len(roots) == 3 and all(n > 0 for n in roots)
     # The text shows as text, not as markup.
     assert '<img src=x onerror="alert(1)">' in shown_text and injected == 0

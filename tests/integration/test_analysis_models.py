@@ -174,7 +174,12 @@ def test_report_is_self_contained_and_escaped(embedded, tmp_path):
     assert weights.shape == (trace.num_tokens, trace.num_tokens)
     expected = at.attention_norms(trace, embedded).layer_mean(-1)
     np.testing.assert_allclose(weights, expected, rtol=2e-3, atol=1e-4)  # float16
-    assert page.count('class="attnscope-root"') == 2  # head view and model view
+    # head, model and neuron view (the trace has queries and keys)
+    assert page.count('class="attnscope-root"') == 3
+    # Sections are collapsible and listed in a table of contents.
+    sections = re.findall(r"<details open id='(\w+)'><summary><h2>", page)
+    assert sections == ["tokens", "views", "heads", "rollout", "norms", "layers", "pca"]
+    assert all(f"<a href='#{key}'>" in page for key in sections)
 
 
 def test_report_without_model_says_how_to_add_norms(tiny_models):

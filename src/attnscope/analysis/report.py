@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,9 @@ body.attnscope-report{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-s
   background:rgba(255,255,255,.95);border:1px solid #999;border-radius:3px;padding:2px 6px;
   font-size:12px;white-space:nowrap}
 .attnscope-report table.as-labels td{text-align:center;font-size:11px;min-width:44px}
+.attnscope-report summary{cursor:pointer}.attnscope-report summary h2{display:inline-block}
+.attnscope-report nav.as-toc{background:#f6f8fa;border:1px solid #ddd;padding:4px 16px;
+  display:inline-block}.attnscope-report nav.as-toc ol{margin:4px 0;padding-left:20px}
 .attnscope-report .as-legend span{display:inline-block;padding:1px 6px;margin:2px;font-size:12px}
 """
 
@@ -189,10 +193,12 @@ def report(trace: Trace, model=None, *, output: int | None = None,
     # Interactive views: each fragment carries its own script and style.
     sections.append("<h2 id='views'>Interactive views</h2>")
     if views:
-        from attnscope.render.views import head_view, model_view
+        from attnscope.render.views import head_view, model_view, neuron_view
 
         sections.append(head_view(trace).fragment())
         sections.append(model_view(trace).fragment())
+        if trace.queries is not None and trace.keys is not None:
+            sections.append(neuron_view(trace).fragment())
     else:
         sections.append("<p class='note'>Interactive views left out.</p>")
 
@@ -309,7 +315,7 @@ def report(trace: Trace, model=None, *, output: int | None = None,
 
     from attnscope.render.html import _asset, script_json
 
-    body = "\n".join(sections)
+    body = _navigable("\n".join(sections))
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{esc(title)}</title><style>{_STYLE}</style></head>\n"
@@ -319,6 +325,18 @@ def report(trace: Trace, model=None, *, output: int | None = None,
             f"<script>(function(){{\n{_asset('report.js')}\nattnscopeReport(document);\n}})();"
             "</script>\n</body></html>\n")
     return Report(page, title)
+
+
+def _navigable(body: str) -> str:
+    """Each ``<h2 id=...>`` section as a collapsible ``<details>`` (open), and a table of
+    contents after the preamble."""
+    parts = re.split(r"<h2 id='(\w+)'>(.*?)</h2>", body)  # preamble, (id, title, content)...
+    preamble, found = parts[0], parts[1:]
+    sections = [found[i:i + 3] for i in range(0, len(found), 3)]
+    links = "".join(f"<li><a href='#{key}'>{title}</a></li>" for key, title, _ in sections)
+    blocks = "".join(f"<details open id='{key}'><summary><h2>{title}</h2></summary>"
+                     f"{content}</details>" for key, title, content in sections)
+    return f"{preamble}<nav class='as-toc'><b>Contents</b><ol>{links}</ol></nav>{blocks}"
 
 
 def _gallery_patterns(table) -> list[str]:
