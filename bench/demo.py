@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -61,7 +62,8 @@ def demo_runs() -> None:
           "target <= 8 s)")
     for line in out.splitlines():
         if line.endswith(" s)") or line.startswith("done in"):
-            print("    " + line.replace(f"{folder}/demo/", "").split(" Trace(")[0])
+            line = re.sub(r" Trace\(.*\) \((\d+\.\d s)\)$", r" (\1)", line)
+            print("    " + line.replace(f"{folder}/demo/", ""))
 
 
 def _png(fig) -> str:
