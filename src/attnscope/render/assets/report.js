@@ -3,7 +3,8 @@
 // Every chart shows the value under the pointer. Text goes in with textContent only.
 "use strict";
 
-const BLUES = [[247, 251, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
+// The views' light-theme weight stops (render/static.py WEIGHT_STOPS), so charts and views read alike.
+const BLUES = [[255, 255, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
 const INK = "#222", GRID = "#ccc", FONT = "11px system-ui, -apple-system, Segoe UI, sans-serif";
 
 function blues(t) {  // t in [0, 1] -> "rgb(...)", white to dark blue
