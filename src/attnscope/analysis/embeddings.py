@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attnscope.analysis.drawing import draw
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.trace import Trace
 
@@ -44,9 +45,7 @@ class Projection:
 
     def figure(self, *, path: bool = False):
         """Scatter plot with token labels (``path=True``: points joined in level order)."""
-        from attnscope.analysis.figures import projection_figure
-
-        return projection_figure(self, path=path)
+        return draw(self, "figure", path=path)
 
 
 def _project(x: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:

@@ -7,6 +7,12 @@ import math
 import numpy as np
 from matplotlib.patches import Arc, Patch
 
+from attnscope.analysis.drawing import draws
+from attnscope.analysis.embeddings import Projection
+from attnscope.analysis.flow import FlowResult
+from attnscope.analysis.layers import LAYER_STATS, LayerTrends
+from attnscope.analysis.norms import NormAttention
+from attnscope.analysis.patterns import _MASS_SCORES, SCORES, HeadTable
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.render.static import AttnFigure, _label, _set_token_ticks, heatmap
 from attnscope.trace import Trace
@@ -27,7 +33,8 @@ def _fontsize(n: int) -> float:
     return 9 if n <= 40 else 6
 
 
-def flow_matrix_figure(result) -> AttnFigure:
+@draws(FlowResult, "matrix")
+def flow_matrix_figure(result: FlowResult) -> AttnFigure:
     """Rollout or flow as an output x input heatmap (raw values; flow rows are not normalised)."""
     rows = [result.tokens[i] for i in result.outputs]
     cols = result.tokens
@@ -45,7 +52,8 @@ def flow_matrix_figure(result) -> AttnFigure:
     return fig
 
 
-def relevance_bar_figure(result, output: int) -> AttnFigure:
+@draws(FlowResult, "bar")
+def relevance_bar_figure(result: FlowResult, output: int) -> AttnFigure:
     """Bar chart of the input relevance (normalised to sum to 1) of one output token."""
     output = check_index(output, len(result.tokens), "output token")
     rel = result.relevance(output)
@@ -74,7 +82,8 @@ _SHORT = {"previous": "prev", "separator": "sep", "punctuation": "punct", "dupli
           "self": "self"}
 
 
-def label_map_figure(table) -> AttnFigure:
+@draws(HeadTable, "label_map")
+def label_map_figure(table: HeadTable) -> AttnFigure:
     """Layers (rows) x heads (columns), each cell coloured by its label with the score."""
     layers, heads = table.num_layers, table.num_heads
     fig = AttnFigure(figsize=(max(5.0, 0.75 * heads + 2.8), max(2.5, 0.55 * layers + 1.4)),
@@ -105,10 +114,9 @@ def label_map_figure(table) -> AttnFigure:
     return fig
 
 
-def gallery_figure(table, trace: Trace, patterns=None, n: int = 3) -> AttnFigure:
+@draws(HeadTable, "gallery")
+def gallery_figure(table: HeadTable, trace: Trace, patterns=None, n: int = 3) -> AttnFigure:
     """For each pattern, its ``n`` best heads as heatmaps (one row per pattern)."""
-    from attnscope.analysis.patterns import _MASS_SCORES, SCORES
-
     if patterns is None:
         patterns = [p for p in _MASS_SCORES if (b := table.best(p, 1)) and b[0][2] > 0.3]
         patterns.append("broad")
@@ -138,7 +146,9 @@ def gallery_figure(table, trace: Trace, patterns=None, n: int = 3) -> AttnFigure
     return fig
 
 
-def norms_figure(norm_attention, layer: int = -1, head: int | None = None) -> AttnFigure:
+@draws(NormAttention, "figure")
+def norms_figure(norm_attention: NormAttention, layer: int = -1,
+                 head: int | None = None) -> AttnFigure:
     """Raw attention (left) beside norm-based attention ||alpha f(x)|| (right)."""
     trace = norm_attention.trace
     layer = check_index(layer, trace.num_layers, "layer")
@@ -168,10 +178,9 @@ def norms_figure(norm_attention, layer: int = -1, head: int | None = None) -> At
     return fig
 
 
-def layer_trends_figure(trends) -> AttnFigure:
+@draws(LayerTrends, "figure")
+def layer_trends_figure(trends: LayerTrends) -> AttnFigure:
     """Four panels: entropy, distance, attention to special tokens, to punctuation, by layer."""
-    from attnscope.analysis.layers import LAYER_STATS
-
     titles = {"entropy": "normalised entropy", "distance": f"mean distance ({trends.unit}s)",
               "special": "attention to special tokens", "punctuation": "attention to punctuation"}
     fig = AttnFigure(figsize=(10, 6.5), layout="constrained")
@@ -192,7 +201,8 @@ def layer_trends_figure(trends) -> AttnFigure:
     return fig
 
 
-def projection_figure(projection, *, path: bool = False) -> AttnFigure:
+@draws(Projection, "figure")
+def projection_figure(projection: Projection, *, path: bool = False) -> AttnFigure:
     """Scatter of PCA points labelled with their tokens (``path``: joined in order)."""
     fig = AttnFigure(figsize=(7.5, 6.0), layout="constrained")
     ax = fig.add_subplot()

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attnscope.analysis.drawing import draw
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.trace import Trace
 
@@ -127,15 +128,11 @@ class FlowResult:
 
     def figure(self):
         """The output x input matrix as a heatmap (an :class:`~attnscope.AttnFigure`)."""
-        from attnscope.analysis.figures import flow_matrix_figure
-
-        return flow_matrix_figure(self)
+        return draw(self, "matrix")
 
     def bar(self, output: int | None = None):
         """Bar chart of input-token relevance for one output token."""
-        from attnscope.analysis.figures import relevance_bar_figure
-
-        return relevance_bar_figure(self, self.outputs[0] if output is None else output)
+        return draw(self, "bar", self.outputs[0] if output is None else output)
 
 
 def _list(items: tuple[int, ...]) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attnscope.analysis.drawing import draw
 from attnscope.analysis.patterns import _distance_score, _entropy_score, _seen, is_punctuation
 from attnscope.errors import AttnscopeError
 from attnscope.trace import Trace
@@ -61,9 +62,7 @@ class LayerTrends:
 
     def figure(self):
         """The four statistics against the layer, in one figure."""
-        from attnscope.analysis.figures import layer_trends_figure
-
-        return layer_trends_figure(self)
+        return draw(self, "figure")
 
 
 def layer_trends(trace: Trace) -> LayerTrends:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attnscope.analysis.drawing import draw
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.trace import Trace
 
@@ -61,9 +62,7 @@ class NormAttention:
 
     def figure(self, layer: int = -1, head: int | None = None):
         """Raw attention beside norm-based attention (one head, or the layer's mean)."""
-        from attnscope.analysis.figures import norms_figure
-
-        return norms_figure(self, layer, head)
+        return draw(self, "figure", layer, head)
 
 
 def attention_norms(trace: Trace, model=None) -> NormAttention:

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attnscope.analysis.drawing import draw
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.trace import Trace
 
@@ -351,18 +352,14 @@ class HeadTable:
 
     def label_map(self):
         """Layers x heads map of labels (an :class:`~attnscope.AttnFigure`)."""
-        from attnscope.analysis.figures import label_map_figure
-
-        return label_map_figure(self)
+        return draw(self, "label_map")
 
     def gallery(self, trace: Trace, patterns=None, n: int = 3):
         """For each pattern, the ``n`` best heads' heatmaps (an :class:`~attnscope.AttnFigure`).
 
         ``patterns`` defaults to every mass score that some head has above 0.3 (and ``broad``).
         """
-        from attnscope.analysis.figures import gallery_figure
-
-        return gallery_figure(self, trace, patterns, n)
+        return draw(self, "gallery", trace, patterns, n)
 
 
 def _fmt(value: float, digits: int = 2) -> str:
