@@ -48,6 +48,17 @@ class Projection:
         return draw(self, "figure", path=path)
 
 
+def _hidden_states(trace: Trace) -> np.ndarray:
+    """``trace.hidden_states`` ``[L+1, T, D]``, or one sentence when the Trace holds none."""
+    if not trace.has_hidden_states:
+        raise AttnscopeError(
+            "This trace holds no hidden states (it was built from attention weights alone), so "
+            "there is nothing to project; pass hidden_states to Trace.from_attentions, or "
+            "capture the text with attnscope.capture."
+        )
+    return trace.hidden_states
+
+
 def _project(x: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
     """``x`` ``[N, D]`` -> (``[N, 2]`` PCA coordinates, explained variance shares)."""
     if x.shape[0] < 2:
@@ -64,7 +75,7 @@ def pca(trace: Trace, level: int = 0, *, skip_special: bool = False) -> Projecti
     ``level`` 0 is the embedding output (the input embeddings), l the output of layer l;
     negatives count from the end (-1: the last layer).
     """
-    states = trace.hidden_states
+    states = _hidden_states(trace)
     level = check_index(level, states.shape[0], "hidden-state level")
     keep = np.arange(trace.num_tokens)
     if skip_special:
@@ -82,7 +93,7 @@ def token_path(trace: Trace, token: int) -> Projection:
     The PCA is fitted on ``hidden_states`` ``[L+1, T, D]`` flattened to ``[(L+1)*T, D]``, and
     the returned points are the token's L+1 states in level order.
     """
-    states = trace.hidden_states
+    states = _hidden_states(trace)
     token = check_index(token, trace.num_tokens, "token")
     levels, n, dim = states.shape
     points, explained = _project(states.reshape(levels * n, dim))  # ((L+1)*T, 2)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.patches import Arc, Patch
@@ -14,7 +16,13 @@ from attnscope.analysis.layers import LAYER_STATS, LayerTrends
 from attnscope.analysis.norms import NormAttention
 from attnscope.analysis.patterns import _MASS_SCORES, SCORES, HeadTable
 from attnscope.errors import AttnscopeError, check_index
-from attnscope.render.static import AttnFigure, _label, _set_token_ticks, heatmap
+from attnscope.render.static import (
+    AttnFigure,
+    _label,
+    _set_token_ticks,
+    heatmap,
+    matrix_and_tokens,
+)
 from attnscope.trace import Trace
 
 __all__ = [
@@ -221,29 +229,46 @@ def projection_figure(projection: Projection, *, path: bool = False) -> AttnFigu
     return fig
 
 
-def attention_graph(trace: Trace, layer: int = -1, head: int | None = None, *,
-                    threshold: float = 0.1, layout: str = "arcs", part: str = "self"
+def attention_graph(trace: Trace | Any, layer: int | Sequence[str] | None = -1,
+                    head: int | Sequence[str] | None = None, *, threshold: float = 0.1,
+                    layout: str = "arcs", part: str = "self", title: str | None = None
                     ) -> AttnFigure:
     """Attention as a graph a person can read: tokens as nodes in sentence order, one edge per
     (query, key) pair whose weight exceeds ``threshold``, edge width and darkness by weight.
 
+    Also takes one 2-D matrix ``[T_query, T_key]`` of weights with its tokens:
+    ``attention_graph(matrix, tokens)`` or ``attention_graph(matrix, query_tokens, key_tokens)``.
+
     Args:
-        trace: a Trace.
-        layer, head: which head; ``head=None`` averages the layer's heads.
+        trace: a Trace, or a matrix of non-negative weights.
+        layer, head: which head; ``head=None`` averages the layer's heads. For a matrix: its
+            query tokens and key tokens.
         threshold: hide edges whose weight is at most this (0.1, as the notebook's graph).
         layout: "arcs" (tokens on one line; arcs above point right, arcs below point left) or
             "columns" (queries on the left, keys on the right, both in sentence order).
         part: "self", or "decoder"/"cross" for encoder-decoder traces.
     """
-    attentions, rows, cols = trace.check(part).part(part)
-    layer = check_index(layer, attentions.shape[0], "layer")
-    if head is None:
-        matrix = attentions[layer].mean(axis=0)
-        which = f"layer {layer}, mean of heads"
+    if isinstance(trace, Trace):
+        attentions, rows, cols = trace.check(part).part(part)
+        layer = check_index(layer, attentions.shape[0], "layer")  # type: ignore[arg-type]
+        if head is None:
+            matrix = attentions[layer].mean(axis=0)
+            which = f"layer {layer}, mean of heads"
+        else:
+            head = check_index(head, attentions.shape[1], "head")  # type: ignore[arg-type]
+            matrix = attentions[layer, head]
+            which = f"layer {layer}, head {head}"
+        name = trace.model_name
     else:
-        head = check_index(head, attentions.shape[1], "head")
-        matrix = attentions[layer, head]
-        which = f"layer {layer}, head {head}"
+        matrix, rows, cols = matrix_and_tokens(trace, layer, head, "attention_graph")
+        if float(matrix.min()) < 0:
+            raise AttnscopeError(
+                "attention_graph draws non-negative weights as edges; this matrix has negative "
+                "values: draw it with heatmap(matrix, tokens)."
+            )
+        if float(matrix.max()) > 1:
+            matrix = matrix / float(matrix.max())  # edge widths and the threshold are on [0, 1]
+        name, which = "attention", "one matrix"
     if layout not in ("arcs", "columns"):
         raise AttnscopeError(f"Unknown layout {layout!r}: use 'arcs' or 'columns'.")
     if layout == "arcs" and rows != cols:
@@ -252,7 +277,8 @@ def attention_graph(trace: Trace, layer: int = -1, head: int | None = None, *,
         raise AttnscopeError(f"threshold must be in [0, 1), not {threshold}.")
     q_idx, k_idx = np.nonzero(matrix > threshold)
     weights = matrix[q_idx, k_idx]
-    title = f"{trace.model_name}: {which}, edges above {threshold:g}"
+    if title is None:
+        title = f"{name}: {which}, edges above {threshold:g}"
     if layout == "columns":
         n = max(len(rows), len(cols))
         fig = AttnFigure(figsize=(6.0, max(3.0, 0.32 * n + 1.2)), layout="constrained")
