@@ -177,11 +177,38 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
     encoder_decoder = model.architecture == "encoder-decoder"
     table = at.tokenize(model, text, None if encoder_decoder else text_b,
                         truncate=not args.no_truncate)
-    print(table.table())
+    decoder = None
     if encoder_decoder and text_b is not None:
+        decoder = at.tokenize(model, text_b, truncate=not args.no_truncate)
+    if args.json:
+        document = {"model": model.name, "text": text, "text_b": text_b,
+                    "tokens": table.rows(), "decoded": table.decoded, "dropped": table.dropped,
+                    "sentence_b_start": table.sentence_b_start,
+                    "decoder_tokens": None if decoder is None else decoder.rows()}
+        print(_json(document))
+        return 0
+    print(table.table())
+    if decoder is not None:
         print("\ndecoder input:")
-        print(at.tokenize(model, text_b, truncate=not args.no_truncate).table())
+        print(decoder.table())
     return 0
+
+
+def _json(document: object) -> str:
+    """``document`` as JSON for scripts: NaN (a score that does not apply) becomes null."""
+    import json
+    import math
+
+    def clean(value: object) -> object:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(document), ensure_ascii=False, indent=1, allow_nan=False)
 
 
 def _cmd_heatmap(args: argparse.Namespace) -> int:
@@ -283,18 +310,26 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _cmd_heads(args: argparse.Namespace) -> int:
     """Every head's pattern scores as a table, and optionally a layers x heads map of labels."""
-    from attnscope.analysis import head_patterns
+    from attnscope.analysis import SCORES, head_patterns
 
     out = _output_path(args.output, (".png", ".svg", ".pdf")) if args.output else None
     gallery = _output_path(args.gallery, (".png", ".svg", ".pdf")) if args.gallery else None
     _, trace = _load_and_capture(args)
     table = head_patterns(trace, part=args.part)
-    print(f"{trace!r}")
-    print(table.to_text())
+    # with --json, stdout holds only the JSON document; what was written goes to stderr
+    notes = sys.stderr if args.json else sys.stdout
+    if args.json:
+        print(_json({"model": trace.model_name, "text": trace.text, "text_b": trace.text_b,
+                     "part": table.part, "unit": table.unit, "tokens": list(table.tokens),
+                     "num_layers": table.num_layers, "num_heads": table.num_heads,
+                     "scores": list(SCORES), "heads": table.records()}))
+    else:
+        print(f"{trace!r}")
+        print(table.to_text())
     if out is not None:
-        print(f"wrote {table.label_map().save(out)}")
+        print(f"wrote {table.label_map().save(out)}", file=notes)
     if gallery is not None:
-        print(f"wrote {table.gallery(trace).save(gallery)}")
+        print(f"wrote {table.gallery(trace).save(gallery)}", file=notes)
     return 0
 
 
@@ -357,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "character span of every token, and the decoded text.")
     _add_text_arguments(p)
     _add_model_arguments(p)
+    p.add_argument("--json", action="store_true",
+                   help="print JSON instead: {model, text, text_b, tokens: [{position, token, "
+                        "id, type_id, mask, special, start, end}], decoded, dropped, "
+                        "sentence_b_start, decoder_tokens}")
     p.set_defaults(func=_cmd_tokens)
 
     p = sub.add_parser("heatmap", help="draw one head's attention (or a grid of heads)",
@@ -417,6 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the layers x heads map of labels here (.png, .svg or .pdf)")
     p.add_argument("--gallery", type=Path, default=None,
                    help="draw the best heads of each pattern here (.png, .svg or .pdf)")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON instead: {model, text, text_b, part, unit, tokens, "
+                        "num_layers, num_heads, scores, heads: [{layer, head, label, "
+                        "label_score, class, <one field per score>}]}; a score that does not "
+                        "apply is null")
     p.set_defaults(func=_cmd_heads)
 
     p = sub.add_parser("report", help="one HTML page with every analysis of a text",
