@@ -95,8 +95,9 @@ def readme_sentences(model: at.LoadedModel) -> list[str]:
     differences = transformer_lens_differences(model)
     if differences is not None:
         sentences.append(
-            f"differ from TransformerLens's by up to {differences['previous']:.2f} (previous "
-            f"token) and {differences['duplicate']:.2f} (duplicate token)"
+            f"differ from TransformerLens's `detect_head` by up to "
+            f"{differences['previous']:.2f} (previous token) and "
+            f"{differences['duplicate']:.2f} (duplicate token)"
         )
     weight, norm = norm_figures(model)
     sentences.append(
