@@ -74,6 +74,30 @@ def test_norms_match_bert_output_projection(embedded, text_trace):
     assert norm_share < weight_share  # attention to [CLS]/[SEP] carries little
 
 
+
+def test_norms_of_words_are_the_norm_of_their_summed_vectors(embedded):
+    """For merged words, ||mean over the query word's tokens of the sum over the key word's
+    tokens of alpha f(x)||, computed here by hand from the token-level values."""
+    text = "The girl poured water into a tall glass until it overflowed."
+    tokens = at.capture(embedded, text, qkv=True)
+    words = at.capture(embedded, text, merge_words=True)
+    norms = at.attention_norms(words, embedded).norms  # (L, H, W, W)
+    groups = [[0], *[[i] for i in range(1, 11)], [11, 12, 13], [14], [15]]  # over ##flow ##ed
+    assert [tokens.tokens[i] for i in groups[11]] == ["over", "##flow", "##ed"]
+    assert norms.shape[2:] == (len(groups), len(groups))
+    dense = embedded.model.encoder.layer[2].attention.output.dense.weight.detach().numpy()
+    for head in (0, 7):
+        f = tokens.values[2, head] @ dense[:, head * 32:(head + 1) * 32].T  # (T, D)
+        alpha = tokens.attentions[2, head]
+        for w, v in ((11, 11), (3, 11), (11, 3), (2, 5)):
+            summed = np.mean([sum(alpha[i, j] * f[j] for j in groups[v]) for i in groups[w]],
+                             axis=0)  # (D,)
+            assert norms[2, head, w, v] == pytest.approx(np.linalg.norm(summed), rel=1e-4)
+            token_norms = np.mean([sum(alpha[i, j] * np.linalg.norm(f[j]) for j in groups[v])
+                                   for i in groups[w]])
+            assert norms[2, head, w, v] <= token_norms * (1 + 1e-5)  # never more than the sum
+
+
 def test_norms_on_grouped_query_llama(tiny_models):
     model = tiny_models["llama"]
     trace = at.capture(model, "hello there world", qkv=True)
