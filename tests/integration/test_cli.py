@@ -169,17 +169,16 @@ def test_long_text_is_cut_with_a_warning(capsys):
     assert "512 tokens; decoded" in out
 
 
-def test_tokens_and_heads_as_json_for_scripts(tmp_path, embedded):
-    """`--json` prints one JSON document on stdout (a real subprocess, as a script runs it),
-    with the same values as the Python API; figures written are noted on stderr."""
+def test_tokens_and_heads_as_json_for_scripts(tmp_path, embedded, capsys):
+    """`--json` prints one JSON document on stdout (for heads, in a real subprocess, as a script
+    runs it), with the same values as the Python API; figures written are noted on stderr."""
     import json
 
     import attnscope as at
 
-    command = [sys.executable, "-m", "attnscope"]
-    tokens = subprocess.run([*command, "tokens", SEED_A, SEED_B, "--json"],
-                            capture_output=True, text=True, check=True)
-    document = json.loads(tokens.stdout)
+    code, out, _ = run(capsys, "tokens", SEED_A, SEED_B, "--json")
+    assert code == 0
+    document = json.loads(out)
     assert [row["token"] for row in document["tokens"]][:6] == [
         "[CLS]", "leaves", "fall", "in", "autumn", "[SEP]"]
     assert document["sentence_b_start"] == 6 and document["dropped"] == 0
@@ -187,8 +186,9 @@ def test_tokens_and_heads_as_json_for_scripts(tmp_path, embedded):
                                      "mask": 1, "special": False, "start": 7, "end": 11}
 
     label_map = tmp_path / "map.png"
-    heads = subprocess.run([*command, "heads", "The cat sat on the mat.", "--json",
-                            "-o", str(label_map)], capture_output=True, text=True, check=True)
+    heads = subprocess.run([sys.executable, "-m", "attnscope", "heads", "The cat sat on the mat.",
+                            "--json", "-o", str(label_map)],
+                           capture_output=True, text=True, check=True)
     document = json.loads(heads.stdout)
     assert f"wrote {label_map}" in heads.stderr and label_map.stat().st_size > 0
     assert document["num_layers"] == 6 and document["num_heads"] == 12

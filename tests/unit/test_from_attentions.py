@@ -148,6 +148,9 @@ def test_queries_and_keys_feed_the_neuron_view_and_recompute():
     assert at.neuron_view(trace, 1, 1, 2).html
     rebuilt = recompute(trace, layer=1)
     assert rebuilt.max_abs_error < 1e-6
+    step = at.explain(trace, layer=1, head=0, query="c")
+    np.testing.assert_allclose(step.weights, att[1, 0, 2], atol=1e-6)
+    np.testing.assert_allclose(step.dots, k[1, 0] @ q[1, 0, 2], rtol=1e-5)
 
 
 def test_a_hand_written_self_attention_plotted_as_in_the_tutorials():
