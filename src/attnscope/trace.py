@@ -123,9 +123,14 @@ def float_array(value: Any, what: str) -> np.ndarray:
         return np.ascontiguousarray(array, dtype=np.float32)
     except (TypeError, ValueError):
         raise AttnscopeError(
-            f"{what} must be a numeric array (numpy, torch or nested lists of numbers), not "
-            f"{type(value).__name__}."
+            f"{_sentence(what)} must be a numeric array (numpy, torch or nested lists of "
+            f"numbers), not {type(value).__name__}."
         ) from None
+
+
+def _sentence(what: str) -> str:
+    """``what`` as the start of a sentence."""
+    return what[:1].upper() + what[1:]
 
 
 def attention_array(value: Any, what: str = "attentions", *, square: bool = True) -> np.ndarray:
@@ -142,7 +147,8 @@ def attention_array(value: Any, what: str = "attentions", *, square: bool = True
         batched = [a.shape[0] for a in layers if a.ndim == 4 and a.shape[0] != 1]
         if batched:
             raise AttnscopeError(
-                f"{what} holds a batch of {batched[0]} inputs; pass one input (batch size 1)."
+                f"{_sentence(what)} holds a batch of {batched[0]} inputs; pass one input "
+                "(batch size 1)."
             )
         layers = [a[0] if a.ndim == 4 else a for a in layers]  # (H, T_q, T_k) each
         shapes = {a.shape for a in layers}
@@ -157,7 +163,8 @@ def attention_array(value: Any, what: str = "attentions", *, square: bool = True
     if array.ndim == 5:
         if array.shape[1] != 1:
             raise AttnscopeError(
-                f"{what} holds a batch of {array.shape[1]} inputs; pass one input (batch size 1)."
+                f"{_sentence(what)} holds a batch of {array.shape[1]} inputs; pass one input "
+                "(batch size 1)."
             )
         array = array[:, 0]
     elif array.ndim == 3:
@@ -167,7 +174,8 @@ def attention_array(value: Any, what: str = "attentions", *, square: bool = True
     if array.ndim != 4:
         shapes = "[L, H, T, T], [H, T, T], [T, T]" if square else "[L, H, T, d], [H, T, d]"
         raise AttnscopeError(
-            f"{what} must be shaped {shapes} or a per-layer tuple, got shape {list(array.shape)}."
+            f"{_sentence(what)} must be shaped {shapes} or a per-layer tuple, got shape "
+            f"{list(array.shape)}."
         )
     return np.ascontiguousarray(array)
 

@@ -79,7 +79,8 @@ def test_everything_works_on_a_transformer_lens_trace(tl_run):
     assert table.score("induction").shape == (2, 4)
     assert at.pca(trace, -1).points.shape == (8, 2)
     assert at.neuron_view(trace, 1, 0, 5).html
-    assert "tiny TL" in at.report(trace).html
+    assert "tiny TL" in at.head_view(trace).html
+    np.testing.assert_allclose(at.attention_rollout(trace).values.sum(-1), 1.0, atol=1e-5)
 
 
 def test_mistakes_get_one_sentence(tl_run):
