@@ -44,6 +44,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fail on text longer than the model's limit instead of cutting it")
     parser.add_argument("--words", action="store_true",
                         help="merge sub-word tokens into words")
+    parser.add_argument("--no-special-tokens", action="store_true",
+                        help="tokenize without [CLS], [SEP], <s>... (add_special_tokens=False)")
 
 
 # Characters read from --file for each token the model can take: tokens rarely cover more
@@ -160,7 +162,8 @@ def _capture(model, text: str, text_b: str | None, args: argparse.Namespace, *,
     merge_words = getattr(args, "words", False)
     qkv = qkv and not merge_words and model.model_type in supported()
     return at.capture(model, text, text_b, truncate=not getattr(args, "no_truncate", False),
-                      merge_words=merge_words, qkv=qkv)
+                      merge_words=merge_words, qkv=qkv,
+                      add_special_tokens=not getattr(args, "no_special_tokens", False))
 
 
 def _load_and_capture(args: argparse.Namespace, *, qkv: bool = False):
@@ -176,7 +179,8 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
     text, text_b, model = _text_and_model(args)
     encoder_decoder = model.architecture == "encoder-decoder"
     table = at.tokenize(model, text, None if encoder_decoder else text_b,
-                        truncate=not args.no_truncate)
+                        truncate=not args.no_truncate,
+                        add_special_tokens=not args.no_special_tokens)
     decoder = None
     if encoder_decoder and text_b is not None:
         decoder = at.tokenize(model, text_b, truncate=not args.no_truncate)
@@ -302,7 +306,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise AttnscopeError("Name the query token with --token WORD or --position N.")
     text, text_b, model = _text_and_model(args)
     trace = at.capture(model, text, text_b, truncate=not args.no_truncate,
-                       qkv=args.part == "self")
+                       qkv=args.part == "self", add_special_tokens=not args.no_special_tokens)
     explanation = at.explain(trace, args.layer, args.head, query, part=args.part, model=model)
     print(explanation.table(dims=args.dims))
     return 0

@@ -184,6 +184,8 @@ def test_tokens_and_heads_as_json_for_scripts(tmp_path, embedded, capsys):
     assert document["sentence_b_start"] == 6 and document["dropped"] == 0
     assert document["tokens"][2] == {"position": 2, "token": "fall", "id": 2991, "type_id": 0,
                                      "mask": 1, "special": False, "start": 7, "end": 11}
+    code, out, _ = run(capsys, "tokens", SEED_A, "--json", "--no-special-tokens")
+    assert [row["token"] for row in json.loads(out)["tokens"]] == SEED_A.split()
 
     label_map = tmp_path / "map.png"
     heads = subprocess.run([sys.executable, "-m", "attnscope", "heads", "The cat sat on the mat.",
