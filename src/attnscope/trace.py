@@ -35,7 +35,8 @@ from numpy.lib import format as npy_format
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.files import atomic_write, describe_os_error
 
-__all__ = ["PARTS", "SPECIAL_TOKENS", "Trace", "attention_array", "check_attention", "float_array"]
+__all__ = ["PARTS", "SPECIAL_TOKENS", "Trace", "attention_array", "check_attention", "float_array",
+           "require_trace"]
 
 _FORMAT_VERSION = 1
 
@@ -885,3 +886,18 @@ def _meta_fields(meta: Any) -> dict[str, Any]:
 
 
 _JSON_NAMES = {str: "a string", int: "a whole number", list: "a list", dict: "an object"}
+
+
+def require_trace(value: Any, what: str) -> Trace:
+    """``value`` if it is a Trace, else one sentence saying what ``what`` takes instead."""
+    if isinstance(value, Trace):
+        return value
+    if isinstance(value, (np.ndarray, list, tuple)) or hasattr(value, "detach"):
+        raise AttnscopeError(
+            f"{what} takes a Trace, not a bare array; make one with "
+            "attnscope.Trace.from_attentions(attentions, tokens)."
+        )
+    raise AttnscopeError(
+        f"{what} takes a Trace from attnscope.capture or Trace.from_attentions, not "
+        f"{type(value).__name__}."
+    )

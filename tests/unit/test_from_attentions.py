@@ -207,3 +207,16 @@ def test_attention_graph_of_a_raw_matrix():
     assert len(figure.axes[0].patches) == 4  # 0.9 self-loop, 0.6, 0.5 and the 0.5 self-loop
     columns = at.attention_graph(np.full((2, 3), 1 / 3), ["x", "y"], ["a", "b", "c"], threshold=0)
     assert len(columns.axes[0].lines) == 6
+
+
+@pytest.mark.parametrize("name", ["head_patterns", "attention_rollout", "attention_flow",
+                                  "layer_trends", "attention_norms", "pca", "merge_subwords",
+                                  "head_view", "report", "heads_grid"])
+def test_analyses_given_a_bare_array_say_how_to_make_a_trace(name):
+    with pytest.raises(at.AttnscopeError) as caught:
+        getattr(at, name)(np.eye(3))
+    assert "Trace" in str(caught.value) and "\n" not in str(caught.value)
+    if name not in ("head_view", "report", "heads_grid"):
+        assert "Trace.from_attentions(attentions, tokens)" in str(caught.value)
+    with pytest.raises(at.AttnscopeError, match="not dict"):
+        getattr(at, name)({"attentions": None})

@@ -11,7 +11,7 @@ import numpy as np
 
 from attnscope.analysis.drawing import draw
 from attnscope.errors import AttnscopeError, check_index
-from attnscope.trace import Trace
+from attnscope.trace import Trace, require_trace
 
 __all__ = ["Projection", "pca", "token_path"]
 
@@ -75,6 +75,7 @@ def pca(trace: Trace, level: int = 0, *, skip_special: bool = False) -> Projecti
     ``level`` 0 is the embedding output (the input embeddings), l the output of layer l;
     negatives count from the end (-1: the last layer).
     """
+    require_trace(trace, "pca")
     states = _hidden_states(trace)
     level = check_index(level, states.shape[0], "hidden-state level")
     keep = np.arange(trace.num_tokens)
@@ -93,6 +94,7 @@ def token_path(trace: Trace, token: int) -> Projection:
     The PCA is fitted on ``hidden_states`` ``[L+1, T, D]`` flattened to ``[(L+1)*T, D]``, and
     the returned points are the token's L+1 states in level order.
     """
+    require_trace(trace, "token_path")
     states = _hidden_states(trace)
     token = check_index(token, trace.num_tokens, "token")
     levels, n, dim = states.shape

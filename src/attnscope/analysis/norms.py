@@ -27,7 +27,7 @@ import numpy as np
 
 from attnscope.analysis.drawing import draw
 from attnscope.errors import AttnscopeError, check_index
-from attnscope.trace import Trace
+from attnscope.trace import Trace, require_trace
 
 __all__ = ["NormAttention", "attention_norms"]
 
@@ -82,6 +82,7 @@ def attention_norms(trace: Trace, model=None) -> NormAttention:
     Returns:
         A :class:`NormAttention` with ``norms`` ``[L, H, T, T]``.
     """
+    require_trace(trace, "attention_norms")
     if model is None:
         raise AttnscopeError(
             "Norm-based attention needs the model for its output projection: "

@@ -49,7 +49,7 @@ import numpy as np
 
 from attnscope.analysis.drawing import draw
 from attnscope.errors import AttnscopeError, check_index
-from attnscope.trace import Trace
+from attnscope.trace import Trace, require_trace
 
 __all__ = [
     "KOVALEVA_CLASSES",
@@ -380,6 +380,7 @@ def head_patterns(trace: Trace, part: str = "self") -> HeadTable:
     Returns:
         A :class:`HeadTable` with ``scores`` ``[L, H, len(SCORES)]``, labels and classes.
     """
+    require_trace(trace, "head_patterns")
     if part == "cross":
         raise AttnscopeError("Head patterns score self-attention; use part 'self' or 'decoder'.")
     attn, tokens, _ = trace.check(part).part(part)
