@@ -41,6 +41,7 @@ _EXPORTS = {
     "capture": "attnscope.capture",
     "capture_batch": "attnscope.capture",
     "explain": "attnscope.explain",
+    "from_transformer_lens": "attnscope.transformer_lens",
     "head_patterns": "attnscope.analysis",
     "head_view": "attnscope.render.views",
     "heads_grid": "attnscope.render.static",
@@ -60,7 +61,7 @@ _EXPORTS = {
 
 _SUBMODULES = {
     "adapters", "analysis", "capture", "cli", "compat", "errors", "explain", "files", "models",
-    "render", "scratch", "testing", "tokens", "trace", "words",
+    "render", "scratch", "testing", "tokens", "trace", "transformer_lens", "words",
 }
 
 __all__ = [
@@ -81,6 +82,7 @@ __all__ = [
     "capture",
     "capture_batch",
     "explain",
+    "from_transformer_lens",
     "head_patterns",
     "head_view",
     "heads_grid",
@@ -150,4 +152,5 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from attnscope.render.views import AttnView, head_view, model_view, neuron_view
     from attnscope.tokens import Tokenization, TruncationWarning, tokenize
     from attnscope.trace import Trace
+    from attnscope.transformer_lens import from_transformer_lens
     from attnscope.words import merge_subwords

@@ -27,6 +27,7 @@ def capture(
     truncate: bool = True,
     merge_words: bool = False,
     qkv: bool = False,
+    add_special_tokens: bool = True,
 ) -> Trace:
     """Run ``model`` on ``text`` and return its Trace.
 
@@ -41,11 +42,14 @@ def capture(
             ``[L, H, T, d_head]`` (queries and keys post-rotary, key/value heads repeated to H),
             with the scale and any position bias in ``trace.extra``; needs an adapter for the
             model family (see :func:`attnscope.adapters.supported`).
+        add_special_tokens: False leaves out [CLS], [SEP], <s>..., as
+            ``tokenizer(text, add_special_tokens=False)`` does (the encoder's side only).
 
     Returns:
         A Trace with ``attentions`` ``[L, H, T, T]`` and ``hidden_states`` ``[L+1, T, D]``.
     """
-    (trace,) = _capture_chunk(model, [(text, text_b)], truncate=truncate, qkv=qkv)
+    (trace,) = _capture_chunk(model, [(text, text_b)], truncate=truncate, qkv=qkv,
+                              add_special_tokens=add_special_tokens)
     return _maybe_merge(trace, merge_words)
 
 
@@ -59,6 +63,7 @@ def capture_batch(
     merge_words: bool = False,
     progress: bool = False,
     qkv: bool = False,
+    add_special_tokens: bool = True,
 ) -> list[Trace]:
     """Capture many texts, ``batch_size`` at a time; returns one Trace per text, in order.
 
@@ -68,6 +73,7 @@ def capture_batch(
         iter_capture(
             model, texts, texts_b, batch_size=batch_size, truncate=truncate,
             merge_words=merge_words, progress=progress, qkv=qkv,
+            add_special_tokens=add_special_tokens,
         )
     )
 
@@ -82,6 +88,7 @@ def iter_capture(
     merge_words: bool = False,
     progress: bool = False,
     qkv: bool = False,
+    add_special_tokens: bool = True,
 ) -> Iterator[Trace]:
     """Like :func:`capture_batch`, but yields Traces as batches finish (nothing is lost if you
     stop early)."""
@@ -97,7 +104,8 @@ def iter_capture(
         chunks = tqdm(chunks, total=-(-len(pairs) // batch_size), unit="batch")
     for start in chunks:
         chunk = pairs[start : start + batch_size]
-        for trace in _capture_chunk(model, chunk, truncate=truncate, qkv=qkv):
+        for trace in _capture_chunk(model, chunk, truncate=truncate, qkv=qkv,
+                                    add_special_tokens=add_special_tokens):
             yield _maybe_merge(trace, merge_words)
 
 
@@ -111,7 +119,7 @@ def _maybe_merge(trace: Trace, merge_words: bool) -> Trace:
 
 def _capture_chunk(
     model: LoadedModel, pairs: list[tuple[str, str | None]], *, truncate: bool,
-    qkv: bool = False,
+    qkv: bool = False, add_special_tokens: bool = True,
 ) -> list[Trace]:
     import torch
 
@@ -122,8 +130,8 @@ def _capture_chunk(
         recorder = QKVRecorder(model)
 
     encoder_decoder = model.architecture == "encoder-decoder"
-    encoded = [tokenize(model, a, None if encoder_decoder else b, truncate=truncate)
-               for a, b in pairs]
+    encoded = [tokenize(model, a, None if encoder_decoder else b, truncate=truncate,
+                        add_special_tokens=add_special_tokens) for a, b in pairs]
     decoder_side: list[Tokenization] | None = None
     if encoder_decoder:
         decoder_side = [_decoder_tokens(model, b, truncate) for _, b in pairs]

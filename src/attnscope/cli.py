@@ -44,6 +44,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fail on text longer than the model's limit instead of cutting it")
     parser.add_argument("--words", action="store_true",
                         help="merge sub-word tokens into words")
+    parser.add_argument("--no-special-tokens", action="store_true",
+                        help="tokenize without [CLS], [SEP], <s>... (add_special_tokens=False)")
 
 
 # Characters read from --file for each token the model can take: tokens rarely cover more
@@ -160,7 +162,8 @@ def _capture(model, text: str, text_b: str | None, args: argparse.Namespace, *,
     merge_words = getattr(args, "words", False)
     qkv = qkv and not merge_words and model.model_type in supported()
     return at.capture(model, text, text_b, truncate=not getattr(args, "no_truncate", False),
-                      merge_words=merge_words, qkv=qkv)
+                      merge_words=merge_words, qkv=qkv,
+                      add_special_tokens=not getattr(args, "no_special_tokens", False))
 
 
 def _load_and_capture(args: argparse.Namespace, *, qkv: bool = False):
@@ -176,12 +179,40 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
     text, text_b, model = _text_and_model(args)
     encoder_decoder = model.architecture == "encoder-decoder"
     table = at.tokenize(model, text, None if encoder_decoder else text_b,
-                        truncate=not args.no_truncate)
-    print(table.table())
+                        truncate=not args.no_truncate,
+                        add_special_tokens=not args.no_special_tokens)
+    decoder = None
     if encoder_decoder and text_b is not None:
+        decoder = at.tokenize(model, text_b, truncate=not args.no_truncate)
+    if args.json:
+        document = {"model": model.name, "text": text, "text_b": text_b,
+                    "tokens": table.rows(), "decoded": table.decoded, "dropped": table.dropped,
+                    "sentence_b_start": table.sentence_b_start,
+                    "decoder_tokens": None if decoder is None else decoder.rows()}
+        print(_json(document))
+        return 0
+    print(table.table())
+    if decoder is not None:
         print("\ndecoder input:")
-        print(at.tokenize(model, text_b, truncate=not args.no_truncate).table())
+        print(decoder.table())
     return 0
+
+
+def _json(document: object) -> str:
+    """``document`` as JSON for scripts: NaN (a score that does not apply) becomes null."""
+    import json
+    import math
+
+    def clean(value: object) -> object:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(document), ensure_ascii=False, indent=1, allow_nan=False)
 
 
 def _cmd_heatmap(args: argparse.Namespace) -> int:
@@ -298,7 +329,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise AttnscopeError("Name the query token with --token WORD or --position N.")
     text, text_b, model = _text_and_model(args)
     trace = at.capture(model, text, text_b, truncate=not args.no_truncate,
-                       qkv=args.part == "self")
+                       qkv=args.part == "self", add_special_tokens=not args.no_special_tokens)
     explanation = at.explain(trace, args.layer, args.head, query, part=args.part, model=model)
     print(explanation.table(dims=args.dims))
     return 0
@@ -306,18 +337,26 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _cmd_heads(args: argparse.Namespace) -> int:
     """Every head's pattern scores as a table, and optionally a layers x heads map of labels."""
-    from attnscope.analysis import head_patterns
+    from attnscope.analysis import SCORES, head_patterns
 
     out = _output_path(args.output, (".png", ".svg", ".pdf")) if args.output else None
     gallery = _output_path(args.gallery, (".png", ".svg", ".pdf")) if args.gallery else None
     _, trace = _load_and_capture(args)
     table = head_patterns(trace, part=args.part)
-    print(f"{trace!r}")
-    print(table.to_text())
+    # with --json, stdout holds only the JSON document; what was written goes to stderr
+    notes = sys.stderr if args.json else sys.stdout
+    if args.json:
+        print(_json({"model": trace.model_name, "text": trace.text, "text_b": trace.text_b,
+                     "part": table.part, "unit": table.unit, "tokens": list(table.tokens),
+                     "num_layers": table.num_layers, "num_heads": table.num_heads,
+                     "scores": list(SCORES), "heads": table.records()}))
+    else:
+        print(f"{trace!r}")
+        print(table.to_text())
     if out is not None:
-        print(f"wrote {table.label_map().save(out)}")
+        print(f"wrote {table.label_map().save(out)}", file=notes)
     if gallery is not None:
-        print(f"wrote {table.gallery(trace).save(gallery)}")
+        print(f"wrote {table.gallery(trace).save(gallery)}", file=notes)
     return 0
 
 
@@ -380,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "character span of every token, and the decoded text.")
     _add_text_arguments(p)
     _add_model_arguments(p)
+    p.add_argument("--json", action="store_true",
+                   help="print JSON instead: {model, text, text_b, tokens: [{position, token, "
+                        "id, type_id, mask, special, start, end}], decoded, dropped, "
+                        "sentence_b_start, decoder_tokens}")
     p.set_defaults(func=_cmd_tokens)
 
     p = sub.add_parser("heatmap", help="draw one head's attention (or a grid of heads)",
@@ -440,6 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the layers x heads map of labels here (.png, .svg or .pdf)")
     p.add_argument("--gallery", type=Path, default=None,
                    help="draw the best heads of each pattern here (.png, .svg or .pdf)")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON instead: {model, text, text_b, part, unit, tokens, "
+                        "num_layers, num_heads, scores, heads: [{layer, head, label, "
+                        "label_score, class, <one field per score>}]}; a score that does not "
+                        "apply is null")
     p.set_defaults(func=_cmd_heads)
 
     p = sub.add_parser("report", help="one HTML page with every analysis of a text",

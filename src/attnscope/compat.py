@@ -23,11 +23,9 @@ import numpy as np
 
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.render.views import AttnView
-from attnscope.trace import Trace
+from attnscope.trace import SPECIAL_TOKENS, Trace
 
 __all__ = ["head_view", "model_view"]
-
-_SPECIAL = {"[CLS]", "[SEP]", "[PAD]", "[MASK]", "<s>", "</s>", "<pad>", "<|endoftext|>"}
 
 
 def head_view(
@@ -154,27 +152,11 @@ def _pretty(tokens: Sequence[str], prettify: bool, what: str = "tokens") -> list
     return ["".join(marks.get(ch, ch) for ch in t) for t in tokens]
 
 
-def _token_fields(tokens: list[str], sentence_b_start: int | None) -> dict[str, Any]:
-    n = len(tokens)
-    special = np.array([t.strip() in _SPECIAL for t in tokens], dtype=bool)
-    segment = np.zeros(n, dtype=np.int64)
-    if sentence_b_start is not None:
-        segment[sentence_b_start:] = 1
-    return {
-        "input_ids": np.zeros(n, dtype=np.int64),
-        "token_type_ids": segment.copy(),
-        "special_mask": special,
-        "word_ids": np.where(special, -1, np.arange(n)),
-        "offsets": np.full((n, 2), -1, dtype=np.int64),
-        "segment_ids": np.where(special, -1, segment),
-    }
-
-
 def _trace(attention, tokens, sentence_b_start, prettify, encoder_attention, decoder_attention,
            cross_attention, encoder_tokens, decoder_tokens, include_layers,
            include_heads) -> tuple[Trace, list[int], list[int] | None]:
-    """A Trace built from bertviz's arguments, the layer numbers it keeps and the head numbers
-    it keeps (None: all)."""
+    """A Trace built from bertviz's arguments (through :meth:`Trace.from_attentions`), the layer
+    numbers it keeps and the head numbers it keeps (None: all)."""
     if attention is not None:
         if tokens is None:
             raise AttnscopeError(
@@ -217,8 +199,9 @@ def _trace(attention, tokens, sentence_b_start, prettify, encoder_attention, dec
     if include_heads is not None:
         keep = sorted({check_index(h, att.shape[1], "head") for h in include_heads})
         att = att[:, keep]  # (L, H_kept, T, T)
-    fields: dict[str, Any] = {}
-    architecture = "encoder"
+    # the same checks and token facts as any attention from elsewhere
+    trace = Trace.from_attentions(att, toks, sentence_b_start=sentence_b_start,
+                                  causal=None if dec is None else False)
     if dec is not None:
         dec_att, cross_att, dec_toks = dec
         m = len(dec_toks)
@@ -241,20 +224,11 @@ def _trace(attention, tokens, sentence_b_start, prettify, encoder_attention, dec
             for h in keep:
                 check_index(h, min(dec_att.shape[1], cross_att.shape[1]), "head")
             dec_att, cross_att = dec_att[:, keep], cross_att[:, keep]  # (L, H_kept, ., .)
-        architecture = "encoder-decoder"
-        fields = {
-            "decoder_tokens": dec_toks,
-            "decoder_special_mask": np.array([t.strip() in _SPECIAL for t in dec_toks]),
-            "decoder_attentions": dec_att,
-            "cross_attentions": cross_att,
-        }
-    trace = Trace(
-        model_name="attention", model_type="unknown", architecture=architecture,
-        text=" ".join(toks), text_b=None, tokens=tuple(toks),
-        sentence_b_start=sentence_b_start, attentions=att,
-        hidden_states=np.zeros((att.shape[0] + 1, n, 0), dtype=np.float32),
-        **_token_fields(toks, sentence_b_start), **fields,
-    )
+        trace = trace.replace(
+            architecture="encoder-decoder", decoder_tokens=dec_toks,
+            decoder_special_mask=np.array([t.strip() in SPECIAL_TOKENS for t in dec_toks]),
+            decoder_attentions=dec_att, cross_attentions=cross_att,
+        )
     for part in trace.parts:  # NaN, negative or unnormalised weights: one sentence, no view
         trace.check(part)
     return trace, layers, keep

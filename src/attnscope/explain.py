@@ -254,7 +254,6 @@ def explain(
             f"explain takes a Trace from attnscope.capture(model, text, qkv=True), "
             f"not {type(trace).__name__}."
         )
-    adapter = get_adapter(trace.model_type, "queries, keys and explanations")
     if trace.unit != "token":
         raise AttnscopeError("explain works on tokens; capture the trace without merge_words.")
     attentions, query_tokens, key_tokens = trace.part(part)
@@ -270,6 +269,7 @@ def explain(
         window = layer_window(trace, layer)
         full_bias = stored_position_bias(trace)  # (H, T, T) or None
     elif model is not None:
+        adapter = get_adapter(trace.model_type, "queries, keys and explanations")
         r = recompute(trace, layer=layer, model=model, part=part)
         q, keys = r.queries[head, qi], r.keys[head]  # (d,), (T_k, d)
         params = adapter.attention(model.model, layer, part)

@@ -155,11 +155,14 @@ def tokenize(
     text_b: str | None = None,
     *,
     truncate: bool = True,
+    add_special_tokens: bool = True,
 ) -> Tokenization:
     """Tokenize ``text`` (and ``text_b`` as the second sentence of a pair) for ``model``.
 
     Text longer than the model's limit is cut with a :class:`TruncationWarning` saying how
     many tokens were dropped, or, with ``truncate=False``, raises an :class:`AttnscopeError`.
+    ``add_special_tokens=False`` leaves out [CLS], [SEP], <s>... (as ``tokenizer(text,
+    add_special_tokens=False)`` does), for exercises that feed the model the words alone.
     """
     check_text(text)
     if text_b is not None:
@@ -170,6 +173,7 @@ def tokenize(
         "return_special_tokens_mask": True,
         "return_token_type_ids": True,
         "return_attention_mask": True,
+        "add_special_tokens": add_special_tokens,
     }
     fast = bool(getattr(tokenizer, "is_fast", False))
     if fast:

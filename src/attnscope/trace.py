@@ -24,6 +24,7 @@ import os
 import stat
 import sys
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -34,7 +35,8 @@ from numpy.lib import format as npy_format
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.files import atomic_write, describe_os_error
 
-__all__ = ["PARTS", "Trace", "check_attention"]
+__all__ = ["PARTS", "SPECIAL_TOKENS", "Trace", "attention_array", "check_attention", "float_array",
+           "require_trace"]
 
 _FORMAT_VERSION = 1
 
@@ -100,6 +102,83 @@ def check_attention(attentions: np.ndarray, what: str = "the attention") -> None
                 f"{what} has rows that do not sum to 1 (one sums to {sums[worst]:.4g}); "
                 "attention weights are a softmax over the keys."
             )
+
+
+#: Token strings taken for special tokens in a Trace built from arrays.
+SPECIAL_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "[MASK]", "<s>", "</s>", "<pad>",
+                            "<|endoftext|>", "<bos>", "<eos>", "<|begin_of_text|>"})
+
+
+def float_array(value: Any, what: str) -> np.ndarray:
+    """``value`` (torch of any dtype and device, numpy, nested lists) as a float32 array."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+        value = value.detach().cpu()
+        value = value.float() if value.is_floating_point() else value
+        value = value.numpy()
+    elif hasattr(value, "__array__") or hasattr(value, "__array_interface__"):
+        value = np.asarray(value)  # JAX, CuPy on the host, pandas ...
+    try:
+        array = np.asarray(value)
+        if array.dtype == object or array.dtype.kind in "USV":
+            raise TypeError
+        return np.ascontiguousarray(array, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise AttnscopeError(
+            f"{_sentence(what)} must be a numeric array (numpy, torch or nested lists of "
+            f"numbers), not {type(value).__name__}."
+        ) from None
+
+
+def _sentence(what: str) -> str:
+    """``what`` as the start of a sentence."""
+    return what[:1].upper() + what[1:]
+
+
+def attention_array(value: Any, what: str = "attentions", *, square: bool = True) -> np.ndarray:
+    """Attention-shaped input as float32 ``[L, H, T_q, T_k]``.
+
+    Takes ``[L, H, T_q, T_k]``, ``[H, T_q, T_k]`` (one layer), ``[T_q, T_k]`` (one head; only
+    when ``square``), ``[L, 1, H, T_q, T_k]``, or a per-layer tuple or list of ``[1, H, T_q, T_k]``
+    or ``[H, T_q, T_k]`` (bertviz's and transformers' ``outputs.attentions``). With ``square``
+    False the last axis is a vector's (queries, keys and values ``[L, H, T, d]``).
+    """
+    if isinstance(value, (tuple, list)) and value and hasattr(value[0], "shape"):
+        # one array or tensor per layer (nested lists of numbers are one array)
+        layers = [float_array(v, what) for v in value]
+        batched = [a.shape[0] for a in layers if a.ndim == 4 and a.shape[0] != 1]
+        if batched:
+            raise AttnscopeError(
+                f"{_sentence(what)} holds a batch of {batched[0]} inputs; pass one input "
+                "(batch size 1)."
+            )
+        layers = [a[0] if a.ndim == 4 else a for a in layers]  # (H, T_q, T_k) each
+        shapes = {a.shape for a in layers}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+            raise AttnscopeError(
+                f"The layers of {what} must each be [1, H, T, T] of one shape, got "
+                f"{sorted(str(list(s)) for s in shapes)}."
+            )
+        array = np.stack(layers)  # (L, H, T_q, T_k)
+    else:
+        array = float_array(value, what)
+    if array.ndim == 5:
+        if array.shape[1] != 1:
+            raise AttnscopeError(
+                f"{_sentence(what)} holds a batch of {array.shape[1]} inputs; pass one input "
+                "(batch size 1)."
+            )
+        array = array[:, 0]
+    elif array.ndim == 3:
+        array = array[None]  # one layer
+    elif array.ndim == 2 and square:
+        array = array[None, None]  # one head
+    if array.ndim != 4:
+        shapes = "[L, H, T, T], [H, T, T], [T, T]" if square else "[L, H, T, d], [H, T, d]"
+        raise AttnscopeError(
+            f"{_sentence(what)} must be shaped {shapes} or a per-layer tuple, got shape "
+            f"{list(array.shape)}."
+        )
+    return np.ascontiguousarray(array)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -236,6 +315,132 @@ class Trace:
             check_attention(attentions, label)
             checked.add(part)
         return self
+
+    # ----- from arrays ------------------------------------------------------------------------
+    @classmethod
+    def from_attentions(
+        cls,
+        attentions: Any,
+        tokens: Sequence[str],
+        *,
+        sentence_b_start: int | None = None,
+        causal: bool | None = None,
+        hidden_states: Any = None,
+        queries: Any = None,
+        keys: Any = None,
+        values: Any = None,
+        model_name: str | None = None,
+        scale: float | None = None,
+    ) -> Trace:
+        """A Trace from attention weights computed anywhere: your own module, another library,
+        a paper's matrix.
+
+        Args:
+            attentions: numpy, torch (any dtype, any device) or anything array-like, shaped
+                ``[L, H, T, T]``, ``[H, T, T]`` (one layer) or ``[T, T]`` (one head), or
+                bertviz's per-layer tuple of ``[1, H, T, T]``. Rows are queries, columns keys;
+                every row must sum to 1.
+            tokens: the T tokens, as strings.
+            sentence_b_start: position of the first token of a second sentence, if any.
+            causal: whether queries only see earlier keys; by default, True exactly when no
+                query attends to a later key.
+            hidden_states: ``[L+1, T, D]`` (embedding output first), for PCA and token paths.
+            queries, keys: ``[L, H, T, d]`` (or per-layer tuples), for the neuron view and
+                ``explain``; values ``[L, H, T, d_v]``.
+            model_name: shown in titles (default "attention").
+            scale: the factor on q·k when ``queries`` and ``keys`` are given (default
+                ``1/sqrt(d)``).
+
+        Raises:
+            AttnscopeError: a shape that does not fit the tokens, NaN or infinite values,
+                negative weights, rows that do not sum to 1, or ``causal=True`` with a query
+                attending to a later key; the sentence says which.
+        """
+        if isinstance(tokens, str) or not isinstance(tokens, Sequence):
+            raise AttnscopeError(
+                "tokens must be a list of token strings, one per row of the attention, not "
+                f"{type(tokens).__name__}."
+            )
+        tokens = tuple(str(t) for t in tokens)
+        att = attention_array(attentions, "attentions")
+        n = len(tokens)
+        if att.shape[2] != att.shape[3]:
+            raise AttnscopeError(
+                f"Self-attention is square over the tokens, but the attentions are "
+                f"{att.shape[2]} x {att.shape[3]}."
+            )
+        if att.shape[2] != n:
+            raise AttnscopeError(
+                f"The attention covers {att.shape[2]} tokens but {n} tokens were given."
+            )
+        if n == 0 or att.shape[0] * att.shape[1] == 0:
+            raise AttnscopeError("The attentions are empty: there is nothing to look at.")
+        try:
+            check_attention(att, "the attentions")
+        except AttnscopeError as err:
+            columns = att.sum(axis=-2, dtype=np.float64)  # (L, H, T_k)
+            if np.all(np.abs(columns - 1) <= ROW_SUM_TOLERANCE):
+                raise AttnscopeError(
+                    f"{err} Its columns sum to 1 instead: pass the transpose, queries as rows."
+                ) from None
+            raise
+        later = bool(np.any(np.triu(att, k=1) > 0))  # some query attends to a later key
+        if causal is None:
+            causal = n > 1 and not later
+        elif causal and later:
+            raise AttnscopeError(
+                "causal=True, but some query attends to a later key; pass causal=False."
+            )
+        layers, heads = att.shape[:2]
+        fields: dict[str, Any] = {}
+        if hidden_states is not None:
+            states = float_array(hidden_states, "hidden_states")
+            if states.ndim != 3 or states.shape[:2] != (layers + 1, n):
+                raise AttnscopeError(
+                    f"hidden_states must be [{layers + 1}, {n}, D] (the embedding output, then "
+                    f"each of the {layers} layers' outputs), got {list(states.shape)}."
+                )
+        else:
+            states = np.zeros((layers + 1, n, 0), dtype=np.float32)  # none: D = 0
+        if (queries is None) != (keys is None):
+            raise AttnscopeError("Pass queries and keys together (values are optional).")
+        for name, value in (("queries", queries), ("keys", keys), ("values", values)):
+            if value is None:
+                continue
+            array = attention_array(value, name, square=False)
+            if array.shape[:3] != (layers, heads, n):
+                raise AttnscopeError(
+                    f"{name} must be [{layers}, {heads}, {n}, d] to match the attentions, got "
+                    f"{list(array.shape)}."
+                )
+            if not np.isfinite(array).all():
+                raise AttnscopeError(f"{name} holds NaN or infinite values.")
+            fields[name] = array
+        extra: dict[str, Any] = {"source": "arrays"}
+        if scale is not None:
+            extra["attention_scale"] = float(scale)
+        if sentence_b_start is not None:
+            check_index(sentence_b_start, n, "sentence_b_start", "token positions")
+        special = np.array([t.strip() in SPECIAL_TOKENS for t in tokens], dtype=bool)
+        segment = np.zeros(n, dtype=np.int64)
+        if sentence_b_start is not None:
+            segment[sentence_b_start:] = 1
+        trace = cls(
+            model_name=model_name or "attention", model_type="unknown",
+            architecture="decoder" if causal else "encoder", text=" ".join(tokens), text_b=None,
+            tokens=tokens, input_ids=np.zeros(n, dtype=np.int64), token_type_ids=segment.copy(),
+            special_mask=special, word_ids=np.where(special, -1, np.arange(n)),
+            offsets=np.full((n, 2), -1, dtype=np.int64),
+            segment_ids=np.where(special, -1, segment), sentence_b_start=sentence_b_start,
+            attentions=att, hidden_states=states, extra=extra, **fields,
+        )
+        trace.__dict__["_checked_parts"] = {"self"}
+        return trace
+
+    @property
+    def has_hidden_states(self) -> bool:
+        """Whether the Trace holds hidden states (one built from attention alone does not)."""
+        return self.hidden_states.ndim == 3 and self.hidden_states.shape[-1] > 0
 
     def replace(self, **changes: Any) -> Trace:
         """A new Trace with some fields changed (this one stays as it is)."""
@@ -681,3 +886,18 @@ def _meta_fields(meta: Any) -> dict[str, Any]:
 
 
 _JSON_NAMES = {str: "a string", int: "a whole number", list: "a list", dict: "an object"}
+
+
+def require_trace(value: Any, what: str) -> Trace:
+    """``value`` if it is a Trace, else one sentence saying what ``what`` takes instead."""
+    if isinstance(value, Trace):
+        return value
+    if isinstance(value, (np.ndarray, list, tuple)) or hasattr(value, "detach"):
+        raise AttnscopeError(
+            f"{what} takes a Trace, not a bare array; make one with "
+            "attnscope.Trace.from_attentions(attentions, tokens)."
+        )
+    raise AttnscopeError(
+        f"{what} takes a Trace from attnscope.capture or Trace.from_attentions, not "
+        f"{type(value).__name__}."
+    )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnscope.trace import Trace
+from attnscope.trace import Trace, require_trace
 
 __all__ = ["merge_subwords", "word_groups"]
 
@@ -65,6 +65,7 @@ def merge_subwords(trace: Trace) -> Trace:
     ``[L+1, T, D]`` becomes ``[L+1, W, D]`` for W words. Encoder-decoder traces merge both
     sides; cross attention merges decoder queries and encoder keys.
     """
+    require_trace(trace, "merge_subwords")
     if trace.unit == "word":
         return trace
     groups = word_groups(trace.word_ids)

@@ -187,3 +187,22 @@ def test_odd_unicode_and_html_like_text_is_captured_as_text(embedded):
     trace = at.capture(embedded, text)
     assert "<" in trace.tokens and "script" in trace.tokens
     np.testing.assert_allclose(trace.attentions.sum(-1), 1.0, atol=1e-5)
+
+
+def test_without_special_tokens_as_the_tokenizer_and_model_give_it(embedded):
+    """Exercises that tokenize with add_special_tokens=False (no [CLS]/[SEP]) get the same
+    tokens and the model's own attention for them."""
+    import torch
+
+    text = "The cat sat on the mat."
+    trace = at.capture(embedded, text, add_special_tokens=False)
+    encoded = embedded.tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    assert trace.input_ids.tolist() == encoded["input_ids"][0].tolist()
+    assert trace.tokens == ("the", "cat", "sat", "on", "the", "mat", ".")
+    assert not trace.special_mask.any() and trace.word_ids.tolist() == [0, 1, 2, 3, 4, 5, 6]
+    with torch.inference_mode():
+        out = embedded.model(**encoded, output_attentions=True)
+    expected = torch.stack(out.attentions)[:, 0].numpy()  # (L, H, T, T)
+    np.testing.assert_allclose(trace.attentions, expected, atol=1e-6)
+    (batched,) = at.capture_batch(embedded, [text], add_special_tokens=False)
+    np.testing.assert_allclose(batched.attentions, trace.attentions, atol=1e-5)

@@ -167,3 +167,36 @@ def test_long_text_is_cut_with_a_warning(capsys):
     assert "attnscope: warning: The text has 602 tokens but the model takes at most 512: the " \
            "last 90 tokens were dropped." in err
     assert "512 tokens; decoded" in out
+
+
+def test_tokens_and_heads_as_json_for_scripts(tmp_path, embedded, capsys):
+    """`--json` prints one JSON document on stdout (for heads, in a real subprocess, as a script
+    runs it), with the same values as the Python API; figures written are noted on stderr."""
+    import json
+
+    import attnscope as at
+
+    code, out, _ = run(capsys, "tokens", SEED_A, SEED_B, "--json")
+    assert code == 0
+    document = json.loads(out)
+    assert [row["token"] for row in document["tokens"]][:6] == [
+        "[CLS]", "leaves", "fall", "in", "autumn", "[SEP]"]
+    assert document["sentence_b_start"] == 6 and document["dropped"] == 0
+    assert document["tokens"][2] == {"position": 2, "token": "fall", "id": 2991, "type_id": 0,
+                                     "mask": 1, "special": False, "start": 7, "end": 11}
+    code, out, _ = run(capsys, "tokens", SEED_A, "--json", "--no-special-tokens")
+    assert [row["token"] for row in json.loads(out)["tokens"]] == SEED_A.split()
+
+    label_map = tmp_path / "map.png"
+    heads = subprocess.run([sys.executable, "-m", "attnscope", "heads", "The cat sat on the mat.",
+                            "--json", "-o", str(label_map)],
+                           capture_output=True, text=True, check=True)
+    document = json.loads(heads.stdout)
+    assert f"wrote {label_map}" in heads.stderr and label_map.stat().st_size > 0
+    assert document["num_layers"] == 6 and document["num_heads"] == 12
+    assert len(document["heads"]) == 72 and document["scores"] == list(at.analysis.SCORES)
+    table = at.head_patterns(at.capture(embedded, "The cat sat on the mat."))
+    for record, expected in zip(document["heads"], table.records(), strict=True):
+        assert record["label"] == expected["label"] and record["class"] == expected["class"]
+        assert record["previous"] == pytest.approx(expected["previous"], abs=1e-6)
+        assert record["induction"] is None  # an encoder: induction does not apply

@@ -224,3 +224,17 @@ def test_layer_trends_on_hand_built_attention():
     assert trends.stat("entropy")[0] == pytest.approx(0.0)
     assert trends.stat("punctuation")[1] == pytest.approx(1 / n)
     assert "entropy" in trends.to_text()
+
+
+def test_separator_is_not_applicable_without_separator_tokens():
+    """GPT-2 puts no [SEP]/EOS after the text: the separator score is NaN (shown as "-"), not
+    the attention to the last token."""
+    n = 5
+    att = np.zeros((1, 1, n, n), dtype=np.float32)
+    att[0, 0, :, n - 1] = 1.0  # every query on the last token
+    trace = at.Trace.from_attentions(att, ["a", "b", "c", "d", "e"], causal=False)
+    table = at.head_patterns(trace)
+    assert np.isnan(table.score("separator")[0, 0])
+    assert table.labels[0, 0] != "separator"
+    with_sep = at.Trace.from_attentions(att, ["[CLS]", "b", "c", "d", "[SEP]"], causal=False)
+    assert at.head_patterns(with_sep).score("separator")[0, 0] == pytest.approx(1.0)

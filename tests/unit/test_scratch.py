@@ -112,6 +112,17 @@ def test_self_attention_module_as_in_the_notebook():
     assert not torch.allclose(w_train, attn.eval()(x)[1])
 
 
+
+def test_a_new_self_attention_module_returns_weights_that_sum_to_one():
+    """A fresh module is in training mode; without dropout by default its weights are a real
+    distribution over the keys, as a learner plots them."""
+    torch.manual_seed(0)
+    attn = SelfAttention(16)
+    assert attn.training
+    _, w = attn(torch.randn(1, 7, 16))
+    torch.testing.assert_close(w.sum(-1), torch.ones(1, 7))
+    assert torch.all(w > 0)
+
 def test_multi_head_attention_equals_a_loop_over_heads():
     """The split/concat of exercise 3 in seed 004: each head is its own small attention."""
     torch.manual_seed(1)

@@ -85,7 +85,7 @@ class QKVRecorder:
         """
         import torch
 
-        from attnscope.scratch import apply_rotary, repeat_kv, rotary_cos_sin
+        from attnscope.adapters.positions import apply_rotary, repeat_kv, rotary_cos_sin
 
         queries, keys, values = [], [], []
         for layer in range(self.num_layers):

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attnscope.analysis.drawing import draw
 from attnscope.errors import AttnscopeError, check_index
-from attnscope.trace import Trace
+from attnscope.trace import Trace, require_trace
 
 __all__ = ["Projection", "pca", "token_path"]
 
@@ -35,9 +36,18 @@ class Projection:
 
     def figure(self, *, path: bool = False):
         """Scatter plot with token labels (``path=True``: points joined in level order)."""
-        from attnscope.analysis.figures import projection_figure
+        return draw(self, "figure", path=path)
 
-        return projection_figure(self, path=path)
+
+def _hidden_states(trace: Trace) -> np.ndarray:
+    """``trace.hidden_states`` ``[L+1, T, D]``, or one sentence when the Trace holds none."""
+    if not trace.has_hidden_states:
+        raise AttnscopeError(
+            "This trace holds no hidden states (it was built from attention weights alone), so "
+            "there is nothing to project; pass hidden_states to Trace.from_attentions, or "
+            "capture the text with attnscope.capture."
+        )
+    return trace.hidden_states
 
 
 def _project(x: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
@@ -66,7 +76,8 @@ def pca(trace: Trace, level: int = 0, *, skip_special: bool = False) -> Projecti
     ``level`` 0 is the embedding output (the input embeddings), l the output of layer l;
     negatives count from the end (-1: the last layer).
     """
-    states = trace.hidden_states
+    require_trace(trace, "pca")
+    states = _hidden_states(trace)
     level = check_index(level, states.shape[0], "hidden-state level")
     keep = np.arange(trace.num_tokens)
     if skip_special:
@@ -84,7 +95,8 @@ def token_path(trace: Trace, token: int) -> Projection:
     The PCA is fitted on ``hidden_states`` ``[L+1, T, D]`` flattened to ``[(L+1)*T, D]``, and
     the returned points are the token's L+1 states in level order.
     """
-    states = trace.hidden_states
+    require_trace(trace, "token_path")
+    states = _hidden_states(trace)
     token = check_index(token, trace.num_tokens, "token")
     levels, n, dim = states.shape
     points, explained = _project(states.reshape(levels * n, dim))  # ((L+1)*T, 2)

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.patches import Arc, Patch
 
+from attnscope.analysis.drawing import draws
+from attnscope.analysis.embeddings import Projection
+from attnscope.analysis.flow import FlowResult
+from attnscope.analysis.layers import LAYER_STATS, LayerTrends
+from attnscope.analysis.norms import NormAttention
+from attnscope.analysis.patterns import _MASS_SCORES, SCORES, HeadTable
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.render.static import (
     AttnFigure,
     _label,
     _set_token_ticks,
     heatmap,
+    matrix_and_tokens,
     weight_cmap,
 )
 from attnscope.trace import Trace
@@ -33,7 +42,8 @@ def _fontsize(n: int) -> float:
     return 9 if n <= 40 else 6
 
 
-def flow_matrix_figure(result) -> AttnFigure:
+@draws(FlowResult, "matrix")
+def flow_matrix_figure(result: FlowResult) -> AttnFigure:
     """Rollout or flow as an output x input heatmap (raw values; flow rows are not normalised)."""
     rows = [result.tokens[i] for i in result.outputs]
     cols = result.tokens
@@ -51,7 +61,8 @@ def flow_matrix_figure(result) -> AttnFigure:
     return fig
 
 
-def relevance_bar_figure(result, output: int) -> AttnFigure:
+@draws(FlowResult, "bar")
+def relevance_bar_figure(result: FlowResult, output: int) -> AttnFigure:
     """Bar chart of the input relevance (normalised to sum to 1) of one output token."""
     output = check_index(output, len(result.tokens), "output token")
     rel = result.relevance(output)
@@ -80,7 +91,8 @@ _SHORT = {"previous": "prev", "separator": "sep", "punctuation": "punct", "dupli
           "self": "self"}
 
 
-def label_map_figure(table) -> AttnFigure:
+@draws(HeadTable, "label_map")
+def label_map_figure(table: HeadTable) -> AttnFigure:
     """Layers (rows) x heads (columns), each cell coloured by its label with the score."""
     layers, heads = table.num_layers, table.num_heads
     fig = AttnFigure(figsize=(max(5.0, 0.75 * heads + 2.8), max(2.5, 0.55 * layers + 1.4)),
@@ -111,10 +123,9 @@ def label_map_figure(table) -> AttnFigure:
     return fig
 
 
-def gallery_figure(table, trace: Trace, patterns=None, n: int = 3) -> AttnFigure:
+@draws(HeadTable, "gallery")
+def gallery_figure(table: HeadTable, trace: Trace, patterns=None, n: int = 3) -> AttnFigure:
     """For each pattern, its ``n`` best heads as heatmaps (one row per pattern)."""
-    from attnscope.analysis.patterns import _MASS_SCORES, SCORES
-
     if patterns is None:
         patterns = [p for p in _MASS_SCORES if (b := table.best(p, 1)) and b[0][2] > 0.3]
         patterns.append("broad")
@@ -144,7 +155,9 @@ def gallery_figure(table, trace: Trace, patterns=None, n: int = 3) -> AttnFigure
     return fig
 
 
-def norms_figure(norm_attention, layer: int = -1, head: int | None = None) -> AttnFigure:
+@draws(NormAttention, "figure")
+def norms_figure(norm_attention: NormAttention, layer: int = -1,
+                 head: int | None = None) -> AttnFigure:
     """Raw attention (left) beside norm-based attention ||alpha f(x)|| (right)."""
     trace = norm_attention.trace
     layer = check_index(layer, trace.num_layers, "layer")
@@ -174,10 +187,9 @@ def norms_figure(norm_attention, layer: int = -1, head: int | None = None) -> At
     return fig
 
 
-def layer_trends_figure(trends) -> AttnFigure:
+@draws(LayerTrends, "figure")
+def layer_trends_figure(trends: LayerTrends) -> AttnFigure:
     """Four panels: entropy, distance, attention to special tokens, to punctuation, by layer."""
-    from attnscope.analysis.layers import LAYER_STATS
-
     titles = {"entropy": "normalised entropy", "distance": f"mean distance ({trends.unit}s)",
               "special": "attention to special tokens", "punctuation": "attention to punctuation"}
     fig = AttnFigure(figsize=(10, 6.5), layout="constrained")
@@ -198,7 +210,8 @@ def layer_trends_figure(trends) -> AttnFigure:
     return fig
 
 
-def projection_figure(projection, *, path: bool = False) -> AttnFigure:
+@draws(Projection, "figure")
+def projection_figure(projection: Projection, *, path: bool = False) -> AttnFigure:
     """Scatter of PCA points labelled with their tokens (``path``: joined in order)."""
     fig = AttnFigure(figsize=(7.5, 6.0), layout="constrained")
     ax = fig.add_subplot()
@@ -218,29 +231,46 @@ def projection_figure(projection, *, path: bool = False) -> AttnFigure:
     return fig
 
 
-def attention_graph(trace: Trace, layer: int = -1, head: int | None = None, *,
-                    threshold: float = 0.1, layout: str = "arcs", part: str = "self"
+def attention_graph(trace: Trace | Any, layer: int | Sequence[str] | None = -1,
+                    head: int | Sequence[str] | None = None, *, threshold: float = 0.1,
+                    layout: str = "arcs", part: str = "self", title: str | None = None
                     ) -> AttnFigure:
     """Attention as a graph a person can read: tokens as nodes in sentence order, one edge per
     (query, key) pair whose weight exceeds ``threshold``, edge width and darkness by weight.
 
+    Also takes one 2-D matrix ``[T_query, T_key]`` of weights with its tokens:
+    ``attention_graph(matrix, tokens)`` or ``attention_graph(matrix, query_tokens, key_tokens)``.
+
     Args:
-        trace: a Trace.
-        layer, head: which head; ``head=None`` averages the layer's heads.
+        trace: a Trace, or a matrix of non-negative weights.
+        layer, head: which head; ``head=None`` averages the layer's heads. For a matrix: its
+            query tokens and key tokens.
         threshold: hide edges whose weight is at most this (0.1, as the notebook's graph).
         layout: "arcs" (tokens on one line; arcs above point right, arcs below point left) or
             "columns" (queries on the left, keys on the right, both in sentence order).
         part: "self", or "decoder"/"cross" for encoder-decoder traces.
     """
-    attentions, rows, cols = trace.check(part).part(part)
-    layer = check_index(layer, attentions.shape[0], "layer")
-    if head is None:
-        matrix = attentions[layer].mean(axis=0)
-        which = f"layer {layer}, mean of heads"
+    if isinstance(trace, Trace):
+        attentions, rows, cols = trace.check(part).part(part)
+        layer = check_index(layer, attentions.shape[0], "layer")  # type: ignore[arg-type]
+        if head is None:
+            matrix = attentions[layer].mean(axis=0)
+            which = f"layer {layer}, mean of heads"
+        else:
+            head = check_index(head, attentions.shape[1], "head")  # type: ignore[arg-type]
+            matrix = attentions[layer, head]
+            which = f"layer {layer}, head {head}"
+        name = trace.model_name
     else:
-        head = check_index(head, attentions.shape[1], "head")
-        matrix = attentions[layer, head]
-        which = f"layer {layer}, head {head}"
+        matrix, rows, cols = matrix_and_tokens(trace, layer, head, "attention_graph")
+        if float(matrix.min()) < 0:
+            raise AttnscopeError(
+                "attention_graph draws non-negative weights as edges; this matrix has negative "
+                "values: draw it with heatmap(matrix, tokens)."
+            )
+        if float(matrix.max()) > 1:
+            matrix = matrix / float(matrix.max())  # edge widths and the threshold are on [0, 1]
+        name, which = "attention", "one matrix"
     if layout not in ("arcs", "columns"):
         raise AttnscopeError(f"Unknown layout {layout!r}: use 'arcs' or 'columns'.")
     if layout == "arcs" and rows != cols:
@@ -249,7 +279,8 @@ def attention_graph(trace: Trace, layer: int = -1, head: int | None = None, *,
         raise AttnscopeError(f"threshold must be in [0, 1), not {threshold}.")
     q_idx, k_idx = np.nonzero(matrix > threshold)
     weights = matrix[q_idx, k_idx]
-    title = f"{trace.model_name}: {which}, edges above {threshold:g}"
+    if title is None:
+        title = f"{name}: {which}, edges above {threshold:g}"
     if layout == "columns":
         n = max(len(rows), len(cols))
         fig = AttnFigure(figsize=(6.0, max(3.0, 0.32 * n + 1.2)), layout="constrained")

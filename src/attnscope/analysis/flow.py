@@ -40,8 +40,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attnscope.analysis.drawing import draw
 from attnscope.errors import AttnscopeError, check_index
-from attnscope.trace import Trace
+from attnscope.trace import Trace, require_trace
 
 __all__ = [
     "FlowResult",
@@ -63,6 +64,7 @@ def residual_attention(trace: Trace, part: str = "self") -> np.ndarray:
 
     ``R_l = 0.5 * mean_h(A_l) + 0.5 * I`` with every row renormalised to sum to 1.
     """
+    require_trace(trace, "residual_attention")
     attentions, rows, cols = trace.part(part)
     if len(rows) != len(cols):
         raise AttnscopeError("Rollout and flow need self-attention; use part 'self' or 'decoder'.")
@@ -127,15 +129,11 @@ class FlowResult:
 
     def figure(self):
         """The output x input matrix as a heatmap (an :class:`~attnscope.AttnFigure`)."""
-        from attnscope.analysis.figures import flow_matrix_figure
-
-        return flow_matrix_figure(self)
+        return draw(self, "matrix")
 
     def bar(self, output: int | None = None):
         """Bar chart of input-token relevance for one output token."""
-        from attnscope.analysis.figures import relevance_bar_figure
-
-        return relevance_bar_figure(self, self.outputs[0] if output is None else output)
+        return draw(self, "bar", self.outputs[0] if output is None else output)
 
 
 def _list(items: tuple[int, ...]) -> str:
@@ -161,6 +159,7 @@ def attention_rollout(trace: Trace, output: int | None = None) -> FlowResult:
     Returns a :class:`FlowResult` whose ``values`` ``[T_out, T]`` is
     ``R_{L-1} @ ... @ R_0`` (see :func:`residual_attention`), or only its row ``output``.
     """
+    require_trace(trace, "attention_rollout")
     residual = residual_attention(trace)  # (L, T, T)
     joint = residual[0]
     for layer in residual[1:]:
@@ -207,6 +206,7 @@ def attention_flow(trace: Trace, output: int | None = None, *, tol: float = 1e-7
     Returns:
         A :class:`FlowResult` with raw maximum-flow ``values`` ``[T_out, T]``.
     """
+    require_trace(trace, "attention_flow")
     try:
         import scipy.sparse.csgraph  # noqa: F401  (the max-flow solver)
     except ImportError:

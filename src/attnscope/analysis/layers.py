@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attnscope.analysis.drawing import draw
 from attnscope.analysis.patterns import _distance_score, _entropy_score, _seen, is_punctuation
 from attnscope.errors import AttnscopeError
-from attnscope.trace import Trace
+from attnscope.trace import Trace, require_trace
 
 __all__ = ["LAYER_STATS", "LayerTrends", "layer_trends"]
 
@@ -61,9 +62,7 @@ class LayerTrends:
 
     def figure(self):
         """The four statistics against the layer, in one figure."""
-        from attnscope.analysis.figures import layer_trends_figure
-
-        return layer_trends_figure(self)
+        return draw(self, "figure")
 
 
 def layer_trends(trace: Trace) -> LayerTrends:
@@ -71,6 +70,7 @@ def layer_trends(trace: Trace) -> LayerTrends:
 
     Reads ``trace.attentions`` ``[L, H, T, T]``; returns a :class:`LayerTrends`.
     """
+    require_trace(trace, "layer_trends")
     attn = trace.check().attentions
     special = np.asarray(trace.special_mask, dtype=bool)
     rows = np.flatnonzero(~special)

@@ -11,6 +11,12 @@ Per head h: ``f_h(x_j) = v_j^h @ W_o[:, h*d:(h+1)*d].T`` (``[D]``), so the norm 
 ``alpha_ij * ||f_h(x_j)||``. Values come from :func:`attnscope.capture` with ``qkv=True``
 (grouped-query models have their key/value heads repeated to every query head); the output
 projection from the family's adapter (:mod:`attnscope.adapters`).
+
+For a Trace merged into words, the norm of key word v for query word w is the norm of the
+**summed vectors**, ``||mean_{i in w} sum_{j in v} alpha_ij f(x_j)||``: what the word as a whole
+adds to the output, averaged over the query word's tokens as merged attention averages its rows.
+Summing the tokens' norms instead would count vectors that point in opposite directions as
+adding up, when they cancel; the norm of the sum is never larger than the sum of the norms.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attnscope.analysis.drawing import draw
 from attnscope.errors import AttnscopeError, check_index
-from attnscope.trace import Trace
+from attnscope.trace import Trace, require_trace
 
 __all__ = ["NormAttention", "attention_norms"]
 
@@ -61,9 +68,7 @@ class NormAttention:
 
     def figure(self, layer: int = -1, head: int | None = None):
         """Raw attention beside norm-based attention (one head, or the layer's mean)."""
-        from attnscope.analysis.figures import norms_figure
-
-        return norms_figure(self, layer, head)
+        return draw(self, "figure", layer, head)
 
 
 def attention_norms(trace: Trace, model=None) -> NormAttention:
@@ -77,6 +82,7 @@ def attention_norms(trace: Trace, model=None) -> NormAttention:
     Returns:
         A :class:`NormAttention` with ``norms`` ``[L, H, T, T]``.
     """
+    require_trace(trace, "attention_norms")
     if model is None:
         raise AttnscopeError(
             "Norm-based attention needs the model for its output projection: "
@@ -100,20 +106,27 @@ def attention_norms(trace: Trace, model=None) -> NormAttention:
     assert values is not None
     layers, heads, _, head_dim = values.shape
     value_norms = np.empty(values.shape[:3], dtype=np.float32)  # (L, H, T)
+    words = None
+    if trace.unit == "word":
+        from attnscope.words import _mean_matrix, word_groups
+
+        groups = word_groups(token_trace.word_ids)
+        if len(groups) != trace.num_tokens:
+            raise AttnscopeError("The trace's words do not match its text; capture it again.")
+        mean = _mean_matrix(groups, token_trace.num_tokens)  # (W, T): averages a word's queries
+        member = (mean > 0).astype(np.float32).T  # (T, W): 1 where token t is in word w
+        words = np.empty((layers, heads, len(groups), len(groups)), dtype=np.float32)
     for layer in range(layers):
         w_o = adapter.attention(model.model, layer, "self").w_o  # (D, H*d)
         w_o = w_o.detach().float().cpu().numpy().reshape(-1, heads, head_dim)  # (D, H, d)
         # f_h(x_j) = v_j^h @ W_o^h.T: (H, T, d) x (D, H, d) -> (H, T, D)
         projected = np.einsum("htd,ehd->hte", values[layer].astype(np.float32), w_o)
         value_norms[layer] = np.linalg.norm(projected, axis=-1)
-    norms = token_trace.attentions * value_norms[:, :, None, :]  # (L, H, T, T)
-    if trace.unit == "word":
-        from attnscope.words import _mean_matrix, word_groups
-
-        groups = word_groups(token_trace.word_ids)
-        mean = _mean_matrix(groups, token_trace.num_tokens)  # (W, T)
-        total = (mean > 0).astype(np.float32).T  # (T, W)
-        norms = np.einsum("wq,lhqk,kv->lhwv", mean, norms, total, optimize=True)
-        if norms.shape[-1] != trace.num_tokens:
-            raise AttnscopeError("The trace's words do not match its text; capture it again.")
+        if words is not None:
+            for head in range(heads):
+                rows = mean @ token_trace.attentions[layer, head]  # (W, T): a word's mean row
+                # sum over each key word's tokens of the weighted vectors: (W, W, D)
+                summed = np.einsum("wt,tv,te->wve", rows, member, projected[head], optimize=True)
+                words[layer, head] = np.linalg.norm(summed, axis=-1)
+    norms = words if words is not None else token_trace.attentions * value_norms[:, :, None, :]
     return NormAttention(trace, norms.astype(np.float32), value_norms)

@@ -20,8 +20,8 @@ The scores (all in [0, 1] except ``distance``):
 * ``next``: D[i, i+1] = 1 -- the token just after (0 in causal models, which cannot look ahead).
 * ``self``: D[i, i] = 1 -- the query token itself.
 * ``first``: attention to position 0 ([CLS] in BERT, <s> or the first token in GPT-2).
-* ``separator``: attention to the special tokens after position 0 ([SEP], </s>, EOS); for
-  models with no such token (GPT-2), to the last token.
+* ``separator``: attention to the special tokens after position 0 ([SEP], </s>, EOS); NaN
+  (not applicable) for a text with no such token, as GPT-2 tokenizes it.
 * ``punctuation``: attention to tokens made only of punctuation (".", ",", "##!"...).
 * ``duplicate``: D[i, j] = 1 for j != i whose token equals token i (case-insensitive, without
   sub-word markers); in causal models only earlier j can be seen.
@@ -47,8 +47,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attnscope.analysis.drawing import draw
 from attnscope.errors import AttnscopeError, check_index
-from attnscope.trace import Trace
+from attnscope.trace import Trace, require_trace
 
 __all__ = [
     "KOVALEVA_CLASSES",
@@ -115,6 +116,7 @@ def _targets(tokens: tuple[str, ...], special: np.ndarray, causal: bool) -> dict
     idx = np.arange(n)
     rel = idx[None, :] - idx[:, None]  # [T, T]: key position minus query position
     both_plain = plain[:, None] & plain[None, :]  # targets never point at special tokens...
+    separators = np.array([i for i in range(1, n) if special[i]], dtype=np.int64)
     visible = rel <= 0 if causal else np.ones((n, n), dtype=bool)
     text = [_normalise(t) for t in tokens]
     ids = {word: i for i, word in enumerate(dict.fromkeys(text))}
@@ -127,8 +129,9 @@ def _targets(tokens: tuple[str, ...], special: np.ndarray, causal: bool) -> dict
         "duplicate": _pairs(same & (rel != 0) & both_plain & visible),
         # ...except these, which are about the special tokens (or punctuation) themselves.
         "first": _Target(rows=plain_rows, cols=np.array([0])),
-        "separator": _Target(rows=plain_rows,
-                             cols=np.array([i for i in range(1, n) if special[i]] or [n - 1])),
+        # no separator token (GPT-2): no row is scored, so the score is NaN, not applicable
+        "separator": _Target(rows=plain_rows if separators.size else separators,
+                             cols=separators),
         "punctuation": _Target(rows=plain_rows, cols=np.flatnonzero(
             np.array([is_punctuation(t) for t in tokens], dtype=bool) & plain)),
     }
@@ -351,18 +354,14 @@ class HeadTable:
 
     def label_map(self):
         """Layers x heads map of labels (an :class:`~attnscope.AttnFigure`)."""
-        from attnscope.analysis.figures import label_map_figure
-
-        return label_map_figure(self)
+        return draw(self, "label_map")
 
     def gallery(self, trace: Trace, patterns=None, n: int = 3):
         """For each pattern, the ``n`` best heads' heatmaps (an :class:`~attnscope.AttnFigure`).
 
         ``patterns`` defaults to every mass score that some head has above 0.3 (and ``broad``).
         """
-        from attnscope.analysis.figures import gallery_figure
-
-        return gallery_figure(self, trace, patterns, n)
+        return draw(self, "gallery", trace, patterns, n)
 
 
 def _fmt(value: float, digits: int = 2) -> str:
@@ -381,6 +380,7 @@ def head_patterns(trace: Trace, part: str = "self") -> HeadTable:
     Returns:
         A :class:`HeadTable` with ``scores`` ``[L, H, len(SCORES)]``, labels and classes.
     """
+    require_trace(trace, "head_patterns")
     if part == "cross":
         raise AttnscopeError("Head patterns score self-attention; use part 'self' or 'decoder'.")
     attn, tokens, _ = trace.check(part).part(part)

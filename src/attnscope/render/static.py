@@ -13,15 +13,24 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.files import atomic_write
-from attnscope.trace import Trace
+from attnscope.trace import Trace, float_array
 
-__all__ = ["AttnFigure", "WEIGHT_STOPS", "heads_grid", "heatmap", "model_grid", "weight_cmap"]
+__all__ = [
+    "AttnFigure",
+    "WEIGHT_STOPS",
+    "heads_grid",
+    "heatmap",
+    "matrix_and_tokens",
+    "model_grid",
+    "weight_cmap",
+]
 
 #: One colour language for attention weights, shared with the interactive views (which read
 #: these stops from the page's data): from the background to a deep blue (light theme), or to
@@ -114,48 +123,137 @@ def _part_name(trace: Trace, part: str) -> str:
             "cross": "cross "}.get(part, part + " ")
 
 
+def _require_trace(trace: Any, what: str) -> None:
+    if not isinstance(trace, Trace):
+        raise AttnscopeError(
+            f"{what} draws every head of a Trace (from attnscope.capture or "
+            f"Trace.from_attentions), not {type(trace).__name__}; for one matrix use heatmap."
+        )
+
+
 def heatmap(
-    trace: Trace,
-    layer: int = -1,
-    head: int = 0,
+    trace: Trace | Any,
+    layer: int | Sequence[str] | None = -1,
+    head: int | Sequence[str] | None = 0,
     *,
     part: str = "self",
     cmap=None,
+    title: str | None = None,
     ax=None,
 ) -> AttnFigure:
     """One head's attention as a heatmap: query tokens down, key tokens across.
 
+    Call it as ``heatmap(trace, layer, head)`` for a head of a Trace, or with one 2-D matrix
+    ``[T_query, T_key]`` (numpy, torch or nested lists) and its tokens: ``heatmap(matrix,
+    tokens)`` (square) or ``heatmap(matrix, query_tokens, key_tokens)``. A matrix with negative
+    values (scores, differences) gets a diverging colour map centred on 0.
+
     Args:
-        trace: from :func:`attnscope.capture`.
+        trace: from :func:`attnscope.capture` (or :meth:`Trace.from_attentions`), or a matrix.
         layer, head: which head; negative indices count from the end (``layer=-1``: last).
+            For a matrix: its query tokens and key tokens (default: positions 0, 1, ...).
         part: "self", or for encoder-decoder traces "decoder" or "cross".
         cmap: a matplotlib colour map (name or object); default the views' own
-            (:func:`weight_cmap`), so figures and pages read the same.
+            (:func:`weight_cmap`), so figures and pages read the same, and "RdBu_r" for a
+            signed matrix.
+        title: the figure's title (default: the model, layer and head).
         ax: draw into this Axes instead of a new figure (its figure is returned).
 
     Returns:
         The figure: a ``[T_query, T_key]`` image with token labels on both axes, a colour bar,
-        and a title naming the model, layer and head.
+        and a title.
     """
-    attentions, rows, cols = trace.part(part)
-    layer = check_index(layer, attentions.shape[0], "layer")
-    head = check_index(head, attentions.shape[1], "head")
-    matrix = attentions[layer, head]
+    if isinstance(trace, Trace):
+        attentions, rows, cols = trace.part(part)
+        layer = check_index(layer, attentions.shape[0], "layer")  # type: ignore[arg-type]
+        head = check_index(head, attentions.shape[1], "head")  # type: ignore[arg-type]
+        matrix = attentions[layer, head]
+        if title is None:
+            title = f"{trace.model_name}\n{_part_name(trace, part)}layer {layer}, head {head}"
+        label = "attention weight"
+    else:
+        matrix, rows, cols = matrix_and_tokens(trace, layer, head, "heatmap")
+        label = "attention weight" if _is_weights(matrix) else "value"
+    return _draw_matrix(matrix, rows, cols, cmap=cmap, title=title, label=label, ax=ax)
+
+
+def _is_weights(matrix: np.ndarray) -> bool:
+    """Whether every row is a distribution (non-negative, summing to 1)."""
+    return bool(matrix.min(initial=0.0) >= 0
+                and np.allclose(matrix.sum(axis=-1), 1.0, atol=1e-2))
+
+
+def matrix_and_tokens(
+    matrix: Any, query_tokens: Any, key_tokens: Any, what: str
+) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...]]:
+    """A raw 2-D matrix ``[T_query, T_key]`` as float32, with its query and key tokens.
+
+    ``query_tokens`` and ``key_tokens`` are sequences of strings (``key_tokens`` defaults to the
+    query tokens when the matrix is square); None or an int (a caller's default layer/head
+    index) means positions. Anything that is neither a Trace nor a matrix gets one sentence.
+    """
+    is_array = isinstance(matrix, (np.ndarray, list, tuple)) or hasattr(matrix, "__array__") \
+        or hasattr(matrix, "detach")
+    if not is_array:
+        raise AttnscopeError(
+            f"{what} takes a Trace (from attnscope.capture or Trace.from_attentions) or a 2-D "
+            f"matrix with its tokens, not {type(matrix).__name__}."
+        )
+    array = float_array(matrix, "The matrix")
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]  # [1, 1, T_q, T_k] -> [T_q, T_k]
+    if array.ndim != 2 or 0 in array.shape:
+        raise AttnscopeError(
+            f"{what} draws one 2-D matrix [query tokens, key tokens], got shape "
+            f"{list(array.shape)}; for a whole layer, build a Trace with Trace.from_attentions."
+        )
+    if not np.isfinite(array).all():
+        raise AttnscopeError(f"The matrix given to {what} holds NaN or infinite values.")
+    n_q, n_k = array.shape
+
+    def tokens(value: Any, n: int, which: str) -> tuple[str, ...]:
+        if value is None or isinstance(value, (int, np.integer)):
+            return tuple(str(i) for i in range(n))
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise AttnscopeError(
+                f"The {which} tokens must be a list of strings, not {type(value).__name__}."
+            )
+        if len(value) != n:
+            raise AttnscopeError(
+                f"The matrix has {n} {'rows' if which == 'query' else 'columns'} but "
+                f"{len(value)} {which} tokens were given."
+            )
+        return tuple(str(v) for v in value)
+
+    if (key_tokens is None or isinstance(key_tokens, (int, np.integer))) and n_q == n_k:
+        key_tokens = query_tokens
+    return array, tokens(query_tokens, n_q, "query"), tokens(key_tokens, n_k, "key")
+
+
+def _draw_matrix(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], *,
+                 cmap, title: str | None, label: str, ax=None) -> AttnFigure:
+    """Draw ``matrix`` ``[T_query, T_key]`` with token ticks; signed values on a diverging,
+    zero-centred scale, others from 0."""
     if ax is None:
         side = min(16.0, max(5.0, 2.5 + 0.26 * max(len(rows), len(cols))))
         fig = AttnFigure(figsize=(side + 1.2, side), layout="constrained")
         ax = fig.add_subplot()
     else:
         fig = ax.figure
-    image = ax.imshow(matrix, cmap=cmap or weight_cmap(), vmin=0.0,
-                      vmax=max(float(matrix.max()), 1e-9), aspect="auto", interpolation="nearest")
+    if float(matrix.min()) < 0:  # scores, differences: diverging around 0
+        bound = max(float(np.abs(matrix).max()), 1e-9)
+        scale = {"cmap": cmap or "RdBu_r", "vmin": -bound, "vmax": bound}
+    else:
+        scale = {"cmap": cmap or weight_cmap(), "vmin": 0.0,
+                 "vmax": max(float(matrix.max()), 1e-9)}
+    image = ax.imshow(matrix, aspect="auto", interpolation="nearest", **scale)
     fontsize = 9 if max(len(rows), len(cols)) <= 40 else 6
     _set_token_ticks(ax, rows, cols, fontsize)
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query (attending)")
-    ax.set_title(f"{trace.model_name}\n{_part_name(trace, part)}layer {layer}, head {head}",
-                 fontsize=10)
-    fig.colorbar(image, ax=ax, label="attention weight", shrink=0.8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label=label, shrink=0.8)
     return fig
 
 
@@ -166,6 +264,7 @@ def heads_grid(trace: Trace, layer: int = -1, *, part: str = "self", cmap=None,
     Token labels sit on the outer panels only (the left column and the lowest panel of each
     column): the grid reads like one table, and there are fewer labels to lay out.
     """
+    _require_trace(trace, "heads_grid")
     attentions, rows, cols = trace.part(part)
     layer = check_index(layer, attentions.shape[0], "layer")
     heads = attentions.shape[1]
@@ -238,6 +337,7 @@ def model_grid(trace: Trace, *, part: str = "self", cmap=None) -> AttnFigure:
     """
     import matplotlib
 
+    _require_trace(trace, "model_grid")
     attentions, _, _ = trace.part(part)
     layers, heads = attentions.shape[:2]
     if layers * heads == 0:
