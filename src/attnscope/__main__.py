@@ -7,11 +7,16 @@ traceback.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 
 
 def main() -> int:
     """Run the ``attnscope`` command; returns its exit status (130 when interrupted)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupt_outside_imports)
     try:
         from attnscope.cli import main as run
 
@@ -24,6 +29,23 @@ def main() -> int:
         if _caused_by_interrupt(err):
             return _interrupted()
         raise
+
+
+def _interrupt_outside_imports(signum: int, frame) -> None:
+    """Ctrl-C, as KeyboardInterrupt, but never in the middle of an import.
+
+    Raised inside an import, the interrupt can land in C++ code that torch runs at import time
+    and abort the whole process ("terminate called..."). While an import is running, the
+    signal is sent again 50 ms later, until it arrives in attnscope's own code.
+    """
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+            timer.daemon = True
+            timer.start()
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt
 
 
 def _interrupted() -> int:
