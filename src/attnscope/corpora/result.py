@@ -100,9 +100,7 @@ class CorpusResult:
         ``.fetchnumpy()``). The connection stays open (read-only) until :meth:`close`."""
         if self._con is None:
             self._con = connect(self.path, read_only=True)
-        if params:
-            return self._con.execute(query, params)
-        return self._con.sql(query)
+        return self._con.sql(query, params=params or None)
 
     def close(self) -> None:
         """Close the connection :meth:`sql` opened (other methods open and close their own)."""
@@ -173,8 +171,8 @@ class CorpusResult:
             raise AttnscopeError(f"Unknown summary {what!r}: choose 'mean', 'std' or 'n'.")
         out = np.full((self.num_layers, self.num_heads), np.nan)
         frame = self._query(
-            "SELECT layer, head, n, sum / nullif(n, 0) AS mean, sqrt(greatest(sum_sq / "
-            "nullif(n, 0) - (sum / nullif(n, 0)) ^ 2, 0)) AS std FROM head_stats "
+            "SELECT layer, head, n, CASE WHEN n > 0 THEN sum / n END AS mean, CASE WHEN n > 0 "
+            "THEN sqrt(greatest(sum_sq / n - (sum / n) ^ 2, 0)) END AS std FROM head_stats "
             "WHERE run_id = ? AND stat = ?", [self.run_id, stat])
         if len(frame):
             values = frame[what].to_numpy(dtype=np.float64, na_value=np.nan)
