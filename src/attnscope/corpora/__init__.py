@@ -83,9 +83,8 @@ def corpus(
         raise AttnscopeError(f"Cannot write '{out}': it is a folder.")
     opened = open_source(source, text_field=text_field, pair_field=pair_field)
     loaded = model if isinstance(model, LoadedModel) else load(model)
-    model_spec: Any = loaded
-    if not isinstance(model, LoadedModel):
-        model_spec = None if loaded.name == DEFAULT_MODEL_NAME else loaded.name
+    # Ray workers load the model themselves, by name (None: the embedded default).
+    model_spec = None if loaded.name == DEFAULT_MODEL_NAME else loaded.name
     run_id = run or f"{Path(loaded.name).name}@{Path(opened.label).name}"
     settings = {"batch_size": batch_size, "top_k": top_k, "text_field": text_field,
                 "pair_field": pair_field, "limit": limit, "unit": opened.unit}

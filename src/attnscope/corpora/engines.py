@@ -216,7 +216,7 @@ class _RayBatchWorker:
         torch.set_num_threads(threads)
         from attnscope.models import load
 
-        self.model = model_spec if isinstance(model_spec, LoadedModel) else load(model_spec)
+        self.model = load(model_spec)
         self.top_k = top_k
 
     def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
@@ -232,6 +232,10 @@ class _RayBatchWorker:
 
 def _ray_results(planned: Iterator[_Planned], model_spec: Any, workers: int,
                  ray_address: str | None, top_k: int) -> Iterator[tuple[int, Any]]:
+    import os
+
+    # A busy machine can take longer than Ray's default 30 s to start its node.
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     try:
         import ray
     except ImportError:
@@ -245,7 +249,7 @@ def _ray_results(planned: Iterator[_Planned], model_spec: Any, workers: int,
                 ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
             else:
                 ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        except (ConnectionError, ValueError, RuntimeError) as err:
+        except Exception as err:  # Ray raises bare Exceptions for a node that does not start
             raise AttnscopeError(f"Cannot start or reach Ray at {ray_address or 'this machine'}: "
                                  f"{str(err).splitlines()[0]}") from None
         started_here = True
