@@ -188,51 +188,70 @@ def _forward(model: LoadedModel, encoded: list[Tokenization]) -> list[Any]:
     return attentions
 
 
-def _masks(model: LoadedModel, encoded: list[Tokenization], t_max: int) -> dict[str, np.ndarray]:
-    """Per-text masks for a padded batch, from the pattern targets of each text.
+# Columns of the linear reductions (see _weights): hits and totals of each mul-score pattern,
+# distance, then the positional profile.
+_P = len(MASS_SCORES)
+_DISTANCE = 2 * _P
+_OFFSET0 = 2 * _P + 1
+_LINEAR = 2 * _P + 1 + len(OFFSETS)
 
-    Returns ``pairs`` ``[B, P, T, T]`` and ``rows`` ``[B, P, T]`` for the mul-score patterns
-    (``P`` = the patterns of :data:`MASS_SCORES`), and ``plain`` ``[B, T]`` (scored rows: not
-    special, not padding), ``broad_rows`` ``[B, T]``, ``log_seen`` ``[B, T]``, ``n`` ``[B]``.
+
+def _weights(model: LoadedModel, encoded: list[Tokenization],
+             t_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every per-text statistic that is linear in the attention, as one weight matrix.
+
+    Head-pattern hits and totals, mean distance and the positional profile are all
+    ``sum over (q, k) of A[q, k] * W[q, k]`` for a per-text ``W``, so a single batched matrix
+    product over every layer and head computes them at once. Returns:
+
+    * ``linear`` ``[B, T*T, _LINEAR]``: per pattern p, column p holds its target pairs
+      (``sum(A * D)`` over scored rows) and column P + p its scored rows (``sum(A)`` over
+      them); then ``|q - k|`` averaged over plain rows (distance); then, per offset o, the
+      key ``q + o`` averaged over the plain rows that have one (the profile);
+    * ``entropy`` ``[B, T, 2]``: row weights for normalised entropy (rows that see at least
+      two keys, divided by ``log(keys seen)``) and raw entropy (plain rows), as means;
+    * ``defined`` ``[B, _LINEAR]`` bool: whether the statistic has any row to average.
+
+    The targets are :mod:`attnscope.analysis.patterns`' own, so a text scores exactly as its
+    Trace does with :func:`attnscope.head_patterns`.
     """
     causal = model.is_causal
     b = len(encoded)
-    pairs = np.zeros((b, len(MASS_SCORES), t_max, t_max), dtype=np.float32)
-    rows = np.zeros((b, len(MASS_SCORES), t_max), dtype=np.float32)
-    plain = np.zeros((b, t_max), dtype=bool)
-    broad_rows = np.zeros((b, t_max), dtype=bool)
-    log_seen = np.ones((b, t_max), dtype=np.float32)
+    linear = np.zeros((b, t_max, t_max, _LINEAR), dtype=np.float32)
+    entropy = np.zeros((b, t_max, 2), dtype=np.float32)
+    defined = np.zeros((b, _LINEAR + 2), dtype=bool)
     for i, enc in enumerate(encoded):
         n = len(enc)
         special = np.asarray(enc.special_mask, dtype=bool)
-        for p, (_, target) in enumerate(_ordered_targets(enc.tokens, special, causal)):
-            if target is None:  # induction in a non-causal model: NaN, as head_patterns says
+        plain = ~special
+        w = linear[i, :n, :n]  # (T, T, S) view of this text's block
+        targets = _targets(tuple(enc.tokens), special, causal)
+        for p, name in enumerate(MASS_SCORES):
+            target = targets.get(name)
+            if target is None or target.rows.size == 0:  # induction in an encoder: NaN
                 continue
-            r, d = target.dense(n)
-            rows[i, p, :n] = r
-            pairs[i, p, :n, :n] = d
-        plain[i, :n] = ~special
+            rows, pairs = target.dense(n)
+            w[:, :, p] = pairs
+            w[:, :, _P + p] = rows[:, None]
+            defined[i, p] = defined[i, _P + p] = True
+        q = np.arange(n)
+        count = plain.sum()
+        if count:
+            w[:, :, _DISTANCE] = np.abs(q[None, :] - q[:, None]) * plain[:, None] / count
+            defined[i, _DISTANCE] = True
+            entropy[i, :n, 1] = plain / count
+            defined[i, _LINEAR + 1] = True
+        for j, offset in enumerate(OFFSETS):
+            rows = q[plain & (q + offset >= 0) & (q + offset < n)]
+            if rows.size:
+                w[rows, rows + offset, _OFFSET0 + j] = 1.0 / rows.size
+                defined[i, _OFFSET0 + j] = True
         seen = _seen(n, causal)
-        broad_rows[i, :n] = ~special & (seen > 1)
-        log_seen[i, :n] = np.log(np.maximum(seen, 2))
-    return {"pairs": pairs, "rows": rows, "plain": plain, "broad_rows": broad_rows,
-            "log_seen": log_seen, "n": np.array([len(e) for e in encoded])}
-
-
-def _ordered_targets(tokens, special, causal):
-    targets = _targets(tuple(tokens), special, causal)
-    return [(name, targets.get(name)) for name in MASS_SCORES]
-
-
-def _safe_mean(values, mask):
-    """Mean of ``values`` ``[B, H, T]`` over ``mask`` ``[B, T]`` rows -> ``[B, H]`` (NaN where
-    no row counts)."""
-    import torch
-
-    m = mask.to(values.dtype)[:, None, :]  # (B, 1, T)
-    count = m.sum(-1)  # (B, 1)
-    total = (values * m).sum(-1)  # (B, H)
-    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, torch.nan))
+        broad = plain & (seen > 1)
+        if broad.any():
+            entropy[i, :n, 0] = broad / np.log(np.maximum(seen, 2)) / broad.sum()
+            defined[i, _LINEAR] = True
+    return linear.reshape(b, t_max * t_max, _LINEAR), entropy, defined
 
 
 def process_batch(model: LoadedModel, items: list[CorpusItem], *, top_k: int = 5) -> BatchResult:
@@ -278,48 +297,49 @@ def process_batch(model: LoadedModel, items: list[CorpusItem], *, top_k: int = 5
 
     attentions = _forward(model, encoded)  # L x (B, H, T, T)
     b, t_max = len(kept), attentions[0].shape[-1]
-    masks = _masks(model, encoded, t_max)
-    dev = attentions[0].device
-    pairs = torch.from_numpy(masks["pairs"]).to(dev)  # (B, P, T, T)
-    rows = torch.from_numpy(masks["rows"]).to(dev)  # (B, P, T)
-    plain = torch.from_numpy(masks["plain"]).to(dev)  # (B, T)
-    broad_rows = torch.from_numpy(masks["broad_rows"]).to(dev)
-    log_seen = torch.from_numpy(masks["log_seen"]).to(dev)
-    n = torch.from_numpy(masks["n"]).to(dev)
-    idx = torch.arange(t_max, device=dev)
-    dist = (idx[None, :] - idx[:, None]).abs().float()  # (T, T)
-    pair_ok = (plain[:, :, None] & plain[:, None, :])  # (B, T, T) both tokens plain
-
-    values = np.full((b, len(STATS), layers, heads), np.nan)  # per text
-    best_weight = np.zeros((b, layers, heads), dtype=np.float64)
-    best_at = np.zeros((b, layers, heads), dtype=np.int64)
+    linear_w, entropy_w, defined = _weights(model, encoded, t_max)
     with torch.inference_mode():
+        dev = attentions[0].device
+        linear_t = torch.from_numpy(linear_w).to(dev)  # (B, T*T, S)
+        entropy_t = torch.from_numpy(entropy_w).to(dev)  # (B, T, 2)
+        plain = torch.zeros((b, t_max), dtype=torch.bool, device=dev)
+        for i, enc in enumerate(encoded):
+            plain[i, : len(enc)] = torch.from_numpy(~np.asarray(enc.special_mask, dtype=bool))
+        pair_ok = (plain[:, :, None] & plain[:, None, :]).reshape(b, 1, t_max * t_max)
+        parts: dict[str, list] = {"linear": [], "entropy": [], "weight": [], "at": []}
         for layer in range(layers):
             att = attentions[layer].float()  # (B, H, T, T)
             attentions[layer] = att
-            row_sums = att.sum(-1)  # (B, H, T)
-            hit = torch.einsum("bhqk,bpqk->bhp", att, pairs)
-            total = torch.einsum("bhq,bpq->bhp", row_sums, rows)
-            mul = torch.where(total > 0, hit / total.clamp(min=1e-30),
-                              torch.full_like(hit, torch.nan))  # (B, H, P)
-            entropy = -torch.special.xlogy(att, att).sum(-1)  # (B, H, T)
-            broad = _safe_mean(entropy / log_seen[:, None, :], broad_rows)  # (B, H)
-            raw_entropy = _safe_mean(entropy, plain)
-            distance = _safe_mean(torch.einsum("bhqk,qk->bhq", att, dist), plain)
-            column = {name: mul[:, :, p] for p, name in enumerate(MASS_SCORES)}
-            column |= {"broad": broad, "distance": distance, "entropy": raw_entropy}
-            for s, name in enumerate(STATS[: len(SCORES) + 1]):
-                values[:, s, layer] = column[name].double().cpu().numpy()
-            for o_index, offset in enumerate(OFFSETS):
-                diag = torch.diagonal(att, offset=offset, dim1=-2, dim2=-1)  # (B, H, T-|o|)
-                q = torch.arange(diag.shape[-1], device=dev) + max(0, -offset)  # query rows
-                valid = plain[:, q] & ((q + offset)[None, :] < n[:, None])  # (B, T-|o|)
-                values[:, len(SCORES) + 1 + o_index, layer] = (
-                    _safe_mean(diag, valid).double().cpu().numpy())
-            masked = att.masked_fill(~pair_ok[:, None], -1.0).flatten(-2)  # (B, H, T*T)
-            weight, at = masked.max(-1)
-            best_weight[:, layer] = weight.double().cpu().numpy()
-            best_at[:, layer] = at.cpu().numpy()
+            flat = att.reshape(b, heads, t_max * t_max)  # (B, H, T*T)
+            # One batched product gives every linear statistic of every head: (B, H, S)
+            parts["linear"].append(torch.bmm(flat, linear_t))
+            row_entropy = -torch.special.xlogy(att, att).sum(-1)  # (B, H, T)
+            parts["entropy"].append(torch.bmm(row_entropy, entropy_t))  # (B, H, 2)
+            # The strongest single weight between two plain tokens, per text and head.
+            weight, at = flat.masked_fill(~pair_ok, -1.0).max(-1)  # (B, H)
+            parts["weight"].append(weight)
+            parts["at"].append(at)
+        linear = torch.stack(parts["linear"], 1).double().cpu().numpy()  # (B, L, H, S)
+        ent = torch.stack(parts["entropy"], 1).double().cpu().numpy()  # (B, L, H, 2)
+        best_weight = torch.stack(parts["weight"], 1).double().cpu().numpy()  # (B, L, H)
+        best_at = torch.stack(parts["at"], 1).cpu().numpy()
+
+    nan = np.nan
+    values = np.full((b, len(STATS), layers, heads), nan)  # per text
+    ok = defined[:, :, None, None]  # (B, S, 1, 1)
+    hits, totals = linear[..., :_P], linear[..., _P:2 * _P]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mul = np.where(ok[:, :_P].transpose(0, 2, 3, 1), hits / totals, nan)  # (B, L, H, P)
+    column = {name: mul[..., p] for p, name in enumerate(MASS_SCORES)}
+    column["broad"] = np.where(defined[:, _LINEAR, None, None], ent[..., 0], nan)
+    column["entropy"] = np.where(defined[:, _LINEAR + 1, None, None], ent[..., 1], nan)
+    column["distance"] = np.where(defined[:, _DISTANCE, None, None], linear[..., _DISTANCE],
+                                  nan)
+    for s, name in enumerate(STATS[: len(SCORES) + 1]):
+        values[:, s] = column[name]
+    for j in range(len(OFFSETS)):
+        values[:, len(SCORES) + 1 + j] = np.where(defined[:, _OFFSET0 + j, None, None],
+                                                  linear[..., _OFFSET0 + j], nan)
 
     # Labels, exactly as head_patterns gives them, from this text's scores.
     mass = values[:, [SCORES.index(s) for s in MASS_SCORES]]  # (B, M, L, H)
@@ -386,7 +406,8 @@ def _word_matrices(enc: Tokenization, spans: tuple[tuple[int, int], ...]):
 
 def _relations(result: BatchResult, kept, encoded, attentions, layers, heads) -> None:
     """Count, per relation and direction, the heads whose most-attended word is the other end
-    of the arc, and the fixed-offset baseline's hits (Clark et al. 2019, Sec. 4)."""
+    of the arc, and the fixed-offset baseline's hits (Clark et al. 2019, Sec. 4), from the
+    batch's ``attentions`` (L tensors ``[B, H, T, T]``)."""
     totals: Counter = Counter()
     hits: dict[tuple[str, str], np.ndarray] = {}
     offsets: Counter = Counter()
@@ -394,8 +415,7 @@ def _relations(result: BatchResult, kept, encoded, attentions, layers, heads) ->
         if not item.arcs or not item.words:
             continue
         n = len(enc)
-        att = np.stack([attentions[layer][i, :, :n, :n].cpu().numpy()
-                        for layer in range(layers)])  # (L, H, T, T)
+        att = np.stack([a[i, :, :n, :n].cpu().numpy() for a in attentions])  # (L, H, T, T)
         mean, total, has = _word_matrices(enc, item.words)
         # (L, H, W, W): query words average their tokens' rows, key words sum their columns
         words = np.einsum("wq,lhqk,kv->lhwv", mean, att, total, optimize=True)
