@@ -335,8 +335,13 @@ def test_killed_and_resumed_run_equals_a_clean_run(tmp_path):
 
 def test_ray_engine_equals_the_local_engine(embedded, tmp_path, small_run):
     pytest.importorskip("ray")
-    result = at.corpus(embedded, TEXTS, out=tmp_path / "ray.duckdb", batch_size=3,
-                       engine="ray", workers=2, progress=False)
+    try:
+        result = at.corpus(embedded, TEXTS, out=tmp_path / "ray.duckdb", batch_size=3,
+                           engine="ray", workers=2, progress=False)
+    except at.AttnscopeError as err:
+        if "Cannot start or reach Ray" in str(err):  # the machine, not attnscope
+            pytest.skip(str(err))
+        raise
     assert result.num_texts == len(TEXTS)
     for stat in STATS:
         np.testing.assert_array_equal(result.array(stat, "n"), small_run.array(stat, "n"))

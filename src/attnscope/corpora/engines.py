@@ -246,9 +246,11 @@ def _ray_results(planned: Iterator[_Planned], model_spec: Any, workers: int,
     if not ray.is_initialized():
         try:
             if ray_address:
-                ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+                ray.init(address=ray_address, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING)
             else:
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING)
         except Exception as err:  # Ray raises bare Exceptions for a node that does not start
             raise AttnscopeError(f"Cannot start or reach Ray at {ray_address or 'this machine'}: "
                                  f"{str(err).splitlines()[0]}") from None
@@ -271,10 +273,12 @@ def _ray_results(planned: Iterator[_Planned], model_spec: Any, workers: int,
 def _ray_chunk(ray, chunk: list[_Planned], model_spec: Any, workers: int,
                top_k: int) -> Iterator[tuple[int, Any]]:
     rows = [{"index": b.index, "payload": pickle.dumps(b.items)} for b in chunk]
-    dataset = ray.data.from_items(rows).repartition(len(rows)).map_batches(
+    # one block per batch, so the actors share the work batch by batch
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         _RayBatchWorker,
         fn_constructor_kwargs={"model_spec": model_spec, "top_k": top_k, "threads": 1},
-        batch_size=1, concurrency=min(workers, len(rows)), num_cpus=1, batch_format="numpy",
+        batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows))),
+        num_cpus=1, batch_format="numpy",
     )
     for row in dataset.iter_rows():
         yield pickle.loads(row["result"])
