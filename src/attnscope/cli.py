@@ -319,7 +319,8 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
     result = corpus(args.model, args.input, args.output, text_field=args.text_field,
                     pair_field=args.pair_field, limit=args.limit, batch_size=args.batch_size,
                     top_k=args.top_k, engine=args.engine, ray_address=args.ray_address,
-                    workers=args.workers, run=args.run, progress=not args.quiet)
+                    workers=args.workers, gpus_per_worker=args.gpus_per_worker, run=args.run,
+                    progress=not args.quiet)
     s = result.summary
     for message in s.messages[:20]:
         print(f"attnscope: {message}", file=sys.stderr)
@@ -482,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="local", choices=["local", "ray"])
     p.add_argument("--ray-address", default=None, help="an existing Ray cluster's address")
     p.add_argument("--workers", type=int, default=2, help="Ray workers (default 2)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="GPUs each Ray worker asks for (default 0)")
     p.add_argument("--run", default=None, help="run name (default: model@input)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_corpus)

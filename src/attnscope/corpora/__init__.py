@@ -39,6 +39,7 @@ def corpus(
     engine: str = "local",
     ray_address: str | None = None,
     workers: int = 2,
+    gpus_per_worker: float = 0.0,
     run: str | None = None,
     progress: bool = True,
 ) -> CorpusResult:
@@ -59,7 +60,8 @@ def corpus(
             attention cells, so long texts go in smaller batches).
         top_k: examples kept per head and kind.
         engine: "local" (this process) or "ray" (an actor pool through Ray Data; on a local
-            Ray with ``workers`` CPUs, or on the cluster at ``ray_address``).
+            Ray with ``workers`` CPUs, or on the cluster at ``ray_address``); each Ray worker
+            asks for ``gpus_per_worker`` GPUs (0: it runs on its CPU).
         run: the run's name in the store (default: model name @ source name).
         progress: show a progress bar (texts/s, tokens/s, ETA).
 
@@ -92,7 +94,8 @@ def corpus(
         store.ensure_run(run_id, loaded, opened.label, settings)
         summary = run_engine(loaded, opened, store, run_id, batch_size=batch_size, limit=limit,
                              top_k=top_k, engine=engine, ray_address=ray_address,
-                             workers=workers, model_spec=model_spec, progress=progress)
+                             workers=workers, model_spec=model_spec,
+                             gpus_per_worker=gpus_per_worker, progress=progress)
     result = CorpusResult(out, run_id)
     result.summary = summary
     return result

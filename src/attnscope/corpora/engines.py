@@ -153,7 +153,7 @@ def _plan(source: Source, store: Store, run_id: str, model: LoadedModel, batch_s
 def run(model: LoadedModel, source: Source, store: Store, run_id: str, *, batch_size: int = 32,
         limit: int | None = None, top_k: int = 5, engine: str = "local",
         ray_address: str | None = None, workers: int = 2, model_spec: Any = None,
-        progress: bool = True) -> RunSummary:
+        gpus_per_worker: float = 0.0, progress: bool = True) -> RunSummary:
     """Process ``source`` into ``store`` under ``run_id`` (see the module docstring)."""
     if engine not in ("local", "ray"):
         raise AttnscopeError(f"Unknown engine {engine!r}: choose 'local' or 'ray'.")
@@ -192,7 +192,8 @@ def run(model: LoadedModel, source: Source, store: Store, run_id: str, *, batch_
             for batch in planned:
                 committed(batch.index, process_batch(model, batch.items, top_k=top_k))
         else:
-            for index, result in _ray_results(planned, model_spec, workers, ray_address, top_k):
+            for index, result in _ray_results(planned, model_spec, workers, ray_address, top_k,
+                                              gpus_per_worker):
                 committed(index, result)
     finally:
         if bar is not None:
@@ -231,7 +232,8 @@ class _RayBatchWorker:
 
 
 def _ray_results(planned: Iterator[_Planned], model_spec: Any, workers: int,
-                 ray_address: str | None, top_k: int) -> Iterator[tuple[int, Any]]:
+                 ray_address: str | None, top_k: int,
+                 gpus: float = 0.0) -> Iterator[tuple[int, Any]]:
     import os
 
     # A busy machine can take longer than Ray's default 30 s to start its node.
@@ -261,24 +263,25 @@ def _ray_results(planned: Iterator[_Planned], model_spec: Any, workers: int,
         for batch in planned:
             chunk.append(batch)
             if len(chunk) >= RAY_CHUNK_BATCHES:
-                yield from _ray_chunk(ray, chunk, model_spec, workers, top_k)
+                yield from _ray_chunk(ray, chunk, model_spec, workers, top_k, gpus)
                 chunk = []
         if chunk:
-            yield from _ray_chunk(ray, chunk, model_spec, workers, top_k)
+            yield from _ray_chunk(ray, chunk, model_spec, workers, top_k, gpus)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _ray_chunk(ray, chunk: list[_Planned], model_spec: Any, workers: int,
-               top_k: int) -> Iterator[tuple[int, Any]]:
+def _ray_chunk(ray, chunk: list[_Planned], model_spec: Any, workers: int, top_k: int,
+               gpus: float) -> Iterator[tuple[int, Any]]:
     rows = [{"index": b.index, "payload": pickle.dumps(b.items)} for b in chunk]
     # one block per batch, so the actors share the work batch by batch
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         _RayBatchWorker,
         fn_constructor_kwargs={"model_spec": model_spec, "top_k": top_k, "threads": 1},
+        # Ray hides GPUs from actors that ask for none: a worker sees one only when asked
         batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows))),
-        num_cpus=1, batch_format="numpy",
+        num_cpus=1, batch_format="numpy", **({"num_gpus": gpus} if gpus else {}),
     )
     for row in dataset.iter_rows():
         yield pickle.loads(row["result"])
