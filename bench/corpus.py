@@ -3,6 +3,7 @@
     python bench/corpus.py                       # 2,000 texts; memory at 2,000 vs 6,000
     python bench/corpus.py --memory-texts 20000  # the memory check at 20,000 texts
     python bench/corpus.py --skip-ray            # leave out the Ray engine
+    python bench/corpus.py --memory-only --memory-tiny --memory-texts 20000  # quick memory check
 
 Texts are 10-120 words (uniform), cut from sentences written for this benchmark. Every
 figure comes from this one run, on the embedded model (all-MiniLM-L6-v2, 6 x 12 heads):
@@ -121,14 +122,17 @@ def local(model, texts, path: Path, run: str) -> tuple[float, int]:
     return time.perf_counter() - start, result.summary.tokens
 
 
-def memory_probe(count: int) -> None:
-    """In a fresh process: run ``count`` texts, print peak RSS in MiB (JSON)."""
+def memory_probe(count: int, tiny: bool) -> None:
+    """In a fresh process: run ``count`` texts, print peak RSS in MiB (JSON). ``tiny`` uses a
+    tiny random BERT (same tokenizer, 2 layers) so that a long run is quick: it measures what
+    corpus mode itself holds (store, plan, examples), the model's share being constant."""
     import resource
 
     import attnscope as at
+    from attnscope.testing import build_tiny_model
 
-    model = at.load(device="cpu")
     with tempfile.TemporaryDirectory() as folder:
+        model = at.load(build_tiny_model("bert", folder) if tiny else None, device="cpu")
         start = time.perf_counter()
         at.corpus(model, make_texts(count, seed=7), out=Path(folder) / "m.duckdb",
                   progress=False)
@@ -177,11 +181,18 @@ def main() -> None:
     parser.add_argument("--ray-texts", type=int, default=500)
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--skip-resume", action="store_true")
+    parser.add_argument("--ray-only", action="store_true", help="only the Ray engine")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-tiny", action="store_true",
+                        help="memory runs on a tiny random BERT (quick; see memory_probe)")
+    parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
-        memory_probe(args.memory_probe)
+        memory_probe(args.memory_probe, args.memory_tiny)
+        return
+    if args.memory_only:
+        memory(args)
         return
 
     import torch
@@ -198,7 +209,7 @@ def main() -> None:
         folder = Path(tmp)
         totals = {"naive": [0.0, 0, 0], "local": [0.0, 0, 0]}
         per_round = len(texts) // args.rounds
-        for r in range(args.rounds):
+        for r in range(0 if args.ray_only else args.rounds):
             chunk = texts[r * per_round:(r + 1) * per_round]
             share = chunk[: max(1, int(len(chunk) * args.naive_share))]
             seconds, tokens = naive(model, share)
@@ -207,15 +218,16 @@ def main() -> None:
             seconds, tokens = local(model, chunk, folder / "local.duckdb", f"round{r}")
             totals["local"] = [totals["local"][0] + seconds, totals["local"][1] + tokens,
                                totals["local"][2] + len(chunk)]
-        print("\nthroughput (interleaved rounds, same process):")
-        rate = {}
-        for name, (seconds, tokens, count) in totals.items():
-            rate[name] = count / seconds
-            print(f"  {name:6s} {count:5d} texts {seconds:7.1f} s  {count / seconds:7.1f} "
-                  f"texts/s  {tokens / seconds:8.0f} tokens/s")
-        print(f"  local / naive: {rate['local'] / rate['naive']:.2f}x (target >= 3x)")
+        if not args.ray_only:
+            print("\nthroughput (interleaved rounds, same process):")
+            rate = {}
+            for name, (seconds, tokens, count) in totals.items():
+                rate[name] = count / seconds
+                print(f"  {name:6s} {count:5d} texts {seconds:7.1f} s  {count / seconds:7.1f} "
+                      f"texts/s  {tokens / seconds:8.0f} tokens/s")
+            print(f"  local / naive: {rate['local'] / rate['naive']:.2f}x (target >= 3x)")
 
-        if not args.skip_resume:
+        if not (args.skip_resume or args.ray_only):
             print("\nresume after SIGKILL:")
             resume = resume_check(texts[:600], folder)
             print(f"  killed after {resume['batches_before_kill']} committed batches "
@@ -235,12 +247,17 @@ def main() -> None:
                   f"{s.texts_per_second:.1f} texts/s, {s.tokens_per_second:.0f} tokens/s "
                   "once running")
 
-    if args.skip_memory:
-        return
-    print("\nmemory (fresh process each, peak RSS):")
+    if not (args.skip_memory or args.ray_only):
+        memory(args)
+
+
+def memory(args) -> None:
+    which = "a tiny random BERT" if args.memory_tiny else "the embedded model"
+    print(f"\nmemory (fresh process each, peak RSS, {which}):")
     peaks = []
     for count in (args.texts, args.memory_texts):
-        out = subprocess.run([sys.executable, __file__, "--memory-probe", str(count)],
+        command = [sys.executable, __file__, "--memory-probe", str(count)]
+        out = subprocess.run(command + (["--memory-tiny"] if args.memory_tiny else []),
                              capture_output=True, text=True, check=True)
         probe = json.loads(out.stdout.strip().splitlines()[-1])
         peaks.append(probe["peak_mib"])

@@ -107,10 +107,10 @@ def label_map_figure(table) -> AttnFigure:
 
 def gallery_figure(table, trace: Trace, patterns=None, n: int = 3) -> AttnFigure:
     """For each pattern, its ``n`` best heads as heatmaps (one row per pattern)."""
-    from attnscope.analysis.patterns import _MASS_SCORES, SCORES
+    from attnscope.analysis.patterns import MASS_SCORES, SCORES
 
     if patterns is None:
-        patterns = [p for p in _MASS_SCORES if (b := table.best(p, 1)) and b[0][2] > 0.3]
+        patterns = [p for p in MASS_SCORES if (b := table.best(p, 1)) and b[0][2] > 0.3]
         patterns.append("broad")
     patterns = list(patterns)
     for p in patterns:
