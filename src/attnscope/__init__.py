@@ -28,6 +28,7 @@ _EXPORTS = {
     "AttnFigure": "attnscope.render.static",
     "AttnView": "attnscope.render.views",
     "AttnscopeError": "attnscope.errors",
+    "CorpusResult": "attnscope.corpora",
     "DEFAULT_MODEL_NAME": "attnscope.models",
     "Explanation": "attnscope.explain",
     "LoadedModel": "attnscope.models",
@@ -40,6 +41,7 @@ _EXPORTS = {
     "attention_rollout": "attnscope.analysis",
     "capture": "attnscope.capture",
     "capture_batch": "attnscope.capture",
+    "corpus": "attnscope.corpora",
     "explain": "attnscope.explain",
     "from_transformer_lens": "attnscope.transformer_lens",
     "head_patterns": "attnscope.analysis",
@@ -60,14 +62,15 @@ _EXPORTS = {
 }
 
 _SUBMODULES = {
-    "adapters", "analysis", "capture", "cli", "compat", "errors", "explain", "files", "models",
-    "render", "scratch", "testing", "tokens", "trace", "transformer_lens", "words",
+    "adapters", "analysis", "capture", "cli", "compat", "corpora", "errors", "explain", "files",
+    "models", "render", "scratch", "testing", "tokens", "trace", "transformer_lens", "words",
 }
 
 __all__ = [
     "AttnFigure",
     "AttnView",
     "AttnscopeError",
+    "CorpusResult",
     "DEFAULT_MODEL_NAME",
     "Explanation",
     "LoadedModel",
@@ -81,6 +84,7 @@ __all__ = [
     "attention_rollout",
     "capture",
     "capture_batch",
+    "corpus",
     "explain",
     "from_transformer_lens",
     "head_patterns",
@@ -145,6 +149,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
         token_path,
     )
     from attnscope.capture import capture, capture_batch, iter_capture
+    from attnscope.corpora import CorpusResult, corpus
     from attnscope.errors import AttnscopeError
     from attnscope.explain import Explanation, explain
     from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load

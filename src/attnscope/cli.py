@@ -372,6 +372,54 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_corpus(args: argparse.Namespace) -> int:
+    """Per-head statistics over a corpus, streamed into a DuckDB file (resumable)."""
+    from attnscope.corpora import corpus
+
+    if args.output.suffix.lower() not in (".duckdb", ".db"):
+        raise AttnscopeError(f"Cannot write '{args.output}': the file name must end in .duckdb.")
+    result = corpus(args.model, args.input, args.output, text_field=args.text_field,
+                    pair_field=args.pair_field, limit=args.limit, batch_size=args.batch_size,
+                    top_k=args.top_k, engine=args.engine, ray_address=args.ray_address,
+                    workers=args.workers, gpus_per_worker=args.gpus_per_worker, run=args.run,
+                    progress=not args.quiet)
+    s = result.summary
+    for message in s.messages[:20]:
+        print(f"attnscope: {message}", file=sys.stderr)
+    if len(s.messages) > 20:
+        print(f"attnscope: ... and {len(s.messages) - 20} more (see the problems table)",
+              file=sys.stderr)
+    skipped = ", ".join(f"{n} {kind}" for kind, n in sorted(s.problems.items()))
+    print(f"run {s.run_id!r}: {s.processed} texts now ({s.texts_per_second:.1f} texts/s, "
+          f"{s.tokens_per_second:,.0f} tokens/s), {s.already_done} already done, "
+          f"{result.num_texts} in all" + (f"; {skipped}" if skipped else ""))
+    print(f"wrote {args.output} (attnscope corpus-report {args.output} -o corpus.html)")
+    return 0
+
+
+def _cmd_corpus_report(args: argparse.Namespace) -> int:
+    """The corpus page from a store."""
+    from attnscope.corpora import CorpusResult
+    from attnscope.corpora.report import corpus_report
+
+    out = _output_path(args.output, (".html", ".htm"))
+    result = CorpusResult(args.store, run=args.run)
+    page = corpus_report(result, model=args.model, examples=args.examples,
+                         views=not args.no_views)
+    print(f"wrote {page.save(out)}")
+    return 0
+
+
+def _cmd_corpus_search(args: argparse.Namespace) -> int:
+    """What each head attends to from one token, across the corpus."""
+    from attnscope.corpora import CorpusResult
+
+    result = CorpusResult(args.store, run=args.run)
+    frame = result.search(args.token, model=args.model, limit=args.limit, top=args.top)
+    print(frame.to_string(index=False))
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage mistake told in one line (like every other mistake)."""
 
@@ -543,6 +591,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-mb", type=float, default=lim.cache_mb,
                    help=f"memory the kept captures may take, in MiB (default {lim.cache_mb:g})")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("corpus", help="per-head statistics over a corpus, into DuckDB",
+                       description="Run a model over every text of a corpus (.txt, .jsonl, "
+                                   ".csv, .parquet, .conllu, a saved dataset) and store each "
+                                   "head's statistics in a DuckDB file. Running it again "
+                                   "resumes where it stopped.")
+    p.add_argument("input", type=Path, help="the corpus file (or saved datasets folder)")
+    p.add_argument("-o", "--output", type=Path, default=Path("stats.duckdb"),
+                   help="the DuckDB file (default: stats.duckdb)")
+    p.add_argument("-m", "--model", default=None, help="model name or local directory")
+    p.add_argument("--text-field", default=None, help="column holding the text")
+    p.add_argument("--pair-field", default=None, help="column holding a second text")
+    p.add_argument("--limit", type=int, default=None, help="use at most N texts")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per batch (default 32)")
+    p.add_argument("--top-k", type=int, default=5, help="examples kept per head (default 5)")
+    p.add_argument("--engine", default="local", choices=["local", "ray"])
+    p.add_argument("--ray-address", default=None, help="an existing Ray cluster's address")
+    p.add_argument("--workers", type=int, default=2, help="Ray workers (default 2)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="GPUs each Ray worker asks for (default 0)")
+    p.add_argument("--run", default=None, help="run name (default: model@input)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_corpus)
+
+    p = sub.add_parser("corpus-report", help="one HTML page from a corpus store",
+                       description="Write the corpus page: head table, layer plots, "
+                                   "syntactic heads, and every head's examples with their "
+                                   "head views.")
+    p.add_argument("store", type=Path, help="the DuckDB file from attnscope corpus")
+    p.add_argument("-o", "--output", type=Path, default=Path("corpus.html"))
+    p.add_argument("--run", default=None, help="the run, when the file holds several")
+    p.add_argument("-m", "--model", default=None, help="capture examples with this model")
+    p.add_argument("--examples", type=int, default=3, help="examples per head (default 3)")
+    p.add_argument("--no-views", action="store_true", help="list examples without views")
+    p.set_defaults(func=_cmd_corpus_report)
+
+    p = sub.add_parser("corpus-search", help="what each head attends to from one token",
+                       description="For a token (e.g. 'it'), what each head attends to "
+                                   "across the corpus, summed by key token.")
+    p.add_argument("store", type=Path, help="the DuckDB file from attnscope corpus")
+    p.add_argument("token", help="the query token")
+    p.add_argument("--run", default=None)
+    p.add_argument("-m", "--model", default=None)
+    p.add_argument("--limit", type=int, default=200, help="texts to read (default 200)")
+    p.add_argument("--top", type=int, default=3, help="key tokens per head (default 3)")
+    p.set_defaults(func=_cmd_corpus_search)
 
     return parser
 

@@ -14,7 +14,7 @@ from attnscope.analysis.embeddings import Projection
 from attnscope.analysis.flow import FlowResult
 from attnscope.analysis.layers import LAYER_STATS, LayerTrends
 from attnscope.analysis.norms import NormAttention
-from attnscope.analysis.patterns import _MASS_SCORES, SCORES, HeadTable
+from attnscope.analysis.patterns import MASS_SCORES, SCORES, HeadTable
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.render.static import (
     AttnFigure,
@@ -127,7 +127,7 @@ def label_map_figure(table: HeadTable) -> AttnFigure:
 def gallery_figure(table: HeadTable, trace: Trace, patterns=None, n: int = 3) -> AttnFigure:
     """For each pattern, its ``n`` best heads as heatmaps (one row per pattern)."""
     if patterns is None:
-        patterns = [p for p in _MASS_SCORES if (b := table.best(p, 1)) and b[0][2] > 0.3]
+        patterns = [p for p in MASS_SCORES if (b := table.best(p, 1)) and b[0][2] > 0.3]
         patterns.append("broad")
     patterns = list(patterns)
     for p in patterns:

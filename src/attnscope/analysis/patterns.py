@@ -53,18 +53,21 @@ from attnscope.trace import Trace, require_trace
 
 __all__ = [
     "KOVALEVA_CLASSES",
+    "LABELS",
     "LABEL_THRESHOLD",
+    "MASS_SCORES",
     "SCORES",
     "HeadTable",
     "head_patterns",
     "kovaleva_class",
+    "label_heads",
 ]
 
 #: Score columns, in table order.
 SCORES = ("previous", "next", "self", "first", "separator", "punctuation", "duplicate",
           "induction", "broad", "distance")
 #: Scores that are shares of attention mass and compete for a head's label.
-_MASS_SCORES = ("previous", "next", "self", "first", "separator", "punctuation", "duplicate",
+MASS_SCORES = ("previous", "next", "self", "first", "separator", "punctuation", "duplicate",
                 "induction")
 KOVALEVA_CLASSES = ("vertical", "diagonal", "vertical+diagonal", "block", "heterogeneous")
 #: A head is labelled by its best mass score when that score reaches this share of attention.
@@ -99,6 +102,19 @@ class _Target:
     q: np.ndarray | None = None
     k: np.ndarray | None = None
     cols: np.ndarray | None = None
+
+    def dense(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The same target as masks for T = ``n`` tokens: scored rows ``[T]`` and target
+        (query, key) pairs ``[T, T]`` (only on scored rows). Corpus statistics score padded
+        batches with these; they mean exactly what the index lists mean."""
+        rows = np.zeros(n, dtype=bool)
+        rows[self.rows] = True
+        pairs = np.zeros((n, n), dtype=bool)
+        if self.cols is not None:
+            pairs[np.ix_(self.rows, self.cols)] = True
+        else:
+            pairs[self.q, self.k] = True
+        return rows, pairs
 
 
 def _pairs(mask: np.ndarray) -> _Target:
@@ -232,6 +248,29 @@ def _kovaleva_parts(attn: np.ndarray, row_sums: np.ndarray, rows: np.ndarray,
     else:
         own = (gap >= 2) & (gap <= 4)
     return {"diagonal": share(gap <= 1), "vertical": top / total, "block": share(own)}
+
+
+def label_heads(mass: np.ndarray, broad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each head's label and the score behind it, from its mass scores and entropy.
+
+    ``mass`` ``[..., M]`` holds the scores of :data:`MASS_SCORES` in that order (NaN where
+    undefined) and ``broad`` ``[...]`` the normalised entropy. A head is labelled by its best
+    mass score when that reaches :data:`LABEL_THRESHOLD`, else "broad" when its entropy reaches
+    0.8, else "mixed" (label score NaN). Returns two ``[...]`` arrays: labels (str) and scores.
+    """
+    filled = np.where(np.isnan(mass), -np.inf, mass)
+    best = filled.argmax(axis=-1)  # (...)
+    best_value = np.take_along_axis(filled, best[..., None], axis=-1)[..., 0]
+    names = np.array(MASS_SCORES, dtype=object)[best]
+    labels = np.where(best_value >= LABEL_THRESHOLD, names,
+                      np.where(broad >= _BROAD_THRESHOLD, "broad", "mixed"))
+    label_scores = np.where(best_value >= LABEL_THRESHOLD, best_value,
+                            np.where(broad >= _BROAD_THRESHOLD, broad, np.nan))
+    return labels.astype(str), label_scores.astype(np.float64)
+
+
+#: Every label a head can get, in table order.
+LABELS = (*MASS_SCORES, "broad", "mixed")
 
 
 def kovaleva_class(diagonal: float, vertical: float, block: float) -> str:
@@ -400,16 +439,8 @@ def head_patterns(trace: Trace, part: str = "self") -> HeadTable:
     columns["distance"] = _distance_score(attn, rows)
     scores = np.stack([columns[name] for name in SCORES], axis=-1).astype(np.float64)
 
-    mass = np.stack([columns[name] for name in _MASS_SCORES], axis=-1)  # (L, H, M)
-    filled = np.where(np.isnan(mass), -np.inf, mass)
-    best = filled.argmax(axis=-1)  # (L, H)
-    best_value = np.take_along_axis(filled, best[..., None], axis=-1)[..., 0]
-    names = np.array(_MASS_SCORES, dtype=object)[best]
-    broad = columns["broad"]
-    labels = np.where(best_value >= LABEL_THRESHOLD, names,
-                      np.where(broad >= _BROAD_THRESHOLD, "broad", "mixed"))
-    label_scores = np.where(best_value >= LABEL_THRESHOLD, best_value,
-                            np.where(broad >= _BROAD_THRESHOLD, broad, np.nan))
+    mass = np.stack([columns[name] for name in MASS_SCORES], axis=-1)  # (L, H, M)
+    labels, label_scores = label_heads(mass, columns["broad"])
 
     parts = _kovaleva_parts(attn, row_sums, rows, segments)
     layers, heads = attn.shape[:2]
@@ -419,7 +450,7 @@ def head_patterns(trace: Trace, part: str = "self") -> HeadTable:
                          for h in range(heads)] for la in range(layers)], dtype=object)
     return HeadTable(
         model_name=trace.model_name, tokens=tuple(tokens), unit=trace.unit, part=part,
-        scores=scores, labels=labels.astype(str), label_scores=label_scores.astype(np.float64),
+        scores=scores, labels=labels, label_scores=label_scores,
         classes=classes.astype(str), kovaleva=parts,
     )
 

@@ -341,7 +341,7 @@ def _navigable(body: str) -> str:
 
 def _gallery_patterns(table) -> list[str]:
     """The patterns some head shows clearly (best score above 0.3), and "broad"."""
-    from attnscope.analysis.patterns import _MASS_SCORES
+    from attnscope.analysis.patterns import MASS_SCORES
 
-    patterns = [p for p in _MASS_SCORES if (b := table.best(p, 1)) and b[0][2] > 0.3]
+    patterns = [p for p in MASS_SCORES if (b := table.best(p, 1)) and b[0][2] > 0.3]
     return [*patterns, "broad"]

@@ -37,11 +37,12 @@ import numpy as np
 __all__ = [
     "build_fragment",
     "build_page",
+    "build_view_library",
     "decode_attention",
     "decode_layer",
     "encode_attention",
-    "encode_signed",
     "encode_float16",
+    "encode_signed",
     "iframe",
     "script_json",
     "view_assets",
@@ -447,3 +448,44 @@ def view_assets() -> tuple[str, str]:
     that mounts views itself (the explorer): the script defines ``attnscopeMount(root)``; wrap
     it in a function with the caller's own code so that no global name leaks."""
     return _asset("views.js"), _asset("views.css")
+
+
+# Mounts a view from the library when a page dispatches "attnscope:mount" on an empty
+# `.attnscope-root` element: the element's data-view names the payload, data-layer and
+# data-heads (JSON) choose what the view opens on.
+_LIBRARY_MOUNT = """
+const library = JSON.parse(document.getElementById(LIBRARY_ID).textContent);
+document.addEventListener("attnscope:mount", (event) => {
+  const root = event.target;
+  const base = library[root.dataset.view];
+  if (!base || root.dataset.mounted) return;
+  const P = JSON.parse(JSON.stringify(base));
+  if (root.dataset.layer !== undefined) P.initial.layer = Number(root.dataset.layer);
+  if (root.dataset.heads !== undefined) P.initial.heads = JSON.parse(root.dataset.heads);
+  const data = document.createElement("script");
+  data.type = "application/json";
+  data.className = "attnscope-data";
+  data.textContent = JSON.stringify(P);
+  const status = document.createElement("div");
+  status.className = "as-status";
+  status.textContent = "Loading attention view\u2026";
+  root.replaceChildren(data, status);
+  attnscopeMount(root);
+});
+"""
+
+
+def build_view_library(payloads: dict[str, dict[str, Any]]) -> str:
+    """Many views' data with one copy of the view script and style, for pages that open a
+    view on demand (the corpus report's examples).
+
+    ``payloads`` maps a key to a view's payload (``AttnView.payload()``). The page opens one
+    by adding ``<div class="attnscope-root" data-view="KEY" data-layer="2"
+    data-heads="[5]">`` and dispatching a bubbling ``attnscope:mount`` event on it; the view
+    is the same head/model/neuron view as everywhere else.
+    """
+    library_id = "attnscope-library-" + uuid.uuid4().hex[:12]
+    boot = ("(function(){\n" + _asset("views.js") + "\n"
+            + _LIBRARY_MOUNT.replace("LIBRARY_ID", json.dumps(library_id)) + "})();")
+    return (f'<script type="application/json" id="{library_id}">{script_json(payloads)}'
+            f"</script>\n<style>{_asset('views.css')}</style>\n<script>{boot}</script>")

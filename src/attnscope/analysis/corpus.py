@@ -1,0 +1,475 @@
+"""Corpus statistics: what every head does over many texts, reduced one batch at a time.
+
+The unit of work is :func:`process_batch`. It runs the model once on a padded batch of texts
+(under ``torch.inference_mode``, no hidden states, no Trace), and reduces each layer's attention
+``[B, H, T, T]`` at once to small per-text numbers:
+
+* every score of :func:`attnscope.head_patterns` (the same targets, from
+  :mod:`attnscope.analysis.patterns`, so a text scores exactly as its Trace does), plus the raw
+  attention entropy in nats (Clark et al. 2019, Fig. 4);
+* a positional profile: the mean weight at each relative offset -8..+8 (key minus query);
+* the head's label on that text (as :func:`head_patterns` labels it);
+* for CoNLL-U sentences, whether the word each word attends to most is its syntactic head
+  (and the reverse), after merging sub-words into the treebank's words.
+
+Each statistic is one value per text and head. A batch returns their **sufficient
+statistics** -- count, sum and sum of squares over its texts, ``[S, L, H]`` -- so batches merge
+exactly by addition, in any number of processes, and the corpus mean and standard deviation
+come out at the end: ``mean = sum / n``, ``std = sqrt(sum_sq / n - mean**2)`` (ddof 0).
+
+The local engine and the Ray engine both call :func:`process_batch`, so their numbers agree by
+construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from attnscope.analysis.patterns import (
+    LABELS,
+    MASS_SCORES,
+    SCORES,
+    _seen,
+    _targets,
+    label_heads,
+)
+from attnscope.errors import AttnscopeError
+from attnscope.models import LoadedModel
+from attnscope.tokens import Tokenization, TruncationWarning, tokenize
+
+__all__ = [
+    "OFFSETS",
+    "STATS",
+    "BatchResult",
+    "CorpusItem",
+    "batch_plan",
+    "process_batch",
+    "search_batch",
+    "text_key",
+]
+
+#: Relative offsets (key position minus query position) of the positional profile.
+OFFSETS = tuple(range(-8, 9))
+#: Per-text statistics, in the order of ``BatchResult.sums``'s first axis: the head-pattern
+#: scores, raw entropy (nats), the positional profile, and one 0/1 indicator per label.
+STATS = (
+    *SCORES,
+    "entropy",
+    *(f"offset:{o:+d}" for o in OFFSETS),
+    *(f"label:{name}" for name in LABELS),
+)
+#: Scores whose best texts are kept as examples (with the single strongest weights).
+EXAMPLE_SCORES = (*SCORES, "entropy")
+_CHUNK_CELLS = 2**19  # a batch holds at most this many B x T^2 cells (about 150 MB for 6x12 heads)
+
+
+@dataclass(frozen=True)
+class CorpusItem:
+    """One text of the corpus.
+
+    ``position`` is where it stands in the input (the line number for text, JSONL and CSV
+    files, the row for Parquet and datasets, the first line of a CoNLL-U sentence, the index
+    for a Python iterable), used in messages. For CoNLL-U sentences, ``words`` ``[W, 2]`` are the
+    character spans of the treebank's words in ``text`` and ``arcs`` the (dependent, head,
+    relation) triples over word indices (0-based; the root's arc is left out).
+    """
+
+    position: int
+    text: str
+    text_b: str | None = None
+    words: tuple[tuple[int, int], ...] | None = None
+    arcs: tuple[tuple[int, int, str], ...] | None = None
+    key: str = ""
+
+
+def text_key(text: str, text_b: str | None = None,
+             arcs: tuple[tuple[int, int, str], ...] | None = None) -> str:
+    """The content hash a text is known by in the store (32 hex digits). Equal texts (and
+    pairs, and annotations) get equal keys, so a text is counted once however often it
+    occurs and whatever run it is resumed in."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(text.encode("utf-8", "surrogatepass"))
+    if text_b is not None:
+        digest.update(b"\x00" + text_b.encode("utf-8", "surrogatepass"))
+    if arcs:
+        digest.update(b"\x01" + repr(arcs).encode("utf-8"))
+    return digest.hexdigest()
+
+
+@dataclass
+class BatchResult:
+    """What one batch adds to the store; plain numbers and lists, cheap to send between
+    processes.
+
+    * ``texts``: one dict per text processed: key, position, text, text_b, n_tokens, truncated.
+    * ``counts``, ``sums``, ``sums_sq``: ``[S, L, H]`` over the batch's texts for each of
+      :data:`STATS` (NaN values, such as "previous" on a one-word text, are not counted).
+    * ``examples``: (layer, head, kind, value, key, query_pos, key_pos, query_token,
+      key_token) rows: per head, the batch's texts with the strongest single weight between
+      two non-special tokens (kind "weight"), and its best texts by each score in
+      :data:`EXAMPLE_SCORES` (kind = the score; positions -1).
+    * ``relations``: (relation, direction, layer, head, n, hits) rows; ``baselines``:
+      (relation, direction, offset, hits) rows.
+    * ``problems``: (position, kind, message) rows for texts that were cut or left out.
+    """
+
+    texts: list[dict[str, Any]]
+    counts: np.ndarray
+    sums: np.ndarray
+    sums_sq: np.ndarray
+    examples: list[tuple] = field(default_factory=list)
+    relations: list[tuple] = field(default_factory=list)
+    baselines: list[tuple] = field(default_factory=list)
+    problems: list[tuple] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(sum(t["n_tokens"] for t in self.texts))
+
+
+def batch_plan(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Cut texts into batches of similar length: indices into ``lengths`` (token counts),
+    shortest first, at most ``batch_size`` texts and about 2**19 ``B x T^2`` cells each.
+
+    Sorting by length keeps padding small; the cell budget keeps a batch of long texts from
+    holding gigabytes of attention. The plan depends only on the lengths, so a resumed run
+    cuts the same batches as an uninterrupted one.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    plan: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = max(lengths[i], 1)  # sorted: the newcomer is the longest so far
+        if current and (len(current) >= batch_size
+                        or (len(current) + 1) * longest * longest > _CHUNK_CELLS):
+            plan.append(current)
+            current = []
+        current.append(i)
+    if current:
+        plan.append(current)
+    return plan
+
+
+def _tokenize(model: LoadedModel, item: CorpusItem) -> tuple[Tokenization | None, tuple | None]:
+    """The item's tokens, or a problem row when it cannot be used."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)  # reported as a problem row instead
+        try:
+            return tokenize(model, item.text, item.text_b, truncate=True), None
+        except AttnscopeError as err:
+            return None, (item.position, "unusable", str(err))
+
+
+def _forward(model: LoadedModel, encoded: list[Tokenization]) -> list[Any]:
+    """One padded forward pass; the self-attention of every layer, L tensors ``[B, H, T, T]``."""
+    import torch
+
+    from attnscope.capture import _pad
+
+    inputs = _pad([e.model_inputs for e in encoded], model, model.device)
+    module = model.model
+    if model.architecture == "encoder-decoder":  # corpus statistics read the encoder
+        module = module.get_encoder()
+        inputs.pop("token_type_ids", None)
+    with torch.inference_mode():
+        out = module(**inputs, output_attentions=True, return_dict=True)
+    attentions = list(out.attentions or ())
+    if not attentions or any(a is None for a in attentions):
+        raise AttnscopeError(
+            f"{model.name} returned no attention weights; load it with attnscope.load() or "
+            "with attn_implementation='eager'."
+        )
+    return attentions
+
+
+# Columns of the linear reductions (see _weights): hits and totals of each mul-score pattern,
+# distance, then the positional profile.
+_P = len(MASS_SCORES)
+_DISTANCE = 2 * _P
+_OFFSET0 = 2 * _P + 1
+_LINEAR = 2 * _P + 1 + len(OFFSETS)
+
+
+def _weights(model: LoadedModel, encoded: list[Tokenization],
+             t_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every per-text statistic that is linear in the attention, as one weight matrix.
+
+    Head-pattern hits and totals, mean distance and the positional profile are all
+    ``sum over (q, k) of A[q, k] * W[q, k]`` for a per-text ``W``, so a single batched matrix
+    product over every layer and head computes them at once. Returns:
+
+    * ``linear`` ``[B, T*T, _LINEAR]``: per pattern p, column p holds its target pairs
+      (``sum(A * D)`` over scored rows) and column P + p its scored rows (``sum(A)`` over
+      them); then ``|q - k|`` averaged over plain rows (distance); then, per offset o, the
+      key ``q + o`` averaged over the plain rows that have one (the profile);
+    * ``entropy`` ``[B, T, 2]``: row weights for normalised entropy (rows that see at least
+      two keys, divided by ``log(keys seen)``) and raw entropy (plain rows), as means;
+    * ``defined`` ``[B, _LINEAR]`` bool: whether the statistic has any row to average.
+
+    The targets are :mod:`attnscope.analysis.patterns`' own, so a text scores exactly as its
+    Trace does with :func:`attnscope.head_patterns`.
+    """
+    causal = model.is_causal
+    b = len(encoded)
+    linear = np.zeros((b, t_max, t_max, _LINEAR), dtype=np.float32)
+    entropy = np.zeros((b, t_max, 2), dtype=np.float32)
+    defined = np.zeros((b, _LINEAR + 2), dtype=bool)
+    for i, enc in enumerate(encoded):
+        n = len(enc)
+        special = np.asarray(enc.special_mask, dtype=bool)
+        plain = ~special
+        w = linear[i, :n, :n]  # (T, T, S) view of this text's block
+        targets = _targets(tuple(enc.tokens), special, causal)
+        for p, name in enumerate(MASS_SCORES):
+            target = targets.get(name)
+            if target is None or target.rows.size == 0:  # induction in an encoder: NaN
+                continue
+            rows, pairs = target.dense(n)
+            w[:, :, p] = pairs
+            w[:, :, _P + p] = rows[:, None]
+            defined[i, p] = defined[i, _P + p] = True
+        q = np.arange(n)
+        count = plain.sum()
+        if count:
+            w[:, :, _DISTANCE] = np.abs(q[None, :] - q[:, None]) * plain[:, None] / count
+            defined[i, _DISTANCE] = True
+            entropy[i, :n, 1] = plain / count
+            defined[i, _LINEAR + 1] = True
+        for j, offset in enumerate(OFFSETS):
+            rows = q[plain & (q + offset >= 0) & (q + offset < n)]
+            if rows.size:
+                w[rows, rows + offset, _OFFSET0 + j] = 1.0 / rows.size
+                defined[i, _OFFSET0 + j] = True
+        seen = _seen(n, causal)
+        broad = plain & (seen > 1)
+        if broad.any():
+            entropy[i, :n, 0] = broad / np.log(np.maximum(seen, 2)) / broad.sum()
+            defined[i, _LINEAR] = True
+    return linear.reshape(b, t_max * t_max, _LINEAR), entropy, defined
+
+
+def process_batch(model: LoadedModel, items: list[CorpusItem], *, top_k: int = 5) -> BatchResult:
+    """Run ``model`` once on ``items`` and reduce its attention to per-head statistics.
+
+    Args:
+        model: from :func:`attnscope.load`.
+        items: the texts of one batch (see :func:`batch_plan`); CoNLL-U items also add
+            relation counts.
+        top_k: how many examples per head (and kind) to keep from this batch.
+
+    Returns:
+        A :class:`BatchResult`, whose sums over ``[S, L, H]`` merge with other batches' by
+        addition.
+    """
+    import torch
+
+    layers, heads = model.num_layers, model.num_heads
+    shape = (len(STATS), layers, heads)
+    result = BatchResult(texts=[], counts=np.zeros(shape, np.int64), sums=np.zeros(shape),
+                         sums_sq=np.zeros(shape))
+    kept: list[CorpusItem] = []
+    encoded: list[Tokenization] = []
+    for item in items:
+        enc, problem = _tokenize(model, item)
+        if problem is not None:
+            result.problems.append(problem)
+            continue
+        assert enc is not None
+        kept.append(item)
+        encoded.append(enc)
+        if enc.dropped:
+            result.problems.append((
+                item.position, "truncated",
+                f"the text has {len(enc) + enc.dropped} tokens, more than the model's limit of "
+                f"{model.max_length}: the last {enc.dropped} were left out",
+            ))
+        result.texts.append({"key": item.key, "position": item.position, "text": item.text,
+                             "text_b": item.text_b, "n_tokens": len(enc),
+                             "truncated": enc.dropped})
+    if not kept:
+        return result
+
+    attentions = _forward(model, encoded)  # L x (B, H, T, T)
+    b, t_max = len(kept), attentions[0].shape[-1]
+    linear_w, entropy_w, defined = _weights(model, encoded, t_max)
+    with torch.inference_mode():
+        dev = attentions[0].device
+        linear_t = torch.from_numpy(linear_w).to(dev)  # (B, T*T, S)
+        entropy_t = torch.from_numpy(entropy_w).to(dev)  # (B, T, 2)
+        plain = torch.zeros((b, t_max), dtype=torch.bool, device=dev)
+        for i, enc in enumerate(encoded):
+            plain[i, : len(enc)] = torch.from_numpy(~np.asarray(enc.special_mask, dtype=bool))
+        pair_ok = (plain[:, :, None] & plain[:, None, :]).reshape(b, 1, t_max * t_max)
+        parts: dict[str, list] = {"linear": [], "entropy": [], "weight": [], "at": []}
+        for layer in range(layers):
+            att = attentions[layer].float()  # (B, H, T, T)
+            attentions[layer] = att
+            flat = att.reshape(b, heads, t_max * t_max)  # (B, H, T*T)
+            # One batched product gives every linear statistic of every head: (B, H, S)
+            parts["linear"].append(torch.bmm(flat, linear_t))
+            row_entropy = -torch.special.xlogy(att, att).sum(-1)  # (B, H, T)
+            parts["entropy"].append(torch.bmm(row_entropy, entropy_t))  # (B, H, 2)
+            # The strongest single weight between two plain tokens, per text and head.
+            weight, at = flat.masked_fill(~pair_ok, -1.0).max(-1)  # (B, H)
+            parts["weight"].append(weight)
+            parts["at"].append(at)
+        linear = torch.stack(parts["linear"], 1).double().cpu().numpy()  # (B, L, H, S)
+        ent = torch.stack(parts["entropy"], 1).double().cpu().numpy()  # (B, L, H, 2)
+        best_weight = torch.stack(parts["weight"], 1).double().cpu().numpy()  # (B, L, H)
+        best_at = torch.stack(parts["at"], 1).cpu().numpy()
+
+    nan = np.nan
+    values = np.full((b, len(STATS), layers, heads), nan)  # per text
+    ok = defined[:, :, None, None]  # (B, S, 1, 1)
+    hits, totals = linear[..., :_P], linear[..., _P:2 * _P]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mul = np.where(ok[:, :_P].transpose(0, 2, 3, 1), hits / totals, nan)  # (B, L, H, P)
+    column = {name: mul[..., p] for p, name in enumerate(MASS_SCORES)}
+    column["broad"] = np.where(defined[:, _LINEAR, None, None], ent[..., 0], nan)
+    column["entropy"] = np.where(defined[:, _LINEAR + 1, None, None], ent[..., 1], nan)
+    column["distance"] = np.where(defined[:, _DISTANCE, None, None], linear[..., _DISTANCE],
+                                  nan)
+    for s, name in enumerate(STATS[: len(SCORES) + 1]):
+        values[:, s] = column[name]
+    for j in range(len(OFFSETS)):
+        values[:, len(SCORES) + 1 + j] = np.where(defined[:, _OFFSET0 + j, None, None],
+                                                  linear[..., _OFFSET0 + j], nan)
+
+    # Labels, exactly as head_patterns gives them, from this text's scores.
+    mass = values[:, [SCORES.index(s) for s in MASS_SCORES]]  # (B, M, L, H)
+    labels, _ = label_heads(np.moveaxis(mass, 1, -1), values[:, SCORES.index("broad")])
+    first_label = len(SCORES) + 1 + len(OFFSETS)
+    for j, name in enumerate(LABELS):
+        values[:, first_label + j] = (labels == name).astype(np.float64)
+
+    present = ~np.isnan(values)
+    result.counts = present.sum(axis=0)
+    result.sums = np.where(present, values, 0.0).sum(axis=0)
+    result.sums_sq = np.where(present, values * values, 0.0).sum(axis=0)
+    result.examples = _examples(kept, encoded, values, best_weight, best_at, t_max, top_k)
+    if any(item.arcs for item in kept):
+        _relations(result, kept, encoded, attentions, layers, heads)
+    return result
+
+
+def _examples(kept, encoded, values, best_weight, best_at, t_max, top_k) -> list[tuple]:
+    """Per head, this batch's ``top_k`` texts by strongest weight and by each score."""
+    rows: list[tuple] = []
+    b, _, layers, heads = values.shape
+    keep = min(top_k, b)
+    for layer in range(layers):
+        for head in range(heads):
+            weights = best_weight[:, layer, head]
+            for i in np.argsort(-weights, kind="stable")[:keep]:
+                if weights[i] <= 0:
+                    continue
+                q, k = divmod(int(best_at[i, layer, head]), t_max)
+                tokens = encoded[i].tokens
+                rows.append((layer, head, "weight", float(weights[i]), kept[i].key, q, k,
+                             tokens[q], tokens[k]))
+            for name in EXAMPLE_SCORES:
+                scores = values[:, STATS.index(name), layer, head]
+                order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
+                for i in order[:keep]:
+                    if np.isnan(scores[i]):
+                        continue
+                    rows.append((layer, head, name, float(scores[i]), kept[i].key, -1, -1,
+                                 None, None))
+    return rows
+
+
+def _word_matrices(enc: Tokenization, spans: tuple[tuple[int, int], ...]):
+    """Which treebank word each token falls in: ``mean`` ``[W, T]`` averages a word's query
+    tokens, ``total`` ``[T, W]`` sums its key tokens (as :func:`attnscope.merge_subwords`
+    merges), and ``has`` ``[W]`` says whether the word kept any token (truncation)."""
+    n, w_count = len(enc), len(spans)
+    starts = np.array([s for s, _ in spans])
+    ends = np.array([e for _, e in spans])
+    member = np.zeros((w_count, n), dtype=np.float32)
+    for t in range(n):
+        start, end = enc.offsets[t]
+        if enc.special_mask[t] or start < 0 or end <= start:
+            continue
+        w = int(np.searchsorted(starts, start, side="right")) - 1
+        if w >= 0 and start < ends[w]:
+            member[w, t] = 1.0
+    size = member.sum(axis=1)
+    mean = member / np.maximum(size, 1)[:, None]
+    return mean, member.T, size > 0
+
+
+def _relations(result: BatchResult, kept, encoded, attentions, layers, heads) -> None:
+    """Count, per relation and direction, the heads whose most-attended word is the other end
+    of the arc, and the fixed-offset baseline's hits (Clark et al. 2019, Sec. 4), from the
+    batch's ``attentions`` (L tensors ``[B, H, T, T]``)."""
+    totals: Counter = Counter()
+    hits: dict[tuple[str, str], np.ndarray] = {}
+    offsets: Counter = Counter()
+    for i, (item, enc) in enumerate(zip(kept, encoded, strict=True)):
+        if not item.arcs or not item.words:
+            continue
+        n = len(enc)
+        att = np.stack([a[i, :, :n, :n].cpu().numpy() for a in attentions])  # (L, H, T, T)
+        mean, total, has = _word_matrices(enc, item.words)
+        # (L, H, W, W): query words average their tokens' rows, key words sum their columns
+        words = np.einsum("wq,lhqk,kv->lhwv", mean, att, total, optimize=True)
+        choice = words.argmax(axis=-1)  # (L, H, W): the word each word attends to most
+        for dep, gov, relation in item.arcs:
+            if not (has[dep] and has[gov]):
+                continue  # a word cut off by truncation
+            for direction, src, dst in (("dependent->head", dep, gov),
+                                        ("head->dependent", gov, dep)):
+                key = (relation, direction)
+                totals[key] += 1
+                hits.setdefault(key, np.zeros((layers, heads), np.int64))
+                hits[key] += choice[:, :, src] == dst
+                offsets[(relation, direction, dst - src)] += 1
+    for (relation, direction), count in sorted(totals.items()):
+        grid = hits[(relation, direction)]
+        for layer in range(layers):
+            for head in range(heads):
+                result.relations.append((relation, direction, layer, head, count,
+                                         int(grid[layer, head])))
+    result.baselines = [(r, d, o, c) for (r, d, o), c in sorted(offsets.items())]
+
+
+def search_batch(model: LoadedModel, texts: list[str],
+                 query: str) -> tuple[list[tuple[int, int, str, float]], int]:
+    """Where each head looks from every occurrence of the token ``query`` in ``texts``.
+
+    A token matches when it equals ``query`` ignoring case and sub-word markers. Returns
+    ``(rows, occurrences)``: (layer, head, key_token, weight) rows, each head's attention summed
+    over every occurrence by key token (key tokens compared the same way), and how many
+    occurrences there were.
+    """
+    from attnscope.analysis.patterns import _normalise
+
+    wanted = _normalise(query)
+    encoded = [enc for enc, _ in (_tokenize(model, CorpusItem(0, t)) for t in texts)
+               if enc is not None]
+    if not encoded:
+        return [], 0
+    attentions = _forward(model, encoded)  # L x (B, H, T, T)
+    sums: dict[tuple[int, int, str], float] = {}
+    occurrences = 0
+    for i, enc in enumerate(encoded):
+        names = [t if enc.special_mask[k] else _normalise(t) or t
+                 for k, t in enumerate(enc.tokens)]
+        hits = [q for q, name in enumerate(names) if name == wanted and not enc.special_mask[q]]
+        if not hits:
+            continue
+        occurrences += len(hits)
+        n = len(enc)
+        for layer, tensor in enumerate(attentions):
+            weights = tensor[i, :, hits, :n].float().sum(1).cpu().numpy()  # (H, T)
+            for head in range(weights.shape[0]):
+                for k in range(n):
+                    key = (layer, head, names[k])
+                    sums[key] = sums.get(key, 0.0) + float(weights[head, k])
+    return [(*key, weight) for key, weight in sums.items()], occurrences

@@ -1,0 +1,256 @@
+"""The DuckDB store of corpus statistics: its schema, and one transaction per batch.
+
+The store is also the checkpoint. :meth:`Store.commit` writes a batch's texts ("done"),
+statistics, examples and relation counts in **one transaction**, so a process killed at any
+moment (SIGKILL included; DuckDB replays its write-ahead log on the next open) has either
+counted a batch completely or not at all. Running the same command again skips every text
+already in ``texts`` (texts are keyed by a hash of their content) and goes on.
+
+Tables (every one carries ``run_id``; several runs and models share one file):
+
+* ``runs``: run_id, model, model_type, architecture, num_layers, num_heads, source, settings
+  (JSON), attnscope_version, created, updated.
+* ``texts``: run_id, text_key, position (line, row or item number in the input), text,
+  text_b, n_tokens, truncated (tokens cut at the model's limit), batch.
+* ``head_stats``: run_id, layer, head, stat, n, sum, sum_sq -- the sufficient statistics of
+  each per-text statistic (see :data:`attnscope.analysis.corpus.STATS`); the view
+  ``head_summary`` adds mean and std (ddof 0).
+* ``examples``: run_id, layer, head, kind ("weight" or a score name), value, text_key,
+  query_pos, key_pos, query_token, key_token (positions -1 and tokens NULL for score kinds);
+  the best ``top_k`` per (layer, head, kind).
+* ``relations``: run_id, relation, direction ("dependent->head" or "head->dependent"), layer,
+  head, n, hits; ``relation_baselines``: run_id, relation, direction, word_offset, hits.
+* ``problems``: run_id, position, kind, message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attnscope.analysis.corpus import STATS, BatchResult
+from attnscope.errors import AttnscopeError
+
+__all__ = ["SCHEMA", "Store", "connect"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, model VARCHAR, model_type VARCHAR, architecture VARCHAR,
+    num_layers INTEGER, num_heads INTEGER, source VARCHAR, settings VARCHAR,
+    attnscope_version VARCHAR, created TIMESTAMP, updated TIMESTAMP);
+CREATE TABLE IF NOT EXISTS texts (
+    run_id VARCHAR, text_key VARCHAR, position BIGINT, text VARCHAR, text_b VARCHAR,
+    n_tokens INTEGER, truncated INTEGER, batch INTEGER, PRIMARY KEY (run_id, text_key));
+CREATE TABLE IF NOT EXISTS head_stats (
+    run_id VARCHAR, layer SMALLINT, head SMALLINT, stat VARCHAR, n BIGINT, sum DOUBLE,
+    sum_sq DOUBLE, PRIMARY KEY (run_id, layer, head, stat));
+CREATE TABLE IF NOT EXISTS examples (
+    run_id VARCHAR, layer SMALLINT, head SMALLINT, kind VARCHAR, value DOUBLE,
+    text_key VARCHAR, query_pos INTEGER, key_pos INTEGER, query_token VARCHAR,
+    key_token VARCHAR, PRIMARY KEY (run_id, layer, head, kind, text_key));
+CREATE TABLE IF NOT EXISTS relations (
+    run_id VARCHAR, relation VARCHAR, direction VARCHAR, layer SMALLINT, head SMALLINT,
+    n BIGINT, hits BIGINT, PRIMARY KEY (run_id, relation, direction, layer, head));
+CREATE TABLE IF NOT EXISTS relation_baselines (
+    run_id VARCHAR, relation VARCHAR, direction VARCHAR, word_offset INTEGER, hits BIGINT,
+    PRIMARY KEY (run_id, relation, direction, word_offset));
+CREATE TABLE IF NOT EXISTS problems (
+    run_id VARCHAR, position BIGINT, kind VARCHAR, message VARCHAR,
+    PRIMARY KEY (run_id, position, kind));
+CREATE OR REPLACE VIEW head_summary AS
+    SELECT run_id, layer, head, stat, n, sum / n AS mean,
+           sqrt(greatest(sum_sq / n - (sum / n) * (sum / n), 0)) AS std
+    FROM head_stats WHERE n > 0;
+"""
+
+
+def _duckdb():
+    try:
+        import duckdb
+    except ImportError:
+        raise AttnscopeError("Corpus mode needs DuckDB: pip install 'attnscope[corpus]'.") from None
+    return duckdb
+
+
+def connect(path: str | os.PathLike[str], *, read_only: bool = False):
+    """A DuckDB connection to ``path``, with a one-sentence error when it cannot be opened."""
+    duckdb = _duckdb()
+    path = Path(path)
+    if read_only and not path.exists():
+        raise AttnscopeError(f"Cannot read '{path}': no such file.")
+    if not path.parent.is_dir():
+        raise AttnscopeError(f"Cannot write '{path}': folder '{path.parent}' does not exist.")
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as err:
+        text = str(err)
+        if "lock" in text.lower():
+            raise AttnscopeError(f"'{path}' is in use by another process (a run still going?); "
+                                 "wait for it or use another file.") from None
+        raise AttnscopeError(f"Cannot open '{path}' as a DuckDB database: "
+                             f"{text.splitlines()[0]}") from None
+    except duckdb.Error as err:
+        raise AttnscopeError(f"Cannot open '{path}' as a DuckDB database: "
+                             f"{str(err).splitlines()[0]}") from None
+
+
+class Store:
+    """The corpus store, open for writing. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.con = connect(self.path)
+        self.con.execute(SCHEMA)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ----- runs --------------------------------------------------------------------------------
+    def ensure_run(self, run_id: str, model: Any, source: str, settings: dict[str, Any]) -> bool:
+        """Register the run (or find it); True when it already existed (a resumed run)."""
+        from attnscope import __version__
+
+        row = self.con.execute("SELECT model, num_layers, num_heads FROM runs WHERE run_id = ?",
+                               [run_id]).fetchone()
+        if row is not None:
+            if (row[1], row[2]) != (model.num_layers, model.num_heads):
+                raise AttnscopeError(f"Run {run_id!r} in '{self.path}' was made with {row[0]}, "
+                                     f"not {model.name}; give another --run name.")
+            return True
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        self.con.execute(
+            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [run_id, model.name, model.model_type, model.architecture, model.num_layers,
+             model.num_heads, source, json.dumps(settings, sort_keys=True), __version__,
+             now, now],
+        )
+        return False
+
+    def done(self, run_id: str, keys: list[str]) -> dict[str, int]:
+        """Which of ``keys`` are already counted in the run: key -> position it was read at."""
+        if not keys:
+            return {}
+        rows = self.con.execute(
+            "SELECT text_key, position FROM texts WHERE run_id = ? AND text_key IN "
+            "(SELECT unnest(?))", [run_id, keys]).fetchall()
+        return dict(rows)
+
+    def add_problems(self, run_id: str, problems: list[tuple[int, str, str]]) -> None:
+        """Record problems (idempotent: a line reported again on a resumed run counts once)."""
+        if problems:
+            self.con.executemany("INSERT OR IGNORE INTO problems VALUES (?, ?, ?, ?)",
+                                 [(run_id, *p) for p in problems])
+
+    # ----- one batch, one transaction ------------------------------------------------------------
+    def commit(self, run_id: str, batch: BatchResult, batch_index: int, top_k: int) -> None:
+        """Add one batch to the run, all or nothing."""
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            self._write_batch(run_id, batch, batch_index, top_k)
+            con.execute("UPDATE runs SET updated = ? WHERE run_id = ?",
+                        [datetime.now(timezone.utc).replace(tzinfo=None), run_id])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def _write_batch(self, run_id: str, batch: BatchResult, batch_index: int,
+                     top_k: int) -> None:
+        import pyarrow as pa
+
+        con = self.con
+        if batch.texts:
+            texts = pa.table({
+                "run_id": [run_id] * len(batch.texts),
+                "text_key": [t["key"] for t in batch.texts],
+                "position": [t["position"] for t in batch.texts],
+                "text": [t["text"] for t in batch.texts],
+                "text_b": pa.array([t["text_b"] for t in batch.texts], pa.string()),
+                "n_tokens": [t["n_tokens"] for t in batch.texts],
+                "truncated": [t["truncated"] for t in batch.texts],
+                "batch": [batch_index] * len(batch.texts),
+            })
+            con.register("batch_texts", texts)
+            con.execute("INSERT INTO texts SELECT * FROM batch_texts")
+            con.unregister("batch_texts")
+
+            s, layers, heads = batch.counts.shape
+            stat, layer, head = np.meshgrid(np.arange(s), np.arange(layers), np.arange(heads),
+                                            indexing="ij")
+            stats = pa.table({
+                "run_id": [run_id] * batch.counts.size,
+                "layer": layer.ravel().astype(np.int16),
+                "head": head.ravel().astype(np.int16),
+                "stat": np.array(STATS, dtype=object)[stat.ravel()],
+                "n": batch.counts.ravel(),
+                "sum": batch.sums.ravel(),
+                "sum_sq": batch.sums_sq.ravel(),
+            })
+            con.register("batch_stats", stats)
+            con.execute(
+                "INSERT INTO head_stats SELECT * FROM batch_stats ON CONFLICT DO UPDATE SET "
+                "n = head_stats.n + excluded.n, sum = head_stats.sum + excluded.sum, "
+                "sum_sq = head_stats.sum_sq + excluded.sum_sq")
+            con.unregister("batch_stats")
+
+        if batch.examples:
+            columns = list(zip(*batch.examples, strict=True))
+            examples = pa.table({
+                "run_id": [run_id] * len(batch.examples),
+                "layer": pa.array(columns[0], pa.int16()),
+                "head": pa.array(columns[1], pa.int16()),
+                "kind": pa.array(columns[2], pa.string()),
+                "value": pa.array(columns[3], pa.float64()),
+                "text_key": pa.array(columns[4], pa.string()),
+                "query_pos": pa.array(columns[5], pa.int32()),
+                "key_pos": pa.array(columns[6], pa.int32()),
+                "query_token": pa.array(columns[7], pa.string()),
+                "key_token": pa.array(columns[8], pa.string()),
+            })
+            con.register("batch_examples", examples)
+            con.execute("INSERT OR IGNORE INTO examples SELECT * FROM batch_examples")
+            con.unregister("batch_examples")
+            # Keep the best top_k per head and kind; ties go to the smaller key, so the result
+            # does not depend on the order batches arrived in.
+            con.execute(
+                "DELETE FROM examples e USING (SELECT layer, head, kind, text_key, row_number() "
+                "OVER (PARTITION BY layer, head, kind ORDER BY value DESC, text_key) AS rank "
+                "FROM examples WHERE run_id = ?) r WHERE e.run_id = ? AND e.layer = r.layer "
+                "AND e.head = r.head AND e.kind = r.kind AND e.text_key = r.text_key "
+                "AND r.rank > ?", [run_id, run_id, top_k])
+
+        if batch.relations:
+            rel = list(zip(*batch.relations, strict=True))
+            relations = pa.table({
+                "run_id": [run_id] * len(batch.relations),
+                "relation": pa.array(rel[0], pa.string()),
+                "direction": pa.array(rel[1], pa.string()),
+                "layer": pa.array(rel[2], pa.int16()),
+                "head": pa.array(rel[3], pa.int16()),
+                "n": pa.array(rel[4], pa.int64()),
+                "hits": pa.array(rel[5], pa.int64()),
+            })
+            con.register("batch_relations", relations)
+            con.execute(
+                "INSERT INTO relations SELECT * FROM batch_relations ON CONFLICT DO UPDATE SET "
+                "n = relations.n + excluded.n, hits = relations.hits + excluded.hits")
+            con.unregister("batch_relations")
+            con.executemany(
+                "INSERT INTO relation_baselines VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
+                "SET hits = relation_baselines.hits + excluded.hits",
+                [(run_id, *row) for row in batch.baselines])
+        if batch.problems:
+            con.executemany("INSERT OR IGNORE INTO problems VALUES (?, ?, ?, ?)",
+                            [(run_id, *p) for p in batch.problems])
