@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from attnscope.analysis.patterns import SCORES
-from attnscope.analysis.report import Report, _png
+from attnscope.analysis.report import Report
 from attnscope.corpora.result import CorpusResult
 from attnscope.errors import AttnscopeError
 from attnscope.tokens import TruncationWarning
@@ -61,6 +61,21 @@ window.addEventListener("hashchange", fromHash);
 fromHash();
 })();
 """
+
+
+
+def _png(fig) -> str:
+    """A matplotlib figure as an ``<img>`` with its PNG inline (base64)."""
+    import base64
+    import io
+
+    from attnscope.render.static import _quiet_glyph_warnings
+
+    buffer = io.BytesIO()
+    with _quiet_glyph_warnings():
+        fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="figure" src="data:image/png;base64,{data}">'
 
 
 def _table(header: list[str], rows: list[list[Any]], left: set[int] = frozenset()) -> str:
