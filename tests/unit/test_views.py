@@ -216,3 +216,14 @@ def test_cli_view_writes_page_and_figures(tiny_dirs, tmp_path, capsys):
         assert (tmp_path / f"page-{name}.png").read_bytes().startswith(b"\x89PNG")
     assert main(["view", "x", "-o", str(tmp_path / "page.txt")]) == 2
     assert "must end in .html" in capsys.readouterr().err
+
+
+def test_base85_text_round_trips_and_needs_no_escaping():
+    rng = np.random.default_rng(4)
+    for size in [*range(12), 4099]:
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        text = page_html._to_base85(data)
+        assert len(text) == size + (size + 3) // 4  # 5 characters for 4 bytes
+        assert page_html._from_base85(text) == data
+    assert page_html._from_base85(page_html._to_base85(b"\xff" * 7)) == b"\xff" * 7
+    assert page_html.script_json(page_html.BASE85) == f'"{page_html.BASE85}"'

@@ -68,11 +68,12 @@ def _asset(name: str) -> str:
 _FAST_ABOVE_BYTES = 4 * 2**20
 
 #: Weights are coded by their ratio to the row's largest weight, on a logarithmic scale of
-#: one byte: code 255 is the row maximum, each step down divides by exp(LOG_STEP), code 2 is
+#: one byte: code 255 is the row's scale (its maximum, or up to a step above: see
+#: :func:`_code_head`), each step down divides by exp(LOG_STEP), code 2 is
 #: a ratio of exp(-253 * LOG_STEP) (5.7e-5), 1 marks a weight below the floor and 0 a zero.
 #: Rounded to the nearest step, a weight is within WEIGHT_ERROR = exp(LOG_STEP / 2) - 1 of its
-#: true value (plus float32 rounding): 1.95%, just inside the 2% that colours, lines and three
-#: shown digits need, with as few distinct codes (and so as few bits) as that bound allows.
+#: true value (plus float32 rounding): 1.95%, just inside the 2% bound on what a page shows,
+#: with as few distinct codes (and so as few bits) as that bound allows.
 WEIGHT_ERROR = 0.0195
 LOG_STEP = float(2 * np.log1p(WEIGHT_ERROR))
 CODE_TOP = 255
@@ -82,9 +83,39 @@ CODE_BOTTOM = 2
 FLOOR = 1e-4
 
 
+#: The 85 characters that carry deflated planes: none that JSON or a page's script element
+#: would escape (no quote, backslash, "<", ">" or "&").
+BASE85 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%()*+,-./:;=?@[]^_{|"
+_BASE85_BYTES = np.frombuffer(BASE85.encode("ascii"), dtype=np.uint8)
+_BASE85_DIGITS = np.zeros(128, dtype=np.int64)
+_BASE85_DIGITS[_BASE85_BYTES] = np.arange(85)
+
+
+def _to_base85(data: bytes) -> str:
+    """Bytes as text, each 4 bytes (a big-endian number) as 5 digits in :data:`BASE85`, and
+    the last ``n < 4`` bytes as ``n + 1`` digits: 1.25 characters a byte (base64: 1.33)."""
+    pad = -len(data) % 4
+    words = np.frombuffer(data + bytes(pad), dtype=">u4").astype(np.int64)
+    digits = np.empty((words.size, 5), dtype=np.uint8)
+    for place in range(4, -1, -1):
+        words, digits[:, place] = np.divmod(words, 85)
+    return _BASE85_BYTES[digits].tobytes()[: digits.size - pad].decode("ascii")
+
+
+def _from_base85(text: str) -> bytes:
+    """The inverse of :func:`_to_base85`: a short last group is padded with the top digit."""
+    pad = -len(text) % 5
+    digits = _BASE85_DIGITS[np.frombuffer((text + BASE85[-1] * pad).encode("ascii"),
+                                          dtype=np.uint8)].reshape(-1, 5)
+    words = np.zeros(len(digits), dtype=np.int64)
+    for place in range(5):
+        words = words * 85 + digits[:, place]
+    return words.astype(">u4").tobytes()[: 4 * len(digits) - pad]
+
+
 def _deflate_all(chunks: list[bytes], level: int) -> list[str]:
     """Deflate each chunk (run-length matching only: as small as full matching on these codes
-    and about three times faster) on as many threads as there are cores, then base64."""
+    and about three times faster) on as many threads as there are cores, then base85."""
 
     def deflate(chunk: bytes) -> bytes:
         packer = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
@@ -94,7 +125,7 @@ def _deflate_all(chunks: list[bytes], level: int) -> list[str]:
     workers = max(1, min(len(chunks), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         packed = list(pool.map(deflate, chunks))
-    return [base64.b64encode(chunk).decode("ascii") for chunk in packed]
+    return [_to_base85(chunk) for chunk in packed]
 
 
 #: Above this many weights a page keeps each row's strongest weights only (see
@@ -160,7 +191,7 @@ def _encode_dense(weights: np.ndarray, *, floor: float = FLOOR,
 
     The codes travel as ``"codes"``, one byte a weight (0 zero, 1 below the floor), deflated
     per layer: a weight has no more distinct codes than the error bound needs, which is what
-    keeps the deflated plane small. ``"rowmax"`` and ``"tail"`` hold each row's maximum and
+    keeps the deflated plane small. ``"rowmax"`` and ``"tail"`` hold each row's scale and
     below-floor mean as float32 ``[L, H, Tq]``.
 
     The arrays are coded one head at a time, so only a few float32 copies of one head are ever
@@ -358,7 +389,7 @@ def decode_layer(spec: dict[str, Any], layer: int) -> np.ndarray:
     layers, heads, tq, tk = spec["shape"]
 
     def plane(name: str, dtype: str) -> np.ndarray:
-        return np.frombuffer(zlib.decompress(base64.b64decode(spec[name][layer])), dtype)
+        return np.frombuffer(zlib.decompress(_from_base85(spec[name][layer])), dtype)
 
     def floats(name: str) -> np.ndarray:
         return np.frombuffer(base64.b64decode(spec[name]), "<f4").reshape(

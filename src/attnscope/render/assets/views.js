@@ -9,9 +9,9 @@
  *
  * Attention arrives as a logarithmic one-byte code of each weight's ratio to its row's
  * maximum (see attnscope.render.html.encode_attention): a "codes" plane of one byte a weight
- * (0 zero, 1 below the floor, 2..255 the ratio, 255 the maximum), deflated per layer, and
- * float32 row maxima and below-floor means [L, H, Tq]. Every weight above 1e-4 decodes to
- * within 1.95%. Queries and keys arrive as float16 [L, H, T, d_head].
+ * (0 zero, 1 below the floor, 2..255 the ratio, 255 the row's scale), deflated per layer and
+ * carried as base85 text, and float32 row scales (what code 255 stands for) and below-floor
+ * means [L, H, Tq]. Every weight above 1e-4 decodes to within 1.95%. Queries and keys arrive as float16 [L, H, T, d_head].
  */
 
 // ----- small helpers ------------------------------------------------------------------------
@@ -227,6 +227,29 @@ function base64Bytes(b64) {
   return out;
 }
 
+// Deflated planes travel as base85 text (attnscope.render.html._to_base85): each 4 bytes, a
+// big-endian number, as 5 digits; the last n < 4 bytes as n + 1 digits.
+const BASE85 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%()*+,-./:;=?@[]^_{|";
+const BASE85_DIGIT = new Uint8Array(128);
+for (let k = 0; k < 85; k++) BASE85_DIGIT[BASE85.charCodeAt(k)] = k;
+
+function base85Bytes(text) {
+  const groups = Math.ceil(text.length / 5), pad = groups * 5 - text.length;
+  const out = new Uint8Array(groups * 4);
+  for (let g = 0; g < groups; g++) {
+    let v = 0;
+    for (let k = g * 5; k < g * 5 + 5; k++) {
+      // a short last group is padded with the top digit, which restores its bytes
+      v = v * 85 + (k < text.length ? BASE85_DIGIT[text.charCodeAt(k)] : 84);
+    }
+    out[g * 4] = v >>> 24;
+    out[g * 4 + 1] = (v >>> 16) & 255;
+    out[g * 4 + 2] = (v >>> 8) & 255;
+    out[g * 4 + 3] = v & 255;
+  }
+  return out.subarray(0, out.length - pad);
+}
+
 function halfToFloat(half) {
   const out = new Float32Array(half.length);
   for (let i = 0; i < half.length; i++) {
@@ -313,14 +336,14 @@ function loadPart(spec, P) {
   part.signs = new Array(L).fill(null);
   att.sign = null;
   async function decodeLayer(l) {
-    const bytes = await inflate(base64Bytes(coarseB64[l]));
-    if (signB64) part.signs[l] = await inflate(base64Bytes(signB64[l]));
+    const bytes = await inflate(base85Bytes(coarseB64[l]));
+    if (signB64) part.signs[l] = await inflate(base85Bytes(signB64[l]));
     if (sparse) {
-      const c = await inflate(base64Bytes(countsB64[l]));
+      const c = await inflate(base85Bytes(countsB64[l]));
       const counts = new Uint16Array(c.buffer, 0, H * Tq);
       const starts = new Int32Array(H * Tq + 1);
       for (let r = 0; r < H * Tq; r++) starts[r + 1] = starts[r] + counts[r];
-      const g = await inflate(base64Bytes(indexB64[l]));
+      const g = await inflate(base85Bytes(indexB64[l]));
       const keys = new Uint16Array(g.buffer, 0, starts[H * Tq]);
       for (let r = 0; r < H * Tq; r++) { // the gaps between kept keys become key indices
         for (let x = starts[r] + 1; x < starts[r + 1]; x++) keys[x] += keys[x - 1];
