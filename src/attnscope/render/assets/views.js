@@ -275,6 +275,11 @@ async function inflate(bytes) {
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 
+async function inflatedFloats(text) {
+  const bytes = await inflate(base85Bytes(text));
+  return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length >> 2);
+}
+
 function float32s(b64) {
   const bytes = base64Bytes(b64);
   return new Float32Array(bytes.buffer, 0, bytes.length >> 2);
@@ -309,7 +314,7 @@ async function decodeArray(spec) {
 //   weight(l, h, i, j)   the value (within 1.95%)
 //   row(l, h, i, out)    one query's weights (Float32Array Tk), for drawing
 //   ensure(l)            decodes layer l's codes (layers are decoded when first needed)
-function loadPart(spec, P) {
+async function loadPart(spec, P) {
   const att = spec.att;
   const [L, H, Tq, Tk] = att.shape;
   const coarse = new Array(L).fill(null);
@@ -320,7 +325,7 @@ function loadPart(spec, P) {
     heads: spec.heads, L, H, Tq, Tk,
     rows: P.tokens[spec.rows], cols: P.tokens[spec.cols],
     rowSpecial: P.special[spec.rows], colSpecial: P.special[spec.cols],
-    coarse, rowmax: float32s(att.rowmax), tail: float32s(att.tail),
+    coarse, rowmax: await inflatedFloats(att.rowmax), tail: await inflatedFloats(att.tail),
   };
   const coarseB64 = att.codes;
   const sparse = att.dtype === "log8-sparse";
@@ -431,7 +436,7 @@ function loadPart(spec, P) {
 
 async function loadArrays(P) {
   const parts = {};
-  for (const spec of P.parts) parts[spec.name] = loadPart(spec, P);
+  for (const spec of P.parts) parts[spec.name] = await loadPart(spec, P);
   // what the first view draws: one layer for the head view, every layer otherwise
   const first = parts[P.initial.part] || Object.values(parts)[0];
   if (P.kinds[0] === "head") await first.ensure(P.initial.layer);
