@@ -94,8 +94,8 @@ class Opened:
 
 def _lines(trace, layer, heads, *, rows=None, cols=None, causal=False, min_v=0.01):
     """How many lines the head view should draw: weights >= 0.01 as the page draws them
-    (decoded from the coarse plane)."""
-    att = page_html.decode_attention(page_html.encode_attention(trace.attentions), fine=False)
+    (decoded from the page's codes)."""
+    att = page_html.decode_attention(page_html.encode_attention(trace.attentions))
     att = att[layer][list(heads)]  # (h, T, T)
     keep = att >= min_v
     if causal:
@@ -285,9 +285,9 @@ def test_notebook_iframe_renders(browser, seed_pair_trace, tmp_path):
 
 def _near(shown, value):
     """A number shown to 3 significant digits is the Trace's value to 3 significant digits
-    (up to the page's 0.11% encoding error where the value lies on a rounding boundary)."""
+    (up to the page's 1.95% encoding error)."""
     unit = 10.0 ** (np.floor(np.log10(value)) - 2)
-    return abs(float(shown) - value) <= unit / 2 + page_html.FINE_ERROR * value + 1e-12
+    return abs(float(shown) - value) <= unit / 2 + page_html.WEIGHT_ERROR * value + 1e-12
 
 
 def test_head_view_tooltip_shows_each_heads_weight(browser, seed_pair_trace, tmp_path):
@@ -471,7 +471,7 @@ def test_long_input_pages_keep_strong_weights_and_say_what_is_not_kept(browser, 
     view = compat.head_view(tuple(att[:, None]), tokens, html_action="return")
     everything = all_views(view.trace)
     spec = everything.payload()["parts"][0]["att"]
-    assert spec["dtype"] == "log12-sparse"
+    assert spec["dtype"] == "log8-sparse"
     threshold = np.frombuffer(base64.b64decode(spec["threshold"]), "<f4").reshape(2, 3, 300)
     page = Opened(browser, everything.save(tmp_path / "long.html"))
     page.page.wait_for_function("document.querySelector('.attnscope-root').dataset.exact")
@@ -539,12 +539,13 @@ def test_sentence_filter_combined_heads_and_coloured_text(browser, qk_trace, tmp
     page.page.select_option(".as-model .as-filter select", "all")
     page.page.click(".as-tokstrip .as-tok[data-index='3']")
     mean = trace.attentions[:, :, 3, :].mean(axis=(0, 1))
-    np.testing.assert_allclose(page.state("model")["sourceWeights"], mean, rtol=3e-3, atol=1e-6)
+    np.testing.assert_allclose(page.state("model")["sourceWeights"], mean,
+                               rtol=page_html.WEIGHT_ERROR, atol=1e-6)
     title = page.js("document.querySelectorAll('.as-tokstrip .as-tok')[0].title")
     assert title.startswith(f"{trace.tokens[3]} \u2192 {trace.tokens[0]}: ")
     page.page.click(".as-thumb[data-layer='4'][data-head='2']")
     np.testing.assert_allclose(page.state("model")["sourceWeights"], trace.attentions[4, 2, 3],
-                               rtol=3e-3, atol=1e-6)
+                               rtol=page_html.WEIGHT_ERROR, atol=1e-6)
     colours = page.js("[...document.querySelectorAll('.as-tokstrip .as-tok')]"
                       ".map(t => t.style.backgroundColor)")
     assert len(set(colours)) > 3

@@ -71,7 +71,11 @@ def test_capture_gives_the_views_payload(client, embedded):
     expected = json.loads(json.dumps(view.payload()))
     assert body["view"] == expected
     weights = _weights(body["view"]["parts"][0]["att"])  # (L, H, T, T)
-    assert np.abs(weights - trace.attentions).max() <= 2.5e-3
+    # as the page encodes them: each weight within its bound (below 1e-4, its row's mean)
+    from attnscope.render import html
+
+    assert (np.abs(weights - trace.attentions)
+            <= html.WEIGHT_ERROR * trace.attentions + html.FLOOR).all()
 
 
 def test_models_are_the_allowlist(client, embedded, tiny_bert):

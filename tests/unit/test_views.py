@@ -38,17 +38,19 @@ def test_encoding_keeps_every_weight_and_row_mass_on_random_attention():
     att[0, 0, 5] = 0.0  # a masked row stays empty
     att[0, 1] = np.tril(att[0, 1])  # causal zeros stay zero
     spec = page_html.encode_attention(att)
-    assert spec["shape"] == [2, 3, 300, 300] and spec["dtype"] == "log12"
+    assert spec["shape"] == [2, 3, 300, 300] and spec["dtype"] == "log8"
     mass, rel, zeros = _faithful(att, spec)
-    assert mass <= 0.002 * att.sum(-1).max() and rel <= 0.002 and zeros == 0
+    assert mass <= 0.005 * att.sum(-1).max() and rel <= 0.02 and zeros == 0
     shown = page_html.decode_attention(spec)
     assert (shown[att == 0] == 0).all()
-    assert rel <= page_html.FINE_ERROR + 1e-6
-    # the coarse plane alone (what lines and colours use) is within 2% of every weight
-    coarse = page_html.decode_attention(spec, fine=False)
-    big = att > 1e-4
-    assert (np.abs(coarse[big] - att[big]) / att[big]).max() <= page_html.COARSE_ERROR + 1e-6
-    assert page_html.COARSE_ERROR < 0.02
+    assert rel <= page_html.WEIGHT_ERROR + 1e-6
+    # the code is no finer than the bound needs: most of its steps are taken
+    assert rel > 0.9 * page_html.WEIGHT_ERROR
+    # weights below the floor share their row's mean: one value per row
+    small = (att > 0) & (att < page_html.FLOOR)
+    assert small.any()
+    for row in zip(*np.nonzero(small.any(-1)), strict=True):
+        assert np.ptp(shown[row][small[row]]) == 0
 
 
 def test_encoding_keeps_real_attention_on_long_text(embedded):
@@ -72,13 +74,13 @@ def test_long_inputs_keep_each_rows_strongest_weights_and_its_mass(causal):
         att = np.tril(att)
         att /= att.sum(-1, keepdims=True)
     spec = page_html.encode_attention(att, causal=causal, dense_limit=0)
-    assert spec["dtype"] == "log12-sparse"
+    assert spec["dtype"] == "log8-sparse"
     shown = page_html.decode_attention(spec)
     threshold = np.frombuffer(base64.b64decode(spec["threshold"]), "<f4").reshape(2, 2, 400)
     kept = (att >= threshold[..., None]) & (att > 0)
-    # kept weights within 0.11%, the rest below the threshold, each row's mass kept
+    # kept weights within 1.95%, the rest below the threshold, each row's mass kept
     rel = np.abs(shown[kept] - att[kept]) / att[kept]
-    assert rel.max() <= page_html.FINE_ERROR + 1e-6
+    assert rel.max() <= page_html.WEIGHT_ERROR + 1e-6
     assert (att[~kept] < threshold[..., None].repeat(400, -1)[~kept]).all()
     np.testing.assert_allclose(shown.sum(-1), att.sum(-1), rtol=2e-3)
     # about `keep` weights a row, always the largest ones
@@ -214,3 +216,14 @@ def test_cli_view_writes_page_and_figures(tiny_dirs, tmp_path, capsys):
         assert (tmp_path / f"page-{name}.png").read_bytes().startswith(b"\x89PNG")
     assert main(["view", "x", "-o", str(tmp_path / "page.txt")]) == 2
     assert "must end in .html" in capsys.readouterr().err
+
+
+def test_base85_text_round_trips_and_needs_no_escaping():
+    rng = np.random.default_rng(4)
+    for size in [*range(12), 4099]:
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        text = page_html._to_base85(data)
+        assert len(text) == size + (size + 3) // 4  # 5 characters for 4 bytes
+        assert page_html._from_base85(text) == data
+    assert page_html._from_base85(page_html._to_base85(b"\xff" * 7)) == b"\xff" * 7
+    assert page_html.script_json(page_html.BASE85) == f'"{page_html.BASE85}"'

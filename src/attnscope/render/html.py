@@ -6,11 +6,11 @@ notebook or in an e-mail attachment, and makes no network request of any kind.
 
 Arrays travel as typed arrays in base64 rather than JSON floats:
 
-* attention weights as a logarithmic 12-bit code of each weight's ratio to its row's maximum
-  (:func:`encode_attention`): every weight above 1e-4 is kept to within 0.11% and never shown
-  as zero, and each row's total is kept, in two deflated planes (the browser inflates them
-  with its built-in ``DecompressionStream``) of 1.6 to 1.9 bytes a weight in all, against
-  about 44 for JSON floats written twice;
+* attention weights as a logarithmic 8-bit code of each weight's ratio to its row's maximum
+  (:func:`encode_attention`): every weight above 1e-4 is kept to within 1.95% and never shown
+  as zero, and each row's total is kept, in one deflated plane a layer (the browser inflates
+  it with its built-in ``DecompressionStream``) of 0.9 to 1.15 bytes a weight, against about
+  44 for JSON floats written twice;
 * query and key vectors as float16 (three significant digits is all a colour strip shows).
 
 Tokens and every other text go into the page as JSON data inside a
@@ -69,22 +69,54 @@ def _asset(name: str) -> str:
 _FAST_ABOVE_BYTES = 4 * 2**20
 
 #: Weights are coded by their ratio to the row's largest weight, on a logarithmic scale of
-#: 12 bits: code 4095 is the row maximum, each step down divides by exp(LOG_STEP), and code 32
-#: is a ratio of about RATIO_FLOOR. Decoded at the centre of its step, a weight is within
-#: exp(LOG_STEP / 2) - 1 = 0.11% of its true value (plus float32 rounding of the row maximum).
-RATIO_FLOOR = 1e-4
-CODE_TOP = 4095
-CODE_BOTTOM = 32
-LOG_STEP = float(np.log(1.0 / RATIO_FLOOR) / (CODE_TOP - CODE_BOTTOM))
-#: The largest relative error of a weight decoded from the full 12-bit code, and from its top
-#: 8 bits alone (the fine half not yet decoded, or left out of the page).
-FINE_ERROR = float(np.expm1(LOG_STEP / 2))
-COARSE_ERROR = float(np.expm1(8 * LOG_STEP))
+#: one byte: code 255 is the row's scale (its maximum, or up to a step above: see
+#: :func:`_code_head`), each step down divides by exp(LOG_STEP), code 2 is
+#: a ratio of exp(-253 * LOG_STEP) (5.7e-5), 1 marks a weight below the floor and 0 a zero.
+#: Rounded to the nearest step, a weight is within WEIGHT_ERROR = exp(LOG_STEP / 2) - 1 of its
+#: true value (plus float32 rounding): 1.95%, just inside the 2% bound on what a page shows,
+#: with as few distinct codes (and so as few bits) as that bound allows.
+WEIGHT_ERROR = 0.0195
+LOG_STEP = float(2 * np.log1p(WEIGHT_ERROR))
+CODE_TOP = 255
+CODE_BOTTOM = 2
+#: Attention weights below this share their row's mean (:func:`encode_attention`): for
+#: attention (rows sum to 1, so a row's maximum is at most 1) it lies within the code's range.
+FLOOR = 1e-4
+
+
+#: The 85 characters that carry deflated planes: none that JSON or a page's script element
+#: would escape (no quote, backslash, "<", ">" or "&").
+BASE85 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%()*+,-./:;=?@[]^_{|"
+_BASE85_BYTES = np.frombuffer(BASE85.encode("ascii"), dtype=np.uint8)
+_BASE85_DIGITS = np.zeros(128, dtype=np.int64)
+_BASE85_DIGITS[_BASE85_BYTES] = np.arange(85)
+
+
+def _to_base85(data: bytes) -> str:
+    """Bytes as text, each 4 bytes (a big-endian number) as 5 digits in :data:`BASE85`, and
+    the last ``n < 4`` bytes as ``n + 1`` digits: 1.25 characters a byte (base64: 1.33)."""
+    pad = -len(data) % 4
+    words = np.frombuffer(data + bytes(pad), dtype=">u4").astype(np.int64)
+    digits = np.empty((words.size, 5), dtype=np.uint8)
+    for place in range(4, -1, -1):
+        words, digits[:, place] = np.divmod(words, 85)
+    return _BASE85_BYTES[digits].tobytes()[: digits.size - pad].decode("ascii")
+
+
+def _from_base85(text: str) -> bytes:
+    """The inverse of :func:`_to_base85`: a short last group is padded with the top digit."""
+    pad = -len(text) % 5
+    digits = _BASE85_DIGITS[np.frombuffer((text + BASE85[-1] * pad).encode("ascii"),
+                                          dtype=np.uint8)].reshape(-1, 5)
+    words = np.zeros(len(digits), dtype=np.int64)
+    for place in range(5):
+        words = words * 85 + digits[:, place]
+    return words.astype(">u4").tobytes()[: 4 * len(digits) - pad]
 
 
 def _deflate_all(chunks: list[bytes], level: int) -> list[str]:
     """Deflate each chunk (run-length matching only: as small as full matching on these codes
-    and about three times faster) on as many threads as there are cores, then base64."""
+    and about three times faster) on as many threads as there are cores, then base85."""
 
     def deflate(chunk: bytes) -> bytes:
         packer = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
@@ -94,7 +126,7 @@ def _deflate_all(chunks: list[bytes], level: int) -> list[str]:
     workers = max(1, min(len(chunks), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         packed = list(pool.map(deflate, chunks))
-    return [base64.b64encode(chunk).decode("ascii") for chunk in packed]
+    return [_to_base85(chunk) for chunk in packed]
 
 
 #: Above this many weights a page keeps each row's strongest weights only (see
@@ -104,8 +136,8 @@ DENSE_LIMIT = 64 * 2**20
 KEEP_PER_ROW = 32
 
 
-def encode_attention(weights: np.ndarray, *, fine: bool = True, level: int | None = None,
-                     causal: bool = False, dense_limit: int | None = None,
+def encode_attention(weights: np.ndarray, *, level: int | None = None, causal: bool = False,
+                     dense_limit: int | None = None,
                      keep: int = KEEP_PER_ROW) -> dict[str, Any]:
     """Attention ``[L, H, Tq, Tk]`` (each row's weights >= 0) as a compact, faithful payload.
 
@@ -114,8 +146,9 @@ def encode_attention(weights: np.ndarray, *, fine: bool = True, level: int | Non
     above a threshold: the ``keep // 8``-th largest of every 8th weight of the row, so about
     its ``keep`` largest, never fewer than ``keep // 8``, and not more than ``8 * keep``
     (rows past that get their exact ``keep``-th largest as threshold; only ties go beyond).
-    Kept weights are coded as in the dense case (within 0.11%); the row's other weights, each
-    below the threshold, share their mean, so each row's mass is kept. ``"threshold"``
+    Kept weights are coded as in the dense case (within 1.95%); the row's other weights, each
+    below the threshold, share one value: what the kept weights, as shown, leave of the row's
+    total, so each row's mass is kept. ``"threshold"``
     ``[L, H, Tq]`` float32 travels with the page, so a value shown for a weight not kept can
     say it lies below it. ``causal`` says that keys after the query are masked (they stay
     zero rather than share the mean).
@@ -124,17 +157,18 @@ def encode_attention(weights: np.ndarray, *, fine: bool = True, level: int | Non
     if weights.ndim != 4:
         raise ValueError(f"attention must be [L, H, Tq, Tk], got shape {weights.shape}")
     if weights.size <= (DENSE_LIMIT if dense_limit is None else dense_limit):
-        return _encode_dense(weights, fine=fine, level=level)
-    return _encode_sparse(weights, keep=keep, fine=fine, causal=causal)
+        return _encode_dense(weights, floor=FLOOR, level=level)
+    return _encode_sparse(weights, keep=keep, causal=causal)
 
 
 def encode_signed(values: np.ndarray) -> dict[str, Any]:
     """Signed values ``[L, H, Tq, Tk]`` (a difference of two attentions) for a diverging scale:
-    the magnitudes coded as :func:`encode_attention` codes weights (dense: each within 0.11%,
-    those under 1e-4 of their row's largest share their mean), and a ``"sign"`` plane, one bit
+    the magnitudes coded as :func:`encode_attention` codes weights (dense: each within 1.95%;
+    with no absolute floor, as differences may be small, only those under 5.7e-5 of their
+    row's largest share their mean), and a ``"sign"`` plane, one bit
     a value (1 negative), packed and deflated per layer."""
     values = np.asarray(values, dtype=np.float32)
-    spec = _encode_dense(np.abs(values), fine=True, level=None)
+    spec = _encode_dense(np.abs(values), floor=0.0, level=None)
     signs = [np.packbits(values[layer].reshape(-1) < 0).tobytes()
              for layer in range(values.shape[0])]
     spec["sign"] = _deflate_all(signs, 6)
@@ -142,102 +176,143 @@ def encode_signed(values: np.ndarray) -> dict[str, Any]:
     return spec
 
 
-def _encode_dense(weights: np.ndarray, *, fine: bool = True,
+def _encode_dense(weights: np.ndarray, *, floor: float = FLOOR,
                   level: int | None = None) -> dict[str, Any]:
     """Every weight of ``[L, H, Tq, Tk]``, coded by its ratio to its row's maximum.
 
     Every weight ``w`` of a row whose largest weight is ``m`` is coded by ``w / m`` on a
-    logarithmic 12-bit scale (:data:`LOG_STEP` per code):
+    logarithmic one-byte scale (:data:`LOG_STEP` per code):
 
-    * ``w >= RATIO_FLOOR * m`` (so every weight above 1e-4) keeps a code from 32 to 4095 and
-      decodes to within :data:`FINE_ERROR` (0.11%) of its value, or :data:`COARSE_ERROR`
-      (1.8%) from the top 8 bits alone;
+    * ``w >= floor`` (and ``w / m`` within the code's range) keeps a code from 2 to 255 and
+      decodes to within :data:`WEIGHT_ERROR` (1.95%) of its value;
     * the smaller weights of a row (there is no floor on how many) share one value, their mean,
-      so no attention mass disappears: each row's total is kept to within 0.11%;
+      so no attention mass disappears: each row's total is kept to within 1.95%, and in
+      practice far better, as rounding errors cancel;
     * exact zeros (masked keys) stay zero.
 
-    The codes travel in two planes, each deflated per layer: ``"coarse"``, one byte a weight
-    (0 zero, 1 below the floor, 2..255 the top 8 bits of the code), and ``"fine"``, the low 4
-    bits, two weights a byte (left out with ``fine=False``). ``"rowmax"`` and ``"tail"`` hold
-    each row's maximum and below-floor mean as float32 ``[L, H, Tq]``.
+    The codes travel as ``"codes"``, one byte a weight (0 zero, 1 below the floor), deflated
+    per layer: a weight has no more distinct codes than the error bound needs, which is what
+    keeps the deflated plane small. ``"rowmax"`` and ``"tail"`` hold each row's scale and
+    below-floor mean as float32 ``[L, H, Tq]``, deflated.
 
     The arrays are coded one head at a time, so only a few float32 copies of one head are ever
     held besides the input.
     """
     layers, heads, tq, tk = weights.shape
-    coarse = np.empty(weights.shape, dtype=np.uint8)
-    fine_plane = np.empty((layers, (heads * tq * tk + 1) // 2), dtype=np.uint8) if fine else None
+    codes = np.empty(weights.shape, dtype=np.uint8)
     rowmax = np.zeros((layers, heads, tq), dtype=np.float32)
     tail = np.zeros((layers, heads, tq), dtype=np.float32)
-    low = np.empty((heads, tq, tk), dtype=np.uint8) if fine else None
     for layer in range(layers):
         for head in range(heads):
-            coarse[layer, head], low_bits = _code_head(
-                weights[layer, head], rowmax[layer, head], tail[layer, head])
-            if low is not None:
-                low[head] = low_bits
-        if fine_plane is not None and low is not None:
-            flat = low.reshape(-1)
-            packed = fine_plane[layer]
-            packed[:] = 0
-            packed[: (flat.size + 1) // 2] = flat[0::2]
-            packed[: flat.size // 2] |= flat[1::2] << 4
+            codes[layer, head] = _code_head(weights[layer, head], floor,
+                                            rowmax[layer, head], tail[layer, head])
     if level is None:
         level = 6 if weights.size <= _FAST_ABOVE_BYTES else 1
     return {
         "shape": [layers, heads, tq, tk],
-        "dtype": "log12",
+        "dtype": "log8",
         "zlib": True,
         "step": LOG_STEP,
         "top": CODE_TOP,
-        "coarse": _deflate_all([coarse[layer].tobytes() for layer in range(layers)], level),
-        "fine": (None if fine_plane is None else
-                 _deflate_all([fine_plane[layer].tobytes() for layer in range(layers)], level)),
-        "rowmax": base64.b64encode(rowmax.astype("<f4").tobytes()).decode("ascii"),
-        "tail": base64.b64encode(tail.astype("<f4").tobytes()).decode("ascii"),
+        "codes": _deflate_all([codes[layer].tobytes() for layer in range(layers)], level),
+        **_row_floats(rowmax, tail, level),
     }
 
 
-def _code_head(head: np.ndarray, rowmax: np.ndarray,
-               tail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Code one head ``[Tq, Tk]``: returns (coarse ``uint8 [Tq, Tk]``, low 4 bits ``uint8
-    [Tq, Tk]``) and fills ``rowmax`` and ``tail`` ``[Tq]`` in place."""
+#: Grid offsets (fractions of a step) tried for a row whose rounding errors add up (below).
+_PHASES = np.arange(16, dtype=np.float32) / 16
+#: A row is re-gridded when its kept weights' total moves by more than this share of it.
+_MASS_SLACK = 1e-3
+
+
+def _row_floats(scale: np.ndarray, tail: np.ndarray, level: int) -> dict[str, str]:
+    """Each row's scale and below-floor mean, float32 ``[L, H, Tq]``, deflated (attention's
+    scales take 16 values, and many rows have no weight below the floor) and in base85."""
+    # (full matching: a run-length match cannot see a repeated four-byte float)
+    return {name: _to_base85(zlib.compress(values.astype("<f4").tobytes(), level))
+            for name, values in (("rowmax", scale), ("tail", tail))}
+
+
+def _code_head(head: np.ndarray, floor: float, scale: np.ndarray,
+               tail: np.ndarray) -> np.ndarray:
+    """Code one head ``[Tq, Tk]``: returns its codes ``uint8 [Tq, Tk]`` and fills ``scale``
+    (what code 255 stands for: 1 or, for values above 1 or with no floor, the row's maximum,
+    times the grid offset below) and ``tail`` ``[Tq]`` in place.
+
+    Rounding to the nearest step keeps each weight within :data:`WEIGHT_ERROR` wherever the
+    grid of steps starts, but on real attention a row's few large weights can all round the
+    same way and move its total by up to 1%. So a row whose kept total moves by more than
+    0.1% is coded on the grid shifted by the fraction of a step (one of 16) that moves it
+    least: the scale becomes ``reference * exp(phase * LOG_STEP)`` and each weight is still
+    within the bound (the maximum included), while row totals stay within about 0.12%.
+    """
     w = np.asarray(head, dtype=np.float32)
-    np.maximum(w.max(axis=1), 0.0, out=rowmax)
+    rowmax = np.maximum(w.max(axis=1), 0.0)
+    # Attention (a floor, rows at most 1) is coded on one grid for every row, steps below 1:
+    # a key's weights then take the same codes from row to row, which deflates about 4%
+    # smaller than codes counted from each row's own maximum (and needs no row maxima).
+    reference = np.where(rowmax > 0, rowmax, 1.0)
+    if floor > 0:
+        reference = np.maximum(reference, 1.0)
     positive = w > 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = w / np.where(rowmax > 0, rowmax, 1.0)[:, None]  # (Tq, Tk), in (0, 1] where > 0
+        ratio = w / reference[:, None]  # (Tq, Tk), in (0, 1] where > 0
         steps = np.log(ratio, where=positive, out=np.zeros_like(ratio))
-    steps *= -1.0 / LOG_STEP
-    np.rint(steps, out=steps)
-    kept = positive & (steps <= CODE_TOP - CODE_BOTTOM)
-    code = np.where(kept, CODE_TOP - np.minimum(steps, CODE_TOP), 0).astype(np.uint16)
+    steps *= -1.0 / LOG_STEP  # (Tq, Tk), >= 0: steps below the reference, not rounded
+    # one step of room below the lowest code for the shifted grids
+    kept = positive & (steps <= CODE_TOP - CODE_BOTTOM - 1) & (w >= floor)
+    steps[~kept] = 0.0
+    rounded = np.rint(steps)
+    kept_mass = np.where(kept, w, 0.0).sum(axis=1, dtype=np.float64)  # (Tq,)
+    shown = (np.exp(-LOG_STEP * rounded, dtype=np.float64) * kept).sum(axis=1) * reference
+    phase = np.zeros(len(w), dtype=np.float32)
+    drifting = np.flatnonzero(np.abs(shown - kept_mass) > _MASS_SLACK * kept_mass)
+    chunk = max(1, 2**22 // (len(_PHASES) * max(1, w.shape[1])))
+    for start in range(0, drifting.size, chunk):
+        rows = drifting[start: start + chunk]
+        shifted = steps[rows, None, :] + _PHASES[None, :, None]  # (rows, phases, Tk)
+        grid = np.exp(LOG_STEP * (_PHASES[None, :, None] - np.rint(shifted)))
+        sums = (grid * kept[rows, None, :]).sum(axis=2, dtype=np.float64) * reference[rows, None]
+        phase[rows] = _PHASES[np.abs(sums - kept_mass[rows, None]).argmin(axis=1)]
+    if drifting.size:
+        steps += phase[:, None]
+        np.rint(steps, out=steps)
+    else:
+        steps = rounded
+    scale[:] = reference * np.exp(phase * LOG_STEP)
+    code = np.where(kept, CODE_TOP - steps, 0).astype(np.uint8)
     below = positive & ~kept
     counts = below.sum(axis=1)
     sums = np.where(below, w, 0.0).sum(axis=1, dtype=np.float64)
     tail[:] = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
-    coarse = (code >> 4).astype(np.uint8)
-    coarse[below] = 1
-    return coarse, (code & 15).astype(np.uint8)
+    code[below] = 1
+    return code
 
 
-def _codes(ratio: np.ndarray) -> np.ndarray:
-    """12-bit codes (``uint16``, 0 for zero) of ratios to the row maximum in [0, 1]."""
-    with np.errstate(divide="ignore"):
-        steps = np.log(ratio, where=ratio > 0, out=np.full_like(ratio, -np.inf))
-    steps *= -1.0 / LOG_STEP
-    np.rint(steps, out=steps)
-    return np.where(ratio > 0, CODE_TOP - np.minimum(steps, CODE_TOP - CODE_BOTTOM),
-                    0).astype(np.uint16)
+def _sparse_codes(values: np.ndarray, rows: np.ndarray,
+                  rowmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-byte codes ``uint8 [N]`` of kept weights ``values`` ``[N]`` (> 0, in rows ``rows``
+    of maxima ``rowmax`` ``[R]``), and each row's grid offset ``[R]`` (see :func:`_code_head`),
+    chosen so that the row's kept weights, as shown, add up to nearly what they truly do."""
+    steps = np.log(values / rowmax[rows]) * (-1.0 / LOG_STEP)  # (N,), >= 0
+    true = np.bincount(rows, weights=values, minlength=rowmax.size)
+    best = np.full(rowmax.size, np.inf)
+    phase = np.zeros(rowmax.size, dtype=np.float32)
+    for offset in _PHASES:
+        grid = np.exp(LOG_STEP * (offset - np.rint(steps + offset)))
+        miss = np.abs(np.bincount(rows, weights=grid, minlength=rowmax.size) * rowmax - true)
+        closer = miss < best
+        phase[closer], best[closer] = offset, miss[closer]
+    steps = np.rint(steps + phase[rows])
+    return (CODE_TOP - np.minimum(steps, CODE_TOP - CODE_BOTTOM)).astype(np.uint8), phase
 
 
-def _encode_sparse(weights: np.ndarray, *, keep: int, fine: bool,
-                   causal: bool) -> dict[str, Any]:
+def _encode_sparse(weights: np.ndarray, *, keep: int, causal: bool) -> dict[str, Any]:
     """Each row's weights at or above its threshold, as rows of (key index, code).
 
     Per layer: ``"counts"`` uint16 ``[H, Tq]`` (weights kept per row), ``"index"`` uint16
-    (each kept key's distance from the previous one in its row, the first from 0), and the
-    coarse and fine planes of their codes; all deflated.
+    (each kept key's distance from the previous one in its row, the first from 0), and
+    their one-byte codes (as in :func:`_encode_dense`); all deflated.
     """
     layers, heads, tq, tk = weights.shape
     stride = 8 if tk >= 8 * keep else 1
@@ -277,82 +352,71 @@ def _encode_sparse(weights: np.ndarray, *, keep: int, fine: bool,
         if values.size:
             peak[present] = np.maximum.reduceat(values, starts[present])
         rowmax[layer] = peak.reshape(heads, tq)
-        rest_mass = w.sum(axis=-1).ravel() - np.bincount(rows, weights=values,
+        threshold[layer] = tau
+        scale = np.where(rowmax[layer] > 0, rowmax[layer], 1.0).ravel()
+        code, phase = _sparse_codes(values, rows, scale)
+        scale *= np.exp(phase * LOG_STEP)
+        rowmax[layer] = scale.reshape(heads, tq)
+        # the weights not kept carry what the kept ones, as shown, leave of the row's total
+        # (their own mass and the kept weights' rounding), so each row's mass is kept
+        shown = scale[rows] * np.exp(-LOG_STEP * (CODE_TOP - code.astype(np.float32)))
+        rest_mass = w.sum(axis=-1).ravel() - np.bincount(rows, weights=shown,
                                                          minlength=heads * tq)
         rest = (positive - counts).ravel()
         tail[layer] = np.where(rest > 0, np.maximum(rest_mass, 0.0) / np.maximum(rest, 1),
                                0.0).reshape(heads, tq)
-        threshold[layer] = tau
-        scale = np.where(rowmax[layer] > 0, rowmax[layer], 1.0).ravel()
-        code = _codes(values / scale[rows])
         gaps = keys.copy()
         gaps[1:] -= keys[:-1]
         firsts = starts[present]
         gaps[firsts] = keys[firsts]
-        low = (code & 15).astype(np.uint8)
-        if low.size % 2:
-            low = np.append(low, np.uint8(0))
         return {"counts": counts.astype("<u2").tobytes(), "index": gaps.astype("<u2").tobytes(),
-                "coarse": (code >> 4).astype(np.uint8).tobytes(),
-                "fine": (low[0::2] | (low[1::2] << 4)).tobytes()}
+                "codes": code.tobytes()}
 
     # NumPy releases the GIL in these loops: layers are coded in parallel
     with ThreadPoolExecutor(max_workers=max(1, min(layers, os.cpu_count() or 1))) as pool:
         done = list(pool.map(one_layer, range(layers)))
-    planes = {name: [d[name] for d in done] for name in ("counts", "index", "coarse", "fine")}
-    encoded = {name: _deflate_all(chunks, 1) for name, chunks in planes.items()
-               if fine or name != "fine"}
+    planes = {name: [d[name] for d in done] for name in ("counts", "index", "codes")}
+    encoded = {name: _deflate_all(chunks, 1) for name, chunks in planes.items()}
     return {
         "shape": [layers, heads, tq, tk],
-        "dtype": "log12-sparse",
+        "dtype": "log8-sparse",
         "zlib": True,
         "step": LOG_STEP,
         "top": CODE_TOP,
         "keep": keep,
         "causal": causal,
         **encoded,
-        "fine": encoded.get("fine"),
-        "rowmax": base64.b64encode(rowmax.astype("<f4").tobytes()).decode("ascii"),
-        "tail": base64.b64encode(tail.astype("<f4").tobytes()).decode("ascii"),
+        **_row_floats(rowmax, tail, 1),
         "threshold": base64.b64encode(threshold.astype("<f4").tobytes()).decode("ascii"),
     }
 
 
-def decode_attention(spec: dict[str, Any], *, fine: bool = True) -> np.ndarray:
+def decode_attention(spec: dict[str, Any]) -> np.ndarray:
     """The weights a page shows, float32 ``[L, H, Tq, Tk]``, decoded from
-    :func:`encode_attention`'s payload as the page script decodes them: from both planes (as
-    numbers are shown), or with ``fine=False`` from the coarse plane alone (as lines and
-    colours are drawn)."""
+    :func:`encode_attention`'s payload as the page script decodes them."""
     layers = spec["shape"][0]
-    return np.stack([decode_layer(spec, layer, fine=fine) for layer in range(layers)])
+    return np.stack([decode_layer(spec, layer) for layer in range(layers)])
 
 
-def decode_layer(spec: dict[str, Any], layer: int, *, fine: bool = True) -> np.ndarray:
+def decode_layer(spec: dict[str, Any], layer: int) -> np.ndarray:
     """One layer of :func:`decode_attention`: float32 ``[H, Tq, Tk]``."""
     layers, heads, tq, tk = spec["shape"]
 
     def plane(name: str, dtype: str) -> np.ndarray:
-        return np.frombuffer(zlib.decompress(base64.b64decode(spec[name][layer])), dtype)
+        return np.frombuffer(zlib.decompress(_from_base85(spec[name][layer])), dtype)
 
     def floats(name: str) -> np.ndarray:
-        return np.frombuffer(base64.b64decode(spec[name]), "<f4").reshape(
+        return np.frombuffer(zlib.decompress(_from_base85(spec[name])), "<f4").reshape(
             layers, heads, tq)[layer]
 
     rowmax, tail = floats("rowmax"), floats("tail")
-    coarse = plane("coarse", "u1")
-    if fine and spec["fine"] is not None:
-        packed = plane("fine", "u1")
-        low = np.empty(packed.size * 2, dtype=np.uint8)
-        low[0::2], low[1::2] = packed & 15, packed >> 4
-        code = coarse.astype(np.float32) * 16 + low[: coarse.size]
-    else:
-        code = coarse.astype(np.float32) * 16 + 7.5
-    factor = np.exp(-(spec["top"] - code) * spec["step"])
-    if spec["dtype"] == "log12":
-        coarse = coarse.reshape(heads, tq, tk)
+    codes = plane("codes", "u1")
+    factor = np.exp(-(spec["top"] - codes.astype(np.float32)) * spec["step"]).astype(np.float32)
+    if spec["dtype"] == "log8":
+        codes = codes.reshape(heads, tq, tk)
         value = rowmax[..., None] * factor.reshape(heads, tq, tk)
-        value = np.where(coarse == 1, tail[..., None], value)
-        return np.where(coarse == 0, 0.0, value).astype(np.float32)
+        value = np.where(codes == 1, tail[..., None], value)
+        return np.where(codes == 0, 0.0, value).astype(np.float32)
     # sparse: every position of a row holds the row's tail mean (up to the diagonal for a
     # causal row, whose later keys are zero), then the kept weights
     counts = plane("counts", "<u2").astype(np.int64).ravel()

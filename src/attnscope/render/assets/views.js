@@ -7,12 +7,11 @@
  * typed arrays and draws. Every text from the data (tokens, model names) is inserted with
  * textContent or drawn with canvas fillText: data never becomes markup.
  *
- * Attention arrives as a logarithmic 12-bit code of each weight's ratio to its row's maximum
- * (see attnscope.render.html.encode_attention): a "coarse" plane of one byte a weight
- * (0 zero, 1 below the floor, 2..255 the top 8 bits), deflated per layer, a "fine" plane of
- * the low 4 bits (two weights a byte), and float32 row maxima and below-floor means
- * [L, H, Tq]. Drawing uses the coarse plane (within 1.8%); values shown as numbers use both
- * planes (within 0.11%). Queries and keys arrive as float16 [L, H, T, d_head].
+ * Attention arrives as a logarithmic one-byte code of each weight's ratio to its row's
+ * maximum (see attnscope.render.html.encode_attention): a "codes" plane of one byte a weight
+ * (0 zero, 1 below the floor, 2..255 the ratio, 255 the row's scale), deflated per layer and
+ * carried as base85 text, and float32 row scales (what code 255 stands for) and below-floor
+ * means [L, H, Tq]. Every weight above 1e-4 decodes to within 1.95%. Queries and keys arrive as float16 [L, H, T, d_head].
  */
 
 // ----- small helpers ------------------------------------------------------------------------
@@ -228,6 +227,29 @@ function base64Bytes(b64) {
   return out;
 }
 
+// Deflated planes travel as base85 text (attnscope.render.html._to_base85): each 4 bytes, a
+// big-endian number, as 5 digits; the last n < 4 bytes as n + 1 digits.
+const BASE85 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%()*+,-./:;=?@[]^_{|";
+const BASE85_DIGIT = new Uint8Array(128);
+for (let k = 0; k < 85; k++) BASE85_DIGIT[BASE85.charCodeAt(k)] = k;
+
+function base85Bytes(text) {
+  const groups = Math.ceil(text.length / 5), pad = groups * 5 - text.length;
+  const out = new Uint8Array(groups * 4);
+  for (let g = 0; g < groups; g++) {
+    let v = 0;
+    for (let k = g * 5; k < g * 5 + 5; k++) {
+      // a short last group is padded with the top digit, which restores its bytes
+      v = v * 85 + (k < text.length ? BASE85_DIGIT[text.charCodeAt(k)] : 84);
+    }
+    out[g * 4] = v >>> 24;
+    out[g * 4 + 1] = (v >>> 16) & 255;
+    out[g * 4 + 2] = (v >>> 8) & 255;
+    out[g * 4 + 3] = v & 255;
+  }
+  return out.subarray(0, out.length - pad);
+}
+
 function halfToFloat(half) {
   const out = new Float32Array(half.length);
   for (let i = 0; i < half.length; i++) {
@@ -251,6 +273,11 @@ async function inflate(bytes) {
   }
   const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
   return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+async function inflatedFloats(text) {
+  const bytes = await inflate(base85Bytes(text));
+  return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length >> 2);
 }
 
 function float32s(b64) {
@@ -284,47 +311,44 @@ async function decodeArray(spec) {
 }
 
 // One attention part ([L, H, Tq, Tk]) with the accessors every view uses:
-//   weight(l, h, i, j)   the value to 0.11% once the layer's fine plane is decoded (else 1.8%)
+//   weight(l, h, i, j)   the value (within 1.95%)
 //   row(l, h, i, out)    one query's weights (Float32Array Tk), for drawing
-//   ensure(l)            decodes layer l's coarse plane (layers are decoded when first needed)
-function loadPart(spec, P) {
+//   ensure(l)            decodes layer l's codes (layers are decoded when first needed)
+async function loadPart(spec, P) {
   const att = spec.att;
   const [L, H, Tq, Tk] = att.shape;
   const coarse = new Array(L).fill(null);
-  const fineLut = new Float32Array(att.top + 1);
-  for (let c = 0; c <= att.top; c++) fineLut[c] = Math.exp(-(att.top - c) * att.step);
-  const coarseLut = new Float32Array(256);
-  for (let c = 2; c < 256; c++) coarseLut[c] = Math.exp(-(att.top - (c * 16 + 7.5)) * att.step);
+  const coarseLut = new Float32Array(256); // code -> ratio to the row maximum
+  for (let c = 2; c < 256; c++) coarseLut[c] = Math.exp(-(att.top - c) * att.step);
   const part = {
     name: spec.name, label: spec.label, causal: spec.causal, layers: spec.layers,
     heads: spec.heads, L, H, Tq, Tk,
     rows: P.tokens[spec.rows], cols: P.tokens[spec.cols],
     rowSpecial: P.special[spec.rows], colSpecial: P.special[spec.cols],
-    coarse, fine: new Array(L).fill(null), rowmax: float32s(att.rowmax), tail: float32s(att.tail),
-    exact: !!att.fine,
+    coarse, rowmax: await inflatedFloats(att.rowmax), tail: await inflatedFloats(att.tail),
   };
-  const coarseB64 = att.coarse, fineB64 = att.fine;
-  const sparse = att.dtype === "log12-sparse";
+  const coarseB64 = att.codes;
+  const sparse = att.dtype === "log8-sparse";
   const countsB64 = att.counts, indexB64 = att.index;
   part.sparse = sparse;
   part.threshold = sparse ? float32s(att.threshold) : null;
   part.starts = new Array(L).fill(null); // sparse: where each row's kept weights begin
   part.keys = new Array(L).fill(null); // sparse: their key indices
-  att.coarse = att.fine = att.rowmax = att.tail = att.counts = att.index = att.threshold = null;
+  att.codes = att.rowmax = att.tail = att.counts = att.index = att.threshold = null;
   const pending = new Array(L).fill(null);
   const signB64 = att.sign || null;
   part.signed = !!att.signed;
   part.signs = new Array(L).fill(null);
   att.sign = null;
   async function decodeLayer(l) {
-    const bytes = await inflate(base64Bytes(coarseB64[l]));
-    if (signB64) part.signs[l] = await inflate(base64Bytes(signB64[l]));
+    const bytes = await inflate(base85Bytes(coarseB64[l]));
+    if (signB64) part.signs[l] = await inflate(base85Bytes(signB64[l]));
     if (sparse) {
-      const c = await inflate(base64Bytes(countsB64[l]));
+      const c = await inflate(base85Bytes(countsB64[l]));
       const counts = new Uint16Array(c.buffer, 0, H * Tq);
       const starts = new Int32Array(H * Tq + 1);
       for (let r = 0; r < H * Tq; r++) starts[r + 1] = starts[r] + counts[r];
-      const g = await inflate(base64Bytes(indexB64[l]));
+      const g = await inflate(base85Bytes(indexB64[l]));
       const keys = new Uint16Array(g.buffer, 0, starts[H * Tq]);
       for (let r = 0; r < H * Tq; r++) { // the gaps between kept keys become key indices
         for (let x = starts[r] + 1; x < starts[r + 1]; x++) keys[x] += keys[x - 1];
@@ -343,11 +367,7 @@ function loadPart(spec, P) {
     return pending[l];
   };
   part.ensureAll = () => Promise.all([...Array(L).keys()].map((l) => part.ensure(l)));
-  const fineValue = (l, r, x, c) => {
-    const f = part.fine[l];
-    if (f) return part.rowmax[r] * fineLut[(c << 4) | ((f[x >> 1] >> ((x & 1) << 2)) & 15)];
-    return part.rowmax[r] * coarseLut[c];
-  };
+  const scaled = (r, c) => part.rowmax[r] * coarseLut[c];
   // Sparse rows: the position of key j among row r's kept weights, or -1.
   const find = (l, r, j) => {
     const keys = part.keys[l];
@@ -367,14 +387,14 @@ function loadPart(spec, P) {
     const r = (l * H + h) * Tq + i;
     if (sparse) {
       const x = find(l, h * Tq + i, j);
-      if (x >= 0) return fineValue(l, r, x, coarse[l][x]);
+      if (x >= 0) return scaled(r, coarse[l][x]);
       return part.causal && j > i ? 0 : part.tail[r];
     }
     const idx = (h * Tq + i) * Tk + j;
     const c = coarse[l][idx];
     if (c === 0) return 0;
     if (c === 1) return part.tail[r];
-    return fineValue(l, r, idx, c);
+    return scaled(r, c);
   };
   part.row = (l, h, i, out) => {
     const codes = coarse[l];
@@ -396,7 +416,7 @@ function loadPart(spec, P) {
     if (part.signed) for (let j = 0; j < Tk; j++) out[j] *= sign(l, base + j);
     return out;
   };
-  // Sparse rows only: calls fn(j, value) for each kept weight of a row (coarse values).
+  // Sparse rows only: calls fn(j, value) for each kept weight of a row.
   part.eachKept = (l, h, i, fn) => {
     const codes = coarse[l], keys = part.keys[l];
     const m = part.rowmax[(l * H + h) * Tq + i];
@@ -404,16 +424,10 @@ function loadPart(spec, P) {
       fn(keys[x], m * coarseLut[codes[x]]);
     }
   };
-  // After the first drawing: every coarse plane, then the fine planes, a layer per task.
+  // After the first drawing: every other layer's codes, a layer per task.
   part.loadRest = async () => {
     for (let l = 0; l < L; l++) {
       await part.ensure(l);
-      await new Promise((resolve) => setTimeout(resolve, 0));
-    }
-    if (!fineB64) return;
-    for (let l = 0; l < L; l++) {
-      if (!part.fine[l]) part.fine[l] = await inflate(base64Bytes(fineB64[l]));
-      fineB64[l] = null;
       await new Promise((resolve) => setTimeout(resolve, 0));
     }
   };
@@ -422,7 +436,7 @@ function loadPart(spec, P) {
 
 async function loadArrays(P) {
   const parts = {};
-  for (const spec of P.parts) parts[spec.name] = loadPart(spec, P);
+  for (const spec of P.parts) parts[spec.name] = await loadPart(spec, P);
   // what the first view draws: one layer for the head view, every layer otherwise
   const first = parts[P.initial.part] || Object.values(parts)[0];
   if (P.kinds[0] === "head") await first.ensure(P.initial.layer);
