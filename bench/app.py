@@ -176,12 +176,11 @@ def first_draw_ms(url: str, texts: list[str]) -> list[float]:
     """Milliseconds from each capture's response to its views being drawn, in Chromium."""
     from playwright.sync_api import sync_playwright
 
+    from attnscope.testing import launch_chromium
+
     out = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(p, "/usr/bin/chromium")
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url + "/")
         page.wait_for_function("document.body.dataset.ready === '1'")

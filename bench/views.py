@@ -44,6 +44,7 @@ import numpy as np
 import attnscope as at
 from attnscope import compat
 from attnscope.render import html as page_html
+from attnscope.testing import launch_chromium
 
 LAYERS, HEADS = 12, 12
 CHROMIUM = "/usr/bin/chromium"
@@ -275,10 +276,7 @@ def main() -> None:
         from playwright.sync_api import sync_playwright
 
         playwright = sync_playwright().start()
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(playwright, CHROMIUM)
     model = at.load()
     print("\npages (model view; the head view page is the same size)")
     header = (f"{'tokens':>6} {'data':>7} {'tool':>10} {'page MB':>8} {'B/weight':>8} "

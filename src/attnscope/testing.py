@@ -14,7 +14,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TINY_FAMILIES", "build_tiny_model", "networkx_flow_graph"]
+__all__ = [
+    "CHROMIUM_ARGS",
+    "TINY_FAMILIES",
+    "build_tiny_model",
+    "launch_chromium",
+    "networkx_flow_graph",
+]
+
+#: Flags for Debian's Chromium driven by Playwright in tests and benchmarks: no sandbox (root in
+#: a container), no GPU, and none of the background traffic a browser makes on its own.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def launch_chromium(playwright: Any, executable_path: str) -> Any:
+    """A headless Chromium from ``playwright.chromium`` at ``executable_path``."""
+    return playwright.chromium.launch(executable_path=executable_path, args=CHROMIUM_ARGS)
+
 
 TINY_FAMILIES = ("bert", "distilbert", "roberta", "electra", "gpt2", "llama", "t5", "bart")
 

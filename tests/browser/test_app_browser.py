@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import attnscope as at
+from attnscope.testing import launch_chromium
 
 pytestmark = pytest.mark.browser
 
@@ -26,11 +27,7 @@ TEXT_B = "The animal didn't cross the street because it was too wide."
 def browser(chromium_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=chromium_path,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
-        )
+        b = launch_chromium(p, chromium_path)
         yield b
         b.close()
 

@@ -7,6 +7,7 @@ import pytest
 
 import attnscope as at
 from attnscope.corpora.report import corpus_report
+from attnscope.testing import launch_chromium
 
 pytestmark = pytest.mark.browser
 
@@ -27,11 +28,7 @@ def test_corpus_page_in_chromium(chromium_path, embedded, tmp_path):
     expected = result.examples(1, 8, k=2)
     requests, errors, dialogs = [], [], []
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium_path,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
-        )
+        browser = launch_chromium(p, chromium_path)
         try:
             page = browser.new_page()
             page.on("request", lambda r: requests.append(r.url))

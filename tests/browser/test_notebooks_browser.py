@@ -29,13 +29,13 @@ from pathlib import Path
 
 import pytest
 
+from attnscope.testing import launch_chromium
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.ipynb"))
 VIEWS_NOTEBOOK = ROOT / "examples" / "02_views.ipynb"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 # Counted inside one output frame: canvases with drawn pixels, the root's state and its id.
 FRAME_STATE = """() => {
@@ -152,7 +152,7 @@ class JupyterLab:
 def chromium(chromium_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        browser = launch_chromium(p, chromium_path)
         yield browser
         browser.close()
 

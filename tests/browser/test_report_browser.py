@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import attnscope as at
+from attnscope.testing import launch_chromium
 
 pytestmark = pytest.mark.browser
 
@@ -17,11 +18,7 @@ def test_report_page_in_chromium(chromium_path, embedded, tmp_path):
     path = at.report(trace, embedded).save(tmp_path / "report.html")
     requests, errors, dialogs = [], [], []
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium_path,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
-        )
+        browser = launch_chromium(p, chromium_path)
         try:
             page = browser.new_page()
             page.on("request", lambda r: requests.append(r.url))

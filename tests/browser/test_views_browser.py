@@ -16,6 +16,7 @@ import attnscope as at
 from attnscope import compat
 from attnscope.render import html as page_html
 from attnscope.render.views import all_views
+from attnscope.testing import launch_chromium
 
 pytestmark = pytest.mark.browser
 
@@ -27,11 +28,7 @@ HOSTILE = ["[CLS]", "<img src=x onerror=alert(1)>", "</script><script>alert(1)</
 def browser(chromium_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=chromium_path,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
-        )
+        b = launch_chromium(p, chromium_path)
         yield b
         b.close()
 
