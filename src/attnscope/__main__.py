@@ -18,6 +18,13 @@ def main() -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _interrupt_outside_imports)
     try:
+        return _run()
+    finally:
+        _FINISHED.set()  # a Ctrl-C still being deferred has nothing left to interrupt
+
+
+def _run() -> int:
+    try:
         from attnscope.cli import main as run
 
         return run()
@@ -40,12 +47,20 @@ def _interrupt_outside_imports(signum: int, frame) -> None:
     """
     while frame is not None:
         if frame.f_code.co_filename.startswith("<frozen importlib"):
-            timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+            timer = threading.Timer(0.05, _send_again, (signum,))
             timer.daemon = True
             timer.start()
             return
         frame = frame.f_back
     raise KeyboardInterrupt
+
+
+_FINISHED = threading.Event()
+
+
+def _send_again(signum: int) -> None:
+    if not _FINISHED.is_set():
+        os.kill(os.getpid(), signum)
 
 
 def _interrupted() -> int:

@@ -24,7 +24,9 @@ HOSTILE = ["[CLS]", "<img src=x onerror=alert(1)>", "</script><script>alert(1)</
            "&amp; \"quoted\" 'single'", "[SEP]"]
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API runs an event loop while it is open, so each test module
+# closes its own before the next module (or an asyncio test) starts one.
+@pytest.fixture(scope="module")
 def browser(chromium_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:

@@ -80,10 +80,15 @@ SAVER = """
                     i += 1
             except KeyboardInterrupt:
                 code = 130
-            except BaseException:
-                import traceback
-                traceback.print_exc()
-                code = 1
+            except BaseException as err:
+                # Ctrl-C that lands inside a library can reach us wrapped in another error
+                from attnscope.__main__ import _caused_by_interrupt
+                if _caused_by_interrupt(err):
+                    code = 130
+                else:
+                    import traceback
+                    traceback.print_exc()
+                    code = 1
             finally:
                 os._exit(code)
         print(pid, flush=True)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from attnscope.analysis.corpus import CorpusItem, text_key
-from attnscope.corpora.sources import Problem
+from attnscope.corpora.problems import Problem
 
 __all__ = ["count_sentences", "parse_conllu", "read_conllu"]
 

@@ -27,11 +27,11 @@ import csv
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from attnscope.analysis.corpus import CorpusItem, text_key
+from attnscope.corpora.problems import Problem
 from attnscope.errors import AttnscopeError
 
 __all__ = ["Problem", "Source", "open_source"]
@@ -41,19 +41,6 @@ _JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 _CSV_SUFFIXES = {".csv", ".tsv"}
 _PARQUET_SUFFIXES = {".parquet", ".pq"}
 _CONLLU_SUFFIXES = {".conllu", ".conll"}
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A record that gave no usable text: where it is, what kind, and one sentence why.
-
-    ``kind`` is one of "empty", "not-utf8", "malformed", "missing-field", "duplicate",
-    "truncated" (the text was used, cut at the model's limit) or "unusable".
-    """
-
-    position: int
-    kind: str
-    message: str
 
 
 class Source:

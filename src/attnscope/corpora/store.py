@@ -119,7 +119,12 @@ class Store:
     # ----- runs --------------------------------------------------------------------------------
     def ensure_run(self, run_id: str, model: Any, source: str, settings: dict[str, Any]) -> bool:
         """Register the run (or find it); True when it already existed (a resumed run)."""
-        from attnscope import __version__
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            __version__ = version("attnscope")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            __version__ = "unknown"
 
         row = self.con.execute("SELECT model, num_layers, num_heads FROM runs WHERE run_id = ?",
                                [run_id]).fetchone()
