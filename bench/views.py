@@ -218,8 +218,7 @@ def long_inputs(browser, folder: Path, tokens: int = 2048) -> None:
     names = [f"tok{i}" for i in range(tokens)]
     for causal in (False, True):
         att = random_attention(tokens, causal=causal)
-        trace = compat.head_view(tuple(att[:1, None]), names, html_action="return").trace
-        trace = trace.replace(attentions=att, architecture="decoder" if causal else "encoder")
+        trace = at.Trace.from_attentions(att, names, causal=causal, model_name="random")
         spec = page_html.encode_attention(att, causal=causal)
         threshold = np.frombuffer(base64.b64decode(spec["threshold"]), "<f4").reshape(
             att.shape[:3])
