@@ -283,10 +283,38 @@ def test_notebook_iframe_renders(browser, seed_pair_trace, tmp_path):
 
 
 def _near(shown, value):
-    """A number shown to 3 significant digits is the Trace's value to 3 significant digits
-    (up to the page's 1.95% encoding error)."""
+    """A weight shown to 3 significant digits is the Trace's value to 3 significant digits:
+    from the page's float16 copy (relative error 2**-11), or, marked "≈", from its coded value
+    (within the 1.95% encoding error)."""
+    coded = shown.startswith("\u2248")
+    error = page_html.WEIGHT_ERROR if coded else 2.0**-11
     unit = 10.0 ** (np.floor(np.log10(value)) - 2)
-    return abs(float(shown) - value) <= unit / 2 + page_html.WEIGHT_ERROR * value + 1e-12
+    return abs(float(shown.removeprefix("\u2248")) - value) <= unit / 2 + error * value + 1e-12
+
+
+def test_readouts_show_the_models_number_or_mark_a_coded_one(browser, seed_pair_trace,
+                                                             tmp_path, monkeypatch):
+    trace = seed_pair_trace
+    assert at.head_view(trace).exact  # a sentence's page carries float16 copies
+    value = float(trace.attentions[1, 0, 3, 6])
+    for exact in (True, False):
+        view = at.head_view(trace, layer=1, heads=[0], exact=exact)
+        assert ("exact" in view.payload()["parts"][0]["att"]) is exact
+        page = Opened(browser, view.save(tmp_path / f"exact-{exact}.html"))
+        page.page.wait_for_function("document.querySelector('.attnscope-root').dataset.exact")
+        page.page.click(".as-hv-left .as-tok[data-index='3']")
+        page.page.hover(".as-hv-right .as-tok[data-index='6']")
+        shown = page.js("document.querySelectorAll('.as-tip div')[1].textContent").split(": ")[1]
+        if exact:  # three significant digits of the model's number
+            assert float(shown) == float(f"{float(np.float16(value)):.3g}"), (shown, value)
+        else:  # the coded value, marked as approximate
+            assert shown.startswith("\u2248") and _near(shown, value), (shown, value)
+        page.check_clean()
+    monkeypatch.setattr(page_html, "EXACT_LIMIT", 100)
+    assert not at.model_view(trace).exact  # long pages stay compact by default
+    monkeypatch.setattr(page_html, "DENSE_LIMIT", 100)
+    with pytest.raises(at.AttnscopeError, match="strongest weights only"):
+        at.model_view(trace, exact=True)
 
 
 def test_head_view_tooltip_shows_each_heads_weight(browser, seed_pair_trace, tmp_path):

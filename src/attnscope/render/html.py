@@ -11,7 +11,10 @@ Arrays travel as typed arrays in base64 rather than JSON floats:
   as zero, and each row's total is kept, in one deflated plane a layer (the browser inflates
   it with its built-in ``DecompressionStream``) of 0.9 to 1.15 bytes a weight, against about
   44 for JSON floats written twice;
-* query and key vectors as float16 (three significant digits is all a colour strip shows).
+* query and key vectors as float16 (three significant digits is all a colour strip shows);
+* on pages of up to :data:`EXACT_LIMIT` weights, every weight as float16 too, for the readouts
+  and tooltips (three significant digits of the model's number; longer pages show the coded
+  value, marked "≈").
 
 Tokens and every other text go into the page as JSON data inside a
 ``<script type="application/json">`` element, escaped so that no token can close the element
@@ -136,9 +139,26 @@ DENSE_LIMIT = 64 * 2**20
 KEEP_PER_ROW = 32
 
 
+#: Up to this many weights a view also carries every weight as float16 (``exact=None``), so
+#: readouts and tooltips show three significant digits of the model's own number: 12 x 12
+#: heads up to 85 tokens, for about 1.7 more bytes a weight.
+EXACT_LIMIT = 2**20
+
+
+def _exact_planes(values: np.ndarray) -> list[str]:
+    """``[L, H, Tq, Tk]`` as float16 (relative error below 0.05%: three significant digits),
+    one deflated plane a layer in base85. float16 attention has few repeats, so full matching
+    rather than run-length."""
+    out = []
+    for layer in range(values.shape[0]):
+        half = np.asarray(values[layer], dtype=np.float32).astype("<f2").tobytes()
+        out.append(_to_base85(zlib.compress(half, 6)))
+    return out
+
+
 def encode_attention(weights: np.ndarray, *, level: int | None = None, causal: bool = False,
-                     dense_limit: int | None = None,
-                     keep: int = KEEP_PER_ROW) -> dict[str, Any]:
+                     dense_limit: int | None = None, keep: int = KEEP_PER_ROW,
+                     exact: bool = False) -> dict[str, Any]:
     """Attention ``[L, H, Tq, Tk]`` (each row's weights >= 0) as a compact, faithful payload.
 
     Up to ``dense_limit`` weights every weight is kept (:func:`_encode_dense`, below). Above
@@ -152,16 +172,24 @@ def encode_attention(weights: np.ndarray, *, level: int | None = None, causal: b
     ``[L, H, Tq]`` float32 travels with the page, so a value shown for a weight not kept can
     say it lies below it. ``causal`` says that keys after the query are masked (they stay
     zero rather than share the mean).
+
+    ``exact`` adds ``"exact"``: every weight as float16 (:func:`_exact_planes`), which the
+    page's readouts and tooltips show instead of the coded value (dense pages only).
     """
     weights = np.asarray(weights)
     if weights.ndim != 4:
         raise ValueError(f"attention must be [L, H, Tq, Tk], got shape {weights.shape}")
     if weights.size <= (DENSE_LIMIT if dense_limit is None else dense_limit):
-        return _encode_dense(weights, floor=FLOOR, level=level)
+        spec = _encode_dense(weights, floor=FLOOR, level=level)
+        if exact:
+            spec["exact"] = _exact_planes(weights)
+        return spec
+    if exact:
+        raise ValueError("exact values need a dense page (at most DENSE_LIMIT weights)")
     return _encode_sparse(weights, keep=keep, causal=causal)
 
 
-def encode_signed(values: np.ndarray) -> dict[str, Any]:
+def encode_signed(values: np.ndarray, *, exact: bool = False) -> dict[str, Any]:
     """Signed values ``[L, H, Tq, Tk]`` (a difference of two attentions) for a diverging scale:
     the magnitudes coded as :func:`encode_attention` codes weights (dense: each within 1.95%;
     with no absolute floor, as differences may be small, only those under 5.7e-5 of their
@@ -173,6 +201,8 @@ def encode_signed(values: np.ndarray) -> dict[str, Any]:
              for layer in range(values.shape[0])]
     spec["sign"] = _deflate_all(signs, 6)
     spec["signed"] = True
+    if exact:  # signed float16: the readout's value, sign included
+        spec["exact"] = _exact_planes(values)
     return spec
 
 

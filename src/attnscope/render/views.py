@@ -65,7 +65,8 @@ class AttnView:
                  heads: Sequence[int] | None = None, part: str = "self", head: int = 0,
                  query: int | None = None, theme: str = "light",
                  layer_labels: Sequence[int] | None = None,
-                 head_labels: Sequence[int] | None = None, minus: Trace | None = None) -> None:
+                 head_labels: Sequence[int] | None = None, minus: Trace | None = None,
+                 exact: bool | None = None) -> None:
         if not isinstance(trace, Trace):
             raise AttnscopeError(
                 f"A view needs a Trace from attnscope.capture, not {type(trace).__name__}."
@@ -89,6 +90,7 @@ class AttnView:
         self.query = check_index(query, trace.num_tokens, "query token", "tokens")
         self.theme = theme
         self.minus = _check_minus(trace, minus, self.part) if minus is not None else None
+        self.exact = _check_exact(trace, exact, self.kinds)
         self._layer_labels = list(layer_labels) if layer_labels is not None else None
         self._head_labels = list(head_labels) if head_labels is not None else None
         self._page: str | None = None
@@ -161,7 +163,7 @@ class AttnView:
 # ----- public constructors ---------------------------------------------------------------------
 
 def head_view(trace: Trace, layer: int = -1, heads: Sequence[int] | None = None, *,
-              part: str = "self", theme: str = "light") -> AttnView:
+              part: str = "self", theme: str = "light", exact: bool | None = None) -> AttnView:
     """Lines from each query token (left) to each key token (right), one colour per head.
 
     Args:
@@ -171,19 +173,44 @@ def head_view(trace: Trace, layer: int = -1, heads: Sequence[int] | None = None,
             double-click to show it alone.
         part: "self", or for encoder-decoder traces "decoder" or "cross" (the page offers all).
         theme: "light" or "dark".
+        exact: carry every weight as float16, so that readouts and tooltips show three
+            significant digits of the model's own number. None (default): when the attention
+            has at most 2**20 weights (12 x 12 heads up to 85 tokens); otherwise the page
+            shows its coded values, each within 1.95% and marked "≈".
     """
-    return AttnView(trace, ["head"], layer=layer, heads=heads, part=part, theme=theme)
+    return AttnView(trace, ["head"], layer=layer, heads=heads, part=part, theme=theme,
+                    exact=exact)
 
 
 def model_view(trace: Trace, *, part: str = "self", theme: str = "light",
-               minus: Trace | None = None) -> AttnView:
+               minus: Trace | None = None, exact: bool | None = None) -> AttnView:
     """Every layer x head as a thumbnail (``[L, H]`` grid); click one to open it large.
 
     With ``minus`` (a Trace of the same model and tokens, e.g. another input of the same
     length), the view shows the signed difference ``trace - minus`` on a diverging scale: red
-    where ``trace`` attends more, blue where ``minus`` does.
+    where ``trace`` attends more, blue where ``minus`` does. ``exact``: as in
+    :func:`head_view`.
     """
-    return AttnView(trace, ["model"], part=part, theme=theme, minus=minus)
+    return AttnView(trace, ["model"], part=part, theme=theme, minus=minus, exact=exact)
+
+
+def _page_parts(trace: Trace, kinds: Sequence[str]) -> list[str]:
+    """The attention parts a page carries: every part for the head and model views."""
+    return list(trace.parts) if ("head" in kinds or "model" in kinds) else ["self"]
+
+
+def _check_exact(trace: Trace, exact: bool | None, kinds: Sequence[str]) -> bool:
+    """Whether the page carries float16 copies of the weights (see head_view's ``exact``)."""
+    weights = sum(int(np.prod(trace.part(name)[0].shape)) for name in _page_parts(trace, kinds))
+    if exact is None:
+        return weights <= min(page_html.EXACT_LIMIT, page_html.DENSE_LIMIT)
+    if exact and weights > page_html.DENSE_LIMIT:
+        raise AttnscopeError(
+            f"exact=True needs at most {page_html.DENSE_LIMIT:,} weights on the page, and this "
+            f"one has {weights:,}: the page keeps each row's strongest weights only. Leave "
+            "exact unset; trace.attentions holds every value."
+        )
+    return bool(exact)
 
 
 def _check_minus(trace: Trace, minus: Trace, part: str) -> Trace:
@@ -199,7 +226,7 @@ def _check_minus(trace: Trace, minus: Trace, part: str) -> Trace:
 
 
 def neuron_view(trace: Trace, layer: int = -1, head: int = 0, query: int | None = None, *,
-                theme: str = "light") -> AttnView:
+                theme: str = "light", exact: bool | None = None) -> AttnView:
     """How one head's weights arise for one query token, from the Trace's queries and keys.
 
     Shows the query vector ``q`` ``[d_head]``, each key vector ``k_j`` and the product
@@ -208,12 +235,15 @@ def neuron_view(trace: Trace, layer: int = -1, head: int = 0, query: int | None 
     ``[L, H, T, d_head]``; without them the page says how to capture them. ``query`` defaults
     to the first token that is not special.
     """
-    return AttnView(trace, ["neuron"], layer=layer, head=head, query=query, theme=theme)
+    return AttnView(trace, ["neuron"], layer=layer, head=head, query=query, theme=theme,
+                    exact=exact)
 
 
-def all_views(trace: Trace, *, layer: int = -1, theme: str = "light") -> AttnView:
-    """One page with the head, model and neuron views and the tokens table, as tabs."""
-    return AttnView(trace, list(_KINDS), layer=layer, theme=theme)
+def all_views(trace: Trace, *, layer: int = -1, theme: str = "light",
+              exact: bool | None = None) -> AttnView:
+    """One page with the head, model and neuron views and the tokens table, as tabs
+    (``exact``: as in :func:`head_view`)."""
+    return AttnView(trace, list(_KINDS), layer=layer, theme=theme, exact=exact)
 
 
 # ----- payload ---------------------------------------------------------------------------------
@@ -221,7 +251,7 @@ def all_views(trace: Trace, *, layer: int = -1, theme: str = "light") -> AttnVie
 def _payload(view: AttnView) -> dict[str, Any]:
     trace = view.trace
     kinds = view.kinds
-    part_names = list(trace.parts) if ("head" in kinds or "model" in kinds) else ["self"]
+    part_names = _page_parts(trace, kinds)
     if view.minus is not None:
         part_names = [view.part]
     parts = []
@@ -240,8 +270,10 @@ def _payload(view: AttnView) -> dict[str, Any]:
             "causal": causal,
             "layers": view._layer_labels or list(range(layers)),
             "heads": view._head_labels or list(range(heads)),
-            "att": (page_html.encode_signed(attentions) if view.minus is not None
-                    else page_html.encode_attention(attentions, causal=causal)),
+            "att": (page_html.encode_signed(attentions, exact=view.exact)
+                    if view.minus is not None
+                    else page_html.encode_attention(attentions, causal=causal,
+                                                    exact=view.exact)),
         })
     tokens = {"self": list(trace.tokens)}
     special = {"self": [int(s) for s in np.asarray(trace.special_mask, dtype=bool)]}

@@ -340,9 +340,19 @@ async function loadPart(spec, P) {
   part.signed = !!att.signed;
   part.signs = new Array(L).fill(null);
   att.sign = null;
+  // float16 copies of every weight (short pages): what readouts and tooltips show
+  const exactB64 = att.exact || null;
+  part.exact = !!exactB64;
+  const exacts = new Array(L).fill(null);
+  att.exact = null;
   async function decodeLayer(l) {
     const bytes = await inflate(base85Bytes(coarseB64[l]));
     if (signB64) part.signs[l] = await inflate(base85Bytes(signB64[l]));
+    if (exactB64) {
+      const half = await inflate(base85Bytes(exactB64[l]));
+      exacts[l] = halfToFloat(new Uint16Array(half.buffer, half.byteOffset, half.length >> 1));
+      exactB64[l] = null;
+    }
     if (sparse) {
       const c = await inflate(base85Bytes(countsB64[l]));
       const counts = new Uint16Array(c.buffer, 0, H * Tq);
@@ -382,7 +392,11 @@ async function loadPart(spec, P) {
   part.isKept = (l, h, i, j) => !sparse || find(l, h * Tq + i, j) >= 0;
   // signed values (a difference of two traces): bit x of the layer's sign plane is 1 for < 0
   const sign = (l, x) => (part.signs[l] && (part.signs[l][x >> 3] >> (7 - (x & 7))) & 1 ? -1 : 1);
-  part.weight = (l, h, i, j) => sign(l, (h * Tq + i) * Tk + j) * magnitude(l, h, i, j);
+  part.weight = (l, h, i, j) => (exacts[l] ? exacts[l][(h * Tq + i) * Tk + j]
+    : sign(l, (h * Tq + i) * Tk + j) * magnitude(l, h, i, j));
+  // A weight as readouts show it: three significant digits of the float16 copy, or of the
+  // coded value (within 1.95%, so only two digits are sure) marked as approximate.
+  part.show = (v) => (part.exact || v === 0 ? fmt(v) : "\u2248" + fmt(v));
   const magnitude = (l, h, i, j) => {
     const r = (l * H + h) * Tq + i;
     if (sparse) {
@@ -959,7 +973,7 @@ function headView(panel, P, A, ctxs) {
     for (const h of [...st.active].sort((a, b) => a - b)) {
       const masked = p.causal && j > i;
       const kept = masked || p.isKept(st.layer, h, i, j) ? "" : " (not kept; the mean of the rest)";
-      lines.push(`head ${p.heads[h]}: ${masked ? "masked" : fmt(p.weight(st.layer, h, i, j))}${kept}`);
+      lines.push(`head ${p.heads[h]}: ${masked ? "masked" : p.show(p.weight(st.layer, h, i, j))}${kept}`);
     }
     readout.textContent = lines.join("; ");
     return lines;
@@ -1402,7 +1416,7 @@ function modelView(panel, P, A, ctxs) {
       const k = Math.round(scale(v) * 255) * 3;
       node.style.backgroundColor = `rgb(${ramp[k]},${ramp[k + 1]},${ramp[k + 2]})`;
       node.style.color = scale(v) > 0.6 ? (dark ? "#0d1117" : "#ffffff") : "";
-      node.title = `${p.rows[src]} \u2192 ${p.cols[j]}: ${fmt(v)}` +
+      node.title = `${p.rows[src]} \u2192 ${p.cols[j]}: ${p.show(v)}` +
         (st.open ? "" : " (mean over every layer and head)");
     }
   }
@@ -1602,7 +1616,7 @@ function modelView(panel, P, A, ctxs) {
     }
     const masked = p.causal && j > i;
     const [l, h] = st.open;
-    let v = masked ? "masked" : fmt(p.weight(l, h, i, j));
+    let v = masked ? "masked" : p.show(p.weight(l, h, i, j));
     if (!masked && !p.isKept(l, h, i, j)) {
       v += ` (not kept: below ${fmt(p.threshold[(l * p.H + h) * p.Tq + i])}; the mean of the rest)`;
     }
@@ -1827,7 +1841,7 @@ function neuronView(panel, P, A) {
       ctx.fillRect(xs.bar, y, barW * w, NV_ROW - 3);
       ctx.fillStyle = ink;
       ctx.textAlign = "left";
-      ctx.fillText(fmt(w), xs.bar + barW + 4, y + NV_ROW / 2 - 1);
+      ctx.fillText(p.show(w), xs.bar + barW + 4, y + NV_ROW / 2 - 1);
     }
     for (const node of labels.children) {
       node.classList.toggle("as-hot", Number(node.dataset.index) === query);
