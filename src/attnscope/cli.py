@@ -303,7 +303,7 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
     out = _output_path(args.output, (".html", ".htm"))
     _, trace = _load_and_capture(args, qkv=True)
-    written = [all_views(trace, layer=args.layer).save(out)]
+    written = [all_views(trace, layer=args.layer, exact=args.exact).save(out)]
     for suffix, wanted in ((".png", args.png), (".svg", args.svg)):
         if not wanted:
             continue
@@ -500,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", action="store_true",
                    help="also write static figures NAME-head.png, NAME-model.png, NAME-neuron.png")
     p.add_argument("--svg", action="store_true", help="the same figures as SVG")
+    p.add_argument("--exact", action=argparse.BooleanOptionalAction, default=None,
+                   help="carry every weight as float16 so readouts show the model's number to "
+                        "3 significant digits (default: for pages of up to 2^20 weights)")
     p.set_defaults(func=_cmd_view)
 
     p = sub.add_parser("explain", help="every step of one head's attention for one token",

@@ -216,6 +216,12 @@ def test_cli_view_writes_page_and_figures(tiny_dirs, tmp_path, capsys):
         assert (tmp_path / f"page-{name}.png").read_bytes().startswith(b"\x89PNG")
     assert main(["view", "x", "-o", str(tmp_path / "page.txt")]) == 2
     assert "must end in .html" in capsys.readouterr().err
+    # float16 copies of the weights for readouts: by default on a sentence's page
+    assert '"exact":[' in page
+    lean = tmp_path / "lean.html"
+    assert main(["view", "the cat sat", "--model", str(tiny_dirs["bert"]), "-o", str(lean),
+                 "--no-exact"]) == 0
+    assert '"exact":[' not in lean.read_text(encoding="utf-8")
 
 
 def test_base85_text_round_trips_and_needs_no_escaping():
