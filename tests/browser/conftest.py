@@ -1,10 +1,25 @@
-"""Fixtures for the view tests: a Trace whose queries and keys come from the model's weights."""
+"""Fixtures for the browser tests: one Chromium per test module, and a Trace whose queries and
+keys come from the model's weights."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+
+from attnscope.testing import launch_chromium
+
+
+# Module scope: Playwright's sync API runs an event loop while it is open, so each test module
+# closes its own before the next module (or an asyncio test) starts one.
+@pytest.fixture(scope="module")
+def browser(chromium_path):
+    """A headless Chromium (Debian's), driven by Playwright, for one test module."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = launch_chromium(p, chromium_path)
+        yield b
+        b.close()
 
 
 @pytest.fixture(scope="session")

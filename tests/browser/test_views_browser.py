@@ -16,23 +16,11 @@ import attnscope as at
 from attnscope import compat
 from attnscope.render import html as page_html
 from attnscope.render.views import all_views
-from attnscope.testing import launch_chromium
 
 pytestmark = pytest.mark.browser
 
 HOSTILE = ["[CLS]", "<img src=x onerror=alert(1)>", "</script><script>alert(1)</script>",
            "&amp; \"quoted\" 'single'", "[SEP]"]
-
-
-# Module scope: Playwright's sync API runs an event loop while it is open, so each test module
-# closes its own before the next module (or an asyncio test) starts one.
-@pytest.fixture(scope="module")
-def browser(chromium_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = launch_chromium(p, chromium_path)
-        yield b
-        b.close()
 
 
 class Opened:
