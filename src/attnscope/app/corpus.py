@@ -194,7 +194,7 @@ class CorpusBrowser:
                                   for h in range(result.num_heads)],
                            [f"{o:+d}" for o in OFFSETS],
                            "positional profile: mean weight by offset (rows: layer.head)",
-                           xlabel="offset", ylabel="head", bar="weight", compact=True)
+                           xlabel="offset", ylabel="head", bar="weight")
             return {"run": result.run_id, "model": result.model_name, "panels": panels,
                     "offsets": list(OFFSETS),
                     "profile": [[[_number(v) for v in row] for row in layer]

@@ -790,7 +790,12 @@ function exStartCorpus() {
   select.addEventListener("change", () => {
     exCorpus.run = select.value;
     exCorpus.layer = exCorpus.head = null;
-    ex$("corpus-examples").textContent = "";
+    const box = ex$("corpus-examples");
+    box.textContent = "";
+    delete box.dataset.layer;
+    delete box.dataset.head;
+    box.append(exEl("p", "ex-hint", "Click a head in the table to list the texts where it " +
+      "gave its strongest weight between two words."));
     ex$("corpus-examples-title").textContent = "Examples";
     exOpenCorpus();
   });
