@@ -55,6 +55,15 @@ def test_the_store_and_its_runs(client, embedded, corpus_store):
                for r in info["runs"])
     # the page's configuration carries the same, so the Corpus tab shows without a request
     assert client.get("/api/models").json()["corpus"] == info
+    # the documentation says which runs, statistics and layers the routes take
+    schema = client.get("/openapi.json").json()["paths"]
+    params = {p["name"]: p["schema"] for p in schema["/api/corpus/examples"]["get"]["parameters"]}
+    assert params["run"]["anyOf"][0]["enum"] == ["treebank", "sentences"]
+    assert (params["layer"]["minimum"], params["layer"]["maximum"]) == (-6, 5)
+    assert params["kind"]["enum"][0] == "weight"
+    stat = schema["/api/corpus/stat"]["get"]["parameters"][0]["schema"]
+    assert "offset:-8" in stat["enum"] and "label:mixed" in stat["enum"]
+    assert "GET /api/corpus/examples" in client.get("/docs").text
 
 
 def test_head_table_stat_and_layers_equal_the_corpus_result(client, sentences, treebank):

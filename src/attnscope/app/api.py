@@ -118,7 +118,7 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
         docs_url=None, redoc_url=None,
     )
     app.state.explorer = state
-    _state_limits_in_schema(app, models.names, limits)
+    _state_limits_in_schema(app, models.names, limits, browser)
 
     @app.exception_handler(AttnscopeError)
     async def _mistake(request: Request, err: AttnscopeError) -> JSONResponse:
@@ -565,10 +565,12 @@ def _corpus_routes(app: FastAPI, state: _State, browser: Any) -> None:
 # ----- helpers ---------------------------------------------------------------------------------
 
 
-def _state_limits_in_schema(app: FastAPI, names: list[str], limits: Limits) -> None:
+def _state_limits_in_schema(app: FastAPI, names: list[str], limits: Limits,
+                            browser: Any = None) -> None:
     """Write this explorer's allowlist and text limits into its OpenAPI schema, so the
     documentation (and a client generated from it) knows them: ``model`` is one of the
-    served names, each text at most ``max_chars`` characters."""
+    served names, each text at most ``max_chars`` characters; with a corpus store, ``run``
+    is one of its runs, and ``stat``, ``kind``, ``layer`` and ``head`` say what they take."""
     plain_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -583,6 +585,15 @@ def _state_limits_in_schema(app: FastAPI, names: list[str], limits: Limits) -> N
                     for option in props.get("text_b", {}).get("anyOf", []):
                         if option.get("type") == "string":
                             option.update(minLength=1, maxLength=limits.max_chars)
+            hints = {} if browser is None else browser.schema_hints()
+            for path, operations in schema.get("paths", {}).items():
+                if not path.startswith("/api/corpus"):
+                    continue
+                for operation in operations.values():
+                    for parameter in operation.get("parameters", []):
+                        if parameter["name"] in hints:
+                            parameter["schema"] = {**parameter["schema"],
+                                                   **hints[parameter["name"]]}
             app.openapi_schema = schema
         return app.openapi_schema
 

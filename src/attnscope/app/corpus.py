@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,9 @@ class CorpusBrowser:
         self.path = path
         self._lock = threading.Lock()
         self._con = connect(path, read_only=True)
+        # closed when the browser goes, or at exit at the latest (before the interpreter
+        # tears DuckDB's bindings down)
+        self._closer = weakref.finalize(self, self._con.close)
         try:
             runs = self._list_runs(_duckdb())
             results = {}
@@ -75,7 +79,7 @@ class CorpusBrowser:
                 result._con = self._con  # every query goes through the one connection
                 results[row["run_id"]] = result
         except BaseException:
-            self._con.close()
+            self._closer()
             raise
         self.runs = runs
         self._results = results
@@ -109,8 +113,22 @@ class CorpusBrowser:
         return runs
 
     def close(self) -> None:
+        """Close the store (the explorer cannot answer corpus requests after this)."""
         with self._lock:
-            self._con.close()
+            self._closer()
+
+    def schema_hints(self) -> dict[str, dict[str, Any]]:
+        """What the corpus routes' query parameters may be, for the OpenAPI schema: the
+        store's runs, the statistics and example kinds, the layer and head ranges."""
+        layers = max(r["layers"] for r in self.runs)
+        heads = max(r["heads"] for r in self.runs)
+        return {"run": {"anyOf": [{"type": "string", "enum": [r["run_id"] for r in self.runs]},
+                                  {"type": "null"}]},
+                "stat": {"type": "string", "enum": list(STATS)},
+                "kind": {"type": "string", "enum": ["weight", *EXAMPLE_SCORES],
+                         "default": "weight"},
+                "layer": {"type": "integer", "minimum": -layers, "maximum": layers - 1},
+                "head": {"type": "integer", "minimum": -heads, "maximum": heads - 1}}
 
     # ----- reading ---------------------------------------------------------------------------
     def result(self, run: str | None):
