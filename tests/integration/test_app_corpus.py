@@ -238,3 +238,35 @@ def test_wrong_stores_are_refused_in_one_sentence(tiny_models, tmp_path):
     assert answer.returncode == 2 and answer.stdout == ""
     assert answer.stderr == (f"attnscope: error: '{other}' is a DuckDB file but not an "
                              "attnscope corpus store (make one with attnscope corpus).\n")
+
+
+def test_concurrent_requests_share_the_store_safely(embedded, corpus_store, sentences):
+    """Many requests at once, on worker threads, through the one DuckDB connection: each
+    answer is the one a lone request gets."""
+    import asyncio
+
+    import httpx
+
+    from tests.explorer_server import run_async
+
+    app = create_app([embedded], corpus=corpus_store)
+    urls = [f"/api/corpus/examples?layer={i % 6}&head={i % 12}&run={run}"
+            for i in range(24) for run in ("sentences", "treebank")]
+    urls += [f"/api/corpus/stat?stat={s}"
+             for s in ("previous", "first", "entropy", "offset%3A%2B1")]  # (offset:+1)
+
+    async def ask_all():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            return await asyncio.gather(*(c.get(u) for u in urls))
+
+    answers = run_async(ask_all())
+    assert [(u, a.text) for u, a in zip(urls, answers, strict=True) if a.status_code != 200] == []
+    for url, answer in zip(urls, answers, strict=True):
+        body = answer.json()
+        if "examples" in body:
+            run = CorpusResult(corpus_store, body["run"])
+            assert [e["text"] for e in body["examples"]] == list(
+                run.examples(body["layer"], body["head"])["text"]), url
+        else:
+            np.testing.assert_allclose(_nan(body["mean"]), sentences.array(body["stat"]))

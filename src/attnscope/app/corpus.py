@@ -27,7 +27,7 @@ from attnscope.analysis.corpus import EXAMPLE_SCORES, OFFSETS, STATS
 from attnscope.analysis.patterns import SCORES
 from attnscope.errors import AttnscopeError
 
-__all__ = ["LAYER_PANELS", "CorpusBrowser"]
+__all__ = ["CorpusBrowser", "LAYER_PANELS"]
 
 #: The layer plots (Clark et al. 2019, Fig. 1-2): statistic and title, as the corpus page has them.
 LAYER_PANELS = (("first", "attention to [CLS] / first token"), ("separator", "attention to [SEP]"),
