@@ -28,17 +28,6 @@ def corpus_server(corpus_store):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def browser(chromium_path):
-    from attnscope.testing import launch_chromium
-
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = launch_chromium(p, chromium_path)
-        yield b
-        b.close()
-
-
 def _cells(ex, selector, key):
     return ex.js(f"[...document.querySelectorAll('{selector} tbody tr')].map(r => "
                  f"r.querySelector('[data-key=\"{key}\"]').textContent)")
