@@ -70,6 +70,14 @@ def docs_page(schema: dict[str, Any]) -> str:
             out.append(f'<h2 id="{esc(method + path)}"><code>{esc(method.upper())} '
                        f"{esc(path)}</code> {esc(op.get('summary', ''))}</h2>")
             out.append(f"<p>{esc(op.get('description', ''))}</p>")
+            parameters = op.get("parameters", [])
+            if parameters:
+                out.append("<h3>Query parameters</h3>" + _fields({
+                    "properties": {q["name"]: {**q.get("schema", {}),
+                                               "description": q.get("description", "")}
+                                   for q in parameters},
+                    "required": [q["name"] for q in parameters if q.get("required")]},
+                    components))
             body = op.get("requestBody", {}).get("content", {}).get("application/json")
             if body:
                 out.append("<h3>Request body</h3>" + _fields(body["schema"], components))
@@ -106,6 +114,8 @@ def _type(schema: dict[str, Any]) -> str:
         return json.dumps(schema["const"])
     if schema.get("type") == "array":
         return f"list of {_type(schema.get('items', {}))}"
+    if "minimum" in schema and "maximum" in schema:
+        return f"{schema.get('type', 'number')} ({schema['minimum']} to {schema['maximum']})"
     return str(schema.get("type", "any"))
 
 
