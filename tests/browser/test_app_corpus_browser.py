@@ -71,6 +71,15 @@ def test_browse_the_corpus_and_open_an_example(browser, corpus_server, corpus_st
     assert page.text_content("#corpus-examples li:first-child b") == f"{expected['value'][0]:.3f}"
     assert page.url.endswith("#corpus&layer=0&head=2")
     shared = page.url
+    # the texts where the head scored highest on "previous", then back to the weights
+    page.select_option("#corpus-kind", "previous")
+    page.wait_for_selector("#corpus-examples[data-kind='previous'] li.ex-example")
+    assert ex.js("[...document.querySelectorAll('#corpus-examples li .ex-example-text')]"
+                 ".map(n => n.textContent)") == list(result.examples(0, 2, "previous",
+                                                                     k=10)["text"])
+    assert page.url.endswith("#corpus&layer=0&head=2&kind=previous")
+    page.select_option("#corpus-kind", "weight")
+    page.wait_for_selector("#corpus-examples[data-kind='weight'] li.ex-example")
 
     # open the best text: the head view draws it at layer 0 with head 2 alone
     page.click("#corpus-examples li:first-child button.ex-open")

@@ -561,10 +561,10 @@ async function exDownload() {
 // Shown when the explorer was started with --corpus: the store's per-head table, layer plots
 // (drawn by the report's chart script), syntactic heads, token search, and each head's best
 // texts, which open in the views above at that layer and head. Its state lives in the URL's
-// fragment: #corpus&run=..&layer=..&head=..
+// fragment: #corpus&run=..&layer=..&head=..&kind=..
 
 const exCorpus = {
-  info: exConfig.corpus, run: null, layer: null, head: null, loaded: null,
+  info: exConfig.corpus, run: null, layer: null, head: null, kind: "weight", loaded: null,
   heads: { rows: [], sort: { key: null, dir: 1 } },
   relations: { rows: [], sort: { key: null, dir: 1 } },
   search: { rows: [], sort: { key: null, dir: 1 } },
@@ -596,6 +596,7 @@ function exCorpusWriteUrl() {
     q.set("layer", String(exCorpus.layer));
     q.set("head", String(exCorpus.head));
   }
+  if (exCorpus.kind !== "weight") q.set("kind", exCorpus.kind);
   const rest = q.toString();
   history.replaceState(null, "", location.pathname + "#corpus" + (rest ? "&" + rest : ""));
 }
@@ -607,6 +608,7 @@ function exCorpusReadUrl() {
   exCorpus.run = runs.includes(q.get("run")) ? q.get("run") : exCorpus.info.default_run;
   exCorpus.layer = int(q.get("layer"));
   exCorpus.head = exCorpus.layer === null ? null : int(q.get("head"));
+  exCorpus.kind = exCorpus.info.example_kinds.includes(q.get("kind")) ? q.get("kind") : "weight";
 }
 
 // Show the corpus tab: load the run's tables and charts once, then the chosen head's texts.
@@ -614,6 +616,7 @@ async function exOpenCorpus() {
   exShowTab("corpus");
   exCorpusError(null);
   ex$("corpus-run").value = exCorpus.run;
+  ex$("corpus-kind").value = exCorpus.kind;
   const run = exCorpusRun();
   ex$("corpus-about").textContent = `${run.model}: ${run.texts} texts, ${run.tokens} tokens ` +
     `from ${run.source}`;
@@ -694,8 +697,10 @@ async function exCorpusSelect(layer, head) {
   exCorpusError(null);
   const box = ex$("corpus-examples");
   try {
-    const data = await exGet("/api/corpus/examples", { run: exCorpus.run, layer, head, k: 10 });
-    if (exCorpus.layer !== layer || exCorpus.head !== head) return; // another head was picked
+    const kind = exCorpus.kind;
+    const data = await exGet("/api/corpus/examples", { run: exCorpus.run, layer, head, kind, k: 10 });
+    // another head (or kind) was picked while this one loaded
+    if (exCorpus.layer !== layer || exCorpus.head !== head || exCorpus.kind !== kind) return;
     exCorpus.examples = data.examples;
     const row = exCorpus.heads.rows.find((r) => r.layer === data.layer && r.head === data.head);
     ex$("corpus-examples-title").textContent = `Examples: layer ${data.layer}, head ${data.head}` +
@@ -703,6 +708,7 @@ async function exCorpusSelect(layer, head) {
     box.textContent = "";
     box.dataset.layer = String(data.layer);
     box.dataset.head = String(data.head);
+    box.dataset.kind = data.kind;
     if (!data.served) {
       box.append(exEl("p", "ex-hint ex-not-served", `The corpus's model ${data.model} is not ` +
         `served by this explorer: start it with --model ${data.model} to open these texts in the views.`));
@@ -794,8 +800,7 @@ function exStartCorpus() {
     box.textContent = "";
     delete box.dataset.layer;
     delete box.dataset.head;
-    box.append(exEl("p", "ex-hint", "Click a head in the table to list the texts where it " +
-      "gave its strongest weight between two words."));
+    box.append(exEl("p", "ex-hint", "Click a head in the table to list its best texts."));
     ex$("corpus-examples-title").textContent = "Examples";
     exOpenCorpus();
   });
@@ -810,6 +815,18 @@ function exStartCorpus() {
       else history.replaceState(null, "", location.pathname);
     });
   }
+  const kinds = ex$("corpus-kind");
+  for (const kind of exCorpus.info.example_kinds) {
+    const opt = exEl("option", null, kind === "weight" ? "strongest weight between two words" :
+      `${kind} score of the text`);
+    opt.value = kind;
+    kinds.append(opt);
+  }
+  kinds.addEventListener("change", () => {
+    exCorpus.kind = kinds.value;
+    if (exCorpus.head !== null) exCorpusSelect(exCorpus.layer, exCorpus.head);
+    else exCorpusWriteUrl();
+  });
   ex$("corpus-search-form").addEventListener("submit", (e) => {
     e.preventDefault();
     exCorpusSearch();
