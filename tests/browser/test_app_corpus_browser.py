@@ -65,16 +65,23 @@ def test_browse_the_corpus_and_open_an_example(browser, corpus_server, corpus_st
     page.click("#corpus-table tbody tr:first-child")
     page.wait_for_selector("#corpus-examples[data-head='2'] li.ex-example")
     expected = result.examples(0, 2, k=10)
-    texts = ex.js("[...document.querySelectorAll('#corpus-examples li .ex-example-text')]"
+    texts = ex.js("[...document.querySelectorAll('#corpus-examples li div.ex-example-text')]"
                   ".map(n => n.textContent)")
     assert texts == list(expected["text"])
+    # the query and key token are marked in each text
+    marked = ex.js("[...document.querySelectorAll('#corpus-examples li div.ex-example-text')]"
+                   ".map(n => [...n.querySelectorAll('mark')].map(m => [m.className, "
+                   "m.textContent.toLowerCase()]))")
+    for marks, row in zip(marked, expected.itertuples(), strict=True):
+        assert sorted(marks) == sorted([["ex-query", row.query_token.removeprefix("##")],
+                                        ["ex-key", row.key_token.removeprefix("##")]])
     assert page.text_content("#corpus-examples li:first-child b") == f"{expected['value'][0]:.3f}"
     assert page.url.endswith("#corpus&layer=0&head=2")
     shared = page.url
     # the texts where the head scored highest on "previous", then back to the weights
     page.select_option("#corpus-kind", "previous")
     page.wait_for_selector("#corpus-examples[data-kind='previous'] li.ex-example")
-    assert ex.js("[...document.querySelectorAll('#corpus-examples li .ex-example-text')]"
+    assert ex.js("[...document.querySelectorAll('#corpus-examples li div.ex-example-text')]"
                  ".map(n => n.textContent)") == list(result.examples(0, 2, "previous",
                                                                      k=10)["text"])
     assert page.url.endswith("#corpus&layer=0&head=2&kind=previous")

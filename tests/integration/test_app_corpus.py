@@ -133,6 +133,12 @@ def test_relations_examples_and_search_equal_the_corpus_result(client, embedded,
     assert [(e["query_token"], e["key_token"], e["query_pos"], e["key_pos"])
             for e in examples["examples"]] == [
         (r.query_token, r.key_token, r.query_pos, r.key_pos) for r in want.itertuples()]
+    # each token's characters in the text, found again with the served model's tokenizer
+    for e in examples["examples"]:
+        for end in ("query", "key"):
+            segment, start, stop = e[f"{end}_span"]
+            assert segment == 0
+            assert e["text"][start:stop].lower() == e[f"{end}_token"].removeprefix("##")
     top = examples["examples"][0]
     trace = at.capture(embedded, top["text"])
     assert top["value"] == pytest.approx(float(trace.attentions[0, 2, top["query_pos"],
@@ -142,6 +148,7 @@ def test_relations_examples_and_search_equal_the_corpus_result(client, embedded,
                                                         "kind": "previous", "k": 2}).json()
     assert (scored["layer"], scored["head"]) == (0, 2) and len(scored["examples"]) == 2
     assert scored["examples"][0]["query_token"] is None
+    assert scored["examples"][0]["query_span"] is None
     assert [e["text"] for e in scored["examples"]] == list(
         sentences.examples(0, 2, "previous", k=2)["text"])
 
@@ -196,6 +203,7 @@ def test_a_run_of_a_model_not_served(tiny_models, corpus_store, embedded):
         assert not any(r["served"] for r in info["runs"])
         examples = c.get("/api/corpus/examples", params={"layer": 1, "head": 3}).json()
         assert examples["served"] is False and examples["examples"]
+        assert examples["examples"][0]["query_span"] is None  # no tokenizer to find it
         answer = c.get("/api/corpus/search", params={"token": "the"})
         assert answer.status_code == 422 and answer.json()["error"] == (
             f"Token search runs the model of run 'treebank', {embedded.name}, which this "

@@ -534,7 +534,16 @@ def _corpus_routes(app: FastAPI, state: _State, browser: Any) -> None:
         """Best first: the value, the query and key token (for 'weight'), and the text with
         its position in the corpus. ``served`` says whether the run's model is served here,
         so that the text can be captured (POST /api/capture) at this layer and head."""
-        return await read(browser.examples, run, layer, head, kind, k, served=served)
+        def work() -> dict[str, Any]:
+            body = browser.examples(run, layer, head, kind, k, served=served)
+            if not body["served"]:
+                return body
+            name = body["model"]
+            with state.models.lock(name):  # (a tokenizer is not safe to share either)
+                rows = [_with_spans(state.models.get(name), row) for row in body["examples"]]
+            return {**body, "examples": rows}
+
+        return await read(work)
 
     @app.get("/api/corpus/search", response_model=CorpusSearchResponse, responses=ERRORS,
              summary="What each head attends to from one token")
@@ -560,6 +569,28 @@ def _corpus_routes(app: FastAPI, state: _State, browser: Any) -> None:
                 return browser.search(result.run_id, token, model, top=top, limit=limit)
 
         return _json_response(await state.gate.run(work))
+
+
+def _with_spans(model: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """An example with the characters of its query and key token (``[segment, start, end]``),
+    found by tokenizing its text again with the run's model; None where a token has none."""
+    import warnings
+
+    from attnscope.tokens import TruncationWarning, tokenize
+
+    if row["query_pos"] is None:
+        return row
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)  # the run already counted it
+        tokens = tokenize(model, row["text"], row["text_b"])
+    spans = {}
+    for end in ("query", "key"):
+        pos = row[f"{end}_pos"]
+        ok = pos < len(tokens.tokens) and tokens.tokens[pos] == row[f"{end}_token"]
+        start, stop = (int(v) for v in tokens.offsets[pos]) if ok else (-1, -1)
+        spans[f"{end}_span"] = ([int(tokens.segment_ids[pos]), start, stop]
+                                if ok and start >= 0 else None)
+    return {**row, **spans}
 
 
 # ----- helpers ---------------------------------------------------------------------------------

@@ -258,7 +258,8 @@ class CorpusBrowser:
                              "key_pos": pos[1], "query_token": _text(r["query_token"]),
                              "key_token": _text(r["key_token"]), "text_key": r["text_key"],
                              "position": int(r["position"]), "text": r["text"],
-                             "text_b": _text(r["text_b"])})
+                             "text_b": _text(r["text_b"]), "query_span": None,
+                             "key_span": None})
             return {"run": result.run_id, "model": result.model_name, "layer": layer,
                     "head": head, "kind": kind, "examples": rows}
 

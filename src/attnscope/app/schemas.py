@@ -286,6 +286,10 @@ class ExampleRow(BaseModel):
     position: int
     text: str
     text_b: str | None
+    query_span: list[int] | None = Field(None, description="where the query token is: "
+                                         "[0 for text or 1 for text_b, start, end] (characters), "
+                                         "when the run's model is served")
+    key_span: list[int] | None = Field(None, description="where the key token is, likewise")
 
 
 class CorpusExamplesResponse(BaseModel):

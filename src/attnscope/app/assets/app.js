@@ -719,21 +719,49 @@ async function exCorpusSelect(layer, head) {
       const item = exEl("li", "ex-example");
       item.dataset.rank = String(i);
       item.append(exEl("b", null, exFmt(ex.value, 3)), " ");
-      if (ex.query_token !== null) item.append(`${ex.query_token} \u2192 ${ex.key_token} `);
+      if (ex.query_token !== null) {
+        const tokens = exEl("span", "ex-example-text");
+        tokens.append(exEl("mark", "ex-query", ex.query_token), " \u2192 ", exEl("mark", "ex-key", ex.key_token));
+        item.append(tokens, " ");
+      }
       item.append(exEl("span", "ex-hint", `(text ${ex.position})`));
       const open = exEl("button", "ex-open", "open");
       open.type = "button";
       open.disabled = !data.served;
       open.title = data.served ? "capture this text and show it at this layer and head" : "";
       open.addEventListener("click", () => exCorpusOpen(ex, data.layer, data.head));
-      item.append(open, exEl("div", "ex-example-text", ex.text));
-      if (ex.text_b) item.append(exEl("div", "ex-example-text", ex.text_b));
+      item.append(open, exMarked(ex, 0, ex.text));
+      if (ex.text_b) item.append(exMarked(ex, 1, ex.text_b));
       list.append(item);
     });
     box.append(list);
   } catch (err) {
     exCorpusError(err);
   }
+}
+
+// One text of an example, with its query and key token marked where the API says they are.
+function exMarked(ex, segment, text) {
+  const box = exEl("div", "ex-example-text");
+  const marks = [];
+  for (const [role, span] of [["query", ex.query_span], ["key", ex.key_span]]) {
+    if (!span || span[0] !== segment) continue;
+    const same = marks.find((m) => m.start === span[1] && m.end === span[2]);
+    if (same) same.roles.push(role);
+    else marks.push({ start: span[1], end: span[2], roles: [role] });
+  }
+  marks.sort((a, b) => a.start - b.start);
+  let at = 0;
+  for (const m of marks) {
+    if (m.start < at) continue; // overlapping spans: the first one is marked
+    box.append(text.slice(at, m.start));
+    const mark = exEl("mark", m.roles.map((r) => "ex-" + r).join(" "), text.slice(m.start, m.end));
+    mark.title = m.roles.join(" and ");
+    box.append(mark);
+    at = m.end;
+  }
+  box.append(text.slice(at));
+  return box;
 }
 
 // Open an example in the views: capture its text with the run's model at that layer and head.
