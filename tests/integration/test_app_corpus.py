@@ -249,8 +249,9 @@ def test_wrong_stores_are_refused_in_one_sentence(tiny_models, tmp_path):
 
 
 def test_concurrent_requests_share_the_store_safely(embedded, corpus_store, sentences):
-    """Many requests at once, on worker threads, through the one DuckDB connection: each
-    answer is the one a lone request gets."""
+    """Many requests at once, on worker threads, through the one DuckDB connection (and a
+    token search with its own), while the model runs: each answer is the one a lone request
+    gets."""
     import asyncio
 
     import httpx
@@ -262,6 +263,7 @@ def test_concurrent_requests_share_the_store_safely(embedded, corpus_store, sent
             for i in range(24) for run in ("sentences", "treebank")]
     urls += [f"/api/corpus/stat?stat={s}"
              for s in ("previous", "first", "entropy", "offset%3A%2B1")]  # (offset:+1)
+    urls.insert(3, "/api/corpus/search?token=it&top=3")  # runs the model meanwhile
 
     async def ask_all():
         transport = httpx.ASGITransport(app=app)
@@ -272,7 +274,9 @@ def test_concurrent_requests_share_the_store_safely(embedded, corpus_store, sent
     assert [(u, a.text) for u, a in zip(urls, answers, strict=True) if a.status_code != 200] == []
     for url, answer in zip(urls, answers, strict=True):
         body = answer.json()
-        if "examples" in body:
+        if "occurrences" in body:
+            assert body["occurrences"] == 5 and len(body["rows"]) == 72 * 3
+        elif "examples" in body:
             run = CorpusResult(corpus_store, body["run"])
             assert [e["text"] for e in body["examples"]] == list(
                 run.examples(body["layer"], body["head"])["text"]), url

@@ -8,7 +8,9 @@ methods a notebook calls); this module only turns its tables into JSON.
 DuckDB connections are not safe to share between threads, and the API answers on several: the
 browser holds one read-only connection, given to every run's ``CorpusResult``, and a lock
 around every use of it. The store cannot change while it is open (a writer would need the file
-to itself), so each answer is kept once built.
+to itself), so each answer is kept once built. Token search alone runs the model for a while:
+it reads through a ``CorpusResult`` of its own, which opens a short read-only connection per
+query, so the other routes never wait for a model run.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class CorpusBrowser:
         self.default_run = preferred if preferred in results else runs[-1]["run_id"]
         self._bodies: dict[tuple, dict[str, Any]] = {}
         self._searches: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
+        self._search_lock = threading.Lock()
 
     def _list_runs(self, duckdb) -> list[dict[str, Any]]:
         """Every run that counted at least one text, oldest first."""
@@ -270,23 +273,27 @@ class CorpusBrowser:
                limit: int = 100) -> dict[str, Any]:
         """What each head attends to from ``token`` (``CorpusResult.search``): runs ``model``
         (the run's model, from the explorer's allowlist) on up to ``limit`` texts."""
-        result = self.result(run)
-        key = (result.run_id, token.strip().lower(), top, limit)
-        with self._lock:
+        from attnscope.corpora.result import CorpusResult
+
+        run_id = self.result(run).run_id
+        key = (run_id, token.strip().lower(), top, limit)
+        with self._search_lock:
             if key in self._searches:
                 self._searches.move_to_end(key)
                 return self._searches[key]
-            frame = result.search(token, model=model, limit=limit, top=top)
-            body = {"run": result.run_id, "token": token.strip(),
-                    "occurrences": int(frame["occurrences"].iloc[0]) if len(frame) else 0,
-                    "rows": [{"layer": int(r["layer"]), "head": int(r["head"]),
-                              "key_token": r["key_token"], "weight": float(r["weight"]),
-                              "occurrences": int(r["occurrences"])}
-                             for r in frame.to_dict("records")]}
+        # its own connections (one per query, read-only), so the shared one stays free
+        frame = CorpusResult(self.path, run_id).search(token, model=model, limit=limit, top=top)
+        body = {"run": run_id, "token": token.strip(),
+                "occurrences": int(frame["occurrences"].iloc[0]) if len(frame) else 0,
+                "rows": [{"layer": int(r["layer"]), "head": int(r["head"]),
+                          "key_token": r["key_token"], "weight": float(r["weight"]),
+                          "occurrences": int(r["occurrences"])}
+                         for r in frame.to_dict("records")]}
+        with self._search_lock:
             self._searches[key] = body
             while len(self._searches) > _SEARCHES_KEPT:
                 self._searches.popitem(last=False)
-            return body
+        return body
 
 
 def _number(value: Any) -> float | None:
