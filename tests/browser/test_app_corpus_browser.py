@@ -88,6 +88,21 @@ def test_browse_the_corpus_and_open_an_example(browser, corpus_server, corpus_st
     page.select_option("#corpus-kind", "weight")
     page.wait_for_selector("#corpus-examples[data-kind='weight'] li.ex-example")
 
+    # token search: what each head attends to from "it", strongest first
+    page.fill("#corpus-token", "it")
+    page.press("#corpus-token", "Enter")
+    page.wait_for_selector("#corpus-search tbody tr")
+    found = result.search("it", model=embedded, top=3).sort_values("weight", ascending=False)
+    assert ex.js("document.querySelectorAll('#corpus-search tbody tr').length") == len(found)
+    first = ex.js("(() => { const r = document.querySelector('#corpus-search tbody tr');"
+                  " return [Number(r.dataset.layer), Number(r.dataset.head),"
+                  " r.querySelector('[data-key=key_token]').textContent,"
+                  " Number(r.querySelector('[data-key=weight]').textContent)]; })()")
+    best = found.iloc[0]
+    assert first[:3] == [best["layer"], best["head"], best["key_token"]]
+    assert first[3] == pytest.approx(best["weight"], abs=5e-4)
+    assert "5 occurrences" in page.text_content("#corpus-search-status")
+
     # open the best text: the head view draws it at layer 0 with head 2 alone
     page.click("#corpus-examples li:first-child button.ex-open")
     ex.wait_views()
