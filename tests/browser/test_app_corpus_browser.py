@@ -132,3 +132,21 @@ def test_browse_the_corpus_and_open_an_example(browser, corpus_server, corpus_st
     assert _cells(again, "#corpus-relations", "relation") == list(relations["relation"])
     assert again.page.url.endswith("#corpus&run=treebank")
     again.check_clean()
+
+
+def test_a_corpus_of_a_model_not_served_says_which_to_serve(browser, corpus_store, tiny_dirs,
+                                                             embedded):
+    from tests.explorer_server import ExplorerServer
+
+    server = ExplorerServer("--corpus", str(corpus_store), "--model", str(tiny_dirs["bert"]))
+    try:
+        ex = Explorer(browser, server.url + "#corpus&layer=1&head=3", server.url)
+        ex.page.wait_for_selector("#corpus-examples[data-head='3'] li.ex-example")
+        assert ex.page.text_content("#corpus-examples .ex-not-served") == (
+            f"The corpus's model {embedded.name} is not served by this explorer: start it "
+            f"with --model {embedded.name} to open these texts in the views.")
+        assert ex.js("[...document.querySelectorAll('#corpus-examples button.ex-open')]"
+                     ".every(b => b.disabled)") is True
+        ex.check_clean()
+    finally:
+        server.stop()
