@@ -74,3 +74,75 @@ def explorer_server():
     server = ExplorerServer()
     yield server
     server.stop()
+
+
+#: Short real sentences for the corpus browser's store (some with "it", for token search).
+CORPUS_TEXTS = [
+    "The girl poured water into a tall glass until it overflowed.",
+    "Rain fell all night.",
+    "The old dog slept by the fire while the wind howled.",
+    "She said that she would come back tomorrow.",
+    "Leaves fall in autumn, and the nights grow cold.",
+    "The committee approved the proposal after a long debate.",
+    "Why did it stop?",
+    "A small boat drifted across the quiet harbour at dawn.",
+    "He opened the box and found it empty.",
+    "The children laughed at the clown.",
+    "My brother plays the guitar every evening.",
+    "The train was late because of the snow.",
+    "We planted tomatoes, beans and peppers in the garden.",
+    "Is it going to rain today?",
+    "The museum closes at six on Sundays.",
+    "She painted the fence white.",
+    "They walked along the river until sunset.",
+    "The cat chased the mouse under the table.",
+    "Our teacher explained the problem twice.",
+    "The bridge was built in 1890.",
+    "I lost my keys, but I found them later.",
+    "The soup tasted better the next day.",
+    "A loud noise woke the baby.",
+    "The company hired ten new engineers last year.",
+    "When the bell rang, the students left the room.",
+    "The book was heavier than it looked.",
+    "Birds sing early in the morning.",
+    "He forgot his umbrella on the bus.",
+    "The lake froze during the winter.",
+    "Please close the door quietly.",
+]
+
+#: A tiny treebank in CoNLL-U (two sentences), for the syntactic-relation table.
+CORPUS_CONLLU = """\
+# sent_id = 1
+# text = The cat sat on the mat.
+1\tThe\tthe\tDET\t_\t_\t2\tdet\t_\t_
+2\tcat\tcat\tNOUN\t_\t_\t3\tnsubj\t_\t_
+3\tsat\tsit\tVERB\t_\t_\t0\troot\t_\t_
+4\ton\ton\tADP\t_\t_\t6\tcase\t_\t_
+5\tthe\tthe\tDET\t_\t_\t6\tdet\t_\t_
+6\tmat\tmat\tNOUN\t_\t_\t3\tobl\t_\tSpaceAfter=No
+7\t.\t.\tPUNCT\t_\t_\t3\tpunct\t_\t_
+
+# sent_id = 2
+1\tA\ta\tDET\t_\t_\t3\tdet\t_\t_
+2\tsmall\tsmall\tADJ\t_\t_\t3\tamod\t_\t_
+3\tboat\tboat\tNOUN\t_\t_\t4\tnsubj\t_\t_
+4\tdrifted\tdrift\tVERB\t_\t_\t0\troot\t_\t_
+5\tacross\tacross\tADP\t_\t_\t7\tcase\t_\t_
+6\tthe\tthe\tDET\t_\t_\t7\tdet\t_\t_
+7\tharbour\tharbour\tNOUN\t_\t_\t4\tobl\t_\t_
+
+"""
+
+
+@pytest.fixture(scope="session")
+def corpus_store(embedded, tmp_path_factory) -> Path:
+    """A small corpus store of the embedded model with two runs: a CoNLL-U treebank first,
+    then 30 short sentences (the latest run, shown first by the explorer)."""
+    pytest.importorskip("duckdb")
+    folder = tmp_path_factory.mktemp("corpus-store")
+    treebank = folder / "tiny.conllu"
+    treebank.write_text(CORPUS_CONLLU, encoding="utf-8")
+    path = folder / "stats.duckdb"
+    at.corpus(embedded, treebank, out=path, batch_size=8, progress=False, run="treebank")
+    at.corpus(embedded, CORPUS_TEXTS, out=path, batch_size=8, progress=False, run="sentences")
+    return path

@@ -430,14 +430,11 @@ class _Parser(argparse.ArgumentParser):
 def _cmd_serve(args: argparse.Namespace) -> int:
     from attnscope.app import Limits, serve
 
-    if args.corpus is not None:
-        raise AttnscopeError("--corpus needs corpus mode, which this version of attnscope "
-                             "does not have yet.")
     limits = Limits(max_chars=args.max_chars, max_tokens=args.max_tokens,
                     timeout_s=args.timeout, runs=args.runs, queue=args.queue,
                     flow_budget_s=args.flow_budget, cache=args.cache, cache_mb=args.cache_mb)
     serve(args.model or None, host=args.host, port=args.port, limits=limits, device=args.device,
-          torch_threads=args.torch_threads or None)
+          corpus=args.corpus, torch_threads=args.torch_threads or None)
     return 0
 
 
@@ -572,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: auto)")
     p.add_argument("--corpus", type=Path, default=None,
-                   help="a corpus statistics store to browse")
+                   help="a corpus store (.duckdb from attnscope corpus) to browse in the "
+                        "Corpus tab; opened read-only")
     p.add_argument("--max-chars", type=int, default=lim.max_chars,
                    help=f"most characters in one text (default {lim.max_chars})")
     p.add_argument("--max-tokens", type=int, default=lim.max_tokens,

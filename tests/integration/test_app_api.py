@@ -237,7 +237,9 @@ def test_serve_command_line(tmp_path):
     bad = run("--queue", "-1")
     assert bad.returncode == 2 and "queue must be 0 or more" in bad.stderr
     bad = run("--corpus", str(tmp_path / "stats.duckdb"))
-    assert bad.returncode == 2 and bad.stderr.startswith("attnscope: error: --corpus needs")
+    assert bad.returncode == 2 and bad.stderr == (
+        f"attnscope: error: Cannot read the corpus store '{tmp_path / 'stats.duckdb'}': no "
+        "such file.\n")
     # without the app extra, one sentence says how to install it
     code = ("import sys; sys.modules['fastapi'] = None\n"
             "from attnscope.cli import main; sys.exit(main(['serve']))")

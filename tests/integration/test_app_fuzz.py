@@ -1,9 +1,10 @@
 """Fuzzing the explorer's JSON API from its own OpenAPI schema (schemathesis).
 
 Every route gets generated requests, valid and invalid (wrong types, missing fields, odd
-Unicode, huge numbers), sent in-process to the ASGI app serving a tiny BERT model. No answer
-may be a server error, and every answer must match the schema: its status is documented, its
-body has the documented shape. At least 500 requests are sent in all.
+Unicode, huge numbers), sent in-process to the ASGI app serving a tiny BERT model and
+browsing a corpus store of that model (so the corpus routes are fuzzed too). No answer may be
+a server error, and every answer must match the schema: its status is documented, its body
+has the documented shape. At least 500 requests are sent in all.
 """
 
 from __future__ import annotations
@@ -20,14 +21,20 @@ from attnscope.testing import build_tiny_model  # noqa: E402
 
 #: Generated requests per route, valid and invalid; seven routes make well over 500.
 EXAMPLES = 45
+#: Generated requests per corpus route (valid only: they take query parameters, no body).
+CORPUS_EXAMPLES = 25
 
 
 @pytest.fixture(scope="module")
 def fuzz_app(tmp_path_factory):
-    """The app on a tiny BERT (fast), counting the requests it answers."""
+    """The app on a tiny BERT (fast) with a corpus store of it, counting the requests it
+    answers."""
     model = at.load(build_tiny_model("bert", tmp_path_factory.mktemp("fuzz-model")),
                     device="cpu")
-    app = create_app([model], Limits(max_chars=300, max_tokens=64, cache=256))
+    store = tmp_path_factory.mktemp("fuzz-corpus") / "stats.duckdb"
+    at.corpus(model, ["It rained, so it was wet.", "Birds sing.", "The cat sat on the mat."],
+              out=store, progress=False, run="fuzz")
+    app = create_app([model], Limits(max_chars=300, max_tokens=64, cache=256), corpus=store)
     sent: list[str] = []
 
     async def counting(scope, receive, send):
@@ -49,15 +56,20 @@ def test_api_conforms_to_its_schema(fuzz_app):
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/api/models", "/api/capture", "/api/heads",
                                               "/api/explain", "/api/flow", "/api/compare",
-                                              "/api/page"}
+                                              "/api/page", "/api/corpus", "/api/corpus/heads",
+                                              "/api/corpus/stat", "/api/corpus/layers",
+                                              "/api/corpus/relations", "/api/corpus/examples",
+                                              "/api/corpus/search"}
     failures = []
     for operation in operations:
+        corpus_route = operation.path.startswith("/api/corpus")
+        examples = CORPUS_EXAMPLES if corpus_route else EXAMPLES
         # (a route with no parameters and no body cannot be sent invalid data)
         modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if operation.body else [])
         for mode in modes:
 
             @given(case=operation.as_strategy(mode))
-            @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+            @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
                       suppress_health_check=list(HealthCheck))
             def run(case):
                 # Every check but one: a request the schema allows may still be refused with

@@ -2,6 +2,7 @@
 
     attnscope serve                                  # the embedded model, on 127.0.0.1:8000
     attnscope serve --model ./my-bert --model gpt2   # the models a visitor may pick from
+    attnscope serve --corpus stats.duckdb            # and browse a corpus store
 
 Or from Python::
 
@@ -51,7 +52,9 @@ def __getattr__(name: str) -> Any:
 def create_app(models: Models | Sequence[Any], limits: Limits | None = None, *,
                corpus: Any = None):
     """The explorer as an ASGI application (FastAPI) for ``models``: a :class:`Models`, or
-    LoadedModel objects (the first is the default). See :mod:`attnscope.app.api`."""
+    LoadedModel objects (the first is the default). ``corpus``: a corpus store to browse (its
+    ``.duckdb`` path or a :class:`~attnscope.corpora.result.CorpusResult`), opened read-only
+    once, here. See :mod:`attnscope.app.api`."""
     _require_extra()
     from attnscope.app.api import create_app as _create
     from attnscope.app.runtime import Models
@@ -99,6 +102,9 @@ def serve(models: Sequence[str | None] | None = None, *, host: str = "127.0.0.1"
           ) -> None:
     """Load ``models``, print the explorer's URL and serve until Ctrl-C.
 
+    ``corpus``: a corpus store to browse (a ``.duckdb`` path or a ``CorpusResult``); it is
+    opened first, so a wrong file is told before any model loads.
+
     ``torch_threads``: CPU threads of one model run (None: torch's default, one per core).
     One keeps every request quick when several arrive at once or the machine is busy: a
     run on two threads that must wait for a busy core can take ten times as long.
@@ -115,6 +121,10 @@ def serve(models: Sequence[str | None] | None = None, *, host: str = "127.0.0.1"
         import torch
 
         torch.set_num_threads(torch_threads)
+    if corpus is not None:
+        from attnscope.app.corpus import CorpusBrowser
+
+        corpus = CorpusBrowser(corpus)
     loaded = load_models(models, device)
     app = create_app(loaded, limits, corpus=corpus)
     _warm_up(loaded)
@@ -141,8 +151,9 @@ def serve(models: Sequence[str | None] | None = None, *, host: str = "127.0.0.1"
         if server.started:
             bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
             shown = f"[{host}]" if ":" in host else host
+            browsed = "" if corpus is None else f"; corpus: {corpus.path.name}"
             print(f"attnscope explorer: http://{shown}:{bound}/  "
-                  f"(models: {', '.join(loaded.names)}; Ctrl-C to stop)", flush=True)
+                  f"(models: {', '.join(loaded.names)}{browsed}; Ctrl-C to stop)", flush=True)
 
     server.startup = startup
     server.run()

@@ -13,6 +13,18 @@ at ``/docs``, schema at ``/openapi.json``):
 * ``POST /api/compare`` -- two texts or two models side by side, with the difference per head.
 * ``POST /api/page`` -- what is shown, as one self-contained HTML page to download.
 
+With a corpus store (``corpus=``, ``attnscope serve --corpus stats.duckdb``), the corpus
+browser's routes read it (see :mod:`attnscope.app.corpus`); each takes ``run`` (default: the
+latest run of the store):
+
+* ``GET /api/corpus`` -- the store's runs, and whether each run's model is served here.
+* ``GET /api/corpus/heads`` -- every head's label and mean scores over the corpus.
+* ``GET /api/corpus/stat`` -- one statistic's mean, standard deviation and count per head.
+* ``GET /api/corpus/layers`` -- the layer plots' numbers and the positional profile.
+* ``GET /api/corpus/relations`` -- the syntactic heads (corpora read from CoNLL-U).
+* ``GET /api/corpus/examples`` -- one head's best texts.
+* ``GET /api/corpus/search`` -- what each head attends to from one token (runs the model).
+
 A request names a model only by its name in the allowlist given at start-up, and nothing a
 request carries reaches the file system. A person's mistake gets a 4xx answer with one
 sentence, ``{"error": "..."}``; when too many runs are waiting, or a run takes longer than the
@@ -30,9 +42,10 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import attnscope as at
@@ -45,6 +58,13 @@ from attnscope.app.schemas import (
     CaptureResponse,
     CompareRequest,
     CompareResponse,
+    CorpusExamplesResponse,
+    CorpusHeadsResponse,
+    CorpusInfo,
+    CorpusLayersResponse,
+    CorpusRelationsResponse,
+    CorpusSearchResponse,
+    CorpusStatResponse,
     ExplainRequest,
     ExplainResponse,
     FlowRequest,
@@ -71,14 +91,18 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
         models: the allowlist (loaded at start-up); requests choose among these only.
         limits: text length, time, concurrency, flow budget and cache size (defaults:
             :class:`~attnscope.app.limits.Limits`).
-        corpus: reserved for the corpus browser; must be None for now.
+        corpus: a corpus store to browse: its ``.duckdb`` path, a
+            :class:`~attnscope.corpora.result.CorpusResult` (its run shown first) or a
+            :class:`~attnscope.app.corpus.CorpusBrowser`; opened read-only here, once.
     """
+    from attnscope.app.corpus import CorpusBrowser
     from attnscope.app.page import docs_page, explorer_page
 
     limits = limits or Limits()
+    browser = None
     if corpus is not None:
-        raise AttnscopeError("This version of the explorer has no corpus browser yet.")
-    state = _State(models, limits)
+        browser = corpus if isinstance(corpus, CorpusBrowser) else CorpusBrowser(corpus)
+    state = _State(models, limits, browser)
     app = FastAPI(
         title="attnscope explorer",
         version=at.__version__,
@@ -94,7 +118,7 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
         docs_url=None, redoc_url=None,
     )
     app.state.explorer = state
-    _state_limits_in_schema(app, models.names, limits)
+    _state_limits_in_schema(app, models.names, limits, browser)
 
     @app.exception_handler(AttnscopeError)
     async def _mistake(request: Request, err: AttnscopeError) -> JSONResponse:
@@ -112,7 +136,11 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        sentence = {404: f"There is nothing at {request.url.path[:100]!r}; see /docs.",
+        nothing = f"There is nothing at {request.url.path[:100]!r}; see /docs."
+        if request.url.path.startswith("/api/corpus") and state.corpus is None:
+            nothing = ("This explorer browses no corpus: start it with attnscope serve "
+                       "--corpus stats.duckdb.")
+        sentence = {404: nothing,
                     405: f"{request.method} is not allowed here; see /docs."}.get(
             err.status_code, str(err.detail).rstrip(".") + ".")
         return _error(err.status_code, sentence, getattr(err, "headers", None))
@@ -191,16 +219,20 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
         return HTMLResponse(page_html, headers={
             "Content-Disposition": 'attachment; filename="attnscope-explorer.html"'})
 
+    if browser is not None:
+        _corpus_routes(app, state, browser)
+
     return app
 
 
 class _State:
     """The explorer's models, limits, gate and cache, and the work behind each route."""
 
-    def __init__(self, models: Models, limits: Limits) -> None:
+    def __init__(self, models: Models, limits: Limits, corpus: Any = None) -> None:
         from attnscope.adapters import supported
 
         self.models = models
+        self.corpus = corpus  # a CorpusBrowser, or None
         self.limits = limits
         self.gate = RunGate(limits)
         self.captures = Captures(limits.cache, limits.cache_mb)
@@ -223,7 +255,8 @@ class _State:
         return {"models": infos, "default": self.models.default, "limits": {
             "max_chars": lim.max_chars, "max_tokens": lim.max_tokens, "timeout_s": lim.timeout_s,
             "runs": lim.runs, "queue": lim.queue, "flow_budget_s": lim.flow_budget_s,
-            "cache": lim.cache, "cache_mb": lim.cache_mb}}
+            "cache": lim.cache, "cache_mb": lim.cache_mb},
+            "corpus": None if self.corpus is None else self.corpus.info(self.models.names)}
 
     # ----- inputs -------------------------------------------------------------------------------
     def key(self, body: TextInput) -> tuple[str, str, str | None]:
@@ -431,13 +464,144 @@ class _State:
         return build_page("\n".join(parts), f"attnscope explorer: {a.model_name}")
 
 
+# ----- the corpus browser ------------------------------------------------------------------------
+
+
+def _corpus_routes(app: FastAPI, state: _State, browser: Any) -> None:
+    """The routes that read the corpus store (only on an explorer started with one)."""
+    run_q = Query(None, max_length=200, description="a run of the store (default: the latest)")
+    served = state.models.names
+
+    async def read(fn, *args: Any, **kwargs: Any) -> Response:
+        # DuckDB work runs on a worker thread, so the event loop keeps answering.
+        return _json_response(await run_in_threadpool(fn, *args, **kwargs))
+
+    @app.get("/api/corpus", response_model=CorpusInfo, responses=ERRORS,
+             summary="The corpus store and its runs")
+    async def corpus_info() -> dict[str, Any]:
+        """The store this explorer browses (fixed at start-up), its runs with their model,
+        texts and tokens, and whether each run's model is served here (so its examples open
+        in the views)."""
+        return browser.info(served)
+
+    @app.get("/api/corpus/heads", response_model=CorpusHeadsResponse, responses=ERRORS,
+             summary="What each head does across the corpus")
+    async def corpus_heads(run: str | None = run_q) -> Response:
+        """One row per head: its most frequent label with the share of texts that gave it,
+        and the mean over texts of every head-pattern score and of entropy."""
+        return await read(browser.heads, run)
+
+    @app.get("/api/corpus/stat", response_model=CorpusStatResponse, responses=ERRORS,
+             summary="One statistic per head")
+    async def corpus_stat(stat: str = Query(max_length=100, description=(
+                              "a statistic: a score name, 'entropy', 'offset:-8' ... "
+                              "'offset:+8' or 'label:NAME' (see GET /api/corpus)")),
+                          run: str | None = run_q) -> Response:
+        """Mean, standard deviation (ddof 0) and number of texts of one statistic, ``[L][H]``
+        (null where no text gave a value)."""
+        return await read(browser.stat, run, stat)
+
+    @app.get("/api/corpus/layers", response_model=CorpusLayersResponse, responses=ERRORS,
+             summary="The layer plots and the positional profile")
+    async def corpus_layers(run: str | None = run_q) -> Response:
+        """Per layer and head: attention to the first token, [SEP], punctuation and itself,
+        entropy and mean distance (Clark et al. 2019, Fig. 1-2), and the mean weight by
+        relative offset -8..+8; with the charts that draw them."""
+        return await read(browser.layers, run)
+
+    @app.get("/api/corpus/relations", response_model=CorpusRelationsResponse,
+             responses=ERRORS, summary="Syntactic heads")
+    async def corpus_relations(run: str | None = run_q, min_count: int = Query(
+            1, ge=1, le=1_000_000_000, description="relations with at least this many arcs")
+                               ) -> Response:
+        """For every dependency relation and direction, the head whose most-attended word is
+        most often the other end of the arc, beside the best fixed-offset baseline (empty
+        unless the corpus was CoNLL-U)."""
+        return await read(browser.relations, run, min_count)
+
+    @app.get("/api/corpus/examples", response_model=CorpusExamplesResponse,
+             responses=ERRORS, summary="The best texts of one head")
+    async def corpus_examples(
+            layer: int = Query(ge=-1_000_000, le=1_000_000,
+                               description="layer (negative counts from the end)"),
+            head: int = Query(ge=-1_000_000, le=1_000_000,
+                              description="head (negative counts from the end)"),
+            kind: str = Query("weight", max_length=100, description=(
+                "'weight': the strongest single weight between two words; or a score name: "
+                "the texts where the head scored highest")),
+            k: int | None = Query(None, ge=1, le=1000, description="at most this many"),
+            run: str | None = run_q) -> Response:
+        """Best first: the value, the query and key token (for 'weight'), and the text with
+        its position in the corpus. ``served`` says whether the run's model is served here,
+        so that the text can be captured (POST /api/capture) at this layer and head."""
+        def work() -> dict[str, Any]:
+            body = browser.examples(run, layer, head, kind, k, served=served)
+            if not body["served"]:
+                return body
+            name = body["model"]
+            with state.models.lock(name):  # (a tokenizer is not safe to share either)
+                rows = [_with_spans(state.models.get(name), row) for row in body["examples"]]
+            return {**body, "examples": rows}
+
+        return await read(work)
+
+    @app.get("/api/corpus/search", response_model=CorpusSearchResponse, responses=ERRORS,
+             summary="What each head attends to from one token")
+    async def corpus_search(
+            token: str = Query(max_length=100, description="a token, e.g. 'it'"),
+            top: int = Query(5, ge=1, le=50, description="key tokens kept per head"),
+            limit: int = Query(100, ge=1, le=1000, description="texts read at most"),
+            run: str | None = run_q) -> Response:
+        """Runs the run's model (it must be one this explorer serves) on the texts of the run
+        that hold ``token`` as a whole token, and sums each head's attention from every
+        occurrence by key token: the ``top`` key tokens per head, strongest first, with the
+        mean weight per occurrence."""
+        result = browser.result(run)
+        name = result.model_name
+        if name not in served:
+            raise AttnscopeError(f"Token search runs the model of run {result.run_id!r}, "
+                                 f"{name}, which this explorer does not serve: start it with "
+                                 f"--model {name}.")
+        model = state.models.get(name)
+
+        def work() -> dict[str, Any]:
+            with state.models.lock(name):
+                return browser.search(result.run_id, token, model, top=top, limit=limit)
+
+        return _json_response(await state.gate.run(work))
+
+
+def _with_spans(model: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """An example with the characters of its query and key token (``[segment, start, end]``),
+    found by tokenizing its text again with the run's model; None where a token has none."""
+    import warnings
+
+    from attnscope.tokens import TruncationWarning, tokenize
+
+    if row["query_pos"] is None:
+        return row
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)  # the run already counted it
+        tokens = tokenize(model, row["text"], row["text_b"])
+    spans = {}
+    for end in ("query", "key"):
+        pos = row[f"{end}_pos"]
+        ok = pos < len(tokens.tokens) and tokens.tokens[pos] == row[f"{end}_token"]
+        start, stop = (int(v) for v in tokens.offsets[pos]) if ok else (-1, -1)
+        spans[f"{end}_span"] = ([int(tokens.segment_ids[pos]), start, stop]
+                                if ok and start >= 0 else None)
+    return {**row, **spans}
+
+
 # ----- helpers ---------------------------------------------------------------------------------
 
 
-def _state_limits_in_schema(app: FastAPI, names: list[str], limits: Limits) -> None:
+def _state_limits_in_schema(app: FastAPI, names: list[str], limits: Limits,
+                            browser: Any = None) -> None:
     """Write this explorer's allowlist and text limits into its OpenAPI schema, so the
     documentation (and a client generated from it) knows them: ``model`` is one of the
-    served names, each text at most ``max_chars`` characters."""
+    served names, each text at most ``max_chars`` characters; with a corpus store, ``run``
+    is one of its runs, and ``stat``, ``kind``, ``layer`` and ``head`` say what they take."""
     plain_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -452,6 +616,15 @@ def _state_limits_in_schema(app: FastAPI, names: list[str], limits: Limits) -> N
                     for option in props.get("text_b", {}).get("anyOf", []):
                         if option.get("type") == "string":
                             option.update(minLength=1, maxLength=limits.max_chars)
+            hints = {} if browser is None else browser.schema_hints()
+            for path, operations in schema.get("paths", {}).items():
+                if not path.startswith("/api/corpus"):
+                    continue
+                for operation in operations.values():
+                    for parameter in operation.get("parameters", []):
+                        if parameter["name"] in hints:
+                            parameter["schema"] = {**parameter["schema"],
+                                                   **hints[parameter["name"]]}
             app.openapi_schema = schema
         return app.openapi_schema
 

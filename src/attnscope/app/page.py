@@ -1,8 +1,9 @@
 """The explorer's two pages: the app itself and the documentation of its JSON API.
 
 The app page carries its own script and style, like every attnscope page: the view script
-from :mod:`attnscope.render` (the same file the saved views use) and the app's script, inlined
-into one function so neither defines a global name. It loads nothing from anywhere else; its
+from :mod:`attnscope.render` (the same file the saved views use), the report's chart script
+(the corpus browser's layer plots) and the app's script, inlined into one function so none
+defines a global name. It loads nothing from anywhere else; its
 only requests are to the explorer's own API.
 
 The documentation page is plain HTML written from the OpenAPI schema on the server, so it too
@@ -35,8 +36,14 @@ def _asset(name: str) -> str:
 def explorer_page(config: dict[str, Any]) -> str:
     """The app page. ``config`` is the body of ``GET /api/models`` (models and limits), put in
     the page so the first draw needs no request."""
+    from attnscope.render.html import _asset as render_asset
+
     views_js, views_css = view_assets()
-    script = "(function(){\n" + views_js + "\n" + _asset("app.js") + "\n})();"
+    # The report's chart script draws the corpus browser's layer plots; in its own function,
+    # so its names never meet the view script's.
+    charts_js = ("const exCharts = (function(){\n" + render_asset("report.js")
+                 + "\nreturn attnscopeCharts;\n})();")
+    script = "(function(){\n" + views_js + "\n" + charts_js + "\n" + _asset("app.js") + "\n})();"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -63,6 +70,14 @@ def docs_page(schema: dict[str, Any]) -> str:
             out.append(f'<h2 id="{esc(method + path)}"><code>{esc(method.upper())} '
                        f"{esc(path)}</code> {esc(op.get('summary', ''))}</h2>")
             out.append(f"<p>{esc(op.get('description', ''))}</p>")
+            parameters = op.get("parameters", [])
+            if parameters:
+                out.append("<h3>Query parameters</h3>" + _fields({
+                    "properties": {q["name"]: {**q.get("schema", {}),
+                                               "description": q.get("description", "")}
+                                   for q in parameters},
+                    "required": [q["name"] for q in parameters if q.get("required")]},
+                    components))
             body = op.get("requestBody", {}).get("content", {}).get("application/json")
             if body:
                 out.append("<h3>Request body</h3>" + _fields(body["schema"], components))
@@ -99,6 +114,8 @@ def _type(schema: dict[str, Any]) -> str:
         return json.dumps(schema["const"])
     if schema.get("type") == "array":
         return f"list of {_type(schema.get('items', {}))}"
+    if "minimum" in schema and "maximum" in schema:
+        return f"{schema.get('type', 'number')} ({schema['minimum']} to {schema['maximum']})"
     return str(schema.get("type", "any"))
 
 

@@ -14,6 +14,13 @@ __all__ = [
     "CaptureResponse",
     "CompareRequest",
     "CompareResponse",
+    "CorpusExamplesResponse",
+    "CorpusHeadsResponse",
+    "CorpusInfo",
+    "CorpusLayersResponse",
+    "CorpusRelationsResponse",
+    "CorpusSearchResponse",
+    "CorpusStatResponse",
     "ErrorBody",
     "ExplainRequest",
     "ExplainResponse",
@@ -89,10 +96,35 @@ class ModelInfo(BaseModel):
     max_tokens: int | None
 
 
+class CorpusRun(BaseModel):
+    run_id: str
+    model: str
+    source: str
+    texts: int
+    tokens: int
+    layers: int
+    heads: int
+    created: str
+    served: bool = Field(description="whether this explorer serves the run's model, so its "
+                                     "examples open in the views and token search runs")
+    relations: bool = Field(description="whether the run has syntactic relations (CoNLL-U)")
+
+
+class CorpusInfo(BaseModel):
+    store: str = Field(description="the store's file name")
+    default_run: str = Field(description="the run shown first (the latest)")
+    runs: list[CorpusRun]
+    score_names: list[str]
+    stats: list[str] = Field(description="every statistic GET /api/corpus/stat takes")
+    example_kinds: list[str]
+
+
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
     default: str
     limits: dict[str, float]
+    corpus: CorpusInfo | None = Field(None, description="the corpus store this explorer "
+                                                        "browses (null: none)")
 
 
 class CaptureResponse(BaseModel):
@@ -183,6 +215,106 @@ class CompareResponse(BaseModel):
     a: CompareSide
     b: CompareSide
     difference: Difference
+
+
+class CorpusHeadRow(BaseModel):
+    layer: int
+    head: int
+    label: str | None = Field(description="the head's most frequent label over the texts")
+    label_share: float | None = Field(description="share of texts that gave it that label")
+    scores: dict[str, float | None] = Field(description="mean over texts of every "
+                                                        "head-pattern score, and entropy")
+
+
+class CorpusHeadsResponse(BaseModel):
+    run: str
+    model: str
+    texts: int
+    score_names: list[str]
+    heads: list[CorpusHeadRow]
+
+
+class CorpusStatResponse(BaseModel):
+    run: str
+    stat: str
+    mean: list[list[float | None]] = Field(description="[L][H] mean over texts")
+    std: list[list[float | None]] = Field(description="[L][H] standard deviation (ddof 0)")
+    n: list[list[int]] = Field(description="[L][H] texts that gave a value")
+
+
+class LayerPanel(BaseModel):
+    stat: str
+    title: str
+    values: list[list[float | None]] = Field(description="[L][H] mean of every head")
+    layer_mean: list[float | None] = Field(description="[L] mean of the layer's heads")
+
+
+class CorpusLayersResponse(BaseModel):
+    run: str
+    model: str
+    panels: list[LayerPanel]
+    offsets: list[int]
+    profile: list[list[list[float | None]]] = Field(
+        description="[L][H][offsets] mean weight by key position - query position")
+    charts: list[dict[str, Any]] = Field(description="the same numbers as the chart "
+                                                     "specifications the page's charts draw")
+
+
+class RelationRow(BaseModel):
+    relation: str
+    direction: str
+    n: int
+    layer: int
+    head: int
+    accuracy: float
+    baseline_offset: int
+    baseline_accuracy: float
+
+
+class CorpusRelationsResponse(BaseModel):
+    run: str
+    relations: list[RelationRow]
+
+
+class ExampleRow(BaseModel):
+    value: float
+    query_pos: int | None
+    key_pos: int | None
+    query_token: str | None
+    key_token: str | None
+    text_key: str
+    position: int
+    text: str
+    text_b: str | None
+    query_span: list[int] | None = Field(None, description="where the query token is: "
+                                         "[0 for text or 1 for text_b, start, end] (characters), "
+                                         "when the run's model is served")
+    key_span: list[int] | None = Field(None, description="where the key token is, likewise")
+
+
+class CorpusExamplesResponse(BaseModel):
+    run: str
+    model: str
+    layer: int
+    head: int
+    kind: str
+    served: bool
+    examples: list[ExampleRow]
+
+
+class SearchRow(BaseModel):
+    layer: int
+    head: int
+    key_token: str
+    weight: float
+    occurrences: int
+
+
+class CorpusSearchResponse(BaseModel):
+    run: str
+    token: str
+    occurrences: int
+    rows: list[SearchRow]
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -35,10 +35,23 @@ function exFmt(x, digits) {
 class ExApiError extends Error {}
 
 async function exPost(path, body, as) {
+  return exAsk(path, { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body) }, as);
+}
+
+// GET with query parameters (null ones left out): the corpus browser's routes.
+async function exGet(path, params) {
+  const q = new URLSearchParams();
+  for (const [key, value] of Object.entries(params || {})) {
+    if (value !== null && value !== undefined) q.set(key, String(value));
+  }
+  return exAsk(q.toString() ? `${path}?${q}` : path, { method: "GET" });
+}
+
+async function exAsk(path, init, as) {
   let response;
   try {
-    response = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body) });
+    response = await fetch(path, init);
   } catch (err) {
     throw new ExApiError("The explorer cannot be reached; is `attnscope serve` still running?");
   }
@@ -233,30 +246,31 @@ function exHeadValue(row, key) {
   return row.scores[key];
 }
 
-function exDrawHeads() {
-  const table = ex$("heads-table");
+// A sortable table: click a column to sort by it (again: the other way), a row to pick it.
+// `model`: columns [{key, title, cls, digits}], rows, value(row, key), sort {key, dir},
+// and optionally pick(row), rowData(row) (the row's data- attributes) and after().
+function exSortableTable(table, model) {
   table.textContent = "";
-  const columns = ["layer", "head", "label", "label_score", "class", ...exHeads.names];
-  const titles = { label_score: "score" };
   const thead = exEl("thead");
   const tr = exEl("tr");
-  for (const key of columns) {
-    const th = exEl("th", null, titles[key] || key);
-    th.dataset.key = key;
-    if (exHeads.sort.key === key) th.classList.add(exHeads.sort.dir > 0 ? "ex-sorted-asc" : "ex-sorted-desc");
+  for (const col of model.columns) {
+    const th = exEl("th", null, col.title || col.key);
+    th.dataset.key = col.key;
+    if (model.sort.key === col.key) th.classList.add(model.sort.dir > 0 ? "ex-sorted-asc" : "ex-sorted-desc");
     th.addEventListener("click", () => {
-      exHeads.sort = { key, dir: exHeads.sort.key === key ? -exHeads.sort.dir : (typeof exHeadValue(exHeads.rows[0], key) === "string" ? 1 : -1) };
-      exDrawHeads();
+      const first = model.rows.length ? model.value(model.rows[0], col.key) : 0;
+      model.sort = { key: col.key, dir: model.sort.key === col.key ? -model.sort.dir : (typeof first === "string" ? 1 : -1) };
+      exSortableTable(table, model);
     });
     tr.append(th);
   }
   thead.append(tr);
   const tbody = exEl("tbody");
-  let rows = exHeads.rows.slice();
-  if (exHeads.sort.key) {
-    const { key, dir } = exHeads.sort;
+  const rows = model.rows.slice();
+  if (model.sort.key) {
+    const { key, dir } = model.sort;
     rows.sort((a, b) => {
-      const x = exHeadValue(a, key), y = exHeadValue(b, key);
+      const x = model.value(a, key), y = model.value(b, key);
       if (x === null || x === undefined) return 1;
       if (y === null || y === undefined) return -1;
       return (x < y ? -1 : x > y ? 1 : 0) * dir;
@@ -264,20 +278,30 @@ function exDrawHeads() {
   }
   for (const row of rows) {
     const r = exEl("tr");
-    r.dataset.layer = String(row.layer);
-    r.dataset.head = String(row.head);
-    for (const key of columns) {
-      const v = exHeadValue(row, key);
-      const text = typeof v === "number" && !Number.isInteger(v) ? exFmt(v, key === "distance" ? 1 : 2) : v;
-      const td = exEl("td", key === "label" || key === "class" ? "ex-label" : null, text === null ? "\u2013" : text);
-      td.dataset.key = key;
+    if (model.rowData) Object.assign(r.dataset, model.rowData(row));
+    for (const col of model.columns) {
+      const v = model.value(row, col.key);
+      const text = typeof v === "number" && !Number.isInteger(v) ? exFmt(v, col.digits === undefined ? 2 : col.digits) : v;
+      const td = exEl("td", col.cls || null, text === null || text === undefined ? "\u2013" : text);
+      td.dataset.key = col.key;
       r.append(td);
     }
-    r.addEventListener("click", () => exSelectHead(row.layer, row.head));
+    if (model.pick) r.addEventListener("click", () => model.pick(row));
     tbody.append(r);
   }
   table.append(thead, tbody);
-  exMarkSelectedHead();
+  if (model.after) model.after();
+}
+
+function exDrawHeads() {
+  const keys = ["layer", "head", "label", "label_score", "class", ...exHeads.names];
+  exHeads.columns = keys.map((key) => ({ key, title: key === "label_score" ? "score" : key,
+    cls: key === "label" || key === "class" ? "ex-label" : null, digits: key === "distance" ? 1 : 2 }));
+  exHeads.value = exHeadValue;
+  exHeads.rowData = (row) => ({ layer: String(row.layer), head: String(row.head) });
+  exHeads.pick = (row) => exSelectHead(row.layer, row.head);
+  exHeads.after = exMarkSelectedHead;
+  exSortableTable(ex$("heads-table"), exHeads);
 }
 
 function exMarkSelectedHead() {
@@ -533,6 +557,311 @@ async function exDownload() {
   }
 }
 
+// ----- the corpus browser ----------------------------------------------------------------------
+// Shown when the explorer was started with --corpus: the store's per-head table, layer plots
+// (drawn by the report's chart script), syntactic heads, token search, and each head's best
+// texts, which open in the views above at that layer and head. Its state lives in the URL's
+// fragment: #corpus&run=..&layer=..&head=..&kind=..
+
+const exCorpus = {
+  info: exConfig.corpus, run: null, layer: null, head: null, kind: "weight", loaded: null,
+  heads: { rows: [], sort: { key: null, dir: 1 } },
+  relations: { rows: [], sort: { key: null, dir: 1 } },
+  search: { rows: [], sort: { key: null, dir: 1 } },
+  examples: [],
+};
+
+function exCorpusRun() {
+  return exCorpus.info.runs.find((r) => r.run_id === exCorpus.run);
+}
+
+function exCorpusError(err) {
+  const box = ex$("corpus-error");
+  box.hidden = !err;
+  box.textContent = !err ? "" : err instanceof ExApiError ? err.message : "Something went wrong: " + err;
+}
+
+function exShowTab(tab) {
+  document.body.dataset.tab = tab;
+  ex$("corpus").hidden = tab !== "corpus";
+  for (const button of document.querySelectorAll(".ex-tab")) {
+    button.classList.toggle("ex-active", button.dataset.tab === tab);
+  }
+}
+
+function exCorpusWriteUrl() {
+  const q = new URLSearchParams();
+  if (exCorpus.run !== exCorpus.info.default_run) q.set("run", exCorpus.run);
+  if (exCorpus.head !== null) {
+    q.set("layer", String(exCorpus.layer));
+    q.set("head", String(exCorpus.head));
+  }
+  if (exCorpus.kind !== "weight") q.set("kind", exCorpus.kind);
+  const rest = q.toString();
+  history.replaceState(null, "", location.pathname + "#corpus" + (rest ? "&" + rest : ""));
+}
+
+function exCorpusReadUrl() {
+  const q = new URLSearchParams(location.hash.slice("#corpus".length).replace(/^&/, ""));
+  const int = (v) => (v !== null && /^-?\d+$/.test(v) ? Number(v) : null);
+  const runs = exCorpus.info.runs.map((r) => r.run_id);
+  exCorpus.run = runs.includes(q.get("run")) ? q.get("run") : exCorpus.info.default_run;
+  exCorpus.layer = int(q.get("layer"));
+  exCorpus.head = exCorpus.layer === null ? null : int(q.get("head"));
+  exCorpus.kind = exCorpus.info.example_kinds.includes(q.get("kind")) ? q.get("kind") : "weight";
+}
+
+// Show the corpus tab: load the run's tables and charts once, then the chosen head's texts.
+async function exOpenCorpus() {
+  exShowTab("corpus");
+  exCorpusError(null);
+  ex$("corpus-run").value = exCorpus.run;
+  ex$("corpus-kind").value = exCorpus.kind;
+  const run = exCorpusRun();
+  ex$("corpus-about").textContent = `${run.model}: ${run.texts} texts, ${run.tokens} tokens ` +
+    `from ${run.source}`;
+  try {
+    if (exCorpus.loaded !== exCorpus.run) {
+      const params = { run: exCorpus.run };
+      const [heads, layers, relations] = await Promise.all([
+        exGet("/api/corpus/heads", params), exGet("/api/corpus/layers", params),
+        run.relations ? exGet("/api/corpus/relations", params) : Promise.resolve({ relations: [] })]);
+      exCorpus.heads.rows = heads.heads;
+      exCorpus.heads.names = heads.score_names;
+      exDrawCorpusHeads();
+      exDrawCorpusCharts(layers.charts);
+      exCorpus.relations.rows = relations.relations;
+      ex$("corpus-relations-card").hidden = !relations.relations.length;
+      exDrawCorpusRelations();
+      exCorpus.search.rows = [];
+      ex$("corpus-search").textContent = "";
+      ex$("corpus-search-status").textContent = "";
+      exCorpus.loaded = exCorpus.run;
+    }
+    if (exCorpus.head !== null) await exCorpusSelect(exCorpus.layer, exCorpus.head);
+    else exCorpusWriteUrl();
+  } catch (err) {
+    exCorpusError(err);
+  }
+}
+
+function exDrawCorpusHeads() {
+  const h = exCorpus.heads;
+  const keys = ["layer", "head", "label", "label_share", ...h.names];
+  h.columns = keys.map((key) => ({ key, title: key === "label_share" ? "share" : key,
+    cls: key === "label" ? "ex-label" : null, digits: key === "distance" ? 1 : 3 }));
+  h.value = (row, key) => (key in row ? row[key] : row.scores[key]);
+  h.rowData = (row) => ({ layer: String(row.layer), head: String(row.head) });
+  h.pick = (row) => exCorpusSelect(row.layer, row.head);
+  h.after = exCorpusMark;
+  exSortableTable(ex$("corpus-table"), h);
+}
+
+function exCorpusMark() {
+  for (const r of ex$("corpus-table").querySelectorAll("tbody tr")) {
+    r.classList.toggle("ex-selected", exCorpus.head !== null &&
+      Number(r.dataset.layer) === exCorpus.layer && Number(r.dataset.head) === exCorpus.head);
+  }
+}
+
+function exDrawCorpusCharts(specs) {
+  const box = ex$("corpus-charts");
+  box.textContent = "";
+  specs.forEach((_, i) => {
+    const figure = exEl("figure", "as-chart");
+    figure.dataset.chart = String(i);
+    box.append(figure);
+  });
+  exCharts(box, specs);
+}
+
+function exDrawCorpusRelations() {
+  const m = exCorpus.relations;
+  m.columns = [{ key: "relation", cls: "ex-label" }, { key: "direction", cls: "ex-label" },
+    { key: "n", title: "arcs" }, { key: "best", title: "best head" }, { key: "accuracy", digits: 3 },
+    { key: "baseline_offset", title: "baseline offset" },
+    { key: "baseline_accuracy", title: "baseline accuracy", digits: 3 }];
+  m.value = (row, key) => (key === "best" ? `${row.layer}.${row.head}` : key === "baseline_offset"
+    ? (row.baseline_offset > 0 ? "+" : "") + row.baseline_offset : row[key]);
+  m.rowData = (row) => ({ layer: String(row.layer), head: String(row.head) });
+  m.pick = (row) => exCorpusSelect(row.layer, row.head);
+  exSortableTable(ex$("corpus-relations"), m);
+}
+
+// Pick a head: mark it, and list its best texts, each with an "open" button.
+async function exCorpusSelect(layer, head) {
+  exCorpus.layer = layer;
+  exCorpus.head = head;
+  exCorpusMark();
+  exCorpusWriteUrl();
+  exCorpusError(null);
+  const box = ex$("corpus-examples");
+  try {
+    const kind = exCorpus.kind;
+    const data = await exGet("/api/corpus/examples", { run: exCorpus.run, layer, head, kind, k: 10 });
+    // another head (or kind) was picked while this one loaded
+    if (exCorpus.layer !== layer || exCorpus.head !== head || exCorpus.kind !== kind) return;
+    exCorpus.examples = data.examples;
+    const row = exCorpus.heads.rows.find((r) => r.layer === data.layer && r.head === data.head);
+    ex$("corpus-examples-title").textContent = `Examples: layer ${data.layer}, head ${data.head}` +
+      (row && row.label ? ` (${row.label})` : "");
+    box.textContent = "";
+    box.dataset.layer = String(data.layer);
+    box.dataset.head = String(data.head);
+    box.dataset.kind = data.kind;
+    if (!data.served) {
+      box.append(exEl("p", "ex-hint ex-not-served", `The corpus's model ${data.model} is not ` +
+        `served by this explorer: start it with --model ${data.model} to open these texts in the views.`));
+    }
+    if (!data.examples.length) box.append(exEl("p", "ex-hint", "This head has no examples in the store."));
+    const list = exEl("ol", "ex-examples");
+    data.examples.forEach((ex, i) => {
+      const item = exEl("li", "ex-example");
+      item.dataset.rank = String(i);
+      item.append(exEl("b", null, exFmt(ex.value, 3)), " ");
+      if (ex.query_token !== null) {
+        const tokens = exEl("span", "ex-example-text");
+        tokens.append(exEl("mark", "ex-query", ex.query_token), " \u2192 ", exEl("mark", "ex-key", ex.key_token));
+        item.append(tokens, " ");
+      }
+      item.append(exEl("span", "ex-hint", `(text ${ex.position})`));
+      const open = exEl("button", "ex-open", "open");
+      open.type = "button";
+      open.disabled = !data.served;
+      open.title = data.served ? "capture this text and show it at this layer and head" : "";
+      open.addEventListener("click", () => exCorpusOpen(ex, data.layer, data.head));
+      item.append(open, exMarked(ex, 0, ex.text));
+      if (ex.text_b) item.append(exMarked(ex, 1, ex.text_b));
+      list.append(item);
+    });
+    box.append(list);
+  } catch (err) {
+    exCorpusError(err);
+  }
+}
+
+// One text of an example, with its query and key token marked where the API says they are.
+function exMarked(ex, segment, text) {
+  const box = exEl("div", "ex-example-text");
+  const marks = [];
+  for (const [role, span] of [["query", ex.query_span], ["key", ex.key_span]]) {
+    if (!span || span[0] !== segment) continue;
+    const same = marks.find((m) => m.start === span[1] && m.end === span[2]);
+    if (same) same.roles.push(role);
+    else marks.push({ start: span[1], end: span[2], roles: [role] });
+  }
+  marks.sort((a, b) => a.start - b.start);
+  let at = 0;
+  for (const m of marks) {
+    if (m.start < at) continue; // overlapping spans: the first one is marked
+    box.append(text.slice(at, m.start));
+    const mark = exEl("mark", m.roles.map((r) => "ex-" + r).join(" "), text.slice(m.start, m.end));
+    mark.title = m.roles.join(" and ");
+    box.append(mark);
+    at = m.end;
+  }
+  box.append(text.slice(at));
+  return box;
+}
+
+// Open an example in the views: capture its text with the run's model at that layer and head.
+async function exCorpusOpen(ex, layer, head) {
+  const run = exCorpusRun();
+  ex$("text").value = ex.text;
+  ex$("text-b").value = ex.text_b || "";
+  ex$("model").value = run.model;
+  ex$("compare").checked = false;
+  ex$("compare-inputs").hidden = true;
+  exState.model = run.model;
+  exState.layer = layer;
+  exState.head = head;
+  exShowTab("text");
+  await exRun(true);
+}
+
+async function exCorpusSearch() {
+  const token = ex$("corpus-token").value.trim();
+  const status = ex$("corpus-search-status");
+  exCorpusError(null);
+  if (!token) {
+    exCorpusError(new ExApiError("Type a token to search for, e.g. \u201cit\u201d."));
+    return;
+  }
+  ex$("corpus-search-run").disabled = true;
+  status.textContent = "Searching\u2026";
+  try {
+    const data = await exGet("/api/corpus/search", { run: exCorpus.run, token, top: 3 });
+    const m = exCorpus.search;
+    m.rows = data.rows;
+    m.sort = { key: "weight", dir: -1 };
+    m.columns = [{ key: "layer" }, { key: "head" }, { key: "key_token", title: "key token", cls: "ex-label" },
+      { key: "weight", digits: 3 }];
+    m.value = (row, key) => row[key];
+    m.rowData = (row) => ({ layer: String(row.layer), head: String(row.head) });
+    m.pick = (row) => exCorpusSelect(row.layer, row.head);
+    exSortableTable(ex$("corpus-search"), m);
+    status.textContent = `\u201c${data.token}\u201d: ${data.occurrences} occurrences; the 3 key ` +
+      "tokens each head attends to most from it (mean weight per occurrence)";
+  } catch (err) {
+    status.textContent = "";
+    exCorpusError(err);
+  } finally {
+    ex$("corpus-search-run").disabled = false;
+  }
+}
+
+function exStartCorpus() {
+  if (!exCorpus.info) return;
+  ex$("tabs").hidden = false;
+  const select = ex$("corpus-run");
+  for (const run of exCorpus.info.runs) {
+    const opt = exEl("option", null, `${run.run_id} (${run.model}, ${run.texts} texts)`);
+    opt.value = run.run_id;
+    select.append(opt);
+  }
+  ex$("corpus-run-field").hidden = exCorpus.info.runs.length < 2;
+  exCorpus.run = exCorpus.info.default_run;
+  select.addEventListener("change", () => {
+    exCorpus.run = select.value;
+    exCorpus.layer = exCorpus.head = null;
+    const box = ex$("corpus-examples");
+    box.textContent = "";
+    delete box.dataset.layer;
+    delete box.dataset.head;
+    box.append(exEl("p", "ex-hint", "Click a head in the table to list its best texts."));
+    ex$("corpus-examples-title").textContent = "Examples";
+    exOpenCorpus();
+  });
+  for (const button of document.querySelectorAll(".ex-tab")) {
+    button.addEventListener("click", () => {
+      if (button.dataset.tab === "corpus") {
+        exOpenCorpus();
+        return;
+      }
+      exShowTab("text");
+      if (exState.text.trim()) exWriteUrl();
+      else history.replaceState(null, "", location.pathname);
+    });
+  }
+  const kinds = ex$("corpus-kind");
+  for (const kind of exCorpus.info.example_kinds) {
+    const opt = exEl("option", null, kind === "weight" ? "strongest weight between two words" :
+      `${kind} score of the text`);
+    opt.value = kind;
+    kinds.append(opt);
+  }
+  kinds.addEventListener("change", () => {
+    exCorpus.kind = kinds.value;
+    if (exCorpus.head !== null) exCorpusSelect(exCorpus.layer, exCorpus.head);
+    else exCorpusWriteUrl();
+  });
+  ex$("corpus-search-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    exCorpusSearch();
+  });
+  exApi.corpus = exCorpus;
+}
+
 // ----- start ---------------------------------------------------------------------------------------------
 
 function exStart() {
@@ -569,8 +898,15 @@ function exStart() {
   ex$("views").addEventListener("attnscope-cell", (e) => exExplain(e.detail));
   exApi.run = exRun;
   exApi.selectHead = exSelectHead;
+  exStartCorpus();
   exReadUrl();
-  if (exState.text.trim()) exRun(true);
+  if (exCorpus.info && location.hash.startsWith("#corpus")) {
+    exCorpusReadUrl();
+    exOpenCorpus();
+  } else {
+    exShowTab("text");
+    if (exState.text.trim()) exRun(true);
+  }
   document.body.dataset.ready = "1";
 }
 

@@ -241,13 +241,18 @@ function arcs(holder, tip, c) {
 
 const KINDS = {heatmap, bars, lines, scatter, arcs};
 
-function attnscopeReport(doc) {
-  const data = JSON.parse(doc.getElementById("attnscope-report-data").textContent);
-  for (const figure of doc.querySelectorAll("figure.as-chart")) {
+// Draw every <figure class="as-chart" data-chart="i"> inside `container` (a document or an
+// element) from the chart specifications `data` (the explorer calls this with API answers).
+function attnscopeCharts(container, data) {
+  for (const figure of container.querySelectorAll("figure.as-chart")) {
     const chart = data[Number(figure.dataset.chart)], holder = el("div", "as-plot"), tip = el("div", "as-tip");
     if (chart.title) figure.appendChild(el("figcaption", "", chart.title));
     figure.appendChild(holder); holder.appendChild(tip);
     try { KINDS[chart.kind](holder, tip, chart); figure.dataset.drawn = "1"; }
     catch (err) { figure.appendChild(el("p", "note", "This chart could not be drawn: " + err.message)); }
   }
+}
+
+function attnscopeReport(doc) {
+  attnscopeCharts(doc, JSON.parse(doc.getElementById("attnscope-report-data").textContent));
 }
