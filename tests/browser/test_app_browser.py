@@ -15,21 +15,11 @@ import numpy as np
 import pytest
 
 import attnscope as at
-from attnscope.testing import launch_chromium
 
 pytestmark = pytest.mark.browser
 
 TEXT = "The animal didn't cross the street because it was too tired."
 TEXT_B = "The animal didn't cross the street because it was too wide."
-
-
-@pytest.fixture(scope="module")
-def browser(chromium_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = launch_chromium(p, chromium_path)
-        yield b
-        b.close()
 
 
 class Explorer:
