@@ -124,6 +124,16 @@ def test_browse_the_corpus_and_open_an_example(browser, corpus_server, corpus_st
     assert again.js("[...document.querySelectorAll('#corpus-table tr.ex-selected')].map("
                     "r => [Number(r.dataset.layer), Number(r.dataset.head)])") == [[0, 2]]
     assert again.js("document.querySelector('#corpus').hidden") is False
+    # a head far down the table is scrolled into its box
+    last = Explorer(browser, url + "#corpus&layer=5&head=11", url)
+    last.page.wait_for_selector("#corpus-examples[data-head='11'] li.ex-example")
+    assert last.js("""(() => {
+        const r = document.querySelector('#corpus-table tr.ex-selected');
+        const a = r.getBoundingClientRect(), b = r.closest('.ex-scroll').getBoundingClientRect();
+        const inside = a.top >= b.top && a.bottom <= b.bottom;
+        return [Number(r.dataset.layer), Number(r.dataset.head), inside];
+    })()""") == [5, 11, True]
+    last.check_clean()
 
     # another run: the treebank's syntactic heads
     again.page.select_option("#corpus-run", "treebank")

@@ -659,8 +659,17 @@ function exDrawCorpusHeads() {
 
 function exCorpusMark() {
   for (const r of ex$("corpus-table").querySelectorAll("tbody tr")) {
-    r.classList.toggle("ex-selected", exCorpus.head !== null &&
-      Number(r.dataset.layer) === exCorpus.layer && Number(r.dataset.head) === exCorpus.head);
+    const selected = exCorpus.head !== null &&
+      Number(r.dataset.layer) === exCorpus.layer && Number(r.dataset.head) === exCorpus.head;
+    r.classList.toggle("ex-selected", selected);
+    // a head chosen from the URL or a chart may lie below the table's scrolled rows
+    const box = r.closest(".ex-scroll");
+    if (selected && box && box.scrollHeight > box.clientHeight) {
+      const offset = r.getBoundingClientRect().top - box.getBoundingClientRect().top;
+      if (offset < 0 || offset > box.clientHeight - r.offsetHeight) {
+        box.scrollTop = Math.max(0, box.scrollTop + offset - box.clientHeight / 2);
+      }
+    }
   }
 }
 
