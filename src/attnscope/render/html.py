@@ -141,7 +141,7 @@ KEEP_PER_ROW = 32
 
 #: Up to this many weights a view also carries every weight as float16 (``exact=None``), so
 #: readouts and tooltips show three significant digits of the model's own number: 12 x 12
-#: heads up to 85 tokens, for about 1.7 more bytes a weight.
+#: heads up to 85 tokens, for about 2.2 more bytes a weight.
 EXACT_LIMIT = 2**20
 
 
