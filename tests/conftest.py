@@ -110,7 +110,8 @@ CORPUS_TEXTS = [
     "Please close the door quietly.",
 ]
 
-#: A tiny treebank in CoNLL-U (two sentences), for the syntactic-relation table.
+#: A tiny treebank in CoNLL-U (two sentences; obl:path counts as obl), for the
+#: syntactic-relation tables.
 CORPUS_CONLLU = """\
 # sent_id = 1
 # text = The cat sat on the mat.
@@ -129,7 +130,7 @@ CORPUS_CONLLU = """\
 4\tdrifted\tdrift\tVERB\t_\t_\t0\troot\t_\t_
 5\tacross\tacross\tADP\t_\t_\t7\tcase\t_\t_
 6\tthe\tthe\tDET\t_\t_\t7\tdet\t_\t_
-7\tharbour\tharbour\tNOUN\t_\t_\t4\tobl\t_\t_
+7\tharbour\tharbour\tNOUN\t_\t_\t4\tobl:path\t_\t_
 
 """
 

@@ -18,6 +18,7 @@ import pytest
 import attnscope as at
 from attnscope.analysis.corpus import OFFSETS, STATS
 from attnscope.analysis.patterns import LABELS, SCORES, head_patterns
+from tests.conftest import CORPUS_CONLLU
 
 TEXTS = [
     "The girl poured water into a tall glass until it overflowed.",
@@ -140,26 +141,7 @@ def test_token_search_and_sql(embedded, small_run):
         small_run.array("prev")
 
 
-CONLLU = """\
-# sent_id = 1
-# text = The cat sat on the mat.
-1\tThe\tthe\tDET\t_\t_\t2\tdet\t_\t_
-2\tcat\tcat\tNOUN\t_\t_\t3\tnsubj\t_\t_
-3\tsat\tsit\tVERB\t_\t_\t0\troot\t_\t_
-4\ton\ton\tADP\t_\t_\t6\tcase\t_\t_
-5\tthe\tthe\tDET\t_\t_\t6\tdet\t_\t_
-6\tmat\tmat\tNOUN\t_\t_\t3\tobl\t_\tSpaceAfter=No
-7\t.\t.\tPUNCT\t_\t_\t3\tpunct\t_\t_
-
-# sent_id = 2
-1\tA\ta\tDET\t_\t_\t3\tdet\t_\t_
-2\tsmall\tsmall\tADJ\t_\t_\t3\tamod\t_\t_
-3\tboat\tboat\tNOUN\t_\t_\t4\tnsubj\t_\t_
-4\tdrifted\tdrift\tVERB\t_\t_\t0\troot\t_\t_
-5\tacross\tacross\tADP\t_\t_\t7\tcase\t_\t_
-6\tthe\tthe\tDET\t_\t_\t7\tdet\t_\t_
-7\tharbour\tharbour\tNOUN\t_\t_\t4\tobl:path\t_\t_
-
+CONLLU = CORPUS_CONLLU + """\
 # sent_id = 3 (malformed: a head past the end)
 1\tBirds\tbird\tNOUN\t_\t_\t2\tnsubj\t_\t_
 2\tsing\tsing\tVERB\t_\t_\t9\troot\t_\t_
