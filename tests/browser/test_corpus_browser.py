@@ -7,7 +7,6 @@ import pytest
 
 import attnscope as at
 from attnscope.corpora.report import corpus_report
-from attnscope.testing import launch_chromium
 
 pytestmark = pytest.mark.browser
 
@@ -19,49 +18,43 @@ TEXTS = [
 ]
 
 
-def test_corpus_page_in_chromium(chromium_path, embedded, tmp_path):
-    from playwright.sync_api import sync_playwright
-
+def test_corpus_page_in_chromium(browser, embedded, tmp_path):
     result = at.corpus(embedded, TEXTS, out=tmp_path / "s.duckdb", batch_size=2,
                        progress=False)
     path = corpus_report(result, model=embedded, examples=2).save(tmp_path / "corpus.html")
     expected = result.examples(1, 8, k=2)
     requests, errors, dialogs = [], [], []
-    with sync_playwright() as p:
-        browser = launch_chromium(p, chromium_path)
-        try:
-            page = browser.new_page()
-            page.on("request", lambda r: requests.append(r.url))
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.goto(path.as_uri())
-            page.wait_for_load_state("load")
-            headings = page.evaluate(
-                "() => [...document.querySelectorAll('h2')].map(h => h.textContent)")
-            images = page.evaluate(
-                "() => [...document.images].map(i => i.complete && i.naturalWidth > 100)")
-            rows = page.evaluate("() => document.querySelectorAll('#heads tbody tr, "
-                                 "table.cr tbody tr').length")
-            links = page.evaluate(
-                "() => [...document.querySelectorAll('details[data-layer=\"1\"][data-head=\"8\"]"
-                " a.cr-open')].map(a => a.getAttribute('href'))")
-            opened = []
-            for rank in range(len(links)):
-                page.evaluate("(i) => { const d = document.querySelector("
-                              "'details[data-layer=\"1\"][data-head=\"8\"]'); d.open = true; "
-                              "d.querySelectorAll('a.cr-open')[i].click(); }", rank)
-                page.wait_for_function("() => { const r = document.querySelector("
-                                       "'#cr-viewer .attnscope-root'); "
-                                       "return r && r.dataset.ready === '1'; }",
-                                       timeout=10_000)
-                opened.append(page.evaluate(
-                    "() => { const r = document.querySelector('#cr-viewer .attnscope-root');"
-                    " const P = r.attnscope.payload; return {layer: P.initial.layer, "
-                    "heads: P.initial.heads, tokens: P.tokens.self, "
-                    "canvases: r.querySelectorAll('canvas').length}; }"))
-            injected = page.evaluate("() => document.querySelectorAll('[onmouseover]').length")
-        finally:
-            browser.close()
+    page = browser.new_page()
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(path.as_uri())
+    page.wait_for_load_state("load")
+    headings = page.evaluate(
+        "() => [...document.querySelectorAll('h2')].map(h => h.textContent)")
+    images = page.evaluate(
+        "() => [...document.images].map(i => i.complete && i.naturalWidth > 100)")
+    rows = page.evaluate("() => document.querySelectorAll('#heads tbody tr, "
+                         "table.cr tbody tr').length")
+    links = page.evaluate(
+        "() => [...document.querySelectorAll('details[data-layer=\"1\"][data-head=\"8\"]"
+        " a.cr-open')].map(a => a.getAttribute('href'))")
+    opened = []
+    for rank in range(len(links)):
+        page.evaluate("(i) => { const d = document.querySelector("
+                      "'details[data-layer=\"1\"][data-head=\"8\"]'); d.open = true; "
+                      "d.querySelectorAll('a.cr-open')[i].click(); }", rank)
+        page.wait_for_function("() => { const r = document.querySelector("
+                               "'#cr-viewer .attnscope-root'); "
+                               "return r && r.dataset.ready === '1'; }",
+                               timeout=10_000)
+        opened.append(page.evaluate(
+            "() => { const r = document.querySelector('#cr-viewer .attnscope-root');"
+            " const P = r.attnscope.payload; return {layer: P.initial.layer, "
+            "heads: P.initial.heads, tokens: P.tokens.self, "
+            "canvases: r.querySelectorAll('canvas').length}; }"))
+    injected = page.evaluate("() => document.querySelectorAll('[onmouseover]').length")
+    page.close()
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
     assert errors == [] and dialogs == []
     assert {"What each head does", "Layer by layer", "Positional profile", "Examples"} <= set(

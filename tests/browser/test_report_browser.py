@@ -6,64 +6,57 @@ from __future__ import annotations
 import pytest
 
 import attnscope as at
-from attnscope.testing import launch_chromium
 
 pytestmark = pytest.mark.browser
 
 
-def test_report_page_in_chromium(chromium_path, embedded, tmp_path):
-    from playwright.sync_api import sync_playwright
-
+def test_report_page_in_chromium(browser, embedded, tmp_path):
     trace = at.capture(embedded, 'the <img src=x onerror="alert(1)"> cat sat', qkv=True)
     path = at.report(trace, embedded).save(tmp_path / "report.html")
     requests, errors, dialogs = [], [], []
-    with sync_playwright() as p:
-        browser = launch_chromium(p, chromium_path)
-        try:
-            page = browser.new_page()
-            page.on("request", lambda r: requests.append(r.url))
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.goto(path.as_uri())
-            page.wait_for_load_state("load")
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('.attnscope-root')]"
-                ".every(r => !r.querySelector('.as-status') || "
-                "!r.querySelector('.as-status').textContent.includes('Loading'))",
-                timeout=10_000,
-            )
-            # Every chart drew on its canvas: count the non-white pixels of each.
-            drawn = page.evaluate(
-                """() => [...document.querySelectorAll('figure.as-chart')].map(f => {
-                    const c = f.querySelector('canvas');
-                    if (!f.dataset.drawn || !c) return 0;
-                    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                    let n = 0;
-                    for (let k = 0; k < d.length; k += 4)
-                        if (d[k] < 240 || d[k + 1] < 240 || d[k + 2] < 240) n++;
-                    return n;
-                })"""
-            )
-            # Hovering a bar shows its token and value.
-            bar_chart = page.locator("figure.as-chart").filter(has_text="rollout relevance")
-            canvas = bar_chart.locator("canvas")
-            canvas.scroll_into_view_if_needed()
-            box = canvas.bounding_box()
-            canvas.hover(position={"x": 48 + 2, "y": box["height"] / 3})
-            tip = bar_chart.locator(".as-tip").text_content()
-            headings = page.evaluate(
-                "() => [...document.querySelectorAll('h2')].map(h => h.textContent)"
-            )
-            roots = page.evaluate(
-                "() => [...document.querySelectorAll('.attnscope-root')]"
-                ".map(r => r.querySelectorAll('canvas, svg').length)"
-            )
-            shown_text = page.evaluate("() => document.body.innerText")
-            injected = page.evaluate(
-                "() => [...document.images].filter(i => i.getAttribute('src') === 'x').length"
-            )
-        finally:
-            browser.close()
+    page = browser.new_page()
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(path.as_uri())
+    page.wait_for_load_state("load")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.attnscope-root')]"
+        ".every(r => !r.querySelector('.as-status') || "
+        "!r.querySelector('.as-status').textContent.includes('Loading'))",
+        timeout=10_000,
+    )
+    # Every chart drew on its canvas: count the non-white pixels of each.
+    drawn = page.evaluate(
+        """() => [...document.querySelectorAll('figure.as-chart')].map(f => {
+            const c = f.querySelector('canvas');
+            if (!f.dataset.drawn || !c) return 0;
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0;
+            for (let k = 0; k < d.length; k += 4)
+                if (d[k] < 240 || d[k + 1] < 240 || d[k + 2] < 240) n++;
+            return n;
+        })"""
+    )
+    # Hovering a bar shows its token and value.
+    bar_chart = page.locator("figure.as-chart").filter(has_text="rollout relevance")
+    canvas = bar_chart.locator("canvas")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    canvas.hover(position={"x": 48 + 2, "y": box["height"] / 3})
+    tip = bar_chart.locator(".as-tip").text_content()
+    headings = page.evaluate(
+        "() => [...document.querySelectorAll('h2')].map(h => h.textContent)"
+    )
+    roots = page.evaluate(
+        "() => [...document.querySelectorAll('.attnscope-root')]"
+        ".map(r => r.querySelectorAll('canvas, svg').length)"
+    )
+    shown_text = page.evaluate("() => document.body.innerText")
+    injected = page.evaluate(
+        "() => [...document.images].filter(i => i.getAttribute('src') === 'x').length"
+    )
+    page.close()
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
     assert errors == [] and dialogs == []
     assert len(drawn) >= 10 and all(n > 500 for n in drawn), drawn
