@@ -70,6 +70,19 @@ class Opened:
     def state(self, kind):
         return self.js(f"document.querySelector('.attnscope-root').attnscope.views.{kind}.state")
 
+    def point_at_cell(self, i, j):
+        """Move the pointer over cell (query i, key j) of the model view's opened head, as
+        zoomed."""
+        self.js("""([i, j]) => {
+            const v = document.querySelector('.attnscope-root').attnscope.views.model;
+            const c = document.querySelector('.as-detail-canvas');
+            const r = c.getBoundingClientRect();
+            const g = v.state.geom, z = v.state.zoom;
+            c.dispatchEvent(new MouseEvent('mousemove', {bubbles: true,
+                clientX: r.left + g.margin + (j - z.j0 + 0.5) * g.cellW,
+                clientY: r.top + g.margin + (i - z.i0 + 0.5) * g.cellH}));
+        }""", [int(i), int(j)])
+
     def check_clean(self, allow_blobs=False):
         assert self.problems == []
         assert self.dialogs == []
@@ -334,15 +347,7 @@ def test_model_view_tooltip_zoom_pan_and_contrast(browser, seed_pair_trace, tmp_
     assert page.page.locator(".as-grid").bounding_box() == grid_box
     shown = 0
     for i, j in [(2, 5), (0, 0), (7, 12), (11, 3)]:
-        page.js("""([i, j]) => {
-            const v = document.querySelector('.attnscope-root').attnscope.views.model;
-            const c = document.querySelector('.as-detail-canvas');
-            const r = c.getBoundingClientRect();
-            const g = v.state.geom;
-            c.dispatchEvent(new MouseEvent('mousemove', {bubbles: true,
-                clientX: r.left + g.margin + (j + 0.5) * g.cellW,
-                clientY: r.top + g.margin + (i + 0.5) * g.cellH}));
-        }""", [i, j])
+        page.point_at_cell(i, j)
         tip = page.js("[...document.querySelectorAll('.as-tip div')].map(d => d.textContent)")
         assert tip[0] == f"query {i}: {trace.tokens[i]}" and tip[1] == f"key {j}: {trace.tokens[j]}"
         assert _near(tip[2].removeprefix("weight "), float(trace.attentions[4, 7, i, j]))
@@ -499,16 +504,8 @@ def test_long_input_pages_keep_strong_weights_and_say_what_is_not_kept(browser, 
         j_strong = int(att[1, 1, i].argmax())
         j_weak = int(att[1, 1, i].argmin())
         for j, strong in ((j_strong, True), (j_weak, False)):
-            page.js("""([i, j]) => {
-                const v = document.querySelector('.attnscope-root').attnscope.views.model;
-                v.zoomBy(1);
-                const c = document.querySelector('.as-detail-canvas');
-                const r = c.getBoundingClientRect();
-                const g = v.state.geom, z = v.state.zoom;
-                c.dispatchEvent(new MouseEvent('mousemove', {bubbles: true,
-                    clientX: r.left + g.margin + (j - z.j0 + 0.5) * g.cellW,
-                    clientY: r.top + g.margin + (i - z.i0 + 0.5) * g.cellH}));
-            }""", [i, j])
+            page.js("document.querySelector('.attnscope-root').attnscope.views.model.zoomBy(1)")
+            page.point_at_cell(i, j)
             weight = page.js("document.querySelectorAll('.as-tip div')[2].textContent")
             assert weight.startswith("weight ")
             if strong:
@@ -586,15 +583,7 @@ def test_difference_of_two_traces_on_a_diverging_scale(browser, embedded, tmp_pa
     page.page.click(f".as-thumb[data-layer='{layer}'][data-head='{head}']")
     flat = np.argsort(np.abs(diff[layer, head]).ravel())[::-1][:4]  # the largest differences
     for i, j in zip(*np.unravel_index(flat, diff.shape[2:]), strict=True):
-        page.js("""([i, j]) => {
-            const v = document.querySelector('.attnscope-root').attnscope.views.model;
-            const c = document.querySelector('.as-detail-canvas');
-            const r = c.getBoundingClientRect();
-            const g = v.state.geom;
-            c.dispatchEvent(new MouseEvent('mousemove', {bubbles: true,
-                clientX: r.left + g.margin + (j + 0.5) * g.cellW,
-                clientY: r.top + g.margin + (i + 0.5) * g.cellH}));
-        }""", [int(i), int(j)])
+        page.point_at_cell(i, j)
         shown = page.js("document.querySelectorAll('.as-tip div')[2].textContent").split()[1]
         value = float(diff[layer, head, i, j])
         assert np.sign(float(shown)) == np.sign(value)
