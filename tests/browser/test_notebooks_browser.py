@@ -29,8 +29,6 @@ from pathlib import Path
 
 import pytest
 
-from attnscope.testing import launch_chromium
-
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).parents[2]
@@ -149,15 +147,6 @@ class JupyterLab:
 
 
 @pytest.fixture(scope="module")
-def chromium(chromium_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = launch_chromium(p, chromium_path)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     pytest.importorskip("jupyterlab")
     root = tmp_path_factory.mktemp("notebooks")
@@ -236,9 +225,9 @@ def _check_frames(states: list[dict], expected: int) -> None:
 
 
 @pytest.mark.parametrize("notebook", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_notebook_runs_in_jupyterlab(lab, chromium, notebook):
+def test_notebook_runs_in_jupyterlab(lab, browser, notebook):
     server, root = lab
-    page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
     problems = _watch(page)
     try:
         page.goto(server.notebook_url(notebook.name) + "&reset")  # no restored workspace
@@ -291,7 +280,7 @@ def test_notebook_runs_in_jupyterlab(lab, chromium, notebook):
             or (o["output_type"] == "stream" and o["name"] == "stderr")] == []
 
 
-def test_nbconvert_execute_and_classic_html(chromium, tmp_path):
+def test_nbconvert_execute_and_classic_html(browser, tmp_path):
     pytest.importorskip("nbconvert")
     shutil.copy(VIEWS_NOTEBOOK, tmp_path / VIEWS_NOTEBOOK.name)
     env = _kernel_env(tmp_path / "home")
@@ -313,7 +302,7 @@ def test_nbconvert_execute_and_classic_html(chromium, tmp_path):
     nbconvert("--to", "html", "--template", "classic", "--output", "classic", executed.name)
     exported = tmp_path / "classic.html"
     assert 'class="output_area"' in exported.read_text(encoding="utf-8")  # the classic layout
-    page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
     problems = _watch(page)
     try:
         page.goto(exported.as_uri())
