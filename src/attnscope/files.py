@@ -18,9 +18,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 from attnscope.errors import AttnscopeError
@@ -130,7 +133,7 @@ def atomic_write(
     try:
         kwargs = ({"encoding": encoding, "errors": "backslashreplace", "newline": ""}
                   if mode == "w" else {})
-        with os.fdopen(fd, mode, **kwargs) as handle:
+        with os.fdopen(fd, mode, **kwargs) as handle, _interrupts_kept():
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -145,6 +148,46 @@ def atomic_write(
         if not done:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+@contextlib.contextmanager
+def _interrupts_kept() -> Iterator[None]:
+    """Make sure Ctrl-C during a write ends as ``KeyboardInterrupt``.
+
+    Ctrl-C raises ``KeyboardInterrupt`` wherever Python happens to be. Inside a library's
+    compiled code (matplotlib's renderer, for one) that error can be caught and replaced by
+    an unrelated one ("ValueError: Invalid affine transformation matrix") or swallowed. While
+    the file is written, the SIGINT handler also notes each interrupt it raises, so the write
+    ends as the interrupt it was, with the previous file left in place.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if (not callable(previous)
+            or threading.current_thread() is not threading.main_thread()):
+        yield  # only the main thread can handle signals; SIG_IGN / SIG_DFL need no help
+        return
+    interrupted = False
+
+    def note_and_pass_on(signum: int, frame: FrameType | None) -> Any:
+        nonlocal interrupted
+        try:
+            return previous(signum, frame)
+        except KeyboardInterrupt:  # (a handler may also put the interrupt off: not noted)
+            interrupted = True
+            raise
+
+    signal.signal(signal.SIGINT, note_and_pass_on)
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:
+        if interrupted:
+            raise KeyboardInterrupt from err
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:  # swallowed somewhere inside: the write is not what the person asked for
+        raise KeyboardInterrupt
 
 
 def _keep_permissions(path: Path, tmp: Path) -> None:

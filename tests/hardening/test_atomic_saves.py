@@ -239,6 +239,33 @@ def test_an_error_or_ctrl_c_mid_write_leaves_the_previous_file(tmp_path):
         assert leftovers(tmp_path) == []
 
 
+
+def _ctrl_c_turned_into(error: type[Exception] | None) -> None:
+    """A real Ctrl-C (SIGINT to this process) caught the way compiled library code can catch
+    it: replaced by ``error`` (as matplotlib's renderer gives "Invalid affine transformation
+    matrix"), or swallowed when ``error`` is None."""
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the handler raises here, long before 5 s
+    except KeyboardInterrupt:
+        if error is not None:
+            raise error("Invalid affine transformation matrix") from None
+
+
+def test_ctrl_c_that_a_library_replaced_or_swallowed_still_ends_the_save(tmp_path):
+    path = tmp_path / "figure.png"
+    write_text(path, "the previous figure")
+    for error in (ValueError, RuntimeError, None):
+        with pytest.raises(KeyboardInterrupt), atomic_write(path, "wb") as handle:
+            handle.write(b"half a figure")
+            _ctrl_c_turned_into(error)
+            handle.write(b"the rest")
+        assert path.read_text() == "the previous figure"
+        assert leftovers(tmp_path) == []
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(ValueError, match="a real error"), atomic_write(path, "wb"):
+        raise ValueError("a real error")  # without Ctrl-C an error stays what it is
+
 # A child whose files may not grow past 4 KB (RLIMIT_FSIZE): each save fails mid-write with
 # "file too large", as on a full disk, and prints the message it got.
 LIMITED = """
