@@ -23,6 +23,15 @@ function el(tag, cls, text) {
   return node;
 }
 
+// A group of controls (tokens, swatches, thumbnails) is one tab stop: the arrow keys move the
+// focus, and the tab stop with it, from one member to another.
+function moveFocus(event, from, to) {
+  event.preventDefault();
+  from.tabIndex = -1;
+  to.tabIndex = 0;
+  to.focus();
+}
+
 function button(parent, cls, text, title, onClick) {
   const b = el("button", "as-button " + cls, text);
   b.type = "button";
@@ -665,13 +674,7 @@ function headView(panel, P, A, ctxs) {
       });
       sw.addEventListener("keydown", (e) => {
         const step = { ArrowRight: 1, ArrowLeft: -1 }[e.key];
-        if (step) {
-          e.preventDefault();
-          const next = swatches.children[(h + step + p.H) % p.H];
-          sw.tabIndex = -1;
-          next.tabIndex = 0;
-          next.focus();
-        }
+        if (step) moveFocus(e, sw, swatches.children[(h + step + p.H) % p.H]);
       });
       swatches.append(sw);
     }
@@ -1051,12 +1054,7 @@ function headView(panel, P, A, ctxs) {
         draw("leave");
         return;
       }
-      if (target) {
-        event.preventDefault();
-        node.tabIndex = -1;
-        target.tabIndex = 0;
-        target.focus();
-      }
+      if (target) moveFocus(event, node, target);
     });
   }
   body.addEventListener("mouseleave", leave);
@@ -1442,13 +1440,9 @@ function modelView(panel, P, A, ctxs) {
     const moves = { ArrowRight: [0, 1], ArrowLeft: [0, -1], ArrowDown: [1, 0], ArrowUp: [-1, 0] };
     const m = moves[e.key];
     if (!m) return;
-    e.preventDefault();
     l = Math.max(0, Math.min(p.L - 1, l + m[0]));
     h = Math.max(0, Math.min(p.H - 1, h + m[1]));
-    const next = thumbs[l * p.H + h];
-    c.tabIndex = -1;
-    next.tabIndex = 0;
-    next.focus();
+    moveFocus(e, c, thumbs[l * p.H + h]);
   });
 
   // The opened head: a panel over the grid (the grid stays where it is), with zoom and pan.
@@ -1763,10 +1757,7 @@ function neuronView(panel, P, A) {
       e.preventDefault();
       choose(node);
     } else if (target) {
-      e.preventDefault();
-      node.tabIndex = -1;
-      target.tabIndex = 0;
-      target.focus();
+      moveFocus(e, node, target);
     }
   });
   const qctx = sizeCanvas(qCanvas, width, 40);
