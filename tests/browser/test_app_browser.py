@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import attnscope as at
+from tests.browser.pages import watch
 
 pytestmark = pytest.mark.browser
 
@@ -31,12 +32,7 @@ class Explorer:
                                            accept_downloads=True)
         self.page = self.context.new_page()
         self.page.set_default_timeout(20_000)
-        self.console_errors: list[str] = []
-        self.requests: list[str] = []
-        self.page.on("console", lambda m: m.type == "error"
-                     and self.console_errors.append(m.text))
-        self.page.on("pageerror", lambda e: self.console_errors.append(f"pageerror: {e}"))
-        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.log = watch(self.page)
         self.page.goto(url)
         self.page.wait_for_function("document.body.dataset.ready === '1'")
 
@@ -65,8 +61,8 @@ class Explorer:
             return n; }""", selector)
 
     def check_clean(self) -> None:
-        assert self.console_errors == []
-        outside = [u for u in self.requests if not u.startswith((self.base, "data:", "blob:"))]
+        assert self.log.problems == [] and self.log.dialogs == []
+        outside = [u for u in self.log.requests if not u.startswith((self.base, "data:", "blob:"))]
         assert outside == [], "the explorer requested something outside itself"
         self.context.close()
 
@@ -211,12 +207,11 @@ def test_compare_two_texts_and_download(browser, explorer_server, embedded, tmp_
     assert html.count('class="attnscope-root"') == 2 and "<script src" not in html
     ex.check_clean()
     offline = browser.new_page()
-    requests: list[str] = []
-    offline.on("request", lambda r: requests.append(r.url))
+    offline_log = watch(offline)
     offline.goto(saved.as_uri())
     offline.wait_for_function("[...document.querySelectorAll('.attnscope-root')]"
                               ".every(r => r.dataset.ready)")
-    assert requests == [saved.as_uri()]
+    assert offline_log.requests == [saved.as_uri()] and offline_log.problems == []
     offline.close()
 
 
@@ -230,8 +225,8 @@ def test_a_mistake_shows_one_sentence(browser, explorer_server):
         "The text has 302 tokens; this explorer takes at most 256 (start it with a larger "
         "--max-tokens for longer texts).")
     # the only console line is Chromium's note of the 422 answer
-    assert all("422" in line for line in ex.console_errors) and ex.console_errors
-    ex.console_errors.clear()
+    assert all("422" in line for line in ex.log.problems) and ex.log.problems
+    ex.log.problems.clear()
     page.fill("#text", "Short again.")
     page.press("#text", "Enter")
     ex.wait_views()

@@ -7,6 +7,7 @@ import pytest
 
 import attnscope as at
 from attnscope.corpora.report import corpus_report
+from tests.browser.pages import watch
 
 pytestmark = pytest.mark.browser
 
@@ -23,11 +24,8 @@ def test_corpus_page_in_chromium(browser, embedded, tmp_path):
                        progress=False)
     path = corpus_report(result, model=embedded, examples=2).save(tmp_path / "corpus.html")
     expected = result.examples(1, 8, k=2)
-    requests, errors, dialogs = [], [], []
     page = browser.new_page()
-    page.on("request", lambda r: requests.append(r.url))
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    log = watch(page)
     page.goto(path.as_uri())
     page.wait_for_load_state("load")
     headings = page.evaluate(
@@ -55,8 +53,8 @@ def test_corpus_page_in_chromium(browser, embedded, tmp_path):
             "canvases: r.querySelectorAll('canvas').length}; }"))
     injected = page.evaluate("() => document.querySelectorAll('[onmouseover]').length")
     page.close()
-    assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
-    assert errors == [] and dialogs == []
+    assert [u for u in log.requests if not u.startswith(("file:", "data:"))] == []
+    assert log.problems == [] and log.dialogs == []
     assert {"What each head does", "Layer by layer", "Positional profile", "Examples"} <= set(
         headings)
     assert len(images) == 2 and all(images)

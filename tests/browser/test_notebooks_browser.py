@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser.pages import watch
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).parents[2]
@@ -157,15 +159,6 @@ def lab(tmp_path_factory):
     server.stop()
 
 
-def _watch(page) -> list[str]:
-    """Every console error and uncaught exception of the page and its frames."""
-    problems: list[str] = []
-    page.on("console", lambda m: m.type == "error" and problems.append(
-        f"console error ({m.location.get('url', '')}): {m.text}"))
-    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    return problems
-
-
 def _frame_states(page, count: int, timeout_s: float = 30) -> list[dict]:
     """The state of every attnscope output frame once all ``count`` have drawn or failed."""
     deadline = time.monotonic() + timeout_s
@@ -228,7 +221,7 @@ def _check_frames(states: list[dict], expected: int) -> None:
 def test_notebook_runs_in_jupyterlab(lab, browser, notebook):
     server, root = lab
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    problems = _watch(page)
+    problems = watch(page).problems
     try:
         page.goto(server.notebook_url(notebook.name) + "&reset")  # no restored workspace
         page.wait_for_function(
@@ -303,7 +296,7 @@ def test_nbconvert_execute_and_classic_html(browser, tmp_path):
     exported = tmp_path / "classic.html"
     assert 'class="output_area"' in exported.read_text(encoding="utf-8")  # the classic layout
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    problems = _watch(page)
+    problems = watch(page).problems
     try:
         page.goto(exported.as_uri())
         states = _frame_states(page, expected)

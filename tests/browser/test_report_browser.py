@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import attnscope as at
+from tests.browser.pages import watch
 
 pytestmark = pytest.mark.browser
 
@@ -13,11 +14,8 @@ pytestmark = pytest.mark.browser
 def test_report_page_in_chromium(browser, embedded, tmp_path):
     trace = at.capture(embedded, 'the <img src=x onerror="alert(1)"> cat sat', qkv=True)
     path = at.report(trace, embedded).save(tmp_path / "report.html")
-    requests, errors, dialogs = [], [], []
     page = browser.new_page()
-    page.on("request", lambda r: requests.append(r.url))
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    log = watch(page)
     page.goto(path.as_uri())
     page.wait_for_load_state("load")
     page.wait_for_function(
@@ -57,8 +55,8 @@ def test_report_page_in_chromium(browser, embedded, tmp_path):
         "() => [...document.images].filter(i => i.getAttribute('src') === 'x').length"
     )
     page.close()
-    assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
-    assert errors == [] and dialogs == []
+    assert [u for u in log.requests if not u.startswith(("file:", "data:"))] == []
+    assert log.problems == [] and log.dialogs == []
     assert len(drawn) >= 10 and all(n > 500 for n in drawn), drawn
     relevance = at.attention_rollout(trace).relevance(0)
     assert tip == f"{trace.tokens[0]} (0): relevance {relevance[0]:.3f}"

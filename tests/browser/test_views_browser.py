@@ -16,6 +16,7 @@ import attnscope as at
 from attnscope import compat
 from attnscope.render import html as page_html
 from attnscope.render.views import all_views
+from tests.browser.pages import watch
 
 pytestmark = pytest.mark.browser
 
@@ -28,20 +29,7 @@ class Opened:
 
     def __init__(self, browser, path, *, timeout_ms=10_000):
         self.page = browser.new_page(viewport={"width": 1400, "height": 900})
-        self.problems: list[str] = []
-        self.requests: list[str] = []
-        self.dialogs: list[str] = []
-        # (warnings are not counted: Chromium warns about this test's own pixel readbacks)
-        self.page.on("console", lambda m: m.type == "error"
-                     and self.problems.append(f"{m.type}: {m.text}"))
-        self.page.on("pageerror", lambda e: self.problems.append(f"pageerror: {e}"))
-        self.page.on("request", lambda r: self.requests.append(r.url))
-
-        def on_dialog(dialog):
-            self.dialogs.append(dialog.message)
-            dialog.dismiss()
-
-        self.page.on("dialog", on_dialog)
+        self.log = watch(self.page)
         self.url = path.as_uri()
         start = time.perf_counter()
         self.page.goto(self.url)
@@ -84,9 +72,9 @@ class Opened:
         }""", [int(i), int(j)])
 
     def check_clean(self, allow_blobs=False):
-        assert self.problems == []
-        assert self.dialogs == []
-        requests = [r for r in self.requests if not (allow_blobs and r.startswith("blob:"))]
+        assert self.log.problems == []
+        assert self.log.dialogs == []
+        requests = [r for r in self.log.requests if not (allow_blobs and r.startswith("blob:"))]
         assert requests == [self.url], "the page requested something besides itself"
         assert self.js("document.querySelector('.attnscope-root').dataset.error") is None
         self.page.close()
@@ -273,13 +261,12 @@ def test_notebook_iframe_renders(browser, seed_pair_trace, tmp_path):
     cell = at.model_view(seed_pair_trace)._repr_html_()
     path.write_text("<html><body>" + cell + "</body></html>", encoding="utf-8")
     page = browser.new_page()
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    log = watch(page)
     page.goto(path.as_uri())
     frame = page.frames[1]
     frame.wait_for_selector(".attnscope-root[data-ready]", state="attached", timeout=10_000)
     assert frame.evaluate("document.querySelectorAll('.as-thumb').length") == 72
-    assert errors == []
+    assert log.problems == [] and log.dialogs == []
     page.close()
 
 
