@@ -44,13 +44,11 @@ _POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer"
 
 
 @dataclass(frozen=True)
-class LoadedModel:
-    """A model, its tokenizer and the facts attnscope needs about them.
+class ModelFacts:
+    """What a model's config says about its attention (see :func:`peek`, which reads only the
+    config, and :class:`LoadedModel`, which holds these with the model itself).
 
     Attributes:
-        model: the ``transformers`` model (base model, eval mode, eager attention, float32).
-        tokenizer: its tokenizer (a fast tokenizer gives character spans and word indices).
-        name: the name or directory it was loaded from.
         model_type: ``config.model_type``, e.g. ``"bert"``, ``"gpt2"``, ``"t5"``.
         architecture: ``"encoder"``, ``"decoder"`` (causal) or ``"encoder-decoder"``.
         num_layers: layers of the encoder (or of the decoder for decoder-only models).
@@ -59,9 +57,6 @@ class LoadedModel:
         max_length: the most tokens one input may have, or None when the model sets no limit.
     """
 
-    model: Any
-    tokenizer: Any
-    name: str
     model_type: str
     architecture: Architecture
     num_layers: int
@@ -73,6 +68,22 @@ class LoadedModel:
     def is_causal(self) -> bool:
         """True for decoder-only models, whose tokens attend only to earlier tokens."""
         return self.architecture == "decoder"
+
+
+@dataclass(frozen=True)
+class LoadedModel(ModelFacts):
+    """A model, its tokenizer and the facts attnscope needs about them (the fields of
+    :class:`ModelFacts`, and these).
+
+    Attributes:
+        model: the ``transformers`` model (base model, eval mode, eager attention, float32).
+        tokenizer: its tokenizer (a fast tokenizer gives character spans and word indices).
+        name: the name or directory it was loaded from.
+    """
+
+    model: Any
+    tokenizer: Any
+    name: str
 
     @property
     def device(self) -> Any:
@@ -150,19 +161,6 @@ def load(
 
     return LoadedModel(model=model, tokenizer=tokenizer, name=name,
                        **_facts(model.config, tokenizer))
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What a model's config alone says (see :func:`peek`); the fields of :class:`LoadedModel`
-    without the model."""
-
-    model_type: str
-    architecture: Architecture
-    num_layers: int
-    num_heads: int
-    num_decoder_layers: int
-    max_length: int | None
 
 
 def peek(name_or_dir: str | os.PathLike[str] | None = None) -> ModelFacts | None:
