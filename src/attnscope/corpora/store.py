@@ -187,9 +187,7 @@ class Store:
                 "truncated": [t["truncated"] for t in batch.texts],
                 "batch": [batch_index] * len(batch.texts),
             })
-            con.register("batch_texts", texts)
-            con.execute("INSERT INTO texts SELECT * FROM batch_texts")
-            con.unregister("batch_texts")
+            _insert(con, texts, "INSERT INTO texts SELECT * FROM batch")
 
             s, layers, heads = batch.counts.shape
             stat, layer, head = np.meshgrid(np.arange(s), np.arange(layers), np.arange(heads),
@@ -203,30 +201,18 @@ class Store:
                 "sum": batch.sums.ravel(),
                 "sum_sq": batch.sums_sq.ravel(),
             })
-            con.register("batch_stats", stats)
-            con.execute(
-                "INSERT INTO head_stats SELECT * FROM batch_stats ON CONFLICT DO UPDATE SET "
-                "n = head_stats.n + excluded.n, sum = head_stats.sum + excluded.sum, "
-                "sum_sq = head_stats.sum_sq + excluded.sum_sq")
-            con.unregister("batch_stats")
+            _insert(con, stats,
+                    "INSERT INTO head_stats SELECT * FROM batch ON CONFLICT DO UPDATE SET "
+                    "n = head_stats.n + excluded.n, sum = head_stats.sum + excluded.sum, "
+                    "sum_sq = head_stats.sum_sq + excluded.sum_sq")
 
         if batch.examples:
-            columns = list(zip(*batch.examples, strict=True))
-            examples = pa.table({
-                "run_id": [run_id] * len(batch.examples),
-                "layer": pa.array(columns[0], pa.int16()),
-                "head": pa.array(columns[1], pa.int16()),
-                "kind": pa.array(columns[2], pa.string()),
-                "value": pa.array(columns[3], pa.float64()),
-                "text_key": pa.array(columns[4], pa.string()),
-                "query_pos": pa.array(columns[5], pa.int32()),
-                "key_pos": pa.array(columns[6], pa.int32()),
-                "query_token": pa.array(columns[7], pa.string()),
-                "key_token": pa.array(columns[8], pa.string()),
-            })
-            con.register("batch_examples", examples)
-            con.execute("INSERT OR IGNORE INTO examples SELECT * FROM batch_examples")
-            con.unregister("batch_examples")
+            examples = _rows_table(run_id, batch.examples, [
+                ("layer", pa.int16()), ("head", pa.int16()), ("kind", pa.string()),
+                ("value", pa.float64()), ("text_key", pa.string()), ("query_pos", pa.int32()),
+                ("key_pos", pa.int32()), ("query_token", pa.string()),
+                ("key_token", pa.string())])
+            _insert(con, examples, "INSERT OR IGNORE INTO examples SELECT * FROM batch")
             # Keep the best top_k per head and kind; ties go to the smaller key, so the result
             # does not depend on the order batches arrived in.
             con.execute(
@@ -237,21 +223,12 @@ class Store:
                 "AND r.rank > ?", [run_id, run_id, top_k])
 
         if batch.relations:
-            rel = list(zip(*batch.relations, strict=True))
-            relations = pa.table({
-                "run_id": [run_id] * len(batch.relations),
-                "relation": pa.array(rel[0], pa.string()),
-                "direction": pa.array(rel[1], pa.string()),
-                "layer": pa.array(rel[2], pa.int16()),
-                "head": pa.array(rel[3], pa.int16()),
-                "n": pa.array(rel[4], pa.int64()),
-                "hits": pa.array(rel[5], pa.int64()),
-            })
-            con.register("batch_relations", relations)
-            con.execute(
-                "INSERT INTO relations SELECT * FROM batch_relations ON CONFLICT DO UPDATE SET "
-                "n = relations.n + excluded.n, hits = relations.hits + excluded.hits")
-            con.unregister("batch_relations")
+            relations = _rows_table(run_id, batch.relations, [
+                ("relation", pa.string()), ("direction", pa.string()), ("layer", pa.int16()),
+                ("head", pa.int16()), ("n", pa.int64()), ("hits", pa.int64())])
+            _insert(con, relations,
+                    "INSERT INTO relations SELECT * FROM batch ON CONFLICT DO UPDATE SET "
+                    "n = relations.n + excluded.n, hits = relations.hits + excluded.hits")
             con.executemany(
                 "INSERT INTO relation_baselines VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
                 "SET hits = relation_baselines.hits + excluded.hits",
@@ -259,3 +236,24 @@ class Store:
         if batch.problems:
             con.executemany("INSERT OR IGNORE INTO problems VALUES (?, ?, ?, ?)",
                             [(run_id, *p) for p in batch.problems])
+
+
+def _rows_table(run_id: str, rows: list[tuple], columns: list[tuple[str, Any]]) -> Any:
+    """A pyarrow table of ``rows`` (tuples in the order of ``columns``, ``(name, type)``),
+    led by a ``run_id`` column: a batch's rows in the column order of their DuckDB table."""
+    import pyarrow as pa
+
+    values = list(zip(*rows, strict=True))
+    return pa.table({"run_id": [run_id] * len(rows),
+                     **{name: pa.array(column, kind)
+                        for (name, kind), column in zip(columns, values, strict=True)}})
+
+
+def _insert(con: Any, rows: Any, sql: str) -> None:
+    """Run ``sql`` (an ``INSERT ... SELECT * FROM batch``) with the pyarrow table ``rows``
+    registered as ``batch``."""
+    con.register("batch", rows)
+    try:
+        con.execute(sql)
+    finally:
+        con.unregister("batch")
