@@ -23,7 +23,7 @@ import numpy as np
 
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.render.views import AttnView
-from attnscope.trace import SPECIAL_TOKENS, Trace
+from attnscope.trace import SPECIAL_TOKENS, Trace, attention_array
 
 __all__ = ["head_view", "model_view"]
 
@@ -93,42 +93,13 @@ def model_view(
 
 def _stack(attention: Any, what: str) -> np.ndarray:
     """bertviz's per-layer tuple of ``[1, H, Tq, Tk]`` (torch or numpy) as float32
-    ``[L, H, Tq, Tk]``; an array already shaped ``[L, H, Tq, Tk]`` passes through."""
-    if isinstance(attention, (tuple, list)):
-        if not attention:
-            raise AttnscopeError(f"{what} is empty: pass one [1, heads, tokens, tokens] per layer.")
-        layers = [_to_numpy(a, what) for a in attention]
-        shapes = {a.shape for a in layers}
-        if len(shapes) != 1:
-            raise AttnscopeError(f"The layers of {what} have different shapes: {sorted(shapes)}.")
-        stacked = np.stack(layers)  # (L, 1, H, Tq, Tk) or (L, H, Tq, Tk)
-    else:
-        stacked = _to_numpy(attention, what)
-    if stacked.ndim == 5:
-        if stacked.shape[1] != 1:
-            raise AttnscopeError(
-                f"{what} holds a batch of {stacked.shape[1]} inputs; pass one input (batch size 1)."
-            )
-        stacked = stacked[:, 0]  # (L, H, Tq, Tk)
-    if stacked.ndim != 4:
-        raise AttnscopeError(
-            f"{what} must be a tuple of per-layer [1, heads, tokens, tokens] arrays, got shape "
-            f"{list(stacked.shape)}."
-        )
+    ``[L, H, Tq, Tk]`` (any shape :func:`attention_array` takes passes too)."""
+    if isinstance(attention, (tuple, list)) and not attention:
+        raise AttnscopeError(f"{what} is empty: pass one [1, heads, tokens, tokens] per layer.")
+    stacked = attention_array(attention, what)
     if stacked.shape[1] == 0:
         raise AttnscopeError(f"{what} holds no heads: each layer must be [1, heads, ...].")
-    return np.ascontiguousarray(stacked, dtype=np.float32)
-
-
-def _to_numpy(value: Any, what: str) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor, on any device
-        value = value.detach().float().cpu().numpy()
-    try:
-        return np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise AttnscopeError(
-            f"{what} must hold torch tensors or numpy arrays, not {type(value).__name__}."
-        ) from None
+    return stacked
 
 
 def _as_list(values: Any, what: str, items: str) -> list[Any] | None:
