@@ -9,6 +9,17 @@ T tokens through a model with L layers, H heads and hidden size D:
 * ``queries``, ``keys``, ``values``: float32 ``[L, H, T, d_head]`` where an adapter supports
   the model family, else None.
 
+A Trace from :func:`attnscope.generate` holds the prompt and the answer as one token
+sequence and also fills ``answer_start`` (the position of the first generated token), ``roles``
+(each token's part: ``"system"``, ``"user"``, ``"assistant"``, ``"markup"`` for chat-template
+tokens, ``"prompt"`` for a plain-text prompt, ``"answer"`` for generated tokens),
+``answer_probs`` ``[A]`` (each generated token's probability when it was chosen),
+``answer_top_ids`` and ``answer_top_probs`` ``[A, k]`` (the k most likely tokens at each step)
+and ``generation`` (the settings used and why it stopped). Where the prompt's own square was not
+recorded, ``query_start`` is the first query row held: ``attentions`` is then
+``[L, H, T - query_start, T]`` (each generated token's row over every token), and analyses that
+need the whole square say so.
+
 Encoder-decoder models (T5, BART) also fill the ``decoder_*`` fields: ``decoder_attentions``
 ``[L_dec, H, T_dec, T_dec]``, ``cross_attentions`` ``[L_dec, H, T_dec, T]`` (decoder queries
 over encoder keys) and ``decoder_hidden_states`` ``[L_dec+1, T_dec, D]``.
@@ -16,6 +27,7 @@ over encoder keys) and ``decoder_hidden_states`` ``[L_dec+1, T_dec, D]``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -35,8 +47,8 @@ from numpy.lib import format as npy_format
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.files import atomic_write, describe_os_error
 
-__all__ = ["PARTS", "SPECIAL_TOKENS", "Trace", "attention_array", "check_attention", "float_array",
-           "require_trace"]
+__all__ = ["PARTS", "ROLES", "SPECIAL_TOKENS", "Trace", "attention_array", "check_attention",
+           "float_array", "require_trace"]
 
 _FORMAT_VERSION = 1
 
@@ -68,7 +80,13 @@ _ARRAY_FIELDS = (
     "decoder_attentions",
     "decoder_hidden_states",
     "cross_attentions",
+    "answer_probs",
+    "answer_top_ids",
+    "answer_top_probs",
 )
+
+#: What a token of a generation Trace is part of (``Trace.roles``).
+ROLES = ("system", "user", "assistant", "markup", "prompt", "answer")
 
 
 def check_attention(attentions: np.ndarray, what: str = "the attention") -> None:
@@ -227,6 +245,13 @@ class Trace:
     unit: str = "token"
     truncated: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    answer_start: int | None = None
+    roles: tuple[str, ...] | None = None
+    answer_probs: np.ndarray | None = None
+    answer_top_ids: np.ndarray | None = None
+    answer_top_probs: np.ndarray | None = None
+    generation: dict[str, Any] | None = None
+    query_start: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tokens", _token_tuple(self.tokens, "tokens"))
@@ -242,7 +267,11 @@ class Trace:
                     array = array.view()  # a read-only view; the caller's array stays writable
                 array.flags.writeable = False
                 object.__setattr__(self, name, array)
-        for name in ("sentence_b_start", "truncated"):  # numpy integers become plain ints
+        if self.roles is not None and not isinstance(self.roles, str):
+            with contextlib.suppress(TypeError):
+                object.__setattr__(self, "roles", tuple(self.roles))
+        for name in ("sentence_b_start", "truncated", "answer_start", "query_start"):
+            # numpy integers become plain ints
             value = getattr(self, name)
             if isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 object.__setattr__(self, name, int(value))
@@ -269,6 +298,17 @@ class Trace:
     @property
     def is_causal(self) -> bool:
         return self.architecture == "decoder"
+
+    @property
+    def is_generation(self) -> bool:
+        """Whether this Trace holds a prompt and the answer a model generated for it."""
+        return self.answer_start is not None
+
+    @property
+    def has_square(self) -> bool:
+        """Whether ``attentions`` holds every query row (False for a generation Trace that
+        recorded only the answer's rows)."""
+        return self.query_start == 0
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -303,11 +343,23 @@ class Trace:
         head = check_index(head, attentions.shape[1], "head")
         return attentions[layer, head]
 
-    def check(self, part: str = "self") -> Trace:
+    def check(self, part: str = "self", *, rows_only: bool = False) -> Trace:
         """Check that one part's attention holds weights (finite, non-negative, rows summing to
         1), once per Trace and part; returns the Trace. Analyses call it first, so bad
         attention (from a file, another tool or a model run in low precision that overflowed)
-        gives one sentence instead of a wrong number."""
+        gives one sentence instead of a wrong number.
+
+        A generation Trace that holds only the answer's rows passes only with ``rows_only``
+        (what the generation view and per-row measures take); analyses that need the whole
+        square get one sentence saying how to record it.
+        """
+        if not self.has_square and not rows_only and part in ("self", "encoder"):
+            raise AttnscopeError(
+                f"This trace holds the attention of the answer's tokens only (rows "
+                f"{self.query_start} to {self.num_tokens - 1}); this needs every token's row: "
+                "generate with prompt_attention=True, or capture the text with "
+                "attnscope.capture(model, trace.input_ids)."
+            )
         checked = self.__dict__.setdefault("_checked_parts", set())
         if part not in checked:
             attentions, _, _ = self.part(part)
@@ -505,7 +557,7 @@ class Trace:
                 raise _BadFile(err.problem) from None
             for part in trace.parts:
                 try:
-                    trace.check(part)
+                    trace.check(part, rows_only=True)
                 except AttnscopeError as err:
                     message = str(err).rstrip(".")
                     raise _BadFile(message[:1].lower() + message[1:]) from None
@@ -531,6 +583,7 @@ _UNITS = ("token", "word")
 _FLOAT_FIELDS = frozenset({
     "attentions", "hidden_states", "queries", "keys", "values",
     "decoder_attentions", "decoder_hidden_states", "cross_attentions",
+    "answer_probs", "answer_top_probs",
 })
 _MASK_FIELDS = frozenset({"special_mask", "decoder_special_mask"})
 _DECODER_FIELDS = (*(n for n in _ARRAY_FIELDS if n.startswith("decoder_")), "cross_attentions")
@@ -621,7 +674,14 @@ def _field_problem(t: Trace) -> str | None:
             if problem:
                 return problem
 
-    problem = _shape_problem("attentions", t.attentions, (None, None, n, n), "[L, H, T, T]")
+    start = t.query_start
+    if not _is_whole(start) or not 0 <= start < n:
+        return f"query_start must be a token position from 0 to {n - 1}, not {_short(start)}"
+    if start == 0:
+        problem = _shape_problem("attentions", t.attentions, (None, None, n, n), "[L, H, T, T]")
+    else:
+        problem = _shape_problem("attentions", t.attentions, (None, None, n - start, n),
+                                 "[L, H, T - query_start, T]")
     if problem:
         return problem
     layers, heads = t.attentions.shape[:2]
@@ -683,6 +743,53 @@ def _field_problem(t: Trace) -> str | None:
     if start is not None and (not _is_whole(start) or not 0 <= start <= n):
         return (f"sentence_b_start must be None or a token position from 0 to {n}, "
                 f"not {_short(start)}")
+    return _generation_problem(t, n)
+
+
+def _generation_problem(t: Trace, n: int) -> str | None:
+    """What makes a generation Trace's own fields inconsistent, or None. These arrays are
+    small (one row per generated token), so their values are checked here too."""
+    answer = t.answer_start
+    answer_fields = ("answer_probs", "answer_top_ids", "answer_top_probs")
+    if answer is None:
+        for name in (*answer_fields, "generation"):
+            if getattr(t, name) is not None:
+                return f"{name} is given but answer_start is not"
+        if t.query_start:
+            return "query_start is set but the trace holds no answer (answer_start is None)"
+    else:
+        if not _is_whole(answer) or not 1 <= answer <= n:
+            return f"answer_start must be a token position from 1 to {n}, not {_short(answer)}"
+        if t.query_start > answer:
+            return (f"query_start ({t.query_start}) is past the answer's start ({answer}); the "
+                    "answer's rows are always held")
+        if t.generation is not None and not isinstance(t.generation, dict):
+            return f"generation must be a dict or None, not {type(t.generation).__name__}"
+        steps = n - answer
+        k = t.answer_top_ids.shape[-1] if t.answer_top_ids is not None else None
+        for name, want, pattern in (("answer_probs", (steps,), "[A]"),
+                                    ("answer_top_ids", (steps, None), "[A, k]"),
+                                    ("answer_top_probs", (steps, k), "[A, k]")):
+            problem = _shape_problem(name, getattr(t, name), want, pattern)
+            if problem:
+                return problem
+        for name in ("answer_probs", "answer_top_probs"):
+            values = getattr(t, name)
+            if values is not None and not (np.isfinite(values).all()
+                                           and (values >= 0).all() and (values <= 1).all()):
+                return f"{name} must hold probabilities from 0 to 1"
+        ids = t.answer_top_ids
+        if ids is not None and ids.size and int(ids.min()) < 0:
+            return "answer_top_ids must hold token ids (0 or more)"
+    if t.roles is not None:
+        roles = t.roles
+        if not isinstance(roles, tuple) or len(roles) != n:
+            return f"roles must give one role per token ({n})"
+        unknown = {r if isinstance(r, str) else type(r).__name__ for r in roles
+                   if not isinstance(r, str) or r not in ROLES}
+        if unknown:
+            return (f"roles must each be one of {', '.join(ROLES)}, not "
+                    f"{_short(sorted(map(str, unknown)))}")
     return None
 
 
@@ -723,6 +830,10 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "unit": (str,),
     "truncated": (int,),
     "extra": (dict,),
+    "answer_start": (int, type(None)),
+    "roles": (list, type(None)),
+    "generation": (dict, type(None)),
+    "query_start": (int,),
 }
 _REQUIRED_META = tuple(
     f.name for f in dataclasses.fields(Trace)
