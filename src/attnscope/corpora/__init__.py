@@ -70,7 +70,7 @@ def corpus(
         (texts processed, already done, problems).
     """
     from attnscope.corpora.engines import run as run_engine
-    from attnscope.corpora.sources import open_source
+    from attnscope.corpora.sources import open_source, text_char_limit
     from attnscope.corpora.store import Store
     from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
 
@@ -85,6 +85,8 @@ def corpus(
         raise AttnscopeError(f"Cannot write '{out}': it is a folder.")
     opened = open_source(source, text_field=text_field, pair_field=pair_field)
     loaded = model if isinstance(model, LoadedModel) else load(model)
+    # read at most what a text can use: memory stays bounded whatever the input
+    opened.max_chars = text_char_limit(loaded.max_length)
     # Ray workers load the model themselves, by name (None: the embedded default).
     model_spec = None if loaded.name == DEFAULT_MODEL_NAME else loaded.name
     run_id = run or f"{Path(loaded.name).name}@{Path(opened.label).name}"
