@@ -65,7 +65,7 @@ def read_conllu(path: Path, max_chars: int = 1_000_000,
 
         yield from parse_conllu(plain(), max_chars)
         if not ended[0]:
-            yield Problem(0, "truncated", "a line had no end in sight past what a sentence "
+            yield Problem(0, "unread", "a line had no end in sight past what a sentence "
                           "can use; the input was not read further")
 
 

@@ -140,7 +140,7 @@ def _plan(source: Source, store: Store, run_id: str, model: LoadedModel, batch_s
             if p.kind != "empty":
                 summary.messages.append(p.message)
         if progress is not None:  # a text cut while read is still counted, as a text
-            progress.update(sum(1 for p in problems if p.kind != "truncated"))
+            progress.update(sum(1 for p in problems if p.kind not in ("truncated", "unread")))
         plan = batch_plan(_lengths(model, fresh), batch_size) if fresh else []
         for batch in plan:
             todo = [fresh[i] for i in batch if fresh[i].key not in stored]

@@ -260,7 +260,7 @@ def _not_utf8(number: int, err: UnicodeDecodeError) -> Problem:
 
 
 def _unended(line: RawLine, unit: str) -> Problem:
-    return Problem(line.number, "truncated",
+    return Problem(line.number, "unread",
                    f"{unit} {line.number} still had no end after {line.skipped:,} bytes past "
                    "what a text can use; the input was not read further")
 
