@@ -412,7 +412,9 @@ def _corpus_run(args: argparse.Namespace):
 def _cmd_corpus_report(args: argparse.Namespace) -> int:
     """The corpus page from a store."""
     from attnscope.corpora.report import corpus_report
+    from attnscope.corpora.result import check_count
 
+    check_count("--examples", args.examples, 0)
     out = _output_path(args.output, (".html", ".htm"))
     result = _corpus_run(args)
     page = corpus_report(result, model=args.model, examples=args.examples,
@@ -423,6 +425,10 @@ def _cmd_corpus_report(args: argparse.Namespace) -> int:
 
 def _cmd_corpus_search(args: argparse.Namespace) -> int:
     """What each head attends to from one token, across the corpus."""
+    from attnscope.corpora.result import check_count
+
+    check_count("--limit", args.limit, 1)
+    check_count("--top", args.top, 1)
     result = _corpus_run(args)
     frame = result.search(args.token, model=args.model, limit=args.limit, top=args.top)
     print(frame.to_string(index=False))

@@ -19,7 +19,7 @@ import numpy as np
 
 from attnscope.analysis.patterns import SCORES
 from attnscope.analysis.report import Report
-from attnscope.corpora.result import CorpusResult
+from attnscope.corpora.result import CorpusResult, check_count
 from attnscope.errors import AttnscopeError
 from attnscope.tokens import TruncationWarning
 
@@ -171,9 +171,7 @@ def corpus_report(result: CorpusResult, *, model: Any = None, examples: int = 3,
     """
     from attnscope.render import html as page_html
 
-    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
-        raise AttnscopeError(f"examples must be a whole number of at least 0, not "
-                             f"{examples!r}.")
+    check_count("examples", examples, 0)
     if result.num_texts == 0:
         raise AttnscopeError(f"Run {result.run_id!r} has no texts yet; nothing to report.")
     esc = html.escape

@@ -322,9 +322,7 @@ class CorpusResult:
         from attnscope.analysis.corpus import batch_plan, search_batch
 
         for name, value in (("limit", limit), ("top", top), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise AttnscopeError(f"{name} must be a whole number of at least 1, not "
-                                     f"{value!r}.")
+            check_count(name, value, 1)
         needle = token.strip()
         if not needle:
             raise AttnscopeError("Give a token to search for, e.g. 'it'.")
@@ -358,6 +356,14 @@ class CorpusResult:
                              columns=["layer", "head", "key_token", "weight", "occurrences"])
         frame = frame.sort_values(["layer", "head", "weight"], ascending=[True, True, False])
         return frame.groupby(["layer", "head"]).head(top).reset_index(drop=True)
+
+
+def check_count(name: str, value: Any, minimum: int) -> int:
+    """``value`` if it is a whole number of at least ``minimum``, else one sentence."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise AttnscopeError(f"{name} must be a whole number of at least {minimum}, not "
+                             f"{value!r}.")
+    return int(value)
 
 
 def _check_stat(stat: str) -> None:

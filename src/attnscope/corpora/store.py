@@ -234,7 +234,11 @@ def model_digest(model: Any) -> str:
     digest.update(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        digest.update(backend.to_str().encode("utf-8", "surrogatepass"))
+        definition = json.loads(backend.to_str())
+        # truncation and padding are call settings that tokenizing changes, not the tokenizer
+        definition.pop("truncation", None)
+        definition.pop("padding", None)
+        digest.update(json.dumps(definition, sort_keys=True).encode("utf-8", "surrogatepass"))
     else:
         vocab = sorted(tokenizer.get_vocab().items())
         digest.update(repr(vocab).encode("utf-8", "surrogatepass"))
