@@ -229,7 +229,7 @@ def test_limit_stops_the_reading_at_the_last_text(tmp_path):
         n = 0
         while True:
             n += 1
-            if n > 10:
+            if n > 3:  # an endless input: asking for a fourth text reads past the limit
                 raise AssertionError("read past the limit")
             yield f"text number {n}"
 
