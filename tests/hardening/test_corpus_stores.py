@@ -258,3 +258,22 @@ def test_a_store_records_the_digest_of_its_model(bert_dir, tmp_path):
     con.close()
     assert stored == model_digest(model) == model_digest(at.load(bert_dir, device="cpu"))
     assert len(stored) == 32 and json.dumps(stored)
+
+
+def test_a_store_from_before_digests_adopts_the_model_that_resumes_it(bert_dir, tmp_path):
+    from attnscope.corpora import CorpusResult
+    from attnscope.corpora.store import model_digest
+
+    store = tmp_path / "old.duckdb"
+    at.corpus(str(bert_dir), TEXTS_A[:2], out=store, run="r", progress=False)
+    con = duckdb.connect(str(store))
+    con.execute("ALTER TABLE runs DROP COLUMN model_digest")  # as stores were written before
+    con.close()
+    assert CorpusResult(store).num_texts == 2  # read as it is
+
+    resumed = at.corpus(str(bert_dir), TEXTS_A, out=store, run="r", progress=False)
+    assert resumed.summary.already_done == 2 and resumed.num_texts == 3
+    con = duckdb.connect(str(store), read_only=True)
+    stored = con.execute("SELECT model_digest FROM runs").fetchone()[0]
+    con.close()
+    assert stored == model_digest(at.load(bert_dir, device="cpu"))
