@@ -72,8 +72,9 @@ def read_conllu(path: Path, max_chars: int = 1_000_000,
 def parse_conllu(lines, max_chars: int = 1_000_000) -> Iterator[CorpusItem | Problem]:
     """Parse CoNLL-U from an iterable of byte lines (or str lines), 1-based line numbers;
     a sentence whose lines pass ``max_chars`` characters is cut after the words that fit."""
-    block: list[tuple[int, str]] = []
+    block: list[tuple[int, str]] = []  # the sentence's word lines (comments are not kept)
     start = 0
+    open_sentence = False
     bad: Problem | None = None
     number = 0
     size = 0
@@ -83,29 +84,29 @@ def parse_conllu(lines, max_chars: int = 1_000_000) -> Iterator[CorpusItem | Pro
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
-                line = ""
+                if not open_sentence:
+                    start, open_sentence = number, True
                 if bad is None:
-                    bad = Problem(start or number, "not-utf8",
+                    bad = Problem(start, "not-utf8",
                                   f"line {number} is not UTF-8 text; its sentence was skipped")
-                if not block:
-                    start = number
-                block.append((number, "#"))
                 continue
         else:
             line = raw.rstrip("\r\n")
         if not line.strip():
-            if block:
+            if open_sentence:
                 yield from [bad] if bad else _sentence(start, block, cut)
-            block, bad, size, cut = [], None, 0, False
+            block, bad, size, cut, open_sentence = [], None, 0, False, False
             continue
-        if not block:
-            start = number
-        if size + len(line) > max_chars and not line.startswith("#"):
+        if not open_sentence:
+            start, open_sentence = number, True
+        if line.startswith("#") or bad is not None:
+            continue  # comments carry no word; a sentence already refused needs no more
+        if size + len(line) > max_chars:
             cut = True  # the rest of the sentence streams past
             continue
         size += len(line)
         block.append((number, line))
-    if block:
+    if open_sentence:
         yield from [bad] if bad else _sentence(start, block, cut)
 
 
