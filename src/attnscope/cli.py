@@ -397,13 +397,26 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _corpus_run(args: argparse.Namespace):
+    """The run ``--run`` names, else the store's latest, saying which when there are several."""
+    from attnscope.corpora import CorpusResult
+
+    result = CorpusResult(args.store, run=args.run, latest=True)
+    if args.run is None and len(result.run_names) > 1:
+        others = ", ".join(repr(name) for name in result.run_names[:-1])
+        print(f"attnscope: '{args.store}' holds {len(result.run_names)} runs: reading the "
+              f"latest, {result.run_id!r} (pick another with --run: {others})", file=sys.stderr)
+    return result
+
+
 def _cmd_corpus_report(args: argparse.Namespace) -> int:
     """The corpus page from a store."""
-    from attnscope.corpora import CorpusResult
     from attnscope.corpora.report import corpus_report
+    from attnscope.corpora.result import check_count
 
+    check_count("--examples", args.examples, 0)
     out = _output_path(args.output, (".html", ".htm"))
-    result = CorpusResult(args.store, run=args.run)
+    result = _corpus_run(args)
     page = corpus_report(result, model=args.model, examples=args.examples,
                          views=not args.no_views)
     print(f"wrote {page.save(out)}")
@@ -412,9 +425,11 @@ def _cmd_corpus_report(args: argparse.Namespace) -> int:
 
 def _cmd_corpus_search(args: argparse.Namespace) -> int:
     """What each head attends to from one token, across the corpus."""
-    from attnscope.corpora import CorpusResult
+    from attnscope.corpora.result import check_count
 
-    result = CorpusResult(args.store, run=args.run)
+    check_count("--limit", args.limit, 1)
+    check_count("--top", args.top, 1)
+    result = _corpus_run(args)
     frame = result.search(args.token, model=args.model, limit=args.limit, top=args.top)
     print(frame.to_string(index=False))
     return 0
@@ -622,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "head views.")
     p.add_argument("store", type=Path, help="the DuckDB file from attnscope corpus")
     p.add_argument("-o", "--output", type=Path, default=Path("corpus.html"))
-    p.add_argument("--run", default=None, help="the run, when the file holds several")
+    p.add_argument("--run", default=None, help="the run to read (default: the latest)")
     p.add_argument("-m", "--model", default=None, help="capture examples with this model")
     p.add_argument("--examples", type=int, default=3, help="examples per head (default 3)")
     p.add_argument("--no-views", action="store_true", help="list examples without views")
@@ -633,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "across the corpus, summed by key token.")
     p.add_argument("store", type=Path, help="the DuckDB file from attnscope corpus")
     p.add_argument("token", help="the query token")
-    p.add_argument("--run", default=None)
+    p.add_argument("--run", default=None, help="the run to read (default: the latest)")
     p.add_argument("-m", "--model", default=None)
     p.add_argument("--limit", type=int, default=200, help="texts to read (default 200)")
     p.add_argument("--top", type=int, default=3, help="key tokens per head (default 3)")

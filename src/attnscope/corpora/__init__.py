@@ -51,11 +51,15 @@ def corpus(
         source: a path (``.txt`` one text per line, ``.jsonl``, ``.csv``/``.tsv``,
             ``.parquet``, ``.conllu``, or a folder saved with ``datasets``), a
             ``datasets.Dataset``, or any iterable of texts, (text, text_b) pairs or dicts.
+            Each text is read to what the model can use (``max_length * 64 + 1024``
+            characters); a longer one is cut and flagged in ``problems``, so memory stays
+            bounded whatever the input. A pipe is read once.
         out: the DuckDB file; created if missing. Running again with the same model and
-            source resumes: texts already counted are skipped.
+            source resumes: texts already counted are skipped. A run keeps a digest of its
+            model's weights and tokenizer, and refuses to resume with another.
         text_field, pair_field: the column holding the text (default "text", or the only
             column) and, for sentence pairs, the second text.
-        limit: use at most this many texts.
+        limit: use at most this many texts (the reading stops at the last one).
         batch_size: texts per forward pass (batches also stay under about 2**19 B x T^2
             attention cells, so long texts go in smaller batches).
         top_k: examples kept per head and kind.
@@ -70,7 +74,7 @@ def corpus(
         (texts processed, already done, problems).
     """
     from attnscope.corpora.engines import run as run_engine
-    from attnscope.corpora.sources import open_source
+    from attnscope.corpora.sources import open_source, text_char_limit
     from attnscope.corpora.store import Store
     from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
 
@@ -85,6 +89,8 @@ def corpus(
         raise AttnscopeError(f"Cannot write '{out}': it is a folder.")
     opened = open_source(source, text_field=text_field, pair_field=pair_field)
     loaded = model if isinstance(model, LoadedModel) else load(model)
+    # read at most what a text can use: memory stays bounded whatever the input
+    opened.max_chars = text_char_limit(loaded.max_length)
     # Ray workers load the model themselves, by name (None: the embedded default).
     model_spec = None if loaded.name == DEFAULT_MODEL_NAME else loaded.name
     run_id = run or f"{Path(loaded.name).name}@{Path(opened.label).name}"

@@ -93,14 +93,16 @@ def _lengths(model: LoadedModel, items: list[CorpusItem]) -> list[int]:
 
 
 def _windows(source: Source, size: int, limit: int | None) -> Iterator[list[CorpusItem | Problem]]:
+    """The source's records in windows of ``size``; the reading stops at the ``limit``-th
+    text, so a limit bounds what is read even from an endless input."""
     window: list[CorpusItem | Problem] = []
     texts = 0
     for record in source:
+        window.append(record)
         if isinstance(record, CorpusItem):
+            texts += 1
             if limit is not None and texts >= limit:
                 break
-            texts += 1
-        window.append(record)
         if len(window) >= size:
             yield window
             window = []
@@ -137,8 +139,8 @@ def _plan(source: Source, store: Store, run_id: str, model: LoadedModel, batch_s
             summary.problems[p.kind] += 1
             if p.kind != "empty":
                 summary.messages.append(p.message)
-        if progress is not None:
-            progress.update(len(problems))
+        if progress is not None:  # a text cut while read is still counted, as a text
+            progress.update(sum(1 for p in problems if p.kind not in ("truncated", "unread")))
         plan = batch_plan(_lengths(model, fresh), batch_size) if fresh else []
         for batch in plan:
             todo = [fresh[i] for i in batch if fresh[i].key not in stored]
@@ -162,7 +164,7 @@ def run(model: LoadedModel, source: Source, store: Store, run_id: str, *, batch_
     if progress:
         from tqdm.auto import tqdm
 
-        total = source.total
+        total = source.count(limit)  # None for a pipe: counting it would consume it
         if limit is not None:
             total = min(total, limit) if total is not None else limit
         bar = tqdm(total=total, unit="text", desc="corpus", dynamic_ncols=True)

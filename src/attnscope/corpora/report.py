@@ -19,7 +19,7 @@ import numpy as np
 
 from attnscope.analysis.patterns import SCORES
 from attnscope.analysis.report import Report
-from attnscope.corpora.result import CorpusResult
+from attnscope.corpora.result import CorpusResult, check_count
 from attnscope.errors import AttnscopeError
 from attnscope.tokens import TruncationWarning
 
@@ -106,15 +106,28 @@ def _layer_figure(result: CorpusResult):
     fig = AttnFigure(figsize=(12, 6.4), layout="constrained")
     axes = fig.subplots(2, 3)
     layers = np.arange(result.num_layers)
+    # at most about 8 labelled layers a panel, so the labels of a deep model never overlap
+    ticks = layers[::max(1, -(-len(layers) // 8))]
     for ax, (stat, title) in zip(axes.ravel(), panels, strict=True):
         values = result.array(stat)  # (L, H)
+        ax.set_title(title, fontsize=10)
+        defined = np.isfinite(values)
+        if not defined.any():  # e.g. attention to [SEP] in a model that has no [SEP]
+            ax.text(0.5, 0.5, "not applicable:\nno text of this run gave a value",
+                    ha="center", va="center", transform=ax.transAxes, color="#777",
+                    fontsize=10)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         for layer in layers:
             ax.scatter(np.full(result.num_heads, layer), values[layer], s=12, alpha=0.6,
                        color="#4e79a7")
-        ax.plot(layers, np.nanmean(values, axis=1), color="#e15759", lw=1.5)
-        ax.set_title(title, fontsize=10)
+        # the layer mean over the heads that gave a value (a layer with none is left out)
+        counts = defined.sum(axis=1)
+        means = np.where(defined, values, 0.0).sum(axis=1) / np.maximum(counts, 1)
+        ax.plot(layers[counts > 0], means[counts > 0], color="#e15759", lw=1.5)
         ax.set_xlabel("layer", fontsize=9)
-        ax.set_xticks(layers)
+        ax.set_xticks(ticks)
     fig.suptitle(f"{result.model_name}: {result.num_texts} texts", fontsize=11)
     return fig
 
@@ -158,6 +171,7 @@ def corpus_report(result: CorpusResult, *, model: Any = None, examples: int = 3,
     """
     from attnscope.render import html as page_html
 
+    check_count("examples", examples, 0)
     if result.num_texts == 0:
         raise AttnscopeError(f"Run {result.run_id!r} has no texts yet; nothing to report.")
     esc = html.escape

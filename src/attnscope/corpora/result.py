@@ -11,7 +11,6 @@ notebook or a web app while other processes read the same file.
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 
 from attnscope.analysis.corpus import EXAMPLE_SCORES, OFFSETS, STATS
 from attnscope.analysis.patterns import LABELS, SCORES
-from attnscope.corpora.store import connect
+from attnscope.corpora.store import check_run, check_tables, connect
 from attnscope.errors import AttnscopeError, check_index
 
 __all__ = ["CorpusResult"]
@@ -33,35 +32,43 @@ class CorpusResult:
     Args:
         path: the ``.duckdb`` file written by :func:`attnscope.corpus` or ``attnscope corpus``.
         run: the run to read (see :meth:`runs`); may be left out when the file holds one run.
+        latest: with ``run`` left out, read the latest run of a file that holds several
+            (as ``serve`` and the command line do) instead of asking which.
 
     Attributes: ``path``, ``run_id``, ``model_name``, ``num_layers``, ``num_heads``,
-    ``settings`` (dict), ``source``, ``summary`` (set by :func:`attnscope.corpus`).
+    ``settings`` (dict), ``source``, ``run_names`` (every run in the file, oldest first),
+    ``summary`` (set by :func:`attnscope.corpus`).
+
+    The store is checked when it is opened: a damaged one (a missing table, settings that are
+    not JSON, a head count its rows contradict) is one sentence naming it and what is wrong.
     """
 
-    def __init__(self, path: str | os.PathLike[str], run: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], run: str | None = None, *,
+                 latest: bool = False) -> None:
         self.path = Path(path)
         self._con = None
         with self._connection() as con:
-            runs = con.execute("SELECT run_id FROM runs ORDER BY created").fetchall()
+            runs = con.execute("SELECT run_id FROM runs ORDER BY created, run_id").fetchall()
             if not runs:
                 raise AttnscopeError(f"'{self.path}' holds no corpus run yet.")
             names = [r[0] for r in runs]
             if run is None:
-                if len(names) > 1:
+                if len(names) > 1 and not latest:
                     raise AttnscopeError(f"'{self.path}' holds {len(names)} runs: pick one with "
                                          f"run= (--run): {', '.join(map(repr, names))}.")
-                run = names[0]
+                run = names[-1]
             if run not in names:
                 raise AttnscopeError(f"'{self.path}' has no run {run!r}; its runs are "
                                      f"{', '.join(map(repr, names))}.")
-            row = con.execute("SELECT model, num_layers, num_heads, settings, source FROM runs "
-                              "WHERE run_id = ?", [run]).fetchone()
+            # checked before anything is sized from it: a damaged store is one sentence
+            model, layers, heads, settings, source = check_run(con, self.path, run)
         self.run_id: str = run
-        self.model_name: str = row[0]
-        self.num_layers: int = int(row[1])
-        self.num_heads: int = int(row[2])
-        self.settings: dict[str, Any] = json.loads(row[3] or "{}")
-        self.source: str = row[4]
+        self.run_names: list[str] = names
+        self.model_name: str = model
+        self.num_layers: int = layers
+        self.num_heads: int = heads
+        self.settings: dict[str, Any] = settings
+        self.source: str = source
         #: What ``texts.position`` counts: "line", "row" or "item".
         self.source_unit: str = self.settings.get("unit", "item")
         #: What the call that returned this result did (a RunSummary), else None.
@@ -80,11 +87,7 @@ class CorpusResult:
         except AttnscopeError:
             raise
         try:
-            tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables")
-                      .fetchall()}
-            if "runs" not in tables:
-                raise AttnscopeError(f"'{self.path}' is a DuckDB file but not an attnscope corpus "
-                                     "store (it has no runs table).")
+            check_tables(con, self.path)
             yield con
         except _duckdb().Error as err:
             raise AttnscopeError(f"Cannot read '{self.path}': {str(err).splitlines()[0]}") from None
@@ -288,9 +291,17 @@ class CorpusResult:
 
         if isinstance(model, LoadedModel):
             return model
-        if model is None:
-            model = None if self.model_name == DEFAULT_MODEL_NAME else self.model_name
-        loaded = load(model)
+        if model is not None:
+            loaded = load(model)
+        else:
+            try:
+                loaded = load(None if self.model_name == DEFAULT_MODEL_NAME else self.model_name)
+            except AttnscopeError as err:  # e.g. a model that was loaded in Python, not by name
+                raise AttnscopeError(
+                    f"Run {self.run_id!r} was counted with a model that cannot be loaded again "
+                    f"from its name {self.model_name!r}: pass the model yourself (model= in "
+                    "Python, e.g. model=at.load(model, tokenizer=tokenizer); --model NAME_OR_DIR "
+                    f"on the command line); loading it said: {err}") from None
         if (loaded.num_layers, loaded.num_heads) != (self.num_layers, self.num_heads):
             raise AttnscopeError(f"{loaded.name} has {loaded.num_layers} x {loaded.num_heads} "
                                  f"heads, but this run has {self.num_layers} x {self.num_heads}.")
@@ -310,6 +321,8 @@ class CorpusResult:
 
         from attnscope.analysis.corpus import batch_plan, search_batch
 
+        for name, value in (("limit", limit), ("top", top), ("batch_size", batch_size)):
+            check_count(name, value, 1)
         needle = token.strip()
         if not needle:
             raise AttnscopeError("Give a token to search for, e.g. 'it'.")
@@ -343,6 +356,14 @@ class CorpusResult:
                              columns=["layer", "head", "key_token", "weight", "occurrences"])
         frame = frame.sort_values(["layer", "head", "weight"], ascending=[True, True, False])
         return frame.groupby(["layer", "head"]).head(top).reset_index(drop=True)
+
+
+def check_count(name: str, value: Any, minimum: int) -> int:
+    """``value`` if it is a whole number of at least ``minimum``, else one sentence."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise AttnscopeError(f"{name} must be a whole number of at least {minimum}, not "
+                             f"{value!r}.")
+    return int(value)
 
 
 def _check_stat(stat: str) -> None:

@@ -9,7 +9,8 @@ already in ``texts`` (texts are keyed by a hash of their content) and goes on.
 Tables (every one carries ``run_id``; several runs and models share one file):
 
 * ``runs``: run_id, model, model_type, architecture, num_layers, num_heads, source, settings
-  (JSON), attnscope_version, created, updated.
+  (JSON), attnscope_version, created, updated, model_digest (what identifies the model's
+  numbers: its weights and tokenizer, see :func:`model_digest`; a resumed run refuses another).
 * ``texts``: run_id, text_key, position (line, row or item number in the input), text,
   text_b, n_tokens, truncated (tokens cut at the model's limit), batch.
 * ``head_stats``: run_id, layer, head, stat, n, sum, sum_sq -- the sufficient statistics of
@@ -25,6 +26,7 @@ Tables (every one carries ``run_id``; several runs and models share one file):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from datetime import datetime, timezone
@@ -36,13 +38,13 @@ import numpy as np
 from attnscope.analysis.corpus import STATS, BatchResult
 from attnscope.errors import AttnscopeError
 
-__all__ = ["SCHEMA", "Store", "connect"]
+__all__ = ["SCHEMA", "Store", "check_run", "check_tables", "connect", "model_digest"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY, model VARCHAR, model_type VARCHAR, architecture VARCHAR,
     num_layers INTEGER, num_heads INTEGER, source VARCHAR, settings VARCHAR,
-    attnscope_version VARCHAR, created TIMESTAMP, updated TIMESTAMP);
+    attnscope_version VARCHAR, created TIMESTAMP, updated TIMESTAMP, model_digest VARCHAR);
 CREATE TABLE IF NOT EXISTS texts (
     run_id VARCHAR, text_key VARCHAR, position BIGINT, text VARCHAR, text_b VARCHAR,
     n_tokens INTEGER, truncated INTEGER, batch INTEGER, PRIMARY KEY (run_id, text_key));
@@ -90,8 +92,7 @@ def connect(path: str | os.PathLike[str], *, read_only: bool = False):
     except duckdb.IOException as err:
         text = str(err)
         if "lock" in text.lower():
-            raise AttnscopeError(f"'{path}' is in use by another process (a run still going?); "
-                                 "wait for it or use another file.") from None
+            raise AttnscopeError(_lock_message(path, text, read_only)) from None
         raise AttnscopeError(f"Cannot open '{path}' as a DuckDB database: "
                              f"{text.splitlines()[0]}") from None
     except duckdb.Error as err:
@@ -99,13 +100,173 @@ def connect(path: str | os.PathLike[str], *, read_only: bool = False):
                              f"{str(err).splitlines()[0]}") from None
 
 
+def _lock_message(path: Path, text: str, read_only: bool) -> str:
+    """Who holds ``path`` and how, from DuckDB's lock error: a process that reads it (such as
+    ``attnscope serve --corpus``) blocks every writer; a process that writes it blocks all."""
+    import re
+
+    pid = re.search(r"\(PID (\d+)\)", text)
+    holder = "another process"
+    if pid is not None:
+        holder = f"process {pid.group(1)}"
+        try:
+            with open(f"/proc/{pid.group(1)}/cmdline", "rb") as fh:
+                args = fh.read(4096).split(b"\0")
+            shown = " ".join(Path(a.decode("utf-8", "replace")).name if i == 0
+                             else a.decode("utf-8", "replace") for i, a in enumerate(args) if a)
+            holder += f" ({shown[:200]})"
+        except OSError:
+            pass  # not Linux, or the process just ended
+    if not read_only and "read-only mode" in text:  # the holder only reads the file
+        return (f"'{path}' is open for reading in {holder}, and DuckDB lets no process write "
+                "a file another one has open: stop that process (an attnscope serve "
+                "--corpus?) or write to another file.")
+    return (f"'{path}' is being written by {holder} (a corpus run still going?); wait for it "
+            "or use another file.")
+
+
+# Bounds a run's shape must keep: layer and head are SMALLINT columns, and every [L, H] array
+# of a run is allocated from these numbers.
+_MAX_INDEX = 32_767
+_MAX_HEADS_IN_ALL = 2**20
+_UNITS = ("line", "row", "item")
+#: Tables (and the columns read from them) that make a store.
+_COLUMNS = {
+    "runs": {"run_id", "model", "num_layers", "num_heads", "source", "settings", "created"},
+    "texts": {"run_id", "text_key", "position", "text", "text_b", "n_tokens"},
+    "head_stats": {"run_id", "layer", "head", "stat", "n", "sum", "sum_sq"},
+    "examples": {"run_id", "layer", "head", "kind", "value", "text_key"},
+    "problems": {"run_id", "position", "kind", "message"},
+}
+
+
+def check_tables(con: Any, path: Path) -> None:
+    """Raise one sentence naming the store when ``con`` lacks a table or column of a store."""
+    rows = con.execute("SELECT table_name, column_name FROM information_schema.columns "
+                       "WHERE table_schema = 'main'").fetchall()
+    found: dict[str, set[str]] = {}
+    for table, column in rows:
+        found.setdefault(table, set()).add(column)
+    if "runs" not in found:
+        raise AttnscopeError(f"'{path}' is a DuckDB file but not an attnscope corpus store "
+                             "(it has no runs table).")
+    for table, columns in _COLUMNS.items():
+        missing = columns - found.get(table, set())
+        if missing:
+            what = (f"has no {table} table" if table not in found else
+                    f"its {table} table has no column {', '.join(sorted(missing))}")
+            raise AttnscopeError(f"The corpus store '{path}' is damaged: {what}.")
+
+
+def check_run(con: Any, path: Path, run_id: str) -> tuple[str, int, int, dict[str, Any], str]:
+    """The run's model, num_layers, num_heads, settings and source, checked against each other
+    and against the rows the run holds; one sentence naming the store and what is wrong when
+    they do not fit (a damaged or hand-edited store), before anything is allocated from them."""
+    row = con.execute("SELECT model, num_layers, num_heads, settings, source FROM runs "
+                      "WHERE run_id = ?", [run_id]).fetchone()
+    damaged = f"The corpus store '{path}' is damaged: run {run_id!r}"
+    model, layers, heads, settings_text, source = row
+    if not isinstance(model, str) or not model:
+        raise AttnscopeError(f"{damaged} names no model.")
+    for name, value in (("num_layers", layers), ("num_heads", heads)):
+        if not isinstance(value, int) or not 1 <= value <= _MAX_INDEX:
+            raise AttnscopeError(f"{damaged} has {name} {value!r}, not a count from 1 to "
+                                 f"{_MAX_INDEX}.")
+    if layers * heads > _MAX_HEADS_IN_ALL:
+        raise AttnscopeError(f"{damaged} has {layers} x {heads} heads, more than any model.")
+    try:
+        settings = json.loads(settings_text) if settings_text is not None else {}
+    except (TypeError, ValueError):
+        settings = None
+    if not isinstance(settings, dict):
+        raise AttnscopeError(f"{damaged} has settings that are not a JSON object.")
+    if settings.get("unit", "item") not in _UNITS:
+        raise AttnscopeError(f"{damaged} counts its positions in {settings.get('unit')!r}, "
+                             f"not one of {', '.join(_UNITS)}.")
+    for table in ("head_stats", "examples") + (("relations",) if _has_table(con, "relations")
+                                               else ()):
+        low, high_layer, high_head = con.execute(
+            f"SELECT least(min(layer), min(head)), max(layer), max(head) FROM {table} "
+            "WHERE run_id = ?", [run_id]).fetchone()
+        if high_layer is None:
+            continue
+        if low < 0 or high_layer >= layers or high_head >= heads:
+            raise AttnscopeError(f"{damaged} has {layers} x {heads} heads, but its {table} "
+                                 f"rows reach layer {high_layer}, head {high_head}.")
+    if _has_texts(con, run_id):
+        high_layer, high_head = con.execute(
+            "SELECT max(layer), max(head) FROM head_stats WHERE run_id = ?", [run_id]).fetchone()
+        if (high_layer, high_head) != (layers - 1, heads - 1):
+            covered = "no head" if high_layer is None else f"{high_layer + 1} x {high_head + 1}"
+            raise AttnscopeError(f"{damaged} has {layers} x {heads} heads, but its statistics "
+                                 f"cover {covered}.")
+    return model, layers, heads, settings, str(source)
+
+
+def _has_table(con: Any, table: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                            [table]).fetchone()[0])
+
+
+def _has_texts(con: Any, run_id: str) -> bool:
+    return con.execute("SELECT count(*) FROM (SELECT 1 FROM texts WHERE run_id = ? LIMIT 1)",
+                       [run_id]).fetchone()[0] > 0
+
+
+def model_digest(model: Any) -> str:
+    """What identifies the numbers a model gives (32 hex digits): a hash of its weights (every
+    parameter and buffer: name, dtype, shape and bytes) and of its tokenizer (class, and its
+    whole definition for a fast tokenizer; vocabulary and special tokens otherwise). Equal for
+    the same weights loaded twice; different once one weight or one token changes."""
+    import torch
+
+    digest = hashlib.blake2b(digest_size=16)
+    with torch.no_grad():
+        for name, tensor in model.model.state_dict().items():
+            tensor = tensor.detach()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+            try:
+                flat = tensor.to("cpu").reshape(-1).contiguous()
+                digest.update(flat.view(torch.uint8).numpy().data)
+            except (RuntimeError, TypeError, ValueError):  # a tensor with no plain bytes
+                digest.update(repr(tensor).encode("utf-8", "surrogatepass"))
+    tokenizer = model.tokenizer
+    digest.update(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        definition = json.loads(backend.to_str())
+        # truncation and padding are call settings that tokenizing changes, not the tokenizer
+        definition.pop("truncation", None)
+        definition.pop("padding", None)
+        digest.update(json.dumps(definition, sort_keys=True).encode("utf-8", "surrogatepass"))
+    else:
+        vocab = sorted(tokenizer.get_vocab().items())
+        digest.update(repr(vocab).encode("utf-8", "surrogatepass"))
+    specials = getattr(tokenizer, "special_tokens_map", {})
+    digest.update(repr(sorted((k, repr(v)) for k, v in specials.items())).encode("utf-8",
+                                                                                 "surrogatepass"))
+    return digest.hexdigest()
+
+
 class Store:
     """The corpus store, open for writing. Use as a context manager or call :meth:`close`."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        duckdb = _duckdb()
         self.path = Path(path)
         self.con = connect(self.path)
-        self.con.execute(SCHEMA)
+        try:
+            self.con.execute(SCHEMA)
+            # stores written before runs recorded their model's digest gain the column
+            self.con.execute("ALTER TABLE runs ADD COLUMN IF NOT EXISTS model_digest VARCHAR")
+            check_tables(self.con, self.path)
+        except duckdb.Error as err:
+            self.con.close()
+            raise AttnscopeError(f"The corpus store '{self.path}' is damaged: "
+                                 f"{str(err).splitlines()[0]}") from None
+        except BaseException:
+            self.con.close()
+            raise
 
     def close(self) -> None:
         self.con.close()
@@ -126,19 +287,33 @@ class Store:
         except PackageNotFoundError:  # run from a source tree that was never installed
             __version__ = "unknown"
 
-        row = self.con.execute("SELECT model, num_layers, num_heads FROM runs WHERE run_id = ?",
+        digest = model_digest(model)
+        row = self.con.execute("SELECT model, model_digest FROM runs WHERE run_id = ?",
                                [run_id]).fetchone()
         if row is not None:
-            if (row[1], row[2]) != (model.num_layers, model.num_heads):
-                raise AttnscopeError(f"Run {run_id!r} in '{self.path}' was made with {row[0]}, "
-                                     f"not {model.name}; give another --run name.")
+            stored_model, layers, heads, _, _ = check_run(self.con, self.path, run_id)
+            if (layers, heads) != (model.num_layers, model.num_heads):
+                raise AttnscopeError(f"Run {run_id!r} in '{self.path}' was made with "
+                                     f"{stored_model}, not {model.name}; give another --run "
+                                     "name.")
+            if row[1] is None:  # a run from before digests were kept: it keeps this model's
+                self.con.execute("UPDATE runs SET model_digest = ? WHERE run_id = ?",
+                                 [digest, run_id])
+            elif row[1] != digest:
+                raise AttnscopeError(
+                    f"Run {run_id!r} in '{self.path}' was counted with other weights or another "
+                    f"tokenizer than {model.name} has now (model digest {row[1][:12]} then, "
+                    f"{digest[:12]} now), so resuming would mix two models: give another --run "
+                    "name or another store.")
             return True
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         self.con.execute(
-            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO runs (run_id, model, model_type, architecture, num_layers, num_heads, "
+            "source, settings, attnscope_version, created, updated, model_digest) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [run_id, model.name, model.model_type, model.architecture, model.num_layers,
              model.num_heads, source, json.dumps(settings, sort_keys=True), __version__,
-             now, now],
+             now, now, digest],
         )
         return False
 
