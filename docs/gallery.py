@@ -47,7 +47,8 @@ def screenshots(model: at.LoadedModel) -> list[Path]:
     with tempfile.TemporaryDirectory() as folder, sync_playwright() as playwright:
         browser = launch_chromium(playwright, CHROMIUM)
         page = browser.new_page(viewport={"width": 900, "height": 470})
-        for name, view in (("head_view", at.head_view(trace)), ("model_view", at.model_view(trace))):
+        views = {"head_view": at.head_view(trace), "model_view": at.model_view(trace)}
+        for name, view in views.items():
             html = view.save(Path(folder) / f"{name}.html")
             page.goto(html.as_uri())
             page.wait_for_timeout(1500)  # the page draws once its planes are inflated
