@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -359,7 +360,7 @@ def _check_tokenizer(tokenizer: Any, name: str) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_hub_logs():
+def _quiet_hub_logs() -> Iterator[None]:
     """Silence transformers' per-file retry chatter while loading; errors still surface."""
     from transformers.utils import logging as hf_logging
 

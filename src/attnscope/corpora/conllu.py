@@ -109,10 +109,10 @@ def _sentence(start: int, block: list[tuple[int, str]]) -> CorpusItem | Problem:
     if not forms:
         return Problem(start, "empty", f"line {start}: the sentence has no words; it was "
                        "skipped")
-    for i, head in enumerate(heads):
-        if head > len(forms):
-            line = next(n for n, text in block if text.split("\t")[0] == str(i + 1))
-            return _malformed(start, line, f"points to head {head}, but the sentence has "
+    for i, head_id in enumerate(heads):
+        if head_id > len(forms):
+            line_number = next(n for n, text in block if text.split("\t")[0] == str(i + 1))
+            return _malformed(start, line_number, f"points to head {head_id}, but the sentence has "
                               f"{len(forms)} words")
     text_parts: list[str] = []
     spans: list[tuple[int, int]] = []

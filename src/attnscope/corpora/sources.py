@@ -26,7 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ def open_source(source: Any, *, text_field: str | None = None,
             f"Cannot read a corpus from a {type(source).__name__}: give a path, a list of "
             "texts or (text, text_b) pairs, or a datasets Dataset."
         )
-    total = len(source) if hasattr(source, "__len__") else None
+    total = len(source) if isinstance(source, Sized) else None
     return Source(_from_iterable(source, text_field or "text", pair_field),
                   f"<{type(source).__name__}>", "item", total)
 
@@ -167,7 +167,7 @@ def _text_lines(path: Path) -> Iterator[CorpusItem | Problem]:
 def _record_texts(record: dict, text_field: str, pair_field: str | None, position: int,
                   unit: str) -> CorpusItem | Problem:
     """The text (and pair) of one JSON object, CSV row or dataset row."""
-    texts = []
+    texts: list[str | None] = []
     for name in (text_field, pair_field):
         if name is None:
             texts.append(None)
@@ -187,7 +187,9 @@ def _record_texts(record: dict, text_field: str, pair_field: str | None, positio
         if not value.strip():
             return _empty(position, unit)
         texts.append(value)
-    return _item(position, texts[0], texts[1])
+    text, text_b = texts
+    assert text is not None  # the text field always has a name
+    return _item(position, text, text_b)
 
 
 def _jsonl(path: Path, text_field: str, pair_field: str | None) -> Iterator[CorpusItem | Problem]:
