@@ -105,3 +105,11 @@ def test_the_site_builds_strictly_offline_with_every_page_in_it(tmp_path):
     for built in site.rglob("*.html"):
         html = built.read_text(encoding="utf-8")
         assert "fonts.googleapis.com" not in html and "cdn.jsdelivr" not in html, built
+
+
+def test_a_block_is_skipped_only_by_a_comment_naming_its_reason(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("Text.\n\n<!-- skip: needs the Hugging Face hub -->\n```python\nimport x\n"
+                    "```\n\n```python\nprint(1)\n```\n", encoding="utf-8")
+    assert python_blocks(page) == [("import x\n", "needs the Hugging Face hub"),
+                                   ("print(1)\n", None)]
