@@ -1,16 +1,16 @@
-"""The figures the README quotes about what heads do, computed on the embedded model.
+"""The figures the docs (docs/heads.md) quote about what heads do, computed on the embedded model.
 
-    python bench/heads.py      # a few seconds; prints the README's sentences with their numbers
+    python bench/heads.py      # a few seconds; prints the docs' sentences with their numbers
 
 1. The previous-token score of layer 0, head 2 and the next-token score of layer 1, head 8 of
-   all-MiniLM-L6-v2, on each example text of the README.
+   all-MiniLM-L6-v2, on each example text of the docs.
 2. How attnscope's previous-token and duplicate-token scores differ from TransformerLens's
    ``detect_head`` "mul" score (computed with TransformerLens's own function, when it is
    installed): the largest difference over every head and example text.
 3. Norm-based attention on the example sentence: the share of the attention weight, and of the
    norm, that special tokens get.
 
-The test suite runs the same functions and checks that the README contains these sentences,
+The test suite runs the same functions and checks that the docs contain these sentences,
 so the numbers it quotes are the numbers the code gives.
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 
 import attnscope as at
 
-# The README's example texts (the second is a sentence pair).
+# The docs' example texts (the second is a sentence pair).
 TEXTS: tuple[tuple[str, str | None], ...] = (
     ("The cat sat on the mat.", None),
     ("The girl poured water into a tall glass until it overflowed.", None),

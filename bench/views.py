@@ -68,10 +68,10 @@ def random_attention(tokens: int, *, causal: bool = False, seed: int = 0) -> np.
 
 
 def prose() -> str:
-    """Real English text: the repository's documentation, without markup."""
-    parts = [(ROOT / "docs" / "scratch.md").read_text(encoding="utf-8"),
-             (ROOT / "README.md").read_text(encoding="utf-8")]
-    text = re.sub(r"```.*?```", " ", "\n".join(parts), flags=re.S)
+    """Real English text, without markup: attnscope's documentation as it stood at 0.1.0, kept
+    in bench/data/prose.md so that editing the docs never moves the figures quoted."""
+    text = (ROOT / "bench" / "data" / "prose.md").read_text(encoding="utf-8")
+    text = re.sub(r"```.*?```", " ", text, flags=re.S)
     return re.sub(r"[`#|*\[\]()<>_-]+", " ", text)
 
 

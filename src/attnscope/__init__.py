@@ -21,7 +21,7 @@ import types
 # checkers read the imports at the end of this file.
 TYPE_CHECKING = False
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # public name -> the module that defines it
 _EXPORTS = {

@@ -286,6 +286,7 @@ def _split_layers(
     first = layers[0]
     out = []
     for b, n in enumerate(rows):
+        shape: tuple[int, ...]
         if cols is None:
             shape = (len(layers), n, first.shape[-1])
         else:

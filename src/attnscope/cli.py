@@ -384,6 +384,7 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
                     workers=args.workers, gpus_per_worker=args.gpus_per_worker, run=args.run,
                     progress=not args.quiet)
     s = result.summary
+    assert s is not None  # corpus() always says what it did
     for message in s.messages[:20]:
         print(f"attnscope: {message}", file=sys.stderr)
     if len(s.messages) > 20:
@@ -438,7 +439,7 @@ def _cmd_corpus_search(args: argparse.Namespace) -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage mistake told in one line (like every other mistake)."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help').\n")
 
 

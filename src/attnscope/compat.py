@@ -123,9 +123,10 @@ def _pretty(tokens: Sequence[str], prettify: bool, what: str = "tokens") -> list
     return ["".join(marks.get(ch, ch) for ch in t) for t in tokens]
 
 
-def _trace(attention, tokens, sentence_b_start, prettify, encoder_attention, decoder_attention,
-           cross_attention, encoder_tokens, decoder_tokens, include_layers,
-           include_heads) -> tuple[Trace, list[int], list[int] | None]:
+def _trace(attention: Any, tokens: Any, sentence_b_start: int | None, prettify: bool,
+           encoder_attention: Any, decoder_attention: Any, cross_attention: Any,
+           encoder_tokens: Any, decoder_tokens: Any, include_layers: Sequence[int] | None,
+           include_heads: Sequence[int] | None) -> tuple[Trace, list[int], list[int] | None]:
     """A Trace built from bertviz's arguments (through :meth:`Trace.from_attentions`), the layer
     numbers it keeps and the head numbers it keeps (None: all)."""
     if attention is not None:

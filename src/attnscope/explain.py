@@ -241,6 +241,7 @@ def explain(
         An :class:`Explanation`; ``print()`` it for a table, or show it in a notebook.
     """
     from attnscope.scratch import (
+        Recomputation,
         layer_scale,
         layer_window,
         recompute,
@@ -271,6 +272,7 @@ def explain(
     elif model is not None:
         adapter = get_adapter(trace.model_type, "queries, keys and explanations")
         r = recompute(trace, layer=layer, model=model, part=part)
+        assert isinstance(r, Recomputation)  # one Trace in, one recomputation out
         q, keys = r.queries[head, qi], r.keys[head]  # (d,), (T_k, d)
         params = adapter.attention(model.model, layer, part)
         scale = float(params.scale)

@@ -131,8 +131,9 @@ def atomic_write(
     tmp = Path(tmp_name)
     done = False
     try:
-        kwargs = ({"encoding": encoding, "errors": "backslashreplace", "newline": ""}
-                  if mode == "w" else {})
+        kwargs: dict[str, Any] = (
+            {"encoding": encoding, "errors": "backslashreplace", "newline": ""}
+            if mode == "w" else {})
         with os.fdopen(fd, mode, **kwargs) as handle, _interrupts_kept():
             yield handle
             handle.flush()

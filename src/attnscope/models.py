@@ -30,6 +30,7 @@ import shutil
 import socket
 import tempfile
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -655,7 +656,7 @@ def _check_tokenizer(tokenizer: Any, name: str) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_hub_logs():
+def _quiet_hub_logs() -> Iterator[None]:
     """Silence transformers' per-file retry chatter while loading; errors still surface."""
     from transformers.utils import logging as hf_logging
 

@@ -131,7 +131,7 @@ def build_tiny_model(family: str, root: str | Path, seed: int = 0) -> Path:
         tokenizer.model_input_names = ["input_ids", "attention_mask"]
     vocab = len(tokenizer)
 
-    common = dict(vocab_size=vocab)
+    common: dict[str, Any] = {"vocab_size": vocab}
     if family == "bert":
         config = tf.BertConfig(hidden_size=h, num_hidden_layers=n_layers,
                                num_attention_heads=n_heads, intermediate_size=ffn,

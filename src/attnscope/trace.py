@@ -170,11 +170,11 @@ def attention_array(value: Any, what: str = "attentions", *, square: bool = True
                 "(batch size 1)."
             )
         layers = [a[0] if a.ndim == 4 else a for a in layers]  # (H, T_q, T_k) each
-        shapes = {a.shape for a in layers}
-        if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+        layer_shapes = {a.shape for a in layers}
+        if len(layer_shapes) != 1 or len(next(iter(layer_shapes))) != 3:
             raise AttnscopeError(
                 f"The layers of {what} must each be [1, H, T, T] of one shape, got "
-                f"{sorted(str(list(s)) for s in shapes)}."
+                f"{sorted(str(list(s)) for s in layer_shapes)}."
             )
         array = np.stack(layers)  # (L, H, T_q, T_k)
     else:
@@ -842,7 +842,7 @@ _REQUIRED_META = tuple(
 )
 
 
-def _read_trace_file(path: Path) -> tuple[Any, dict[str, np.ndarray]]:
+def _read_trace_file(path: Path) -> tuple[Any, dict[str, Any]]:
     """The parsed JSON metadata and the arrays of a trace file, or :class:`_BadFile`.
 
     The archive must hold uncompressed ``.npy`` members named after Trace fields. Each

@@ -125,7 +125,7 @@ def from_transformer_lens(
         final = float_array(cache[last], last)[None]  # (1, B, T, D)
         states = np.concatenate([resid_pre, final])[:, index]  # (L+1, T, D)
 
-    vectors: dict[str, np.ndarray] = {}
+    vectors: dict[str, Any] = {}
     for name, hooks in (("queries", ("attn.hook_rot_q", "attn.hook_q")),
                         ("keys", ("attn.hook_rot_k", "attn.hook_k")),
                         ("values", ("attn.hook_v",))):

@@ -12,6 +12,8 @@ dropped: a merged head has no single query vector.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from attnscope.trace import Trace, require_trace
@@ -44,7 +46,8 @@ def _mean_matrix(groups: list[list[int]], n: int) -> np.ndarray:
     return m
 
 
-def _word_strings(trace_tokens, groups, offsets, segments, texts) -> tuple[str, ...]:
+def _word_strings(trace_tokens: Sequence[str], groups: list[list[int]], offsets: np.ndarray,
+                  segments: np.ndarray | None, texts: Sequence[str]) -> tuple[str, ...]:
     words = []
     for positions in groups:
         first, last = positions[0], positions[-1]
@@ -107,7 +110,10 @@ def merge_subwords(trace: Trace) -> Trace:
         unit="word",
     )
     if trace.decoder_attentions is not None:
+        # an encoder-decoder Trace holds every decoder array together
         assert trace.decoder_word_ids is not None and trace.decoder_tokens is not None
+        assert trace.decoder_input_ids is not None and trace.decoder_special_mask is not None
+        assert trace.cross_attentions is not None and trace.decoder_hidden_states is not None
         dec_groups = word_groups(trace.decoder_word_ids)
         dec_mean = _mean_matrix(dec_groups, len(trace.decoder_tokens))
         dec_total = (dec_mean > 0).astype(np.float32).T

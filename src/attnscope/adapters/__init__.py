@@ -59,6 +59,7 @@ def get_adapter(model: Any, what: str = "queries, keys and values") -> Adapter:
         AttnscopeError: the family has no adapter; the message names the supported families.
     """
     _load_families()
+    model_type: str | None
     if isinstance(model, str):
         model_type = model
     else:

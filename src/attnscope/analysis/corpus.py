@@ -358,7 +358,8 @@ def process_batch(model: LoadedModel, items: list[CorpusItem], *, top_k: int = 5
     return result
 
 
-def _examples(kept, encoded, values, best_weight, best_at, t_max, top_k) -> list[tuple]:
+def _examples(kept: Any, encoded: Any, values: Any, best_weight: Any, best_at: Any, t_max: int,
+              top_k: int) -> list[tuple]:
     """Per head, this batch's ``top_k`` texts by strongest weight and by each score."""
     rows: list[tuple] = []
     b, _, layers, heads = values.shape
@@ -384,7 +385,8 @@ def _examples(kept, encoded, values, best_weight, best_at, t_max, top_k) -> list
     return rows
 
 
-def _word_matrices(enc: Tokenization, spans: tuple[tuple[int, int], ...]):
+def _word_matrices(enc: Tokenization, spans: tuple[tuple[int, int], ...]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which treebank word each token falls in: ``mean`` ``[W, T]`` averages a word's query
     tokens, ``total`` ``[T, W]`` sums its key tokens (as :func:`attnscope.merge_subwords`
     merges), and ``has`` ``[W]`` says whether the word kept any token (truncation)."""
@@ -404,7 +406,8 @@ def _word_matrices(enc: Tokenization, spans: tuple[tuple[int, int], ...]):
     return mean, member.T, size > 0
 
 
-def _relations(result: BatchResult, kept, encoded, attentions, layers, heads) -> None:
+def _relations(result: BatchResult, kept: Any, encoded: Any, attentions: Any, layers: int,
+               heads: int) -> None:
     """Count, per relation and direction, the heads whose most-attended word is the other end
     of the arc, and the fixed-offset baseline's hits (Clark et al. 2019, Sec. 4), from the
     batch's ``attentions`` (L tensors ``[B, H, T, T]``)."""

@@ -7,12 +7,16 @@ variance shares as scikit-learn's full-SVD ``PCA``, without the second of import
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from attnscope.analysis.drawing import draw
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.trace import Trace, require_trace
+
+if TYPE_CHECKING:
+    from attnscope.render.static import AttnFigure
 
 __all__ = ["Projection", "pca", "token_path"]
 
@@ -34,7 +38,7 @@ class Projection:
     model_name: str
     title: str
 
-    def figure(self, *, path: bool = False):
+    def figure(self, *, path: bool = False) -> AttnFigure:
         """Scatter plot with token labels (``path=True``: points joined in level order)."""
         return draw(self, "figure", path=path)
 

@@ -124,7 +124,8 @@ def label_map_figure(table: HeadTable) -> AttnFigure:
 
 
 @draws(HeadTable, "gallery")
-def gallery_figure(table: HeadTable, trace: Trace, patterns=None, n: int = 3) -> AttnFigure:
+def gallery_figure(table: HeadTable, trace: Trace, patterns: Sequence[str] | None = None,
+                   n: int = 3) -> AttnFigure:
     """For each pattern, its ``n`` best heads as heatmaps (one row per pattern)."""
     if patterns is None:
         patterns = [p for p in MASS_SCORES if (b := table.best(p, 1)) and b[0][2] > 0.3]
@@ -289,7 +290,7 @@ def attention_graph(trace: Trace | Any, layer: int | Sequence[str] | None = -1,
             ax.text(-0.02, -i, _label(q), ha="right", va="center", fontsize=9, parse_math=False)
         for j, k in enumerate(cols):
             ax.text(1.02, -j, _label(k), ha="left", va="center", fontsize=9, parse_math=False)
-        for i, j, w in zip(q_idx, k_idx, weights, strict=True):
+        for i, j, w in zip(q_idx.tolist(), k_idx.tolist(), weights.tolist(), strict=True):
             ax.plot([0, 1], [-i, -j], color="#1f4e9c", alpha=float(0.25 + 0.75 * w),
                     linewidth=float(0.5 + 4.5 * w), solid_capstyle="round")
         ax.set_xlim(-0.6, 1.6)
@@ -301,7 +302,7 @@ def attention_graph(trace: Trace | Any, layer: int | Sequence[str] | None = -1,
         fig = AttnFigure(figsize=(min(18.0, max(6.0, 0.6 * n + 1.0)), 5.0), layout="constrained")
         ax = fig.add_subplot()
         top = 0.0
-        for i, j, w in zip(q_idx, k_idx, weights, strict=True):
+        for i, j, w in zip(q_idx.tolist(), k_idx.tolist(), weights.tolist(), strict=True):
             colour = "#1f4e9c"
             if i == j:  # attention to itself: a small loop above the token
                 ax.add_patch(Arc((i, 0.25), 0.35, 0.5, theta1=0, theta2=360, color=colour,

@@ -36,13 +36,18 @@ and the sparse flow reaches it: the value is then proved without solving the ful
 from __future__ import annotations
 
 import html
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from attnscope.analysis.drawing import draw
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.trace import Trace, require_trace
+
+if TYPE_CHECKING:
+    from attnscope.render.static import AttnFigure
 
 __all__ = [
     "FlowResult",
@@ -127,11 +132,11 @@ class FlowResult:
         return (f"<p>{self.kind} for output {html.escape(self.tokens[output])!s} ({output})</p>"
                 f"<table><tr><th>pos</th><th>input</th><th>relevance</th></tr>{cells}</table>")
 
-    def figure(self):
+    def figure(self) -> AttnFigure:
         """The output x input matrix as a heatmap (an :class:`~attnscope.AttnFigure`)."""
         return draw(self, "matrix")
 
-    def bar(self, output: int | None = None):
+    def bar(self, output: int | None = None) -> AttnFigure:
         """Bar chart of input-token relevance for one output token."""
         return draw(self, "bar", self.outputs[0] if output is None else output)
 
@@ -255,7 +260,7 @@ class LayeredFlow:
         self.full = self._graph(None)
         self.sparse = self._graph(keep) if keep < n_tok and layers > 2 else None
 
-    def _graph(self, keep: int | None):
+    def _graph(self, keep: int | None) -> Any:
         from scipy.sparse import csr_matrix
 
         residual, layers, n_tok = self.residual, self.layers, self.n_tok
@@ -287,7 +292,7 @@ class LayeredFlow:
         return csr_matrix((np.concatenate(data), np.concatenate(indices).astype(np.int32),
                            indptr), shape=(n, n))
 
-    def values(self, sources, tol: float = 1e-7, batch: int = 8) -> np.ndarray:
+    def values(self, sources: Sequence[int], tol: float = 1e-7, batch: int = 8) -> np.ndarray:
         """Max flow from each of ``sources`` (last-level tokens) to every input token,
         ``[len(sources), T]``.
 
@@ -346,7 +351,7 @@ class _Union:
     only when the trivial cut proves it (NaN otherwise).
     """
 
-    def __init__(self, graph, n_tok: int, copies: int) -> None:
+    def __init__(self, graph: Any, n_tok: int, copies: int) -> None:
         from scipy.sparse import csr_matrix
 
         n, nnz = graph.shape[0], graph.nnz
@@ -369,7 +374,8 @@ class _Union:
         self.source_edges = np.arange(copies) * per_copy  # first edge of each copy's source
         self.sink_edge = np.arange(copies) * per_copy + nnz  # each copy's sink -> super sink
 
-    def solve(self, residual: np.ndarray, pairs, tol: float) -> list[float]:
+    def solve(self, residual: np.ndarray, pairs: Sequence[tuple[int, int]],
+              tol: float) -> list[float]:
         """Values of ``pairs`` [(source token, sink token), ...] (NaN where not proved)."""
         from scipy.sparse.csgraph import maximum_flow
 
@@ -404,7 +410,7 @@ class _Union:
                 for v, ok in zip(values[:k], proved[:k], strict=True)]
 
 
-def max_flow(graph, source: int, sink: int, *, tol: float = 1e-7) -> float:
+def max_flow(graph: Any, source: int, sink: int, *, tol: float = 1e-7) -> float:
     """Maximum flow value from ``source`` to ``sink`` of a graph of real capacities.
 
     ``graph`` is a scipy sparse (or dense numpy) ``[N, N]`` matrix of non-negative capacities
@@ -431,7 +437,7 @@ def max_flow(graph, source: int, sink: int, *, tol: float = 1e-7) -> float:
     return found
 
 
-def _solve(graph, source: int, sink: int, tol: float, bound: float, *,
+def _solve(graph: Any, source: int, sink: int, tol: float, bound: float, *,
            cuts_prove: bool) -> float | None:
     """Max flow of ``graph`` (float CSR) by rounds of integer max flows on residual networks.
 
@@ -456,7 +462,8 @@ def _solve(graph, source: int, sink: int, tol: float, bound: float, *,
     return total if cuts_prove else None
 
 
-def _round(graph, source: int, sink: int, limit: float):
+def _round(graph: Any, source: int, sink: int,
+           limit: float) -> tuple[float, float, Callable[[], Any]]:
     """One integer max flow on ``graph`` (float CSR, max flow known to be <= ``limit``).
 
     Returns ``(value, cut, residual)``: ``value`` is the value of a real flow in ``graph``,
@@ -483,7 +490,7 @@ def _round(graph, source: int, sink: int, limit: float):
     crossing = reached[rows] & ~reached[graph.indices]
     cut = float(graph.data[crossing].sum())
 
-    def residual():
+    def residual() -> Any:
         # c - f forward, f backward (antiparallel edges merge, which keeps every value >= 0).
         res = (graph - flow.astype(np.float64) / scale).tocsr()
         res.data = np.maximum(res.data, 0.0)

@@ -12,6 +12,7 @@ as in :mod:`attnscope.analysis.patterns`):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from attnscope.analysis.drawing import draw
 from attnscope.analysis.patterns import _distance_score, _entropy_score, _seen, is_punctuation
 from attnscope.errors import AttnscopeError
 from attnscope.trace import Trace, require_trace
+
+if TYPE_CHECKING:
+    from attnscope.render.static import AttnFigure
 
 __all__ = ["LAYER_STATS", "LayerTrends", "layer_trends"]
 
@@ -60,7 +64,7 @@ class LayerTrends:
         )
         return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
-    def figure(self):
+    def figure(self) -> AttnFigure:
         """The four statistics against the layer, in one figure."""
         return draw(self, "figure")
 

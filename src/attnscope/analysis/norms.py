@@ -22,12 +22,17 @@ adding up, when they cancel; the norm of the sum is never larger than the sum of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from attnscope.analysis.drawing import draw
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.trace import Trace, require_trace
+
+if TYPE_CHECKING:
+    from attnscope.models import LoadedModel
+    from attnscope.render.static import AttnFigure
 
 __all__ = ["NormAttention", "attention_norms"]
 
@@ -66,12 +71,12 @@ class NormAttention:
         return (float(weight[..., special].sum() / weight.sum()),
                 float(norm[..., special].sum() / norm.sum()))
 
-    def figure(self, layer: int = -1, head: int | None = None):
+    def figure(self, layer: int = -1, head: int | None = None) -> AttnFigure:
         """Raw attention beside norm-based attention (one head, or the layer's mean)."""
         return draw(self, "figure", layer, head)
 
 
-def attention_norms(trace: Trace, model=None) -> NormAttention:
+def attention_norms(trace: Trace, model: LoadedModel | None = None) -> NormAttention:
     """Norm-based attention for every layer and head of ``trace``.
 
     Args:

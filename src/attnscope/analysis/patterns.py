@@ -43,13 +43,20 @@ from __future__ import annotations
 import html
 import math
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from attnscope.analysis.drawing import draw
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.trace import Trace, require_trace
+
+if TYPE_CHECKING:
+    from pandas import DataFrame
+
+    from attnscope.render.static import AttnFigure
 
 __all__ = [
     "KOVALEVA_CLASSES",
@@ -349,7 +356,7 @@ class HeadTable:
         """Every head whose ``name`` score exceeds ``threshold``, best first."""
         return [b for b in self.best(name, self.num_layers * self.num_heads) if b[2] > threshold]
 
-    def to_pandas(self):
+    def to_pandas(self) -> DataFrame:
         """The table as a pandas DataFrame (needs pandas, which attnscope does not require)."""
         try:
             import pandas as pd
@@ -391,11 +398,12 @@ class HeadTable:
         return (f'<table class="attnscope-heads"><thead><tr>{head}</tr></thead>'
                 f"<tbody>{''.join(rows)}</tbody></table>")
 
-    def label_map(self):
+    def label_map(self) -> AttnFigure:
         """Layers x heads map of labels (an :class:`~attnscope.AttnFigure`)."""
         return draw(self, "label_map")
 
-    def gallery(self, trace: Trace, patterns=None, n: int = 3):
+    def gallery(self, trace: Trace, patterns: Sequence[str] | None = None,
+                n: int = 3) -> AttnFigure:
         """For each pattern, the ``n`` best heads' heatmaps (an :class:`~attnscope.AttnFigure`).
 
         ``patterns`` defaults to every mass score that some head has above 0.3 (and ``broad``).
@@ -424,6 +432,7 @@ def head_patterns(trace: Trace, part: str = "self") -> HeadTable:
         raise AttnscopeError("Head patterns score self-attention; use part 'self' or 'decoder'.")
     attn, tokens, _ = trace.check(part).part(part)
     if part == "decoder":
+        assert trace.decoder_special_mask is not None  # part() checked the decoder is there
         special = trace.decoder_special_mask
         segments = np.zeros(len(tokens), dtype=np.int64)
         causal = True

@@ -16,14 +16,20 @@ import html
 import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from attnscope.errors import AttnscopeError
 from attnscope.files import write_text
 from attnscope.trace import Trace
+
+if TYPE_CHECKING:
+    from attnscope.analysis.flow import FlowResult
+    from attnscope.analysis.patterns import HeadTable
+    from attnscope.models import LoadedModel
 
 __all__ = ["Report", "report"]
 
@@ -65,9 +71,9 @@ class _Charts:
         self.specs.append({"kind": kind, **spec})
         return f'<figure class="as-chart" data-chart="{len(self.specs) - 1}"></figure>'
 
-    def heatmap(self, matrix: np.ndarray, rows, cols, title: str, *, xlabel: str = "key",
-                ylabel: str = "query", bar: str = "", vmax: float | None = None,
-                compact: bool = False) -> str:
+    def heatmap(self, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str],
+                title: str, *, xlabel: str = "key", ylabel: str = "query", bar: str = "",
+                vmax: float | None = None, compact: bool = False) -> str:
         """``matrix`` ``[len(rows), len(cols)]``, travelling as float16."""
         from attnscope.render.html import encode_float16
 
@@ -78,7 +84,7 @@ class _Charts:
                         vmin=0.0, vmax=max(top, 1e-9), xlabel=xlabel, ylabel=ylabel, bar=bar,
                         compact=compact)
 
-    def bars(self, values: np.ndarray, labels, title: str, *, highlight: int = -1,
+    def bars(self, values: np.ndarray, labels: Sequence[str], title: str, *, highlight: int = -1,
              ylabel: str = "") -> str:
         return self.add("bars", title=title, labels=list(labels), values=_rounded(values),
                         highlight=highlight, ylabel=ylabel)
@@ -90,7 +96,7 @@ def _rounded(values: np.ndarray) -> list:
             for v in np.asarray(values, dtype=np.float64).ravel()]
 
 
-def _label_table(table) -> str:
+def _label_table(table: HeadTable) -> str:
     """Layers x heads, each cell coloured by its head's label, its score below; hovering a
     cell lists every score of that head."""
     from attnscope.analysis.figures import _LABEL_COLOURS, _SHORT
@@ -153,7 +159,7 @@ class Report:
         return f"Report({self.title!r}, {len(self.html)} characters)"
 
 
-def report(trace: Trace, model=None, *, output: int | None = None,
+def report(trace: Trace, model: LoadedModel | None = None, *, output: int | None = None,
            views: bool = True) -> Report:
     """Build the report page of ``trace``.
 
@@ -222,7 +228,7 @@ def report(trace: Trace, model=None, *, output: int | None = None,
         + f'<div class="scroll">{table._repr_html_()}</div>'
     )
 
-    def relevance_charts(result) -> str:
+    def relevance_charts(result: FlowResult) -> str:
         rows = [tokens[i] for i in result.outputs]
         matrix = ""
         if len(result.outputs) > 1:
@@ -339,7 +345,7 @@ def _navigable(body: str) -> str:
     return f"{preamble}<nav class='as-toc'><b>Contents</b><ol>{links}</ol></nav>{blocks}"
 
 
-def _gallery_patterns(table) -> list[str]:
+def _gallery_patterns(table: HeadTable) -> list[str]:
     """The patterns some head shows clearly (best score above 0.3), and "broad"."""
     from attnscope.analysis.patterns import MASS_SCORES
 

@@ -155,5 +155,5 @@ def serve(models: Sequence[str | None] | None = None, *, host: str = "127.0.0.1"
             print(f"attnscope explorer: http://{shown}:{bound}/  "
                   f"(models: {', '.join(loaded.names)}{browsed}; Ctrl-C to stop)", flush=True)
 
-    server.startup = startup
+    server.startup = startup  # type: ignore[method-assign]  # to print the bound port
     server.run()

@@ -370,7 +370,7 @@ class _State:
             with lock:
                 network = entry.state("flow-graph",
                                       lambda: LayeredFlow(residual_attention(trace)))
-                progress = entry.state(("flow", output), lambda: {
+                progress: dict[str, Any] = entry.state(("flow", output), lambda: {
                     "values": np.full(n, np.nan), "spent": 0.0})
                 values = progress["values"]
                 slice_s = budget if body.budget_s is None else min(body.budget_s, budget)
@@ -413,8 +413,9 @@ class _State:
             sides.append({"model": trace.model_name, "text": trace.text,
                           "text_b": trace.text_b, "tokens": list(trace.tokens),
                           "view": view.payload()})
-        diff = {"comparable": False, "reason": None, "layer": body.layer, "head": body.head,
-                "changes": None, "grid": None, "head_figure": None}
+        diff: dict[str, Any] = {"comparable": False, "reason": None, "layer": body.layer,
+                                "head": body.head, "changes": None, "grid": None,
+                                "head_figure": None}
         try:
             delta = compare.attention_difference(a, b)  # (L, H, T, T)
         except AttnscopeError as err:
@@ -628,7 +629,7 @@ def _state_limits_in_schema(app: FastAPI, names: list[str], limits: Limits,
             app.openapi_schema = schema
         return app.openapi_schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
 

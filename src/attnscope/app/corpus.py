@@ -20,6 +20,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -240,7 +241,7 @@ class CorpusBrowser:
         return self._kept(("relations", result.run_id, min_count), make)
 
     def examples(self, run: str | None, layer: int, head: int, kind: str = "weight",
-                 k: int | None = None, *, served: list[str] = ()) -> dict[str, Any]:
+                 k: int | None = None, *, served: Sequence[str] = ()) -> dict[str, Any]:
         """The best texts of one head (``CorpusResult.examples``); negative indices count
         from the end."""
         from attnscope.errors import check_index

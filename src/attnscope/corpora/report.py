@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import warnings
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import numpy as np
@@ -78,7 +79,7 @@ def _png(fig) -> str:
     return f'<img alt="figure" src="data:image/png;base64,{data}">'
 
 
-def _table(header: list[str], rows: list[list[Any]], left: set[int] = frozenset()) -> str:
+def _table(header: list[str], rows: list[list[Any]], left: AbstractSet[int] = frozenset()) -> str:
     def cell(tag: str, i: int, value: Any) -> str:
         text = value if isinstance(value, str) and value.startswith("<") else html.escape(
             _fmt(value))

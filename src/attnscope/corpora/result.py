@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,15 @@ from attnscope.analysis.corpus import EXAMPLE_SCORES, OFFSETS, STATS
 from attnscope.analysis.patterns import LABELS, SCORES
 from attnscope.corpora.store import check_run, check_tables, connect
 from attnscope.errors import AttnscopeError, check_index
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from pandas import DataFrame
+
+    from attnscope.corpora.engines import RunSummary
+    from attnscope.models import LoadedModel
+    from attnscope.render.views import AttnView
 
 __all__ = ["CorpusResult"]
 
@@ -46,7 +55,7 @@ class CorpusResult:
     def __init__(self, path: str | os.PathLike[str], run: str | None = None, *,
                  latest: bool = False) -> None:
         self.path = Path(path)
-        self._con = None
+        self._con: Any = None  # a DuckDB connection, opened on first use
         with self._connection() as con:
             runs = con.execute("SELECT run_id FROM runs ORDER BY created, run_id").fetchall()
             if not runs:
@@ -72,11 +81,11 @@ class CorpusResult:
         #: What ``texts.position`` counts: "line", "row" or "item".
         self.source_unit: str = self.settings.get("unit", "item")
         #: What the call that returned this result did (a RunSummary), else None.
-        self.summary = None
+        self.summary: RunSummary | None = None
 
     # ----- connection -------------------------------------------------------------------------
     @contextmanager
-    def _connection(self):
+    def _connection(self) -> Iterator[Any]:
         if self._con is not None:
             yield self._con
             return
@@ -94,11 +103,11 @@ class CorpusResult:
         finally:
             con.close()
 
-    def _query(self, sql: str, params: list[Any] | None = None):
+    def _query(self, sql: str, params: list[Any] | None = None) -> DataFrame:
         with self._connection() as con:
             return con.execute(sql, params or []).df()
 
-    def sql(self, query: str, params: list[Any] | None = None):
+    def sql(self, query: str, params: list[Any] | None = None) -> Any:
         """Run SQL on the store; returns a DuckDB relation (``.df()``, ``.pl()``,
         ``.fetchnumpy()``). The connection stays open (read-only) until :meth:`close`."""
         if self._con is None:
@@ -122,7 +131,7 @@ class CorpusResult:
                 f"{self.num_texts} texts)")
 
     # ----- overview ---------------------------------------------------------------------------
-    def runs(self):
+    def runs(self) -> DataFrame:
         """Every run in the file: run_id, model, source, settings, texts, created, updated."""
         return self._query(
             "SELECT r.run_id, r.model, r.source, r.settings, count(t.text_key) AS texts, "
@@ -140,19 +149,19 @@ class CorpusResult:
         return int(self._query("SELECT coalesce(sum(n_tokens), 0) AS n FROM texts "
                                "WHERE run_id = ?", [self.run_id])["n"].iloc[0])
 
-    def texts(self, limit: int | None = None):
+    def texts(self, limit: int | None = None) -> DataFrame:
         """The texts counted: text_key, position, text, text_b, n_tokens, truncated, batch."""
         sql = ("SELECT text_key, position, text, text_b, n_tokens, truncated, batch FROM texts "
                "WHERE run_id = ? ORDER BY position")
         return self._query(sql + (f" LIMIT {int(limit)}" if limit else ""), [self.run_id])
 
-    def problems(self):
+    def problems(self) -> DataFrame:
         """Records that were skipped, repeated or cut: position, kind, message."""
         return self._query("SELECT position, kind, message FROM problems WHERE run_id = ? "
                            "ORDER BY position, kind", [self.run_id])
 
     # ----- per-head statistics --------
-    def head_stats(self, stat: str | None = None):
+    def head_stats(self, stat: str | None = None) -> DataFrame:
         """Long table: layer, head, stat, n, mean, std (ddof 0) for every statistic (or one).
 
         Statistics: the :func:`~attnscope.head_patterns` scores, "entropy" (nats), the
@@ -182,7 +191,7 @@ class CorpusResult:
             out[frame["layer"].to_numpy(), frame["head"].to_numpy()] = values
         return out
 
-    def scores(self):
+    def scores(self) -> DataFrame:
         """Wide table, one row per head: layer, head, label (the most frequent), label_share,
         then the mean of every head-pattern score and of entropy."""
         frame = self.head_stats()
@@ -198,7 +207,7 @@ class CorpusResult:
         wide.columns.name = None
         return wide.reset_index()
 
-    def labels(self):
+    def labels(self) -> DataFrame:
         """Label distribution: layer, head, label, share (of texts), texts."""
         frame = self._query(
             "SELECT layer, head, substr(stat, 7) AS label, mean AS share, "
@@ -217,7 +226,7 @@ class CorpusResult:
         return np.stack([self.array(f"offset:{o:+d}") for o in OFFSETS], axis=-1)
 
     # ----- syntax -----------------------------------------------------------------------------
-    def relations(self, min_count: int = 1):
+    def relations(self, min_count: int = 1) -> DataFrame:
         """Per relation and direction, the best head beside the fixed-offset baseline.
 
         Columns: relation, direction, n (arcs), layer, head, accuracy (share of arcs where the
@@ -248,7 +257,8 @@ class CorpusResult:
         return out
 
     # ----- examples ---------------------------------------------------------------------------
-    def examples(self, layer: int, head: int, kind: str = "weight", k: int | None = None):
+    def examples(self, layer: int, head: int, kind: str = "weight",
+                 k: int | None = None) -> DataFrame:
         """The evidence for one head: its best texts, best first.
 
         ``kind`` "weight": the texts with the strongest single weight between two non-special
@@ -269,7 +279,7 @@ class CorpusResult:
         return frame.head(k) if k is not None else frame
 
     def head_view(self, layer: int, head: int, rank: int = 0, kind: str = "weight", *,
-                  model: Any = None):
+                  model: Any = None) -> AttnView:
         """The head view of the ``rank``-th example of (layer, head), opened on that layer and
         head: the text is captured again with the run's model (or ``model``: a
         :class:`~attnscope.LoadedModel`, name or directory). Returns an
@@ -286,7 +296,7 @@ class CorpusResult:
         trace = capture(self._model(model), row["text"], text_b)
         return head_view(trace, layer=layer, heads=[check_index(head, self.num_heads, "head")])
 
-    def _model(self, model: Any = None):
+    def _model(self, model: Any = None) -> LoadedModel:
         from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
 
         if isinstance(model, LoadedModel):
@@ -309,7 +319,7 @@ class CorpusResult:
 
     # ----- token search -----------------------------------------------------------------------
     def search(self, token: str, *, model: Any = None, limit: int = 200, top: int = 5,
-               batch_size: int = 16):
+               batch_size: int = 16) -> DataFrame:
         """What each head attends to from the token ``token`` (e.g. "it"), across the corpus.
 
         Reads up to ``limit`` texts of the run that contain ``token`` (as a whole token,

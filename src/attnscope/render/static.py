@@ -11,9 +11,9 @@ import contextlib
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -21,6 +21,10 @@ from matplotlib.figure import Figure
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.files import atomic_write
 from attnscope.trace import Trace, float_array
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap
 
 __all__ = [
     "AttnFigure",
@@ -42,7 +46,7 @@ WEIGHT_STOPS = {
 }
 
 
-def weight_cmap(theme: str = "light"):
+def weight_cmap(theme: str = "light") -> Colormap:
     """The attention colour map of the views as a matplotlib colour map ("light" or "dark")."""
     from matplotlib.colors import LinearSegmentedColormap
 
@@ -68,7 +72,7 @@ class AttnFigure(Figure):
             self.savefig(handle, format=path.suffix.lower()[1:], dpi=dpi, bbox_inches="tight")
         return path
 
-    def draw(self, renderer) -> None:
+    def draw(self, renderer: Any) -> None:
         """Draw with every text as plain text: tokens and model names such as "$x$" or
         "my$model" are words, never formulas (an unbalanced "$" would fail to draw)."""
         from matplotlib import rc_context
@@ -89,7 +93,7 @@ class AttnFigure(Figure):
 
 
 @contextlib.contextmanager
-def _quiet_glyph_warnings():
+def _quiet_glyph_warnings() -> Iterator[None]:
     # Tokens in scripts the default font lacks (CJK, emoji) draw as boxes; that is expected
     # and not worth a warning per glyph.
     with warnings.catch_warnings():
@@ -104,7 +108,7 @@ def _label(token: str) -> str:
     return shown if len(shown) <= 24 else shown[:23] + "…"
 
 
-def _set_token_ticks(ax, rows: Sequence[str], cols: Sequence[str], fontsize: float) -> None:
+def _set_token_ticks(ax: Axes, rows: Sequence[str], cols: Sequence[str], fontsize: float) -> None:
     for axis, tokens in ((ax.xaxis, cols), (ax.yaxis, rows)):
         n = len(tokens)
         step = max(1, math.ceil(n / _MAX_LABELLED_TOKENS))
@@ -137,9 +141,9 @@ def heatmap(
     head: int | Sequence[str] | None = 0,
     *,
     part: str = "self",
-    cmap=None,
+    cmap: Colormap | str | None = None,
     title: str | None = None,
-    ax=None,
+    ax: Axes | None = None,
 ) -> AttnFigure:
     """One head's attention as a heatmap: query tokens down, key tokens across.
 
@@ -231,7 +235,8 @@ def matrix_and_tokens(
 
 
 def _draw_matrix(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], *,
-                 cmap, title: str | None, label: str, ax=None) -> AttnFigure:
+                 cmap: Colormap | str | None, title: str | None, label: str,
+                 ax: Any = None) -> AttnFigure:
     """Draw ``matrix`` ``[T_query, T_key]`` with token ticks; signed values on a diverging,
     zero-centred scale, others from 0."""
     if ax is None:
@@ -240,6 +245,7 @@ def _draw_matrix(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], *
         ax = fig.add_subplot()
     else:
         fig = ax.figure
+    scale: dict[str, Any]
     if float(matrix.min()) < 0:  # scores, differences: diverging around 0
         bound = max(float(np.abs(matrix).max()), 1e-9)
         scale = {"cmap": cmap or "RdBu_r", "vmin": -bound, "vmax": bound}
@@ -257,7 +263,8 @@ def _draw_matrix(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], *
     return fig
 
 
-def heads_grid(trace: Trace, layer: int = -1, *, part: str = "self", cmap=None,
+def heads_grid(trace: Trace, layer: int = -1, *, part: str = "self",
+               cmap: Colormap | str | None = None,
                ncols: int | None = None) -> AttnFigure:
     """Every head of one layer, side by side, on one colour scale (0 to 1) with a colour bar.
 
@@ -294,7 +301,7 @@ def heads_grid(trace: Trace, layer: int = -1, *, part: str = "self", cmap=None,
     return fig
 
 
-def _colorbar(fig, axes, cmap) -> None:
+def _colorbar(fig: Figure, axes: Any, cmap: Colormap | str | None) -> None:
     """One colour bar (0 to 1) for a grid of heads."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -328,7 +335,8 @@ def _mosaic(attentions: np.ndarray, gap: int) -> np.ndarray:
     return out
 
 
-def model_grid(trace: Trace, *, part: str = "self", cmap=None) -> AttnFigure:
+def model_grid(trace: Trace, *, part: str = "self",
+               cmap: Colormap | str | None = None) -> AttnFigure:
     """Every layer (rows) x head (columns) as a thumbnail, on one colour scale (0 to 1) with a
     colour bar.
 

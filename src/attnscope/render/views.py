@@ -422,7 +422,7 @@ def head_lines(trace: Trace, layer: int = -1, heads: Sequence[int] | None = None
                              np.stack([np.ones(qi.size), y_cols[kj]], axis=1)], axis=1)  # (N, 2, 2)
         colours = np.tile(to_rgba(HEAD_COLORS[h % len(HEAD_COLORS)]), (qi.size, 1))  # (N, 4)
         colours[:, 3] = np.clip(weights[qi, kj], 0.0, 1.0)
-        ax.add_collection(LineCollection(segments, colors=colours, linewidths=1.5))
+        ax.add_collection(LineCollection(list(segments), colors=colours, linewidths=1.5))
     fontsize = 9 if n <= 40 else 6
     step = max(1, math.ceil(n / 120))
     for i in range(0, len(rows), step):
@@ -469,7 +469,7 @@ def neuron_figure(trace: Trace, layer: int = -1, head: int = 0,
     fontsize = 8 if n <= 40 else 5
     step = max(1, math.ceil(n / 120))
 
-    def strip(ax, values, limit, title):
+    def strip(ax: Any, values: np.ndarray, limit: float, title: str) -> None:
         ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto",
                   interpolation="nearest")
         ax.set_title(title, fontsize=9)

@@ -106,7 +106,8 @@ def scaled_dot_product_attention(
                        window)
 
 
-def _sdpa_numpy(q, k, v, mask, causal, scale, bias, window=None):
+def _sdpa_numpy(q: Any, k: Any, v: Any, mask: Any, causal: bool, scale: float | None,
+                bias: Any, window: int | None = None) -> tuple[Any, Any]:
     d = q.shape[-1]
     if scale is None:
         scale = 1.0 / math.sqrt(d)
@@ -122,7 +123,8 @@ def _sdpa_numpy(q, k, v, mask, causal, scale, bias, window=None):
     return weights @ v, weights  # (..., T_q, d_v), (..., T_q, T_k)
 
 
-def _sdpa_torch(q, k, v, mask, causal, scale, bias, window=None):
+def _sdpa_torch(q: Any, k: Any, v: Any, mask: Any, causal: bool, scale: float | None,
+                bias: Any, window: int | None = None) -> tuple[Any, Any]:
     d = q.shape[-1]
     if scale is None:
         scale = 1.0 / math.sqrt(d)

@@ -111,7 +111,7 @@ def recompute(
         elif text is not None:
             raise AttnscopeError("recompute(trace, ...) takes no text: the Trace holds it.")
         single = isinstance(source, Trace)
-        traces = [source] if single else list(source)
+        traces: list[Trace] = [source] if isinstance(source, Trace) else list(source)
         if not traces:
             raise AttnscopeError("recompute needs at least one Trace.")
         if model is None:
@@ -133,7 +133,7 @@ def recompute(
     if text is None or isinstance(text, int):
         raise AttnscopeError("recompute(model, text, layer) needs a text (or a list of texts).")
     single = isinstance(text, str)
-    texts = [text] if single else list(text)
+    texts: list[str] = [text] if isinstance(text, str) else list(text)
     if not texts:
         raise AttnscopeError("recompute needs at least one text.")
     texts_b = None
@@ -175,8 +175,12 @@ def _from_hidden_states(
         if t.unit != "token":
             raise AttnscopeError("recompute needs a token-level Trace, not one merged into words.")
     # The hidden states entering the layer: the encoder's (or only) stack, or the decoder's.
-    inputs = [t.hidden_states[layer] if part == "self" else t.decoder_hidden_states[layer]
-              for t in traces]
+    inputs = []
+    for t in traces:
+        states = t.hidden_states if part == "self" else t.decoder_hidden_states
+        if states is None:
+            raise AttnscopeError(f"This trace has no {part} hidden states to rebuild from.")
+        inputs.append(states[layer])
     x, x_mask = _pad(inputs, device)  # (B, T, D), (B, T): 1 for real tokens, 0 for padding
     context, c_mask = None, x_mask  # self attention: keys and values come from x too
     norm = adapter.pre_norm(base, layer, "decoder" if part == "cross" else part)

@@ -8,11 +8,14 @@
  * "ex" so they never meet the view script's own.
  */
 
+/** @type {ExplorerConfig} */
 const exConfig = JSON.parse(document.getElementById("explorer-config").textContent);
 const exState = {
   model: exConfig.default, text: "", text_b: null, layer: -1, head: null,
   compare: false, text2: "", model2: exConfig.default, tokens: [], architecture: "encoder",
 };
+/** The explorer's own elements, by id (inputs, selects and buttons alike).
+ * @type {(id: string) => any} */
 const ex$ = (id) => document.getElementById(id);
 // Tests and tools reach the explorer's state through the page element, never a global.
 const exApi = { state: exState, timings: {} };
@@ -52,7 +55,7 @@ async function exAsk(path, init, as) {
   let response;
   try {
     response = await fetch(path, init);
-  } catch (err) {
+  } catch {
     throw new ExApiError("The explorer cannot be reached; is `attnscope serve` still running?");
   }
   if (response.ok) return as === "text" ? response.text() : response.json();
@@ -60,7 +63,7 @@ async function exAsk(path, init, as) {
   try {
     const data = await response.json();
     if (data && data.error) sentence = data.error;
-  } catch (err) { /* not JSON: keep the status sentence */ }
+  } catch { /* not JSON: keep the status sentence */ }
   throw new ExApiError(sentence);
 }
 
@@ -584,7 +587,8 @@ function exCorpusError(err) {
 function exShowTab(tab) {
   document.body.dataset.tab = tab;
   ex$("corpus").hidden = tab !== "corpus";
-  for (const button of document.querySelectorAll(".ex-tab")) {
+  const tabs = /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll(".ex-tab"));
+  for (const button of tabs) {
     button.classList.toggle("ex-active", button.dataset.tab === tab);
   }
 }
@@ -841,7 +845,8 @@ function exStartCorpus() {
     ex$("corpus-examples-title").textContent = "Examples";
     exOpenCorpus();
   });
-  for (const button of document.querySelectorAll(".ex-tab")) {
+  const tabs = /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll(".ex-tab"));
+  for (const button of tabs) {
     button.addEventListener("click", () => {
       if (button.dataset.tab === "corpus") {
         exOpenCorpus();

@@ -243,8 +243,10 @@ const KINDS = {heatmap, bars, lines, scatter, arcs};
 
 // Draw every <figure class="as-chart" data-chart="i"> inside `container` (a document or an
 // element) from the chart specifications `data` (the explorer calls this with API answers).
+/** @param {ParentNode} container @param {ReportPayload} data */
 function attnscopeCharts(container, data) {
-  for (const figure of container.querySelectorAll("figure.as-chart")) {
+  const figures = /** @type {NodeListOf<HTMLElement>} */ (container.querySelectorAll("figure.as-chart"));
+  for (const figure of figures) {
     const chart = data[Number(figure.dataset.chart)], holder = el("div", "as-plot"), tip = el("div", "as-tip");
     if (chart.title) figure.appendChild(el("figcaption", "", chart.title));
     figure.appendChild(holder); holder.appendChild(tip);
@@ -256,3 +258,6 @@ function attnscopeCharts(container, data) {
 function attnscopeReport(doc) {
   attnscopeCharts(doc, JSON.parse(doc.getElementById("attnscope-report-data").textContent));
 }
+
+// Node (the unit tests in tests/js) reads the pure parts; in a page `module` does not exist.
+if (typeof module !== "undefined") module.exports = { blues, float16, BLUES };

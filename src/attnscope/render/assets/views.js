@@ -81,6 +81,8 @@ function sizeCanvas(canvas, width, height) {
 }
 
 // Three significant digits, as every readout and tooltip shows a weight.
+/** A number as readouts and tooltips show it: three significant digits.
+ * @param {number} v @returns {string} */
 function fmt(v) {
   return v === 0 ? "0" : v.toPrecision(3);
 }
@@ -93,6 +95,8 @@ const RAMP_STOPS = {
   dark: [[13, 17, 23], [8, 48, 107], [33, 113, 181], [107, 174, 214], [222, 235, 247]],
 };
 
+/** The 256-entry RGB lookup table of a ramp through `stops` ([[r, g, b], ...]).
+ * @param {number[][]} stops @returns {Uint8Array} */
 function makeRamp(stops) {
   const lut = new Uint8Array(256 * 3);
   for (let v = 0; v < 256; v++) {
@@ -117,6 +121,7 @@ function diverging(x) {
 // The contrast control: how a weight maps to a colour or an opacity in [0, 1].
 // "linear" up to `max`, "sqrt" (small weights lifted), "log" (1e-4 .. max on a log scale).
 const LOG_FLOOR = 1e-4;
+/** @param {string} mode @param {number} max @returns {(v: number) => number} */
 function makeScale(mode, max) {
   const top = Math.max(1e-6, max);
   if (mode === "sqrt") return (v) => (v <= 0 ? 0 : Math.min(1, Math.sqrt(v / top)));
@@ -229,6 +234,7 @@ function tooltip(root) {
 
 // ----- decoding -----------------------------------------------------------------------------
 
+/** @param {string} b64 @returns {Uint8Array} */
 function base64Bytes(b64) {
   const bin = atob(b64);
   const out = new Uint8Array(bin.length);
@@ -242,6 +248,7 @@ const BASE85 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#
 const BASE85_DIGIT = new Uint8Array(128);
 for (let k = 0; k < 85; k++) BASE85_DIGIT[BASE85.charCodeAt(k)] = k;
 
+/** @param {string} text @returns {Uint8Array} */
 function base85Bytes(text) {
   const groups = Math.ceil(text.length / 5), pad = groups * 5 - text.length;
   const out = new Uint8Array(groups * 4);
@@ -259,6 +266,7 @@ function base85Bytes(text) {
   return out.subarray(0, out.length - pad);
 }
 
+/** @param {Uint16Array} half @returns {Float32Array} */
 function halfToFloat(half) {
   const out = new Float32Array(half.length);
   for (let i = 0; i < half.length; i++) {
@@ -296,6 +304,7 @@ function float32s(b64) {
 
 // An array spec's "b64" is one string, or a list of strings (one per first-axis slice, each
 // deflated on its own when "zlib" is set) that join into the array's bytes.
+/** @param {ArraySpec} spec @returns {Promise<Uint8Array | Float32Array>} */
 async function decodeArray(spec) {
   const pieces = Array.isArray(spec.b64) ? spec.b64 : [spec.b64];
   spec.b64 = null; // the decoded copy is all we keep
@@ -323,6 +332,7 @@ async function decodeArray(spec) {
 //   weight(l, h, i, j)   the value (within 1.95%)
 //   row(l, h, i, out)    one query's weights (Float32Array Tk), for drawing
 //   ensure(l)            decodes layer l's codes (layers are decoded when first needed)
+/** @param {PartSpec} spec @param {ViewsPayload} P */
 async function loadPart(spec, P) {
   const att = spec.att;
   const [L, H, Tq, Tk] = att.shape;
@@ -457,6 +467,7 @@ async function loadPart(spec, P) {
   return part;
 }
 
+/** @param {ViewsPayload} P */
 async function loadArrays(P) {
   const parts = {};
   for (const spec of P.parts) parts[spec.name] = await loadPart(spec, P);
@@ -508,6 +519,7 @@ function attnscopeMount(root) {
   });
 }
 
+/** @param {HTMLElement} root @param {ViewsPayload} P @param {any} A @param {any} api */
 function build(root, P, A, api) {
   const header = el("div", "as-header");
   header.append(el("span", "as-title", P.title));
@@ -1117,6 +1129,9 @@ const LABEL_ROOM = 11; // pixels a token label needs
 // The largest weight of each block of cells [i0, i1) x [j0, j1) of one head, on a grid of
 // (rows x cols) blocks: Float32Array(rows * cols). With `onlyRow` set, every other query row
 // is -1 (drawn grey).
+/** Pools one head [Tq, Tk] into rows x cols pixels, each the largest weight of its block
+ * (signed: the value of largest magnitude); NaN for rows left out by `onlyRow`.
+ * @returns {Float32Array} */
 function headBlocks(p, layer, head, rows, cols, view, onlyRow) {
   const { i0, i1, j0, j1 } = view;
   const out = new Float32Array(rows * cols);
@@ -1678,7 +1693,7 @@ function neuronView(panel, P, A) {
     return { state: { missing: true } };
   }
   const p = A.parts.self;
-  const [L, H, T, d] = A.qk.shape;
+  const [, H, T, d] = A.qk.shape;
   const init = P.initial;
   const st = { layer: init.layer, head: init.head, query: init.query };
   const controls = el("div", "as-controls");
@@ -1861,4 +1876,10 @@ function tokensView(panel, P) {
   }
   panel.append(table);
   return { state: { rows: rows.length } };
+}
+
+// Node (the unit tests in tests/js) reads the pure parts; in a page `module` does not exist.
+if (typeof module !== "undefined") {
+  module.exports = { fmt, makeRamp, makeScale, diverging, divergingRgb, base64Bytes, base85Bytes,
+    halfToFloat, decodeArray, loadPart, headBlocks, RAMP_STOPS, LOG_FLOOR };
 }
