@@ -408,7 +408,7 @@ def _save_cache(model: Any, tokenizer: Any, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_gguf_progress():
+def _quiet_gguf_progress() -> Iterator[None]:
     """transformers draws a tqdm bar while it dequantizes; keep a CLI's output to its own."""
     try:
         from transformers import modeling_gguf_pytorch_utils as gguf_utils

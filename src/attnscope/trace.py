@@ -739,10 +739,10 @@ def _field_problem(t: Trace) -> str | None:
         if problem:
             return problem
 
-    start = t.sentence_b_start
-    if start is not None and (not _is_whole(start) or not 0 <= start <= n):
+    b_start = t.sentence_b_start
+    if b_start is not None and (not _is_whole(b_start) or not 0 <= b_start <= n):
         return (f"sentence_b_start must be None or a token position from 0 to {n}, "
-                f"not {_short(start)}")
+                f"not {_short(b_start)}")
     return _generation_problem(t, n)
 
 

@@ -145,10 +145,10 @@ def _sentence(start: int, block: list[tuple[int, str]],
     if not forms:
         return [Problem(start, "empty", f"line {start}: the sentence has no words; it was "
                         "skipped")]
-    for i, head in enumerate(heads):
-        if head > len(forms) and not cut:  # a cut sentence drops its arcs to words left out
-            line = next(n for n, text in block if text.split("\t")[0] == str(i + 1))
-            return _malformed(start, line, f"points to head {head}, but the sentence has "
+    for i, head_id in enumerate(heads):
+        if head_id > len(forms) and not cut:  # a cut sentence drops its arcs to words left out
+            line_number = next(n for n, text in block if text.split("\t")[0] == str(i + 1))
+            return _malformed(start, line_number, f"points to head {head_id}, but the sentence has "
                               f"{len(forms)} words")
     text_parts: list[str] = []
     spans: list[tuple[int, int]] = []
@@ -169,6 +169,6 @@ def _sentence(start: int, block: list[tuple[int, str]],
                     f"can use; only its first {len(forms)} words were read"), item]
 
 
-def _malformed(start: int, number: int, why: str) -> list[Problem]:
+def _malformed(start: int, number: int, why: str) -> list[CorpusItem | Problem]:
     return [Problem(start, "malformed",
                     f"line {number} {why}; the sentence starting at line {start} was skipped")]

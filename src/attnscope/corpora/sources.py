@@ -35,7 +35,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -127,11 +127,11 @@ def open_source(source: Any, *, text_field: str | None = None,
             f"Cannot read a corpus from a {type(source).__name__}: give a path, a list of "
             "texts or (text, text_b) pairs, or a datasets Dataset."
         )
-    sized = hasattr(source, "__len__")
+    sized = source if isinstance(source, Sized) else None
     return Source(lambda max_chars: _from_iterable(source, text_field or "text", pair_field,
                                                    max_chars),
                   f"<{type(source).__name__}>", "item",
-                  (lambda stop: len(source)) if sized else None)
+                  (lambda stop: len(sized)) if sized is not None else None)
 
 
 def _open_path(path: Path, text_field: str | None, pair_field: str | None) -> Source:
@@ -334,6 +334,7 @@ def _record_texts(record: Mapping, text_field: str, pair_field: str | None, posi
             return [Problem(position, "malformed", f"{unit} {position}: field {name!r} holds "
                             f"a {type(value).__name__}, not a text; it was skipped")]
         texts.append(value)
+    assert texts[0] is not None  # the text field is always asked for
     return _item(position, texts[0], texts[1], unit, max_chars, cut)
 
 
@@ -349,7 +350,9 @@ def _cut_json_text(prefix: str, field: str) -> tuple[str, bool] | None:
     match = re.match(_JSON_MEMBERS + re.escape(json.dumps(field)) + r'\s*:\s*"', prefix)
     if match is None:
         return None
-    body = _JSON_STRING_BODY.match(prefix, match.end()).group()
+    body_match = _JSON_STRING_BODY.match(prefix, match.end())
+    assert body_match is not None  # the pattern matches the empty string
+    body = body_match.group()
     whole = prefix[match.end() + len(body):match.end() + len(body) + 1] == '"'
     return json.loads('"' + body + '"'), whole
 
@@ -564,7 +567,7 @@ def _csv(path: Path, text_field: str | None, pair_field: str | None, regular: bo
                                   "that is never closed; the rest of the file was skipped")
                     return
                 record = {name: row.fields.get(header.index(name)) for name in
-                          {field, pair} - {None}}
+                          (field, pair) if name is not None}
                 yield from _record_texts(record, field, pair, row.line, "line", max_chars,
                                          row.cut)
 
