@@ -109,7 +109,7 @@ class GenerationView(AttnView):
                 fragment, f"attnscope generation view: {self.trace.model_name}")
         return self._page
 
-    def figure(self):  # noqa: ANN201 (AttnView's signature)
+    def figure(self) -> Any:
         raise AttnscopeError(
             "The generation view saves as .html; its page's Save PNG and Save SVG buttons "
             "export the coloured text.")
