@@ -46,10 +46,10 @@ def test_planes_hold_the_rows_that_chose_each_token(llama_trace, tiny_models):
     L, H = trace.num_layers, trace.num_heads
     for layer in range(L):
         for head in range(H):
-            want = _rows(trace, lambda r, l=layer, h=head: att[l, h, r - qs])
+            want = _rows(trace, lambda r, lay=layer, h=head: att[lay, h, r - qs])
             np.testing.assert_allclose(_plane(gen["planes"]["head"], layer * H + head), want,
                                        rtol=1e-3, atol=1e-6)
-        want = _rows(trace, lambda r, l=layer: att[l, :, r - qs].mean(0))
+        want = _rows(trace, lambda r, lay=layer: att[lay, :, r - qs].mean(0))
         np.testing.assert_allclose(_plane(gen["planes"]["layer"], layer), want, rtol=1e-3,
                                    atol=1e-6)
     want = _rows(trace, lambda r: att[:, :, r - qs].mean((0, 1)))
@@ -136,7 +136,7 @@ def test_bad_input_gets_one_sentence(seed_pair_trace, tmp_path):
         at.generation_view(trace, step=9)
     with pytest.raises(at.AttnscopeError, match="max_bytes"):
         at.generation_view(trace, max_bytes=0)
-    with pytest.raises(at.AttnscopeError, match="saves as .html"):
+    with pytest.raises(at.AttnscopeError, match=r"saves as \.html"):
         at.generation_view(trace).save(tmp_path / "g.png")
     view = at.generation_view(trace, mode="head", layer=-1, head=-1)
     assert isinstance(view, at.AttnView)

@@ -2170,6 +2170,7 @@ function generationView(panel, P, A, ctxs) {
   textBox.addEventListener("mouseleave", () => { st.hover = null; ctxs.tip.hide(); });
 
   let headsReady = null; // every head plane, decoded when a token is first hovered
+  let headsLoading = null;
   function headsAt(step, j) {
     const at = offsets[step] + j, out = [];
     for (let l = 0; l < L; l++) {
@@ -2201,11 +2202,11 @@ function generationView(panel, P, A, ctxs) {
     st.tipLines = lines;
   }
   function loadHeads() {
-    if (!headsReady && G.planes.head && !st.headsLoading) {
-      st.headsLoading = Promise.all([...Array(L * H).keys()].map((k) => plane("head", k)))
+    if (!headsReady && G.planes.head && !headsLoading) {
+      headsLoading = Promise.all([...Array(L * H).keys()].map((k) => plane("head", k)))
         .then((arrs) => { headsReady = arrs; });
     }
-    return st.headsLoading || Promise.resolve();
+    return headsLoading || Promise.resolve();
   }
 
   // ---- export: the text as it is coloured now
@@ -2257,7 +2258,6 @@ function generationView(panel, P, A, ctxs) {
   }
 
   const ready = refresh();
-  st.ready = ready;
   return { state: st, select, redraw: draw, exportPng, exportSvg, ready, loadHeads,
     refresh: () => {} };
 }
