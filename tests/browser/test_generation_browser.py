@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import attnscope as at
+from attnscope.readable import readable_tokens
 from tests.browser.pages import watch
 from tests.gen_trace import generation_trace, synthetic_generation
 
@@ -55,7 +56,7 @@ def test_select_step_hover_and_shares_on_generated_text(browser, tiny_models, tm
     # the text reads as the tokens' text, one span a token
     assert g.js("document.querySelectorAll('.as-gtok').length") == trace.num_tokens
     texts = g.js("[...document.querySelectorAll('.as-gtok')].map(s => s.textContent)")
-    assert texts == at.readable.readable_tokens(list(trace.tokens),
+    assert texts == readable_tokens(list(trace.tokens),
                                                 list(np.asarray(trace.special_mask)))
     # click the third generated token
     g.page.click(f".as-gtok[data-index='{start + 2}']")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import attnscope as at
+from attnscope.readable import readable_tokens
 from attnscope.render import html as page_html
 from attnscope.render.generation_view import LOG8_FLOOR, LOG8_STEP, rollout_rows
 from tests.gen_trace import generation_trace, synthetic_generation
@@ -61,7 +62,7 @@ def test_planes_hold_the_rows_that_chose_each_token(llama_trace, tiny_models):
     # probabilities and the top-k as the model's tokenizer spells them
     np.testing.assert_allclose(gen["probs"], trace.answer_probs, rtol=1e-6)
     tok = tiny_models["llama"].tokenizer
-    first = at.readable.readable_tokens(tok.convert_ids_to_tokens(
+    first = readable_tokens(tok.convert_ids_to_tokens(
         [int(i) for i in trace.answer_top_ids[0]]))
     assert [t for t, _ in gen["top"][0]] == first
     assert gen["roles"][: trace.answer_start] == ["prompt"] * trace.answer_start
@@ -101,11 +102,11 @@ def test_budget_codes_then_drops_single_heads_and_says_so():
     coded = at.generation_view(trace, max_bytes=2 * 2 * weights + 2 * 2 * weights
                                + 6 * weights).payload()["gen"]
     assert coded["planes"]["head"]["dtype"] == "log8"
-    assert "1.85%" in coded["notes"][0]
+    assert "1.9%" in coded["notes"][0]
     shown = _plane(coded["planes"]["head"], 4)  # layer 1, head 1
     want = _rows(trace, lambda r: trace.attentions[1, 1, r])
     big = want >= LOG8_FLOOR
-    assert np.all(np.abs(shown[big] - want[big]) <= 0.0185 * want[big] + 1e-7)
+    assert np.all(np.abs(shown[big] - want[big]) <= 0.019 * want[big] + 1e-7)
     assert np.all(shown[~big] == 0)
     dropped = at.generation_view(trace, max_bytes=2 * 2 * weights + 2 * 2 * weights).payload()
     gen = dropped["gen"]

@@ -14,17 +14,24 @@ rows from ``answer_start`` on has no row for the first answer token) says so on 
 
 The page carries only these rows (one per step and head, each over the tokens before the
 token it chose: no padded square) as deflated typed arrays, within a size budget
-(:data:`PAGE_BUDGET`, 50 MB of attention data before compression):
+(:data:`PAGE_BUDGET`, 50 MB of attention data before compression). It takes the first of
+these that fits (:data:`_PLANS`):
 
-1. every plane as float16 (three significant digits in readouts and tooltips) when it fits;
-2. else the per-head rows as a one-byte logarithmic code (each weight from 1e-4 up within
-   1.85%; smaller weights show as "< 1e-4"), the averages and rollout as float16;
-3. else no per-head rows (the page says so and how to keep them), and then no per-layer
-   averages; the all-layer average and the rollout are always kept.
+1. every plane as float16 (three significant digits in readouts and tooltips): the average of
+   every layer and head, the rollout, each layer's heads averaged, and each head;
+2. the single heads in a one-byte logarithmic code (each weight from 1e-4 up within 1.9%,
+   smaller ones shown as "< 1e-4"), the rest float16;
+3. every plane in the one-byte code;
+4. no single heads;
+5. only the average of every layer and the rollout.
+
+The page says what it left out and how to keep it (``max_bytes=``). Rollout is computed where
+it is quick (:data:`ROLLOUT_AUTO`) or asked for (``rollout=True``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -48,9 +55,10 @@ MODES = ("head", "layer", "all", "rollout")
 #: exp(-(255 - c) * LOG8_STEP); 0 for a weight below LOG8_FLOOR.
 LOG8_FLOOR = 1e-4
 LOG8_STEP = math.log(1.0 / LOG8_FLOOR) / 254
-#: Rollout multiplies rows by the layers below; past this many multiply-adds the page leaves
-#: it out rather than take minutes to build.
-ROLLOUT_LIMIT = 4e11
+#: Rollout multiplies each row by the layers below it (about L x S x T^2 / 3 multiply-adds for
+#: S steps over T tokens); by default a page carries it up to this many (a fraction of a
+#: second), and ``rollout=True`` asks for it at any length.
+ROLLOUT_AUTO = 2e9
 
 
 class GenerationView(AttnView):
@@ -58,7 +66,7 @@ class GenerationView(AttnView):
 
     def __init__(self, trace: Trace, *, layer: int = -1, head: int = 0, mode: str = "all",
                  step: int | None = None, theme: str = "light", top_tokens: Any = None,
-                 max_bytes: int = PAGE_BUDGET) -> None:
+                 max_bytes: int = PAGE_BUDGET, rollout: bool | None = None) -> None:
         if not isinstance(trace, Trace):
             raise AttnscopeError(
                 f"The generation view needs a Trace from attnscope.generate, not "
@@ -91,6 +99,9 @@ class GenerationView(AttnView):
         self.minus = None
         self.exact = False
         self.max_bytes = max_bytes
+        if rollout is not None and not isinstance(rollout, bool):
+            raise AttnscopeError(f"rollout must be True, False or None, not {rollout!r}.")
+        self.rollout = rollout
         self._top_tokens = _top_token_texts(trace, top_tokens)
         self._layer_labels = None
         self._head_labels = None
@@ -124,7 +135,7 @@ class GenerationView(AttnView):
 
 def generation_view(trace: Trace, *, mode: str = "all", layer: int = -1, head: int = 0,
                     step: int | None = None, theme: str = "light", model: Any = None,
-                    max_bytes: int = PAGE_BUDGET) -> AttnView:
+                    max_bytes: int = PAGE_BUDGET, rollout: bool | None = None) -> AttnView:
     """The prompt and the answer as running text; select a generated token to colour its
     context by the attention that chose it.
 
@@ -144,9 +155,12 @@ def generation_view(trace: Trace, *, mode: str = "all", layer: int = -1, head: i
         max_bytes: the page's budget for attention data, before compression (default
             :data:`PAGE_BUDGET`, 50 MB); see the module's documentation for what a page
             leaves out past it.
+        rollout: carry the rollout (:func:`rollout_rows`); None (default) where it takes
+            well under a second to compute (:data:`ROLLOUT_AUTO`), as up to about 1,000
+            tokens of a 30-layer model.
     """
     return GenerationView(trace, mode=mode, layer=layer, head=head, step=step, theme=theme,
-                          top_tokens=model, max_bytes=max_bytes)
+                          top_tokens=model, max_bytes=max_bytes, rollout=rollout)
 
 
 # ----- payload ---------------------------------------------------------------------------------
@@ -185,10 +199,9 @@ def _step_rows(trace: Trace) -> tuple[int, np.ndarray]:
 
 
 def _flat_rows(block: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Rows ``block`` ``[..., S, T]`` (row ``k`` is query ``rows[k]``), each cut after its
-    query: ``[..., sum(rows + 1)]``, row after row."""
-    keep = np.arange(block.shape[-1])[None, :] <= rows[:, None]  # (S, T)
-    return block[..., keep]
+    """Rows ``block`` ``[S, T]`` (row ``k`` is query ``rows[k]``), each cut after its query:
+    ``[sum(rows + 1)]``, row after row."""
+    return np.concatenate([block[k, : int(r) + 1] for k, r in enumerate(rows)])
 
 
 def rollout_rows(trace: Trace, rows: np.ndarray) -> np.ndarray:
@@ -231,22 +244,49 @@ def _f16_plane(values: np.ndarray) -> bytes:
     return np.asarray(values, np.float32).astype("<f2").tobytes()
 
 
-def _log8_plane(values: np.ndarray) -> bytes:
-    w = np.asarray(values, np.float32)
+@functools.cache
+def _log8_table() -> np.ndarray:
+    """The one-byte code of every float32 in [0, 2) by its top 20 bits (sign, exponent and 11
+    bits of mantissa): uint8 ``[2**19]``. Each bucket spans a relative width of 2**-11 (0.05%),
+    and its code is that of its middle."""
+    bits = (np.arange(2**19, dtype=np.uint32) << 12) | (1 << 11)
+    middle = bits.view(np.float32).astype(np.float64)
     with np.errstate(divide="ignore"):
-        steps = np.rint(np.log(np.maximum(w, 1e-30)) / LOG8_STEP)
-    code = np.clip(255 + steps, 1, 255)
-    return np.where(w >= LOG8_FLOOR, code, 0).astype(np.uint8).tobytes()
+        code = np.clip(255 + np.rint(np.log(np.maximum(middle, 1e-300)) / LOG8_STEP), 1, 255)
+    return np.where(middle >= LOG8_FLOOR, code, 0).astype(np.uint8)
 
 
-def _plan(weights: int, layers: int, heads: int, budget: int) -> tuple[str | None, bool]:
-    """How per-head rows travel ("f16", "log8" or None) and whether per-layer means do."""
-    base = 2 * 2 * weights  # the all-layer mean and the rollout, float16
-    if base + 2 * weights * (layers + layers * heads) <= budget:
-        return "f16", True
-    if base + 2 * weights * layers + weights * layers * heads <= budget:
-        return "log8", True
-    return None, base + 2 * weights * layers <= budget
+def _log8_plane(values: np.ndarray) -> bytes:
+    """Weights (0 to 1) as one-byte codes, through a table of their float32 bits (a shift
+    and a lookup: a log of each weight takes ten times longer)."""
+    w = np.ascontiguousarray(values, np.float32)
+    top = np.minimum(w.view(np.uint32) >> 12, 2**19 - 1)  # weights > 1 code as 255
+    return _log8_table()[top].tobytes()
+
+
+#: What a page carries, in order of preference: the first that fits the budget wins. Each
+#: entry: (coding of the all-layer mean and rollout, of per-layer means, of single heads);
+#: None leaves the plane out.
+_PLANS = (
+    ("f16", "f16", "f16"),
+    ("f16", "f16", "log8"),
+    ("log8", "log8", "log8"),
+    ("log8", "log8", None),
+    ("log8", None, None),
+)
+_BYTES = {"f16": 2, "log8": 1, None: 0}
+
+
+def _plan(weights: int, layers: int, heads: int, budget: int,
+          rollout: bool) -> tuple[str, str | None, str | None]:
+    """How the planes travel (see :data:`_PLANS`): the first plan within ``budget`` bytes, or
+    the last (the all-layer mean and the rollout are always kept)."""
+    for plan in _PLANS:
+        size = weights * (_BYTES[plan[0]] * (2 if rollout else 1) + _BYTES[plan[1]] * layers
+                          + _BYTES[plan[2]] * layers * heads)
+        if size <= budget:
+            return plan
+    return _PLANS[-1]
 
 
 def generation_payload(view: GenerationView) -> dict[str, Any]:
@@ -257,7 +297,11 @@ def generation_payload(view: GenerationView) -> dict[str, Any]:
     first, rows = _step_rows(trace)
     layers, heads = trace.num_layers, trace.num_heads
     weights = int((rows + 1).sum())
-    head_code, keep_layers = _plan(weights, layers, heads, view.max_bytes)
+    rollout = view.rollout
+    if rollout is None:  # by default only where it takes well under a second
+        rollout = layers * len(rows) * trace.num_tokens ** 2 / 3 <= ROLLOUT_AUTO
+    mean_code, layer_code, head_code = _plan(weights, layers, heads, view.max_bytes, rollout)
+    coders = {"f16": _f16_plane, "log8": _log8_plane}
     qs = trace.query_start
     planes: dict[str, Any] = {}
     notes = []
@@ -266,40 +310,41 @@ def generation_payload(view: GenerationView) -> dict[str, Any]:
         held = slice(int(rows[0]) - qs, int(rows[-1]) - qs + 1)
         total = np.zeros((len(rows), trace.num_tokens), np.float32)  # (S, T)
         layer_planes, head_planes = [], []
-        coder = _f16_plane if head_code == "f16" else _log8_plane
         for layer in range(layers):
             block = trace.attentions[layer, :, held, :]  # (H, S, T)
             mean = block.mean(axis=0, dtype=np.float32)  # (S, T)
             total += mean
-            if keep_layers:
-                layer_planes.append(_f16_plane(_flat_rows(mean, rows)))
-            if head_code is not None:
-                head_planes.extend(coder(_flat_rows(block[h], rows)) for h in range(heads))
-        planes["all"] = _pack([_f16_plane(_flat_rows(total / layers, rows))], "f16")
+            if layer_code:
+                layer_planes.append(coders[layer_code](_flat_rows(mean, rows)))
+            if head_code:
+                head_planes.extend(coders[head_code](_flat_rows(block[h], rows))
+                                   for h in range(heads))
+        total /= layers
+        planes["all"] = _pack([coders[mean_code](_flat_rows(total, rows))], mean_code)
         del total
-        if keep_layers:
-            planes["layer"] = _pack(layer_planes, "f16")
-        if head_code is not None:
+        if layer_code:
+            planes["layer"] = _pack(layer_planes, layer_code)
+        if head_code:
             planes["head"] = _pack(head_planes, head_code)
         del layer_planes, head_planes
-        cost = layers * len(rows) * trace.num_tokens ** 2 / 3
-        if cost <= ROLLOUT_LIMIT:
-            planes["rollout"] = _pack([_f16_plane(_flat_rows(rollout_rows(trace, rows), rows))],
-                                      "f16")
+        if rollout:
+            flow = rollout_rows(trace, rows)
+            planes["rollout"] = _pack([coders[mean_code](_flat_rows(flow, rows))], mean_code)
+            del flow
         else:
-            notes.append("Rollout is left out: this trace is too long to compute it here "
-                         "(attnscope.attention_rollout on a shorter trace).")
+            notes.append("Rollout is left out: on a trace this long it takes a while to "
+                         "compute; at.generation_view(trace, rollout=True) adds it.")
     budget_mb = f"{view.max_bytes / 1e6:g} MB"
-    if head_code is None:
+    if not head_code:
         notes.append(
             f"Single heads are left out: {layers * heads} heads' rows pass this page's "
-            f"{budget_mb} budget. at.generation_view(trace, max_bytes=...) keeps them.")
-        if not keep_layers:
-            notes.append("Per-layer averages are left out too (same budget); every layer's "
-                         "average and the rollout are kept.")
-    elif head_code == "log8":
-        notes.append(f"Single heads' weights are coded in one byte to fit the {budget_mb} "
-                     "budget: each within 1.85% from 1e-4 up (\u2248 in readouts).")
+            f"{budget_mb} budget; at.generation_view(trace, max_bytes=...) keeps them.")
+        if not layer_code:
+            notes.append("Per-layer averages are left out too (same budget); the average of "
+                         "every layer is kept.")
+    if "log8" in (mean_code, layer_code, head_code):
+        notes.append(f"To fit the {budget_mb} budget, weights are coded in one byte: each "
+                     "within 1.9% from 1e-4 up (\u2248 in readouts), smaller ones as < 1e-4.")
     steps = trace.num_tokens - trace.answer_start
     top = None
     if trace.answer_top_ids is not None:

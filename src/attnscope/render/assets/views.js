@@ -2078,6 +2078,7 @@ function generationView(panel, P, A, ctxs) {
     describeStep(step, values);
     st.lastDraw = performance.now() - t0;
     st.drawn = step;
+    if (!st.timings.firstDraw) st.timings.firstDraw = performance.now();
     ctxs.root.dataset.genStep = String(step);
   }
 
