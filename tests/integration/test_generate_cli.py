@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import attnscope as at
-from attnscope.readable import readable_tokens
 from attnscope.cli import main
+from attnscope.readable import readable_tokens
 from tests.gen_trace import generation_trace
 
 HAS_GENERATE = (importlib.util.find_spec("attnscope.generation") is not None
