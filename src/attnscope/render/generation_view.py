@@ -250,6 +250,8 @@ def _log8_table() -> np.ndarray:
     bits of mantissa): uint8 ``[2**19]``. Each bucket spans a relative width of 2**-11 (0.05%),
     and its code is that of its middle."""
     bits = (np.arange(2**19, dtype=np.uint32) << 12) | (1 << 11)
+    # bits of infinities and NaNs (never attention) stand for 1.0 and code as 255
+    bits[bits >= 0x7F800000] = 0x3F800000
     middle = bits.view(np.float32).astype(np.float64)
     with np.errstate(divide="ignore"):
         code = np.clip(255 + np.rint(np.log(np.maximum(middle, 1e-300)) / LOG8_STEP), 1, 255)
