@@ -25,6 +25,14 @@ export default [
     languageOptions: { globals: { attnscopeMount: "readonly", exCharts: "readonly" } },
   },
   {
+    // the Generate tab's script runs after app.js, inside the same function, and uses its helpers
+    files: ["src/attnscope/app/assets/generate.js"],
+    languageOptions: {
+      globals: Object.fromEntries(["attnscopeMount", "ExApiError", "ex$", "exApi", "exConfig",
+        "exCorpus", "exEl", "exMount", "exRun", "exShowTab"].map((name) => [name, "readonly"])),
+    },
+  },
+  {
     files: ["tests/js/**/*.js"],
     languageOptions: { ecmaVersion: 2022, sourceType: "commonjs", globals: globals.node },
   },

@@ -44,6 +44,7 @@ _EXPORTS = {
     "corpus": "attnscope.corpora",
     "explain": "attnscope.explain",
     "from_transformer_lens": "attnscope.transformer_lens",
+    "generation_view": "attnscope.render.generation_view",
     "head_patterns": "attnscope.analysis",
     "head_view": "attnscope.render.views",
     "heads_grid": "attnscope.render.static",
@@ -87,6 +88,7 @@ __all__ = [
     "corpus",
     "explain",
     "from_transformer_lens",
+    "generation_view",
     "head_patterns",
     "head_view",
     "heads_grid",
@@ -153,6 +155,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from attnscope.errors import AttnscopeError
     from attnscope.explain import Explanation, explain
     from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
+    from attnscope.render.generation_view import generation_view
     from attnscope.render.static import AttnFigure, heads_grid, heatmap, model_grid
     from attnscope.render.views import AttnView, head_view, model_view, neuron_view
     from attnscope.tokens import Tokenization, TruncationWarning, tokenize

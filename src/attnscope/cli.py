@@ -443,6 +443,50 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help').\n")
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    """Generate an answer, streaming its tokens, and write the generation view or the trace.
+    Ctrl-C keeps what was generated: it is written, and the exit status is 130."""
+    import attnscope as at
+
+    out = _output_path(args.output, (".html", ".htm", ".npz"))
+    if not args.prompt or not args.prompt.strip():
+        raise AttnscopeError('The prompt is empty: give the text to answer, as in attnscope '
+                             'generate "What is the capital of France?" -o gen.html.')
+    if args.max_new_tokens < 1:
+        raise AttnscopeError(
+            f"--max-new-tokens must be 1 or more, not {args.max_new_tokens}.")
+    if args.temperature < 0:
+        raise AttnscopeError(
+            f"--temperature must be 0 (greedy) or more, not {args.temperature:g}.")
+    if args.system is not None and not args.system.strip():
+        raise AttnscopeError("--system is empty: give the system prompt's text, or leave it out.")
+    from attnscope.generation import generate  # the model's generation loop, on first use
+
+    model = at.load(args.model, device=args.device)
+
+    def stream(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    trace = generate(model, args.prompt, max_new_tokens=args.max_new_tokens,
+                     temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                     stop=args.stop or None, system=args.system,
+                     chat=bool(args.chat or args.system is not None), on_token=stream,
+                     progress=False)
+    sys.stdout.write("\n")
+    steps = trace.num_tokens - trace.answer_start
+    if out.suffix.lower() == ".npz":
+        written = trace.save(out)
+    else:
+        written = at.generation_view(trace, model=model).save(out)
+    if (trace.generation or {}).get("stopped") == "interrupted":
+        print(f"attnscope: interrupted: wrote the {steps} tokens generated so far to {written}",
+              file=sys.stderr)
+        return 130
+    print(f"wrote {written} ({steps} tokens generated)")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from attnscope.app import Limits, serve
 
@@ -568,6 +612,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
 
     from attnscope.app.limits import Limits
+
+    p = sub.add_parser("generate", help="generate an answer and see what each word attended to",
+                       description="Generate an answer to a prompt with a generative model "
+                                   "(default: SmolLM2-135M-Instruct), streaming its tokens, "
+                                   "and write the generation view (.html) or the trace (.npz). "
+                                   "Ctrl-C keeps what was generated so far.")
+    p.add_argument("prompt", nargs="?", help="the prompt (the user's message with --chat)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="the page (.html) or trace (.npz) to write")
+    p.add_argument("-m", "--model", default="smollm2",
+                   help="a generative model: a name, a local directory or a .gguf file "
+                        "(default: smollm2)")
+    p.add_argument("--system", default=None, help="a system prompt (implies --chat)")
+    p.add_argument("--chat", action="store_true",
+                   help="send the prompt through the tokenizer's chat template")
+    p.add_argument("--max-new-tokens", type=int, default=64,
+                   help="the most tokens to generate (default 64)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 (default) takes the most likely token; above 0 samples")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="when sampling, draw from the most likely tokens that add up to this")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    p.add_argument("--stop", action="append", default=[],
+                   help="a string that ends the answer (repeat for several)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: auto)")
+    p.set_defaults(func=_cmd_generate)
 
     lim = Limits()
     p = sub.add_parser("serve", help="the explorer: a local web app to see, explain and "

@@ -49,6 +49,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import attnscope as at
+from attnscope.app.generate import is_generative
 from attnscope.app.limits import Limits
 from attnscope.app.runtime import Busy, CaptureEntry, Captures, Models, RunGate, TooLarge
 from attnscope.app.schemas import (
@@ -221,6 +222,9 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
 
     if browser is not None:
         _corpus_routes(app, state, browser)
+    from attnscope.app.generate import generate_routes
+
+    generate_routes(app, state)
 
     return app
 
@@ -250,7 +254,8 @@ class _State:
             m = self.models.get(name)
             infos.append({"name": name, "model_type": m.model_type,
                           "architecture": m.architecture, "layers": m.num_layers,
-                          "heads": m.num_heads, "max_tokens": m.max_length})
+                          "heads": m.num_heads, "max_tokens": m.max_length,
+                          "generative": is_generative(m)})
         lim = self.limits
         return {"models": infos, "default": self.models.default, "limits": {
             "max_chars": lim.max_chars, "max_tokens": lim.max_tokens, "timeout_s": lim.timeout_s,

@@ -43,7 +43,8 @@ def explorer_page(config: dict[str, Any]) -> str:
     # so its names never meet the view script's.
     charts_js = ("const exCharts = (function(){\n" + render_asset("report.js")
                  + "\nreturn attnscopeCharts;\n})();")
-    script = "(function(){\n" + views_js + "\n" + charts_js + "\n" + _asset("app.js") + "\n})();"
+    script = ("(function(){\n" + views_js + "\n" + charts_js + "\n" + _asset("app.js") + "\n"
+              + _asset("generate.js") + "\n})();")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

@@ -94,6 +94,7 @@ class ModelInfo(BaseModel):
     layers: int
     heads: int
     max_tokens: int | None
+    generative: bool = False
 
 
 class CorpusRun(BaseModel):

@@ -102,7 +102,9 @@ type ReportPayload = ChartSpec[];
  * GET /api/models (attnscope.app.schemas.ModelsResponse). */
 interface ExplorerConfig {
   models: Array<{ name: string; model_type: string; architecture: string; layers: number;
-    heads: number; max_tokens: number | null }>;
+    heads: number; max_tokens: number | null;
+    /** whether the model can generate (the Generate tab, POST /api/generate) */
+    generative: boolean }>;
   default: string;
   limits: { max_chars: number; max_tokens: number; timeout_s: number; runs: number;
     queue: number; flow_budget_s: number; cache: number; cache_mb: number };

@@ -526,8 +526,10 @@ function build(root, P, A, api) {
   if (P.subtitle) header.append(el("span", "as-subtitle", P.subtitle));
   root.append(header);
   const tip = tooltip(root);
-  const makers = { head: headView, model: modelView, neuron: neuronView, tokens: tokensView };
-  const names = { head: "Head view", model: "Model view", neuron: "Neuron view", tokens: "Tokens" };
+  const makers = { head: headView, model: modelView, neuron: neuronView, tokens: tokensView,
+    generation: generationView };
+  const names = { head: "Head view", model: "Model view", neuron: "Neuron view", tokens: "Tokens",
+    generation: "Generation" };
   const tabs = el("div", "as-tabs");
   tabs.setAttribute("role", "tablist");
   if (P.kinds.length > 1) root.append(tabs);
@@ -1876,6 +1878,404 @@ function tokensView(panel, P) {
   }
   panel.append(table);
   return { state: { rows: rows.length } };
+}
+
+// ----- generation view ----------------------------------------------------------------------
+// The prompt and the answer as running text (attnscope.render.generation_view). P.gen holds,
+// for every generated token from first_step on, the row of the step that chose it (query
+// t - 1 over keys 0 .. t - 1) in planes: "all" (every layer and head averaged), "rollout",
+// "layer" (one plane a layer, heads averaged) and "head" (one plane a layer x head), each the
+// rows one after another, float16 ("f16") or a one-byte log code ("log8").
+
+let GEN_HALF = null; // float16 bits -> value, built on first use
+function genHalfTable() {
+  if (!GEN_HALF) {
+    const bits = new Uint16Array(65536);
+    for (let i = 0; i < 65536; i++) bits[i] = i;
+    GEN_HALF = halfToFloat(bits);
+  }
+  return GEN_HALF;
+}
+
+// A plane's typed array: Uint16Array (float16 bits) or Uint8Array (log codes).
+async function genDecodePlane(text, dtype) {
+  const bytes = await inflate(base85Bytes(text));
+  return dtype === "f16" ? new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.length >> 1) : bytes;
+}
+
+// Where each text token goes when the view is drawn as a picture (PNG and SVG export):
+// tokens flow left to right and wrap at `width`; "\n" starts a new line.
+function genLayout(ctx, texts, width, lineH) {
+  const boxes = [];
+  let x = 0, y = 0;
+  for (const text of texts) {
+    const parts = text.split("\n");
+    let box = null;
+    for (let p = 0; p < parts.length; p++) {
+      if (p > 0) { x = 0; y += lineH; }
+      const w = ctx.measureText(parts[p]).width;
+      if (x + w > width && x > 0) { x = 0; y += lineH; }
+      if (!box) box = { x, y, w, text: parts[p] };
+      else if (parts[p]) box = { x, y, w, text: parts[p] };
+      x += w;
+    }
+    boxes.push(box);
+  }
+  return { boxes, height: y + lineH };
+}
+
+function generationView(panel, P, A, ctxs) {
+  const G = P.gen;
+  const T = G.text.length, H = G.heads, L = G.layers;
+  const init = G.initial;
+  const st = { mode: init.mode, layer: init.layer, head: init.head, step: init.step,
+    scaleMode: "sqrt", scaleMax: 1, hover: null, playing: null, lastDraw: 0, timings: {} };
+  // the start of each step's row in a plane (row s has answer_start + s weights)
+  const offsets = new Float64Array(G.steps + 1);
+  for (let s = G.first_step, at = 0; s < G.steps; s++) {
+    offsets[s] = at;
+    at += G.answer_start + s;
+  }
+  const planes = {}; // "mode:index" -> typed array
+  const log8 = new Float32Array(256);
+  for (let c = 1; c < 256; c++) log8[c] = Math.exp(-(255 - c) * G.log8.step);
+
+  async function plane(mode, index) {
+    const key = mode + ":" + index;
+    if (!planes[key]) planes[key] = genDecodePlane(G.planes[mode].planes[index], G.planes[mode].dtype);
+    return planes[key];
+  }
+  function planeIndex(mode) {
+    return mode === "layer" ? st.layer : mode === "head" ? st.layer * H + st.head : 0;
+  }
+  function valueOf(mode, arr, at) {
+    return G.planes[mode].dtype === "f16" ? genHalfTable()[arr[at]] : log8[arr[at]];
+  }
+  function exactText(mode, v) {
+    if (G.planes[mode].dtype === "log8") return v === 0 ? "< 1e-4" : "\u2248" + fmt(v);
+    return fmt(v);
+  }
+
+  // ---- controls
+  const controls = el("div", "as-controls");
+  panel.append(controls);
+  const modeNames = { all: "all layers (mean)", layer: "one layer (heads mean)", head: "one head",
+    rollout: "rollout" };
+  const modeField = selectField(controls, "Colour by",
+    ["all", "layer", "head", "rollout"].filter((m) => G.planes[m]).map((m) => [m, modeNames[m]]),
+    st.mode, (v) => { st.mode = v; syncFields(); refresh(); });
+  modeField.parentElement.classList.add("as-gen-mode");
+  const layerField = selectField(controls, "Layer", [...Array(L).keys()].map((l) => [l, String(l)]),
+    st.layer, (v) => { st.layer = Number(v); refresh(); });
+  layerField.parentElement.classList.add("as-layer");
+  const headField = selectField(controls, "Head", [...Array(H).keys()].map((h) => [h, String(h)]),
+    st.head, (v) => { st.head = Number(v); refresh(); });
+  headField.parentElement.classList.add("as-head");
+  contrastControls(controls, st, () => { bar.update(RAMPS[P.theme], st.scaleMode, st.scaleMax,
+    makeScale(st.scaleMode, st.scaleMax), false, P.theme === "dark"); draw(); });
+  const bar = colorbar(controls);
+  button(controls, "as-export", "Save PNG", "save the coloured text as a PNG file", () => exportPng());
+  button(controls, "as-export-svg", "Save SVG", "save the coloured text as an SVG file", () => exportSvg());
+
+  const player = el("div", "as-controls as-gen-player");
+  panel.append(player);
+  button(player, "as-prev", "\u2190", "previous generated token (Left arrow)", () => select(st.step - 1));
+  const playButton = button(player, "as-play", "Play", "step through the answer token by token",
+    () => (st.playing ? stop() : play()));
+  button(player, "as-next", "\u2192", "next generated token (Right arrow)", () => select(st.step + 1));
+  const slider = document.createElement("input");
+  slider.type = "range";
+  slider.className = "as-gen-slider";
+  slider.min = "0";
+  slider.max = String(G.steps - 1);
+  slider.value = String(st.step);
+  slider.setAttribute("aria-label", "generated token");
+  slider.addEventListener("input", () => select(Number(slider.value)));
+  player.append(slider);
+  const stepLabel = el("span", "as-label as-gen-steplabel");
+  player.append(stepLabel);
+
+  for (const note of G.notes) panel.append(el("div", "as-note as-gen-note", note));
+  const body = el("div", "as-gen-body");
+  const textBox = el("div", "as-gen-text");
+  textBox.setAttribute("role", "group");
+  textBox.setAttribute("aria-label", "prompt and answer; arrow keys choose the generated token");
+  const side = el("div", "as-gen-side");
+  body.append(textBox, side);
+  panel.append(body);
+  const info = el("div", "as-gen-info");
+  info.setAttribute("aria-live", "polite");
+  const topBox = el("div", "as-gen-top");
+  const roleBox = el("div", "as-gen-roles");
+  side.append(info, topBox, roleBox);
+
+  // ---- the text: one span a token
+  const spans = new Array(T);
+  const shade = new Int16Array(T).fill(-1); // the colour level each span shows (-1 none)
+  for (let i = 0; i < T; i++) {
+    const span = el("span", "as-gtok as-role-" + G.roles[i], G.text[i]);
+    if (P.special.self[i]) span.classList.add("as-special");
+    span.dataset.index = String(i);
+    if (i >= G.answer_start) {
+      span.classList.add("as-answer");
+      span.tabIndex = -1;
+    }
+    spans[i] = span;
+  }
+  textBox.append(...spans);
+  const colours = [], inks = [];
+  function setColours() {
+    const ramp = RAMPS[P.theme];
+    for (let k = 0; k < 256; k++) {
+      colours[k] = `rgb(${ramp[k * 3]},${ramp[k * 3 + 1]},${ramp[k * 3 + 2]})`;
+      const lum = 0.299 * ramp[k * 3] + 0.587 * ramp[k * 3 + 1] + 0.114 * ramp[k * 3 + 2];
+      inks[k] = lum < 128 ? (P.theme === "dark" ? "" : "#ffffff") : (P.theme === "dark" ? "#0d1117" : "");
+    }
+  }
+  setColours();
+
+  function syncFields() {
+    modeField.value = st.mode;
+    layerField.disabled = !(st.mode === "layer" || st.mode === "head");
+    headField.disabled = st.mode !== "head";
+  }
+  syncFields();
+  bar.update(RAMPS[P.theme], st.scaleMode, st.scaleMax, makeScale(st.scaleMode, st.scaleMax), false,
+    P.theme === "dark");
+
+  let current = null; // the decoded plane of the current mode, or null while it decodes
+  let job = 0;
+  // Decodes the current mode's plane (once), then draws.
+  function refresh() {
+    const mine = ++job;
+    const index = planeIndex(st.mode);
+    return plane(st.mode, index).then((arr) => {
+      if (mine !== job) return;
+      current = arr;
+      draw();
+    });
+  }
+
+  // The selected step's row in the current mode: Float32Array over keys 0 .. t - 1, or null
+  // when the trace does not hold it.
+  function row(step) {
+    if (step < G.first_step || !current) return null;
+    const n = G.answer_start + step, at = offsets[step];
+    const out = new Float32Array(n);
+    if (G.planes[st.mode].dtype === "f16") {
+      const half = genHalfTable();
+      for (let j = 0; j < n; j++) out[j] = half[current[at + j]];
+    } else {
+      for (let j = 0; j < n; j++) out[j] = log8[current[at + j]];
+    }
+    return out;
+  }
+
+  function draw() {
+    const t0 = performance.now();
+    const step = st.step, t = G.answer_start + step;
+    const values = row(step);
+    const scale = makeScale(st.scaleMode, st.scaleMax);
+    for (let i = 0; i < T; i++) {
+      const k = values && i < values.length ? Math.round(scale(values[i]) * 255) : -1;
+      if (k === shade[i]) continue;
+      shade[i] = k;
+      spans[i].style.backgroundColor = k < 0 ? "" : colours[k];
+      spans[i].style.color = k < 0 ? "" : inks[k];
+    }
+    const old = textBox.querySelector(".as-gsel");
+    if (old) { old.classList.remove("as-gsel"); old.tabIndex = -1; old.removeAttribute("aria-current"); }
+    spans[t].classList.add("as-gsel");
+    spans[t].tabIndex = 0;
+    spans[t].setAttribute("aria-current", "true");
+    slider.value = String(step);
+    stepLabel.textContent = `token ${step + 1} of ${G.steps}`;
+    describeStep(step, values);
+    st.lastDraw = performance.now() - t0;
+    st.drawn = step;
+    if (!st.timings.firstDraw) st.timings.firstDraw = performance.now();
+    ctxs.root.dataset.genStep = String(step);
+  }
+
+  function describeStep(step, values) {
+    const t = G.answer_start + step;
+    info.textContent = "";
+    info.append(el("div", "as-gen-chosen", G.labels[t]));
+    const p = G.probs ? G.probs[step] : null;
+    info.append(el("div", "as-gen-prob", p === null ? "" : "probability " + fmt(p)));
+    const what = st.mode === "head" ? `layer ${st.layer}, head ${st.head}`
+      : st.mode === "layer" ? `layer ${st.layer}, heads averaged` : modeNames[st.mode];
+    info.append(el("div", "as-label", `attention of the step that chose it (query ${t - 1}): ${what}`));
+    if (!values) info.append(el("div", "as-note", "This step's row is not in the trace."));
+    topBox.textContent = "";
+    if (G.top) {
+      topBox.append(el("div", "as-label", "top alternatives"));
+      for (const [text, prob] of G.top[step]) {
+        const line = el("div", "as-gen-alt");
+        const b = el("span", "as-gen-bar");
+        b.style.width = Math.round(100 * (prob || 0)) + "px";
+        line.append(el("span", "as-gen-alt-text", text), b, el("span", "as-gen-alt-p", prob === null ? "" : fmt(prob)));
+        topBox.append(line);
+      }
+    }
+    roleBox.textContent = "";
+    if (!values) return;
+    const shares = {};
+    for (let j = 0; j < values.length; j++) shares[G.roles[j]] = (shares[G.roles[j]] || 0) + values[j];
+    roleBox.append(el("div", "as-label", "share of its attention"));
+    for (const role of ["system", "user", "assistant", "markup", "prompt", "answer"]) {
+      if (shares[role] === undefined) continue;
+      const line = el("div", "as-gen-share");
+      line.dataset.role = role;
+      const b = el("span", "as-gen-bar");
+      b.style.width = Math.round(100 * Math.min(1, shares[role])) + "px";
+      line.append(el("span", "as-gen-alt-text", role), b, el("span", "as-gen-alt-p", fmt(shares[role])));
+      roleBox.append(line);
+    }
+  }
+
+  function select(step) {
+    const s = Math.max(0, Math.min(G.steps - 1, step));
+    st.step = s;
+    draw();
+    return st.lastDraw;
+  }
+
+  function play() {
+    if (st.step >= G.steps - 1) select(0);
+    playButton.textContent = "Pause";
+    st.playing = setInterval(() => {
+      if (st.step >= G.steps - 1) { stop(); return; }
+      select(st.step + 1);
+    }, 300);
+  }
+  function stop() {
+    if (st.playing) clearInterval(st.playing);
+    st.playing = null;
+    playButton.textContent = "Play";
+  }
+
+  // ---- pointer and keyboard
+  textBox.addEventListener("click", (e) => {
+    const span = e.target.closest ? e.target.closest(".as-gtok") : null;
+    if (!span) return;
+    const i = Number(span.dataset.index);
+    if (i >= G.answer_start) { select(i - G.answer_start); span.focus(); }
+  });
+  textBox.addEventListener("keydown", (e) => {
+    let next = null;
+    if (e.key === "ArrowRight" || e.key === "ArrowDown") next = st.step + 1;
+    else if (e.key === "ArrowLeft" || e.key === "ArrowUp") next = st.step - 1;
+    else if (e.key === "Home") next = 0;
+    else if (e.key === "End") next = G.steps - 1;
+    else if (e.key === " " || e.key === "Enter") {
+      e.preventDefault();
+      if (st.playing) stop(); else play();
+      return;
+    }
+    if (next === null) return;
+    e.preventDefault();
+    select(next);
+    spans[G.answer_start + st.step].focus();
+  });
+  textBox.addEventListener("mouseover", (e) => {
+    const span = e.target.closest ? e.target.closest(".as-gtok") : null;
+    if (!span) return;
+    hover(Number(span.dataset.index), e.clientX, e.clientY);
+  });
+  textBox.addEventListener("mouseleave", () => { st.hover = null; ctxs.tip.hide(); });
+
+  let headsReady = null; // every head plane, decoded when a token is first hovered
+  let headsLoading = null;
+  function headsAt(step, j) {
+    const at = offsets[step] + j, out = [];
+    for (let l = 0; l < L; l++) {
+      for (let h = 0; h < H; h++) out.push([l, h, valueOf("head", headsReady[l * H + h], at)]);
+    }
+    out.sort((a, b) => b[2] - a[2]);
+    return out.slice(0, 5);
+  }
+  function hover(i, x, y) {
+    st.hover = i;
+    const t = G.answer_start + st.step;
+    const lines = [`${G.labels[i]}  (token ${i}, ${G.roles[i]})`];
+    const values = row(st.step);
+    if (values && i < t) {
+      lines.push(`weight from the selected step: ${exactText(st.mode, values[i])}`);
+      if (G.planes.head && headsReady) {
+        lines.push("heads attending most to it:");
+        for (const [l, h, v] of headsAt(st.step, i)) lines.push(`  layer ${l} head ${h}: ${exactText("head", v)}`);
+      } else if (G.planes.head) {
+        lines.push("(reading the heads\u2026)");
+        loadHeads().then(() => { if (st.hover === i) hover(i, x, y); });
+      }
+    } else if (i === t) {
+      lines.push("the selected generated token");
+    } else if (i > t) {
+      lines.push("written after the selected token");
+    }
+    ctxs.tip.show(lines, x, y);
+    st.tipLines = lines;
+  }
+  function loadHeads() {
+    if (!headsReady && G.planes.head && !headsLoading) {
+      headsLoading = Promise.all([...Array(L * H).keys()].map((k) => plane("head", k)))
+        .then((arrs) => { headsReady = arrs; });
+    }
+    return headsLoading || Promise.resolve();
+  }
+
+  // ---- export: the text as it is coloured now
+  function pictureLayout(ctx) {
+    ctx.font = "14px monospace";
+    return genLayout(ctx, G.text, 880, 22);
+  }
+  function exportPng() {
+    const out = document.createElement("canvas");
+    const probe = out.getContext("2d");
+    const lay = pictureLayout(probe);
+    const octx = sizeCanvas(out, 920, lay.height + 20);
+    octx.fillStyle = P.theme === "dark" ? "#0d1117" : "#ffffff";
+    octx.fillRect(0, 0, 920, lay.height + 20);
+    octx.font = "14px monospace";
+    octx.textBaseline = "middle";
+    lay.boxes.forEach((box, i) => {
+      if (shade[i] >= 0) {
+        octx.fillStyle = colours[shade[i]];
+        octx.fillRect(20 + box.x, 10 + box.y, box.w, 20);
+      }
+      octx.fillStyle = (shade[i] >= 0 && inks[shade[i]]) || (P.theme === "dark" ? "#e6edf3" : "#1f2328");
+      octx.fillText(box.text, 20 + box.x, 10 + box.y + 10);
+      if (i === G.answer_start + st.step) {
+        octx.strokeStyle = "#f28e2b";
+        octx.strokeRect(20 + box.x, 10 + box.y, box.w, 20);
+      }
+    });
+    downloadCanvas(out, `generation-step${st.step}.png`);
+    return out;
+  }
+  function exportSvg() {
+    const probe = document.createElement("canvas").getContext("2d");
+    const lay = pictureLayout(probe);
+    const h = lay.height + 20;
+    const svg = svgEl("svg", { xmlns: "http://www.w3.org/2000/svg", width: 920, height: h,
+      viewBox: `0 0 920 ${h}`, "font-family": "monospace", "font-size": 14 });
+    svg.append(svgEl("rect", { width: 920, height: h, fill: P.theme === "dark" ? "#0d1117" : "#ffffff" }));
+    lay.boxes.forEach((box, i) => {
+      if (shade[i] >= 0) {
+        svg.append(svgEl("rect", { x: 20 + box.x, y: 10 + box.y, width: box.w.toFixed(1), height: 20,
+          fill: colours[shade[i]] }));
+      }
+      svg.append(svgEl("text", { x: 20 + box.x, y: 10 + box.y + 15, "xml:space": "preserve",
+        fill: (shade[i] >= 0 && inks[shade[i]]) || (P.theme === "dark" ? "#e6edf3" : "#1f2328") }, box.text));
+    });
+    downloadSvg(svg, `generation-step${st.step}.svg`);
+    return svg;
+  }
+
+  const ready = refresh();
+  return { state: st, select, redraw: draw, exportPng, exportSvg, ready, loadHeads,
+    refresh: () => {} };
 }
 
 // Node (the unit tests in tests/js) reads the pure parts; in a page `module` does not exist.

@@ -1,0 +1,150 @@
+"""How fast the generation view builds, opens and follows the selected token.
+
+For a generation Trace of ``--tokens`` tokens (default 4,000: a 200-token prompt and the rest
+answer), holding the answer's rows only ``[L, H, T - query_start, T]`` as attnscope.generate
+records them, prints side by side with the targets of issue 17:
+
+* build: ``at.generation_view(trace).html`` in seconds, the page's size and what it carries;
+* open: from navigation until the first token's context is coloured, in headless Chromium;
+* next token: the redraw when the selection moves to the next generated token, measured inside
+  the page with performance.now() over 200 steps (median and largest), for each mode the page
+  carries ("all", "layer", "head", "rollout").
+
+Attention is the softmax of random logits (rows sum to 1), so every weight is different and
+nothing compresses better than a real model's attention would. Shapes: ``--shape tiny`` is the
+tiny test Llama (2 layers x 4 heads), ``--shape smollm2`` SmolLM2-135M (30 x 9; about 1.8 GB
+of rows at 4,000 tokens).
+
+    python bench/generation_view.py                    # tiny shape, 4,000 tokens
+    python bench/generation_view.py --shape smollm2    # the real model's shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import attnscope as at
+from attnscope.testing import launch_chromium
+
+SHAPES = {"tiny": (2, 4), "smollm2": (30, 9)}
+TARGETS = {"build_s": 3.0, "open_s": 2.0, "next_ms": 50.0}
+
+
+def answer_rows(layers: int, heads: int, tokens: int, answer_start: int,
+                seed: int = 0) -> np.ndarray:
+    """Random causal attention rows ``[L, H, T - qs, T]`` for queries ``qs = answer_start - 1``
+    on, each a softmax over the keys up to its query."""
+    rng = np.random.default_rng(seed)
+    qs = answer_start - 1
+    out = np.empty((layers, heads, tokens - qs, tokens), np.float32)
+    later = np.arange(tokens)[None, :] > np.arange(qs, tokens)[:, None]  # (T - qs, T)
+    for layer in range(layers):
+        for head in range(heads):
+            x = rng.standard_normal((tokens - qs, tokens), dtype=np.float32)
+            x[later] = -np.inf
+            np.exp(x - x.max(1, keepdims=True), out=x)
+            x /= x.sum(1, keepdims=True)
+            out[layer, head] = x
+    return out
+
+
+def generation_trace(layers: int, heads: int, tokens: int, prompt: int) -> at.Trace:
+    rows = answer_rows(layers, heads, tokens, prompt)
+    words = [f" w{i}" for i in range(tokens)]
+    # a small square to satisfy from_attentions, then the answer's rows
+    trace = at.Trace.from_attentions(np.ones((layers, heads, 1, 1), np.float32), ["x"],
+                                     model_name=f"random {layers}x{heads}")
+    steps = tokens - prompt
+    top = np.full((steps, 5), 0.2, np.float32)
+    return trace.replace(
+        tokens=words, input_ids=np.arange(tokens), token_type_ids=np.zeros(tokens, int),
+        special_mask=np.zeros(tokens, bool), word_ids=np.arange(tokens),
+        offsets=np.full((tokens, 2), -1), segment_ids=np.zeros(tokens, int),
+        hidden_states=np.zeros((layers + 1, tokens, 1), np.float32), attentions=rows,
+        architecture="decoder", answer_start=prompt, query_start=prompt - 1,
+        roles=["prompt"] * prompt + ["answer"] * steps, answer_probs=top[:, 0].copy(),
+        answer_top_ids=np.tile(np.arange(5), (steps, 1)), answer_top_probs=top,
+        generation={"temperature": 0.0})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, default=4000)
+    parser.add_argument("--prompt", type=int, default=200)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    args = parser.parse_args()
+    layers, heads = SHAPES[args.shape]
+    trace = generation_trace(layers, heads, args.tokens, args.prompt)
+    _ = at.generation_view(generation_trace(1, 1, 20, 10)).html  # imports, not counted
+    start = time.perf_counter()
+    view = at.generation_view(trace)
+    page = view.html
+    build = time.perf_counter() - start
+    gen = view.payload()["gen"]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "gen.html"
+        path.write_text(page, encoding="utf-8")
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = launch_chromium(p, "/usr/bin/chromium")
+            tab = browser.new_page(viewport={"width": 1300, "height": 900})
+            start = time.perf_counter()
+            tab.goto(path.as_uri())
+            tab.wait_for_selector(".attnscope-root[data-gen-step]", timeout=120_000)
+            opened = time.perf_counter() - start
+            marks = tab.evaluate("""() => {
+                const api = document.querySelector('.attnscope-root').attnscope;
+                return [performance.timing.responseEnd - performance.timing.navigationStart,
+                        api.marks.mount, api.marks.parsed, api.marks.drawn,
+                        api.views.generation.state.timings.firstDraw];
+            }""")
+            steps = {}
+            for mode in ("all", "layer", "head", "rollout"):
+                if mode not in gen["planes"]:
+                    continue
+                tab.select_option(".as-gen-mode select", mode)
+                steps[mode] = tab.evaluate("""async (n) => {
+                    const v = document.querySelector('.attnscope-root').attnscope.views.generation;
+                    await v.ready;
+                    const root = document.querySelector('.attnscope-root');
+                    // wait until the mode's plane is decoded and drawn
+                    while (v.state.mode !== root.querySelector('.as-gen-mode select').value) {
+                        await new Promise(r => setTimeout(r, 10));
+                    }
+                    await new Promise(r => setTimeout(r, 200));
+                    const out = [];
+                    for (let s = 0; s < n; s++) {
+                        const t0 = performance.now();
+                        v.select(1000 + s);
+                        out.push(performance.now() - t0);
+                    }
+                    return out;
+                }""", 200)
+            browser.close()
+    print(f"generation view, {args.tokens} tokens ({args.prompt} prompt), {layers} layers x "
+          f"{heads} heads, random attention; {platform.processor() or platform.machine()}, "
+          f"{__import__('os').cpu_count()} cores")
+    print(f"page {len(page) / 1e6:.1f} MB; planes {sorted(gen['planes'])}; "
+          f"left out: {' '.join(gen['notes']) or 'nothing'}")
+    print("in the page (ms from navigation): file read {:.0f}, script starts {:.0f}, data parsed "
+          "{:.0f}, view built {:.0f}, first token coloured {:.0f}".format(*marks))
+    print(f"{'measure':<24}{'measured':>12}{'target':>10}{'ratio':>8}")
+    rows = [("build (s)", build, TARGETS["build_s"]), ("open in Chromium (s)", opened,
+                                                       TARGETS["open_s"])]
+    for mode, times in steps.items():
+        rows.append((f"next token, {mode} (ms)", statistics.median(times), TARGETS["next_ms"]))
+        rows.append(("  largest of 200 (ms)", max(times), TARGETS["next_ms"]))
+    for name, value, target in rows:
+        print(f"{name:<24}{value:>12.3f}{target:>10.3g}{value / target:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
