@@ -69,11 +69,16 @@ class Tokenization:
         return _squash(self.decoded) == _squash(original)
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per token: position, token, id, type_id, mask, special, start, end."""
+        """One dict per token: position, token (raw), readable (the text it stands for, see
+        :func:`attnscope.readable.token_labels`), id, type_id, mask, special, start, end."""
+        from attnscope.readable import token_labels
+
+        labels = token_labels(self.tokens, self.special_mask)
         return [
             {
                 "position": i,
                 "token": tok,
+                "readable": labels[i],
                 "id": int(self.input_ids[i]),
                 "type_id": int(self.token_type_ids[i]),
                 "mask": int(self.attention_mask[i]),
@@ -86,11 +91,12 @@ class Tokenization:
 
     def table(self) -> str:
         """The tokens as a plain-text table, followed by the decode round trip."""
-        header = ("pos", "token", "id", "type", "mask", "special", "span")
+        header = ("pos", "token", "reads", "id", "type", "mask", "special", "span")
         body = [
             (
                 str(r["position"]),
                 repr(r["token"])[1:-1],  # escapes control characters and odd whitespace
+                repr(r["readable"])[1:-1],
                 str(r["id"]),
                 str(r["type_id"]),
                 str(r["mask"]),
@@ -114,13 +120,14 @@ class Tokenization:
             "<tr>"
             + "".join(
                 f"<td>{html.escape(str(v))}</td>"
-                for v in (r["position"], r["token"], r["id"], r["type_id"], r["mask"],
+                for v in (r["position"], r["token"], r["readable"], r["id"], r["type_id"],
+                          r["mask"],
                           "yes" if r["special"] else "", f"{r['start']}:{r['end']}")
             )
             + "</tr>"
             for r in self.rows()
         )
-        head = "".join(f"<th>{h}</th>" for h in ("pos", "token", "id", "type", "mask",
+        head = "".join(f"<th>{h}</th>" for h in ("pos", "token", "reads", "id", "type", "mask",
                                                   "special", "span"))
         return (f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>"
                 f"<p>decoded: <code>{html.escape(self.decoded)}</code></p>")

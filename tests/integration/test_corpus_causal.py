@@ -58,3 +58,15 @@ def test_corpus_sink_is_the_mean_of_head_patterns_sink(tiny_models, gpt2_run):
         per_text.append(sink)
     np.testing.assert_allclose(gpt2_run.array("sink"), np.mean(per_text, axis=0), atol=1e-6)
     np.testing.assert_array_equal(gpt2_run.array("sink", "n"), len(per_text))
+
+
+def test_corpus_page_shows_example_tokens_as_text(tiny_models, gpt2_run):
+    from attnscope.corpora.report import corpus_report
+    from attnscope.readable import token_label
+
+    examples = gpt2_run.examples(0, 0)
+    assert examples["query_token"].str.startswith("Ġ").any()  # the store keeps raw tokens
+    page = corpus_report(gpt2_run, views=False).html
+    assert "Ġ" not in page
+    for r in examples.itertuples():
+        assert f"{token_label(r.query_token)} \u2192 {token_label(r.key_token)}" in page
