@@ -8,7 +8,9 @@ import pytest
 import attnscope as at
 from attnscope.analysis.patterns import head_patterns
 
-TEXTS = ["one two three four", "five six", "seven eight nine ten eleven twelve", "thirteen"]
+# "a a a a a": every query after the first is the byte-level token "Ġa"
+TEXTS = ["one two three four", "five six", "seven eight nine ten eleven twelve", "thirteen",
+         "a a a a a"]
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +66,13 @@ def test_corpus_page_shows_example_tokens_as_text(tiny_models, gpt2_run):
     from attnscope.corpora.report import corpus_report
     from attnscope.readable import token_label
 
-    examples = gpt2_run.examples(0, 0)
-    assert examples["query_token"].str.startswith("Ġ").any()  # the store keeps raw tokens
+    model = tiny_models["gpt2"]
+    examples = [gpt2_run.examples(layer, head) for layer in range(model.num_layers)
+                for head in range(model.num_heads)]
+    raw = {t for frame in examples for t in (*frame["query_token"], *frame["key_token"])}
+    assert any(t.startswith("Ġ") for t in raw)  # the store keeps the raw tokens
     page = corpus_report(gpt2_run, views=False).html
     assert "Ġ" not in page
-    for r in examples.itertuples():
-        assert f"{token_label(r.query_token)} \u2192 {token_label(r.key_token)}" in page
+    for frame in examples:
+        for r in frame.head(3).itertuples():  # the page shows 3 examples a head
+            assert f"{token_label(r.query_token)} \u2192 {token_label(r.key_token)}" in page
