@@ -89,22 +89,28 @@ class Tokenization:
             for i, tok in enumerate(self.tokens)
         ]
 
+    def _columns(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """The table's header and cells; the "reads" column (the text each token stands for)
+        only where some token reads differently from its spelling (byte-level BPE,
+        SentencePiece), so a WordPiece table stays as it was."""
+        rows = self.rows()
+        reads = any(r["readable"] != r["token"] for r in rows)
+        header = ("pos", "token", *(("reads",) if reads else ()), "id", "type", "mask",
+                  "special", "span")
+        cells = [
+            (r["position"], r["token"], *((r["readable"],) if reads else ()), r["id"],
+             r["type_id"], r["mask"], "yes" if r["special"] else "",
+             f"{r['start']}:{r['end']}" if r["start"] >= 0 else "")
+            for r in rows
+        ]
+        return header, cells
+
     def table(self) -> str:
         """The tokens as a plain-text table, followed by the decode round trip."""
-        header = ("pos", "token", "reads", "id", "type", "mask", "special", "span")
-        body = [
-            (
-                str(r["position"]),
-                repr(r["token"])[1:-1],  # escapes control characters and odd whitespace
-                repr(r["readable"])[1:-1],
-                str(r["id"]),
-                str(r["type_id"]),
-                str(r["mask"]),
-                "yes" if r["special"] else "",
-                f"{r['start']}:{r['end']}" if r["start"] >= 0 else "",
-            )
-            for r in self.rows()
-        ]
+        header, cells = self._columns()
+        # repr escapes control characters and odd whitespace in tokens
+        body = [tuple(repr(c)[1:-1] if isinstance(c, str) else str(c) for c in row)
+                for row in cells]
         widths = [max(len(row[c]) for row in [header, *body]) for c in range(len(header))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                  for row in [header, *body]]
@@ -116,20 +122,11 @@ class Tokenization:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        cells = "".join(
-            "<tr>"
-            + "".join(
-                f"<td>{html.escape(str(v))}</td>"
-                for v in (r["position"], r["token"], r["readable"], r["id"], r["type_id"],
-                          r["mask"],
-                          "yes" if r["special"] else "", f"{r['start']}:{r['end']}")
-            )
-            + "</tr>"
-            for r in self.rows()
-        )
-        head = "".join(f"<th>{h}</th>" for h in ("pos", "token", "reads", "id", "type", "mask",
-                                                  "special", "span"))
-        return (f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>"
+        header, cells = self._columns()
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row)
+                       + "</tr>" for row in cells)
+        head = "".join(f"<th>{h}</th>" for h in header)
+        return (f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
                 f"<p>decoded: <code>{html.escape(self.decoded)}</code></p>")
 
     def __str__(self) -> str:

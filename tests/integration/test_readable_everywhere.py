@@ -78,3 +78,4 @@ def test_tokenization_table_has_a_readable_column(smollm2):
     line = next(x for x in table.splitlines() if "Ġworld" in x)
     assert line.split()[1:3] == ["Ġworld", "world"]
     assert "<td>world</td>" in tokenization._repr_html_()
+    assert "<th>reads</th>" in tokenization._repr_html_()
