@@ -1,6 +1,9 @@
-"""The figures the docs (docs/heads.md) quote about what heads do, computed on the embedded model.
+"""The figures the docs (docs/heads.md) and docs/heads-llm.md quote about what heads do.
 
     python bench/heads.py      # a few seconds; prints the docs' sentences with their numbers
+    python bench/heads.py --llm  # SmolLM2-135M-Instruct's heads, as docs/heads-llm.md quotes
+
+docs/heads.md's figures come from the embedded model:
 
 1. The previous-token score of layer 0, head 2 and the next-token score of layer 1, head 8 of
    all-MiniLM-L6-v2, on each example text of the docs.
@@ -10,8 +13,12 @@
 3. Norm-based attention on the example sentence: the share of the attention weight, and of the
    norm, that special tokens get.
 
-The test suite runs the same functions and checks that the docs contain these sentences,
-so the numbers it quotes are the numbers the code gives.
+docs/heads-llm.md's come from SmolLM2-135M-Instruct (30 layers x 9 heads): on the ids of 50
+random tokens repeated twice, its induction heads, previous-token heads and sink heads (counts and
+the best of each), and its sink heads on an ordinary paragraph.
+
+The test suite runs the same library calls and checks that docs/heads.md and docs/heads-llm.md contain
+these sentences, so the numbers they quote are the numbers the code gives.
 """
 
 from __future__ import annotations
@@ -21,9 +28,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import sys
+
 import numpy as np
 
 import attnscope as at
+from attnscope.analysis.patterns import LABEL_THRESHOLD, SINK_THRESHOLD, HeadTable
 
 # The docs' example texts (the second is a sentence pair).
 TEXTS: tuple[tuple[str, str | None], ...] = (
@@ -106,7 +116,60 @@ def readme_sentences(model: at.LoadedModel) -> list[str]:
     return sentences
 
 
+# SmolLM2's heads (docs/heads-llm.md).
+REPEAT_SEED = 0
+REPEAT_LENGTH = 50
+# Random ids are drawn from this range: ordinary word pieces, no special or byte tokens.
+REPEAT_ID_RANGE = (1000, 10000)
+PARAGRAPH = (
+    "The lighthouse keeper climbed the spiral stairs every evening to light the lamp. Ships "
+    "passing the rocky coast relied on its beam to find the harbour, and on stormy nights he "
+    "stayed awake until dawn, listening to the waves break against the cliffs below."
+)
+#: A head is an induction or previous-token head when that score exceeds this.
+HEAD_THRESHOLD = LABEL_THRESHOLD
+
+
+def repeated_random_ids(seed: int = REPEAT_SEED, length: int = REPEAT_LENGTH) -> np.ndarray:
+    """The standard induction test: ``length`` random token ids, then the same ids again
+    ``[2 * length]``. An induction head, at the second copy, attends to the token that followed
+    the current token's earlier copy."""
+    first = np.random.default_rng(seed).integers(*REPEAT_ID_RANGE, size=length)
+    return np.concatenate([first, first])
+
+
+def llm_sentences(repeated: HeadTable, paragraph: HeadTable) -> list[str]:
+    """docs/heads-llm.md's sentences from the head tables of the repeated ids and of the
+    paragraph (both from :func:`attnscope.head_patterns`)."""
+    total = repeated.num_layers * repeated.num_heads
+
+    def best(heads: list[tuple[int, int, float]], n: int = 3) -> str:
+        return ", ".join(f"layer {la} head {h} ({v:.2f})" for la, h, v in heads[:n])
+
+    induction = repeated.find("induction", HEAD_THRESHOLD)
+    previous = repeated.find("previous", HEAD_THRESHOLD)
+    return [
+        f"{len(induction)} of its {total} heads are induction heads (score above "
+        f"{HEAD_THRESHOLD}); the strongest: {best(induction)}",
+        f"{len(previous)} are previous-token heads (score above {HEAD_THRESHOLD}); the "
+        f"strongest: {best(previous)}",
+        f"{len(repeated.sink_heads())} of {total} heads are sink heads on the repeated ids, "
+        f"{len(paragraph.sink_heads())} on the paragraph (sink score above {SINK_THRESHOLD})",
+    ]
+
+
+def llm_figures(model: at.LoadedModel) -> list[str]:
+    """Capture the repeated ids and the paragraph with ``model`` and return the sentences."""
+    repeated = at.head_patterns(at.capture(model, repeated_random_ids()))
+    paragraph = at.head_patterns(at.capture(model, PARAGRAPH))
+    return llm_sentences(repeated, paragraph)
+
+
 def main() -> None:
+    if "--llm" in sys.argv[1:]:
+        for sentence in llm_figures(at.load("smollm2", device="cpu")):
+            print(sentence)
+        return
     model = at.load(device="cpu")
     for sentence in readme_sentences(model):
         print(sentence)

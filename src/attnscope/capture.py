@@ -13,7 +13,7 @@ import numpy as np
 
 from attnscope.errors import AttnscopeError
 from attnscope.models import LoadedModel
-from attnscope.tokens import Tokenization, tokenize
+from attnscope.tokens import Tokenization, tokenize, tokenize_ids
 from attnscope.trace import Trace
 
 __all__ = ["capture", "capture_batch", "iter_capture"]
@@ -21,7 +21,7 @@ __all__ = ["capture", "capture_batch", "iter_capture"]
 
 def capture(
     model: LoadedModel,
-    text: str,
+    text: str | Sequence[int] | Any,
     text_b: str | None = None,
     *,
     truncate: bool = True,
@@ -33,7 +33,9 @@ def capture(
 
     Args:
         model: from :func:`attnscope.load`.
-        text: the input. For encoder-decoder models (T5, BART) it is the encoder's input.
+        text: the input: a string, or token ids ``[T]`` (a list of ints, a 1-D numpy int
+            array or a 1-D torch LongTensor), run as they are, with no special tokens added.
+            For encoder-decoder models (T5, BART) it is the encoder's input.
         text_b: the second sentence of a pair (BERT's [SEP]-joined pair, as in bertviz); for
             encoder-decoder models, the decoder's input (a translation or summary).
         truncate: cut text past the model's limit with a warning (True) or raise (False).
@@ -94,6 +96,9 @@ def iter_capture(
     stop early)."""
     if isinstance(texts, str):
         raise AttnscopeError("capture_batch takes a list of texts; for one text use capture().")
+    if _is_id_sequence(texts):
+        raise AttnscopeError("capture_batch takes a list of texts or of id sequences; for one "
+                             "sequence of ids use capture().")
     pairs = list(zip(texts, texts_b if texts_b is not None else [None] * len(texts), strict=True))
     if batch_size < 1:
         raise AttnscopeError(f"batch_size must be at least 1, not {batch_size}.")
@@ -107,6 +112,14 @@ def iter_capture(
         for trace in _capture_chunk(model, chunk, truncate=truncate, qkv=qkv,
                                     add_special_tokens=add_special_tokens):
             yield _maybe_merge(trace, merge_words)
+
+
+def _is_id_sequence(texts: Any) -> bool:
+    """Whether ``texts`` is one flat sequence of ids rather than a list of inputs."""
+    if getattr(texts, "ndim", None) == 1:  # a numpy array or torch tensor of ids
+        return True
+    return isinstance(texts, Sequence) and len(texts) > 0 and isinstance(
+        texts[0], (int, np.integer))
 
 
 def _maybe_merge(trace: Trace, merge_words: bool) -> Trace:
@@ -130,8 +143,8 @@ def _capture_chunk(
         recorder = QKVRecorder(model)
 
     encoder_decoder = model.architecture == "encoder-decoder"
-    encoded = [tokenize(model, a, None if encoder_decoder else b, truncate=truncate,
-                        add_special_tokens=add_special_tokens) for a, b in pairs]
+    encoded = [_encode(model, a, None if encoder_decoder else b, truncate=truncate,
+                       add_special_tokens=add_special_tokens) for a, b in pairs]
     decoder_side: list[Tokenization] | None = None
     if encoder_decoder:
         decoder_side = [_decoder_tokens(model, b, truncate) for _, b in pairs]
@@ -227,6 +240,18 @@ def _capture_chunk(
             )
         )
     return traces
+
+
+def _encode(model: LoadedModel, text: Any, text_b: str | None, *, truncate: bool,
+            add_special_tokens: bool) -> Tokenization:
+    """Text through :func:`tokenize`; anything that is not a string is token ids."""
+    if isinstance(text, str):
+        return tokenize(model, text, text_b, truncate=truncate,
+                        add_special_tokens=add_special_tokens)
+    if text_b is not None:
+        raise AttnscopeError("A second text goes with a text, not with token ids; give the "
+                             "pair's ids as one sequence.")
+    return tokenize_ids(model, text, truncate=truncate)
 
 
 def _decoder_tokens(model: LoadedModel, text_b: str | None, truncate: bool) -> Tokenization:

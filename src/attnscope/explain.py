@@ -21,6 +21,7 @@ import numpy as np
 from attnscope.adapters import get_adapter
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.models import LoadedModel
+from attnscope.readable import token_label, token_labels
 from attnscope.trace import Trace
 
 __all__ = ["Explanation", "explain", "find_token"]
@@ -88,12 +89,13 @@ class Explanation:
         where = {"self": "self attention", "decoder": "decoder self attention",
                  "cross": "cross attention (decoder query, encoder keys)"}[self.part]
         return (f"layer {self.layer}, head {self.head}, query {self.query_index} "
-                f"{self.query_token!r} -- {where} of {self.model_name}")
+                f"{token_label(self.query_token)!r} -- {where} of {self.model_name}")
 
     def table(self, dims: int = 4) -> str:
         """The steps as a plain-text table; ``dims``: how many of q ⊙ k's values to show."""
         dims = max(0, min(dims, self.head_dim))
-        width = max([5, *(len(t) for t in self.key_tokens)])
+        labels = token_labels(self.key_tokens)  # the text each token stands for
+        width = max([5, *(len(t) for t in labels)])
         width = min(width, 16)
         lines = [self._title()]
         shown = " ".join(f"{x:+.3f}" for x in self.q[:8])
@@ -118,7 +120,7 @@ class Explanation:
         header += f"{'softmax':>8}  {'model':>8}"
         lines.append(header)
         lines.append("-" * len(header))
-        for j, token in enumerate(self.key_tokens):
+        for j, token in enumerate(labels):
             name = token if len(token) <= width else token[: width - 1] + "…"
             row = f"{j:>4}  {name:<{width}}  "
             if dims:
@@ -137,7 +139,7 @@ class Explanation:
         top = int(np.argmax(self.weights))
         lines.append(
             f"softmax sums to {self.weights.sum():.6f} over the keys; the most attended key is "
-            f"{top} {self.key_tokens[top]!r} ({self.weights[top]:.4f}); "
+            f"{top} {labels[top]!r} ({self.weights[top]:.4f}); "
             f"max |softmax - model| = {self.max_abs_error:.1e}"
         )
         return "\n".join(lines)
@@ -153,7 +155,7 @@ class Explanation:
         esc = html.escape
         bias_head = "<th>+bias</th>" if self.bias is not None else ""
         rows = []
-        for j, token in enumerate(self.key_tokens):
+        for j, token in enumerate(token_labels(self.key_tokens)):
             products = " ".join(f"{x:+.3f}" for x in self.products[j, :4])
             bias = f"<td>{self.bias[j]:.4f}</td>" if self.bias is not None else ""
             if self.visible[j]:

@@ -15,8 +15,10 @@ import codecs
 import re
 from collections.abc import Callable, Sequence
 from functools import cache
+from typing import Any
 
-__all__ = ["readable_tokens", "token_labels", "tokenizer_alphabet"]
+__all__ = ["readable_tokens", "token_label", "token_labels", "tokenizer_alphabet",
+           "trace_labels"]
 
 #: Visible marks for white space that a label would otherwise hide, and for a token that holds
 #: only part of a character (a multi-byte character split over tokens shows on its last one).
@@ -121,3 +123,21 @@ def token_labels(tokens: Sequence[str], special: Sequence[bool] | None = None) -
     ``…`` on a token that holds only the first bytes of a character."""
     return [_label(token, text)
             for token, text in zip(tokens, readable_tokens(tokens, special), strict=True)]
+
+
+def trace_labels(trace: Any, part: str = "self") -> tuple[list[str], list[str]]:
+    """The query and key labels (:func:`token_labels`) of one attention part of a Trace: the
+    one way figures, views and reports label a Trace's tokens, while the Trace keeps the raw
+    ones. ``part`` is "self", "decoder" or "cross" (decoder queries over encoder keys)."""
+    _, query_tokens, key_tokens = trace.part(part)
+    encoder = token_labels(trace.tokens, trace.special_mask)
+    if query_tokens is trace.tokens:  # self-attention
+        return encoder, encoder
+    decoder = token_labels(trace.decoder_tokens, trace.decoder_special_mask)
+    return decoder, (decoder if key_tokens is trace.decoder_tokens else encoder)
+
+
+def token_label(token: str) -> str:
+    """The label of one token seen without its text (a stored example's query or key): as
+    :func:`token_labels` gives it, judged from the token alone."""
+    return token_labels([token])[0]

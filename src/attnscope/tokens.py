@@ -18,7 +18,8 @@ import numpy as np
 from attnscope.errors import AttnscopeError
 from attnscope.models import LoadedModel
 
-__all__ = ["Tokenization", "TruncationWarning", "check_text", "tokenize"]
+__all__ = ["Tokenization", "TruncationWarning", "check_ids", "check_text", "tokenize",
+           "tokenize_ids"]
 
 
 class TruncationWarning(UserWarning):
@@ -68,11 +69,16 @@ class Tokenization:
         return _squash(self.decoded) == _squash(original)
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per token: position, token, id, type_id, mask, special, start, end."""
+        """One dict per token: position, token (raw), readable (the text it stands for, see
+        :func:`attnscope.readable.token_labels`), id, type_id, mask, special, start, end."""
+        from attnscope.readable import token_labels
+
+        labels = token_labels(self.tokens, self.special_mask)
         return [
             {
                 "position": i,
                 "token": tok,
+                "readable": labels[i],
                 "id": int(self.input_ids[i]),
                 "type_id": int(self.token_type_ids[i]),
                 "mask": int(self.attention_mask[i]),
@@ -83,21 +89,28 @@ class Tokenization:
             for i, tok in enumerate(self.tokens)
         ]
 
+    def _columns(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """The table's header and cells; the "reads" column (the text each token stands for)
+        only where some token reads differently from its spelling (byte-level BPE,
+        SentencePiece), so a WordPiece table stays as it was."""
+        rows = self.rows()
+        reads = any(r["readable"] != r["token"] for r in rows)
+        header = ("pos", "token", *(("reads",) if reads else ()), "id", "type", "mask",
+                  "special", "span")
+        cells = [
+            (r["position"], r["token"], *((r["readable"],) if reads else ()), r["id"],
+             r["type_id"], r["mask"], "yes" if r["special"] else "",
+             f"{r['start']}:{r['end']}" if r["start"] >= 0 else "")
+            for r in rows
+        ]
+        return header, cells
+
     def table(self) -> str:
         """The tokens as a plain-text table, followed by the decode round trip."""
-        header = ("pos", "token", "id", "type", "mask", "special", "span")
-        body = [
-            (
-                str(r["position"]),
-                repr(r["token"])[1:-1],  # escapes control characters and odd whitespace
-                str(r["id"]),
-                str(r["type_id"]),
-                str(r["mask"]),
-                "yes" if r["special"] else "",
-                f"{r['start']}:{r['end']}" if r["start"] >= 0 else "",
-            )
-            for r in self.rows()
-        ]
+        header, cells = self._columns()
+        # repr escapes control characters and odd whitespace in tokens
+        body = [tuple(repr(c)[1:-1] if isinstance(c, str) else str(c) for c in row)
+                for row in cells]
         widths = [max(len(row[c]) for row in [header, *body]) for c in range(len(header))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                  for row in [header, *body]]
@@ -109,19 +122,11 @@ class Tokenization:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        cells = "".join(
-            "<tr>"
-            + "".join(
-                f"<td>{html.escape(str(v))}</td>"
-                for v in (r["position"], r["token"], r["id"], r["type_id"], r["mask"],
-                          "yes" if r["special"] else "", f"{r['start']}:{r['end']}")
-            )
-            + "</tr>"
-            for r in self.rows()
-        )
-        head = "".join(f"<th>{h}</th>" for h in ("pos", "token", "id", "type", "mask",
-                                                  "special", "span"))
-        return (f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>"
+        header, cells = self._columns()
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row)
+                       + "</tr>" for row in cells)
+        head = "".join(f"<th>{h}</th>" for h in header)
+        return (f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
                 f"<p>decoded: <code>{html.escape(self.decoded)}</code></p>")
 
     def __str__(self) -> str:
@@ -208,6 +213,9 @@ def tokenize(
     ids = np.asarray(encoding["input_ids"], dtype=np.int64)
     n = len(ids)
     special = np.asarray(encoding.get("special_tokens_mask", [0] * n), dtype=bool)
+    # The mask flags only the tokens the tokenizer added; markup typed in the text (a chat
+    # template's <|im_start|>, a [SEP]) is the same special token and is flagged too.
+    special |= np.isin(ids, special_ids(tokenizer))
     if special.all():
         raise AttnscopeError(
             "The text gives no tokens besides the model's special tokens; give some words."
@@ -257,6 +265,121 @@ def tokenize(
         model_inputs=model_inputs,
         dropped=dropped,
         tokenizer=tokenizer,
+    )
+
+
+def special_ids(tokenizer: Any) -> np.ndarray:
+    """The ids of ``tokenizer``'s special tokens ``[S]``, less an unknown-token id that stands
+    only for unknown text (BERT's [UNK] replaces ordinary characters; GPT-2's and SmolLM2's
+    unknown token is also their <|endoftext|> and stays special)."""
+    ids = set(getattr(tokenizer, "all_special_ids", None) or ())
+    unk = getattr(tokenizer, "unk_token_id", None)
+    roles = {getattr(tokenizer, f"{name}_token_id", None)
+             for name in ("bos", "eos", "pad", "sep", "cls")}
+    if unk is not None and unk not in roles:
+        ids.discard(unk)
+    return np.array(sorted(i for i in ids if i is not None), dtype=np.int64)
+
+
+def check_ids(ids: Any, vocab_size: int) -> np.ndarray:
+    """Token ids given as a list of ints, a 1-D integer numpy array or a 1-D torch tensor,
+    as an int64 array ``[T]``; anything else (floats, a 2-D batch, an empty sequence, an id
+    outside ``0 .. vocab_size - 1``) raises one clear sentence."""
+    if hasattr(ids, "detach") and hasattr(ids, "cpu"):  # a torch tensor, without importing torch
+        ids = ids.detach().cpu().numpy()
+    try:
+        array = np.asarray(ids)
+    except ValueError:  # ragged nested lists
+        raise AttnscopeError("Token ids must be one flat sequence of integers.") from None
+    if array.size == 0:
+        raise AttnscopeError("The token ids are empty: give at least one id.")
+    if array.dtype == object or array.dtype.kind not in "iu":
+        raise AttnscopeError(
+            "Token ids must be integers (a list of ints, a numpy int array or a torch "
+            f"LongTensor), not {array.dtype if array.dtype != object else 'mixed values'}."
+        )
+    if array.ndim != 1:
+        raise AttnscopeError(
+            f"Token ids must be one sequence (1-D), not an array of shape {array.shape}; for "
+            "several sequences use capture_batch with one sequence each."
+        )
+    array = array.astype(np.int64)
+    bad = (array < 0) | (array >= vocab_size)
+    if bad.any():
+        where = int(np.argmax(bad))
+        raise AttnscopeError(
+            f"Token id {int(array[where])} at position {where} is outside this tokenizer's "
+            f"vocabulary (ids 0 to {vocab_size - 1})."
+        )
+    return array
+
+
+def tokenize_ids(model: LoadedModel, ids: Any, *, truncate: bool = True) -> Tokenization:
+    """Token ids ``[T]`` (list, numpy or torch, see :func:`check_ids`) as a
+    :class:`Tokenization`, with no tokenizer run over text: the tokens are
+    ``convert_ids_to_tokens``'s, special tokens are those in ``all_special_ids``, the text is
+    the ids decoded. Spans and words come from the tokens' own text where the tokenizer spells
+    spaces (byte-level BPE, SentencePiece), else spans are -1 and a WordPiece ``##`` piece
+    joins the word before it. Ids past the model's limit are cut as :func:`tokenize` cuts."""
+    from attnscope.readable import readable_tokens, tokenizer_alphabet
+
+    tokenizer = model.tokenizer
+    ids = check_ids(ids, len(tokenizer))
+    limit = model.max_length
+    dropped = 0
+    if limit is not None and len(ids) > limit:
+        if not truncate:
+            raise AttnscopeError(
+                f"The ids are {len(ids)} tokens, more than this model's limit of {limit}; "
+                "give fewer, or allow truncation to keep the first ones."
+            )
+        dropped = len(ids) - limit
+        warnings.warn(f"{len(ids)} token ids but the model takes at most {limit}: the last "
+                      f"{dropped} were dropped.", TruncationWarning, stacklevel=2)
+        ids = ids[:limit]
+    n = len(ids)
+    tokens = tuple(tokenizer.convert_ids_to_tokens(ids.tolist()))
+    special = np.isin(ids, special_ids(tokenizer))
+    if special.all():
+        raise AttnscopeError(
+            "The ids hold only the model's special tokens; give some ordinary tokens."
+        )
+    offsets = np.full((n, 2), -1, dtype=np.int64)
+    word_ids = np.full(n, -1, dtype=np.int64)
+    spelled = tokenizer_alphabet(tokens, special) != "plain"
+    if spelled:
+        pieces = readable_tokens(tokens, special)
+        text = "".join(pieces)
+    else:
+        pieces = list(tokens)
+        text = tokenizer.decode(ids.tolist())
+    word, position, previous_plain = -1, 0, False
+    for i, piece in enumerate(pieces):
+        if special[i]:
+            position += len(piece) if spelled else 0
+            previous_plain = False
+            continue
+        if spelled:
+            offsets[i] = (position, position + len(piece))
+            position += len(piece)
+            starts_word = not previous_plain or piece[:1].isspace() or not pieces[i - 1].strip()
+        else:
+            starts_word = not previous_plain or not piece.startswith("##")
+        word += starts_word
+        word_ids[i] = word
+        previous_plain = True
+    segment_ids = np.where(special, -1, 0).astype(np.int64)
+    type_ids = np.zeros(n, dtype=np.int64)
+    mask = np.ones(n, dtype=np.int64)
+    names = set(getattr(tokenizer, "model_input_names", ["input_ids", "attention_mask"]))
+    model_inputs = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in names:
+        model_inputs["token_type_ids"] = type_ids
+    return Tokenization(
+        text=text, text_b=None, tokens=tokens, input_ids=ids, token_type_ids=type_ids,
+        attention_mask=mask, special_mask=special, word_ids=word_ids, offsets=offsets,
+        segment_ids=segment_ids, sentence_b_start=None, model_inputs=model_inputs,
+        dropped=dropped, tokenizer=tokenizer,
     )
 
 

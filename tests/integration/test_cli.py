@@ -182,8 +182,9 @@ def test_tokens_and_heads_as_json_for_scripts(tmp_path, embedded, capsys):
     assert [row["token"] for row in document["tokens"]][:6] == [
         "[CLS]", "leaves", "fall", "in", "autumn", "[SEP]"]
     assert document["sentence_b_start"] == 6 and document["dropped"] == 0
-    assert document["tokens"][2] == {"position": 2, "token": "fall", "id": 2991, "type_id": 0,
-                                     "mask": 1, "special": False, "start": 7, "end": 11}
+    assert document["tokens"][2] == {"position": 2, "token": "fall", "readable": "fall",
+                                     "id": 2991, "type_id": 0, "mask": 1, "special": False,
+                                     "start": 7, "end": 11}
     code, out, _ = run(capsys, "tokens", SEED_A, "--json", "--no-special-tokens")
     assert [row["token"] for row in json.loads(out)["tokens"]] == SEED_A.split()
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import attnscope as at
+from attnscope.readable import token_labels
 from tests.conftest import SEED_A, SEED_B
 
 
@@ -91,8 +92,10 @@ def test_encoder_decoder_parts(tiny_models):
     trace = at.capture(tiny_models["t5"], SEED_A, SEED_B)
     fig = at.heatmap(trace, part="cross")
     ax = fig.axes[0]
-    assert tick_labels(ax.yaxis) == list(trace.decoder_tokens)
-    assert tick_labels(ax.xaxis) == list(trace.tokens)
+    # tokens show as the text they stand for ("Ġis" as "is"): decoder queries, encoder keys
+    assert tick_labels(ax.yaxis) == token_labels(trace.decoder_tokens, trace.decoder_special_mask)
+    assert tick_labels(ax.xaxis) == token_labels(trace.tokens, trace.special_mask)
+    assert "is" in tick_labels(ax.yaxis) and "Ġis" in trace.decoder_tokens
     assert "cross layer 1" in ax.get_title()
     with pytest.raises(at.AttnscopeError, match="holds self, decoder, cross"):
         at.heatmap(trace, part="sideways")

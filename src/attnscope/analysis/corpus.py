@@ -112,8 +112,9 @@ class BatchResult:
       :data:`STATS` (NaN values, such as "previous" on a one-word text, are not counted).
     * ``examples``: (layer, head, kind, value, key, query_pos, key_pos, query_token,
       key_token) rows: per head, the batch's texts with the strongest single weight between
-      two non-special tokens (kind "weight"), and its best texts by each score in
-      :data:`EXAMPLE_SCORES` (kind = the score; positions -1).
+      two non-special tokens, from a query that sees more than one key (kind "weight"), and
+      its best texts by each score in :data:`EXAMPLE_SCORES` (kind = the score; positions
+      -1).
     * ``relations``: (relation, direction, layer, head, n, hits) rows; ``baselines``:
       (relation, direction, offset, hits) rows.
     * ``problems``: (position, kind, message) rows for texts that were cut or left out.
@@ -189,11 +190,12 @@ def _forward(model: LoadedModel, encoded: list[Tokenization]) -> list[Any]:
 
 
 # Columns of the linear reductions (see _weights): hits and totals of each mul-score pattern,
-# distance, then the positional profile.
+# distance, sink, then the positional profile.
 _P = len(MASS_SCORES)
 _DISTANCE = 2 * _P
-_OFFSET0 = 2 * _P + 1
-_LINEAR = 2 * _P + 1 + len(OFFSETS)
+_SINK = _DISTANCE + 1
+_OFFSET0 = _SINK + 1
+_LINEAR = _OFFSET0 + len(OFFSETS)
 
 
 def _weights(model: LoadedModel, encoded: list[Tokenization],
@@ -206,7 +208,8 @@ def _weights(model: LoadedModel, encoded: list[Tokenization],
 
     * ``linear`` ``[B, T*T, _LINEAR]``: per pattern p, column p holds its target pairs
       (``sum(A * D)`` over scored rows) and column P + p its scored rows (``sum(A)`` over
-      them); then ``|q - k|`` averaged over plain rows (distance); then, per offset o, the
+      them); then ``|q - k|`` averaged over plain rows (distance); key 0 averaged over the
+      rows that see at least two keys (sink); then, per offset o, the
       key ``q + o`` averaged over the plain rows that have one (the profile);
     * ``entropy`` ``[B, T, 2]``: row weights for normalised entropy (rows that see at least
       two keys, divided by ``log(keys seen)``) and raw entropy (plain rows), as means;
@@ -247,6 +250,9 @@ def _weights(model: LoadedModel, encoded: list[Tokenization],
                 w[rows, rows + offset, _OFFSET0 + j] = 1.0 / rows.size
                 defined[i, _OFFSET0 + j] = True
         seen = _seen(n, causal)
+        if (seen > 1).any():
+            w[seen > 1, 0, _SINK] = 1.0 / (seen > 1).sum()
+            defined[i, _SINK] = True
         broad = plain & (seen > 1)
         if broad.any():
             entropy[i, :n, 0] = broad / np.log(np.maximum(seen, 2)) / broad.sum()
@@ -305,7 +311,12 @@ def process_batch(model: LoadedModel, items: list[CorpusItem], *, top_k: int = 5
         plain = torch.zeros((b, t_max), dtype=torch.bool, device=dev)
         for i, enc in enumerate(encoded):
             plain[i, : len(enc)] = torch.from_numpy(~np.asarray(enc.special_mask, dtype=bool))
-        pair_ok = (plain[:, :, None] & plain[:, None, :]).reshape(b, 1, t_max * t_max)
+        # A weight is evidence only where the query had a choice: a row that sees a single key
+        # (a causal model's first query) puts 1.0 on it whatever the head does.
+        chooses = plain.clone()
+        for i, enc in enumerate(encoded):
+            chooses[i, : len(enc)] &= torch.from_numpy(_seen(len(enc), model.is_causal) > 1)
+        pair_ok = (chooses[:, :, None] & plain[:, None, :]).reshape(b, 1, t_max * t_max)
         parts: dict[str, list] = {"linear": [], "entropy": [], "weight": [], "at": []}
         for layer in range(layers):
             att = attentions[layer].float()  # (B, H, T, T)
@@ -315,7 +326,8 @@ def process_batch(model: LoadedModel, items: list[CorpusItem], *, top_k: int = 5
             parts["linear"].append(torch.bmm(flat, linear_t))
             row_entropy = -torch.special.xlogy(att, att).sum(-1)  # (B, H, T)
             parts["entropy"].append(torch.bmm(row_entropy, entropy_t))  # (B, H, 2)
-            # The strongest single weight between two plain tokens, per text and head.
+            # The strongest single weight between two plain tokens, per text and head, from a
+            # query that could choose between keys.
             weight, at = flat.masked_fill(~pair_ok, -1.0).max(-1)  # (B, H)
             parts["weight"].append(weight)
             parts["at"].append(at)
@@ -335,6 +347,7 @@ def process_batch(model: LoadedModel, items: list[CorpusItem], *, top_k: int = 5
     column["entropy"] = np.where(defined[:, _LINEAR + 1, None, None], ent[..., 1], nan)
     column["distance"] = np.where(defined[:, _DISTANCE, None, None], linear[..., _DISTANCE],
                                   nan)
+    column["sink"] = np.where(defined[:, _SINK, None, None], linear[..., _SINK], nan)
     for s, name in enumerate(STATS[: len(SCORES) + 1]):
         values[:, s] = column[name]
     for j in range(len(OFFSETS)):

@@ -13,6 +13,7 @@ import numpy as np
 
 from attnscope.analysis.drawing import draw
 from attnscope.errors import AttnscopeError, check_index
+from attnscope.readable import token_labels
 from attnscope.trace import Trace, require_trace
 
 if TYPE_CHECKING:
@@ -88,7 +89,8 @@ def pca(trace: Trace, level: int = 0, *, skip_special: bool = False) -> Projecti
         keep = keep[~np.asarray(trace.special_mask, dtype=bool)]
     points, explained = _project(states[level][keep])
     name = "input embeddings" if level == 0 else f"layer {level - 1} output"
-    return Projection(points, tuple(trace.tokens[i] for i in keep),
+    labels = token_labels(trace.tokens, trace.special_mask)
+    return Projection(points, tuple(labels[i] for i in keep),
                       np.full(len(keep), level), keep, explained, trace.model_name,
                       f"{name} ({trace.unit}s)")
 
@@ -105,6 +107,7 @@ def token_path(trace: Trace, token: int) -> Projection:
     levels, n, dim = states.shape
     points, explained = _project(states.reshape(levels * n, dim))  # ((L+1)*T, 2)
     mine = points.reshape(levels, n, 2)[:, token]  # (L+1, 2)
-    return Projection(mine, tuple(f"{trace.tokens[token]}@{lv}" for lv in range(levels)),
+    label = token_labels(trace.tokens, trace.special_mask)[token]
+    return Projection(mine, tuple(f"{label}@{lv}" for lv in range(levels)),
                       np.arange(levels), np.full(levels, token), explained, trace.model_name,
-                      f"path of {trace.tokens[token]!r} ({trace.unit} {token}) across layers")
+                      f"path of {label!r} ({trace.unit} {token}) across layers")

@@ -16,6 +16,7 @@ from attnscope.analysis.layers import LAYER_STATS, LayerTrends
 from attnscope.analysis.norms import NormAttention
 from attnscope.analysis.patterns import MASS_SCORES, SCORES, HeadTable
 from attnscope.errors import AttnscopeError, check_index
+from attnscope.readable import token_labels, trace_labels
 from attnscope.render.static import (
     AttnFigure,
     _label,
@@ -45,8 +46,8 @@ def _fontsize(n: int) -> float:
 @draws(FlowResult, "matrix")
 def flow_matrix_figure(result: FlowResult) -> AttnFigure:
     """Rollout or flow as an output x input heatmap (raw values; flow rows are not normalised)."""
-    rows = [result.tokens[i] for i in result.outputs]
-    cols = result.tokens
+    cols = token_labels(result.tokens)
+    rows = [cols[i] for i in result.outputs]
     side = min(16.0, max(5.0, 2.5 + 0.26 * len(cols)))
     height = min(16.0, max(2.5, 1.5 + 0.26 * len(rows)))
     fig = AttnFigure(figsize=(side + 1.2, height), layout="constrained")
@@ -72,12 +73,13 @@ def relevance_bar_figure(result: FlowResult, output: int) -> AttnFigure:
     colours = ["#d62728" if j == output else "#1f77b4" for j in range(n)]
     ax.bar(np.arange(n), rel, color=colours)
     step = max(1, math.ceil(n / 80))  # thin the labels of long texts
-    ax.set_xticks(range(0, n, step), labels=[_label(result.tokens[j]) for j in range(0, n, step)],
+    labels = token_labels(result.tokens)
+    ax.set_xticks(range(0, n, step), labels=[_label(labels[j]) for j in range(0, n, step)],
                   rotation=90, fontsize=_fontsize(n), parse_math=False)
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_ylabel("relevance")
     ax.set_title(f"{result.model_name}: {result.kind} relevance of each input for output "
-                 f"{_label(result.tokens[output])!r} ({output})", fontsize=10)
+                 f"{_label(labels[output])!r} ({output})", fontsize=10)
     return fig
 
 
@@ -177,7 +179,7 @@ def norms_figure(norm_attention: NormAttention, layer: int = -1,
     for ax, matrix, title, cmap in ((axes[0], weights, "attention weight α", weight_cmap()),
                                     (axes[1], norms, "norm ‖α f(x)‖", weight_cmap())):
         image = ax.imshow(matrix, cmap=cmap, vmin=0, interpolation="nearest", aspect="auto")
-        _set_token_ticks(ax, trace.tokens, trace.tokens, _fontsize(n))
+        _set_token_ticks(ax, *trace_labels(trace), _fontsize(n))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("key")
         fig.colorbar(image, ax=ax, shrink=0.8)
@@ -252,7 +254,8 @@ def attention_graph(trace: Trace | Any, layer: int | Sequence[str] | None = -1,
         part: "self", or "decoder"/"cross" for encoder-decoder traces.
     """
     if isinstance(trace, Trace):
-        attentions, rows, cols = trace.check(part).part(part)
+        attentions, _, _ = trace.check(part).part(part)
+        rows, cols = trace_labels(trace, part)
         layer = check_index(layer, attentions.shape[0], "layer")  # type: ignore[arg-type]
         if head is None:
             matrix = attentions[layer].mean(axis=0)

@@ -44,6 +44,7 @@ import numpy as np
 
 from attnscope.analysis.drawing import draw
 from attnscope.errors import AttnscopeError, check_index
+from attnscope.readable import token_labels
 from attnscope.trace import Trace, require_trace
 
 if TYPE_CHECKING:
@@ -118,18 +119,20 @@ class FlowResult:
         output = self.outputs[0] if output is None else output
         rel = self.relevance(output)
         order = np.argsort(-rel, kind="stable")[:top]
-        lines = [f"{self.kind} for output {self.unit} {output} {self.tokens[output]!r}:"]
-        lines += [f"  {int(j):4d}  {self.tokens[j]!r:<20} {rel[j]:.4f}" for j in order]
+        labels = token_labels(self.tokens)  # the text each token stands for
+        lines = [f"{self.kind} for output {self.unit} {output} {labels[output]!r}:"]
+        lines += [f"  {int(j):4d}  {labels[j]!r:<20} {rel[j]:.4f}" for j in order]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         output = self.outputs[0]
         rel = self.relevance(output)
+        labels = token_labels(self.tokens)
         cells = "".join(
             f"<tr><td>{j}</td><td>{html.escape(tok)}</td><td>{rel[j]:.4f}</td></tr>"
-            for j, tok in enumerate(self.tokens)
+            for j, tok in enumerate(labels)
         )
-        return (f"<p>{self.kind} for output {html.escape(self.tokens[output])!s} ({output})</p>"
+        return (f"<p>{self.kind} for output {html.escape(labels[output])!s} ({output})</p>"
                 f"<table><tr><th>pos</th><th>input</th><th>relevance</th></tr>{cells}</table>")
 
     def figure(self) -> AttnFigure:

@@ -27,6 +27,11 @@ The scores (all in [0, 1] except ``distance``):
   sub-word markers); in causal models only earlier j can be seen.
 * ``induction`` (causal models only, NaN otherwise): D[i, j] = 1 when token j-1 equals token i
   and j-1 < i: the token that followed an earlier copy of the current one.
+* ``sink``: mean attention to the first token over every query row that sees more than one key
+  (special rows included; a causal model's first query, forced to put all its weight on
+  itself, is left out). After Gu et al. (2025), "When Attention Sink Emerges in Language
+  Models": a head whose sink score exceeds :data:`SINK_THRESHOLD` (0.3) is a **sink head**.
+  Unlike ``first``, it is not a label: it says where a head parks attention it does not use.
 * ``broad``: normalised entropy, ``-sum_j A[i,j] log A[i,j] / log(n_i)`` with n_i the keys row
   i can see (T, or i+1 in causal models); 1 for uniform attention, 0 for one key. Rows that see
   a single key are skipped.
@@ -64,6 +69,7 @@ __all__ = [
     "LABEL_THRESHOLD",
     "MASS_SCORES",
     "SCORES",
+    "SINK_THRESHOLD",
     "HeadTable",
     "head_patterns",
     "kovaleva_class",
@@ -72,11 +78,13 @@ __all__ = [
 
 #: Score columns, in table order.
 SCORES = ("previous", "next", "self", "first", "separator", "punctuation", "duplicate",
-          "induction", "broad", "distance")
+          "induction", "sink", "broad", "distance")
 #: Scores that are shares of attention mass and compete for a head's label.
 MASS_SCORES = ("previous", "next", "self", "first", "separator", "punctuation", "duplicate",
                 "induction")
 KOVALEVA_CLASSES = ("vertical", "diagonal", "vertical+diagonal", "block", "heterogeneous")
+#: A head whose sink score exceeds this is a sink head (Gu et al. 2025's threshold).
+SINK_THRESHOLD = 0.3
 #: A head is labelled by its best mass score when that score reaches this share of attention.
 LABEL_THRESHOLD = 0.4
 #: A head with no such score is labelled "broad" when its normalised entropy reaches this.
@@ -186,6 +194,14 @@ def _mul_score(attn: np.ndarray, row_sums: np.ndarray, target: _Target) -> np.nd
 def _seen(n: int, causal: bool) -> np.ndarray:
     """Keys each query can see ``[T]``: T, or i+1 in causal models."""
     return np.arange(1, n + 1) if causal else np.full(n, n)
+
+
+def _sink_score(attn: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Mean attention to key 0 of the rows that see at least two keys -> ``[L, H]``."""
+    rows = np.flatnonzero(seen > 1)
+    if rows.size == 0:
+        return np.full(attn.shape[:2], np.nan)
+    return attn[:, :, rows, 0].mean(axis=-1).astype(np.float64)  # (L, H, R) -> (L, H)
 
 
 def _entropy_score(attn: np.ndarray, rows: np.ndarray, seen: np.ndarray) -> np.ndarray:
@@ -356,6 +372,10 @@ class HeadTable:
         """Every head whose ``name`` score exceeds ``threshold``, best first."""
         return [b for b in self.best(name, self.num_layers * self.num_heads) if b[2] > threshold]
 
+    def sink_heads(self) -> list[tuple[int, int, float]]:
+        """Every head whose sink score exceeds :data:`SINK_THRESHOLD`, best first."""
+        return self.find("sink", SINK_THRESHOLD)
+
     def to_pandas(self) -> DataFrame:
         """The table as a pandas DataFrame (needs pandas, which attnscope does not require)."""
         try:
@@ -444,6 +464,7 @@ def head_patterns(trace: Trace, part: str = "self") -> HeadTable:
     columns = {name: _mul_score(attn, row_sums, target) for name, target in targets.items()}
     if "induction" not in columns:
         columns["induction"] = np.full(attn.shape[:2], np.nan)
+    columns["sink"] = _sink_score(attn, _seen(len(tokens), causal))
     columns["broad"] = _entropy_score(attn, rows, _seen(len(tokens), causal))
     columns["distance"] = _distance_score(attn, rows)
     scores = np.stack([columns[name] for name in SCORES], axis=-1).astype(np.float64)

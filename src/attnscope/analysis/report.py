@@ -24,6 +24,7 @@ import numpy as np
 
 from attnscope.errors import AttnscopeError
 from attnscope.files import write_text
+from attnscope.readable import trace_labels
 from attnscope.trace import Trace
 
 if TYPE_CHECKING:
@@ -126,12 +127,13 @@ def _label_table(table: HeadTable) -> str:
 
 def _tokens_table(trace: Trace) -> str:
     head = "<tr><th>pos</th><th>token</th><th>special</th><th>segment</th><th>word</th></tr>"
+    labels = trace_labels(trace)[0]  # the text each token stands for
     rows = "".join(
-        f"<tr><td>{i}</td><td>{html.escape(tok)}</td>"
+        f"<tr><td>{i}</td><td>{html.escape(labels[i])}</td>"
         f"<td>{'yes' if trace.special_mask[i] else ''}</td>"
         f"<td>{int(trace.segment_ids[i]) if trace.segment_ids[i] >= 0 else ''}</td>"
         f"<td>{int(trace.word_ids[i]) if trace.word_ids[i] >= 0 else ''}</td></tr>"
-        for i, tok in enumerate(trace.tokens)
+        for i in range(trace.num_tokens)
     )
     return f'<div class="scroll"><table>{head}{rows}</table></div>'
 
@@ -209,7 +211,7 @@ def report(trace: Trace, model: LoadedModel | None = None, *, output: int | None
         sections.append("<p class='note'>Interactive views left out.</p>")
 
     charts = _Charts()
-    tokens = trace.tokens
+    tokens = tuple(trace_labels(trace)[0])  # shown as the text they stand for
     unit = trace.unit
     table = head_patterns(trace)
     gallery = []

@@ -76,6 +76,7 @@ from attnscope.app.schemas import (
     TextInput,
 )
 from attnscope.errors import AttnscopeError, check_index
+from attnscope.readable import token_label, trace_labels
 
 __all__ = ["create_app"]
 
@@ -310,10 +311,12 @@ class _State:
             query = check_index(query, trace.num_tokens, "query token", "query tokens")
         view = at.AttnView(trace, _VIEW_KINDS, layer=layer,
                            heads=None if head is None else [head], head=head or 0, query=query)
-        return {"model": trace.model_name, "tokens": list(trace.tokens),
-                "num_layers": trace.num_layers, "num_heads": trace.num_heads, "layer": layer,
-                "head": head, "capture_ms": round(entry.seconds * 1000, 2),
-                "view": view.payload()}
+        # "tokens" are labels to show (the text each token stands for); "raw_tokens" the
+        # tokenizer's own spelling.
+        return {"model": trace.model_name, "tokens": trace_labels(trace)[0],
+                "raw_tokens": list(trace.tokens), "num_layers": trace.num_layers,
+                "num_heads": trace.num_heads, "layer": layer, "head": head,
+                "capture_ms": round(entry.seconds * 1000, 2), "view": view.payload()}
 
     def heads_body(self, entry: CaptureEntry, body: TextInput) -> dict[str, Any]:
         from attnscope.analysis.patterns import SCORES
@@ -324,7 +327,7 @@ class _State:
             rows.append({"layer": r["layer"], "head": r["head"], "label": r["label"],
                          "label_score": _finite(r["label_score"]), "class": r["class"],
                          "scores": {s: _finite(r[s]) for s in SCORES}})
-        return {"model": table.model_name, "tokens": list(table.tokens),
+        return {"model": table.model_name, "tokens": trace_labels(entry.trace)[0],
                 "score_names": list(SCORES), "heads": rows}
 
     def explain_body(self, entry: CaptureEntry, body: ExplainRequest) -> dict[str, Any]:
@@ -340,9 +343,10 @@ class _State:
                                 model=model)
         else:
             ex = at.explain(trace, body.layer, body.head, body.query, part=body.part)
+        query_labels, key_labels = trace_labels(trace, body.part)
         return {"model": ex.model_name, "layer": ex.layer, "head": ex.head,
-                "query": ex.query_index, "query_token": ex.query_token,
-                "key_tokens": list(ex.key_tokens), "head_dim": ex.head_dim,
+                "query": ex.query_index, "query_token": query_labels[ex.query_index],
+                "key_tokens": key_labels, "head_dim": ex.head_dim,
                 "q": _floats(ex.q), "keys": encode_float16(ex.keys), "dots": _floats(ex.dots),
                 "scale": float(ex.scale), "scores": _floats(ex.scores),
                 "bias": None if ex.bias is None else _floats(ex.bias),
@@ -392,6 +396,7 @@ class _State:
                         f"{int((~np.isnan(values)).sum())} of {n} input tokens; start the "
                         "explorer with a larger --flow-budget for long texts.")
         complete = not np.isnan(values).any()
+        labels = trace_labels(trace)[0]
         relevance = figure = None
         if complete:
             result = FlowResult(body.kind, values[None, :], (output,), trace.tokens,
@@ -400,7 +405,7 @@ class _State:
             if body.figure:
                 figure = _png(result.bar(output))
         return {"kind": body.kind, "model": trace.model_name, "output": output,
-                "output_token": trace.tokens[output], "tokens": list(trace.tokens),
+                "output_token": labels[output], "tokens": labels,
                 "values": [None if math.isnan(v) else float(v) for v in values],
                 "relevance": relevance, "done": int((~np.isnan(values)).sum()), "total": n,
                 "complete": complete, "seconds": round(spent, 4), "budget_s": budget,
@@ -416,7 +421,7 @@ class _State:
         for trace in (a, b):
             view = at.AttnView(trace, ["head", "model"])
             sides.append({"model": trace.model_name, "text": trace.text,
-                          "text_b": trace.text_b, "tokens": list(trace.tokens),
+                          "text_b": trace.text_b, "tokens": trace_labels(trace)[0],
                           "view": view.payload()})
         diff: dict[str, Any] = {"comparable": False, "reason": None, "layer": body.layer,
                                 "head": body.head, "changes": None, "grid": None,
@@ -592,7 +597,8 @@ def _with_spans(model: Any, row: dict[str, Any]) -> dict[str, Any]:
     spans = {}
     for end in ("query", "key"):
         pos = row[f"{end}_pos"]
-        ok = pos < len(tokens.tokens) and tokens.tokens[pos] == row[f"{end}_token"]
+        # the row holds the token's label (see corpus.py), as token_label gives it
+        ok = pos < len(tokens.tokens) and token_label(tokens.tokens[pos]) == row[f"{end}_token"]
         start, stop = (int(v) for v in tokens.offsets[pos]) if ok else (-1, -1)
         spans[f"{end}_span"] = ([int(tokens.segment_ids[pos]), start, stop]
                                 if ok and start >= 0 else None)

@@ -29,6 +29,7 @@ import numpy as np
 from attnscope.analysis.corpus import EXAMPLE_SCORES, OFFSETS, STATS
 from attnscope.analysis.patterns import SCORES
 from attnscope.errors import AttnscopeError
+from attnscope.readable import token_label
 
 __all__ = ["CorpusBrowser", "LAYER_PANELS"]
 
@@ -259,8 +260,8 @@ class CorpusBrowser:
                 pos = (None, None) if r["query_pos"] < 0 else (int(r["query_pos"]),
                                                                int(r["key_pos"]))
                 rows.append({"value": float(r["value"]), "query_pos": pos[0],
-                             "key_pos": pos[1], "query_token": _text(r["query_token"]),
-                             "key_token": _text(r["key_token"]), "text_key": r["text_key"],
+                             "key_pos": pos[1], "query_token": _label(r["query_token"]),
+                             "key_token": _label(r["key_token"]), "text_key": r["text_key"],
                              "position": int(r["position"]), "text": r["text"],
                              "text_b": _text(r["text_b"]), "query_span": None,
                              "key_span": None})
@@ -307,6 +308,11 @@ def _number(value: Any) -> float | None:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _label(token: Any) -> str | None:
+    """A stored example token as a label to show (the text it stands for), or None."""
+    return token_label(token) if isinstance(token, str) else None
 
 
 def _grid(values: np.ndarray) -> list[list[float | None]]:

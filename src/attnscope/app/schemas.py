@@ -130,7 +130,8 @@ class ModelsResponse(BaseModel):
 
 class CaptureResponse(BaseModel):
     model: str
-    tokens: list[str]
+    tokens: list[str] = Field(description="each token as the text it stands for, to show")
+    raw_tokens: list[str] = Field(description="each token as the tokenizer spells it")
     num_layers: int
     num_heads: int
     layer: int

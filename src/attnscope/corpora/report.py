@@ -22,6 +22,7 @@ from attnscope.analysis.patterns import SCORES
 from attnscope.analysis.report import Report
 from attnscope.corpora.result import CorpusResult, check_count
 from attnscope.errors import AttnscopeError
+from attnscope.readable import token_label
 from attnscope.tokens import TruncationWarning
 
 __all__ = ["corpus_report"]
@@ -224,9 +225,10 @@ def corpus_report(result: CorpusResult, *, model: Any = None, examples: int = 3,
                      else esc(r.text))
             link = (f' <a class="cr-open" href="#view-{r.text_key}-{layer}-{head}">head view</a>'
                     if r.text_key in payloads else "")
-            items.append(f"<li><b>{r.value:.3f}</b> {esc(r.query_token)} \u2192 "
-                         f"{esc(r.key_token)} <span class=muted>({result.source_unit} "
-                         f"{int(r.position)})</span>{link}<br><small>{shown}</small></li>")
+            pair = f"{esc(token_label(r.query_token))} \u2192 {esc(token_label(r.key_token))}"
+            items.append(f"<li><b>{r.value:.3f}</b> {pair} <span class=muted>("
+                         f"{result.source_unit} {int(r.position)})</span>{link}<br>"
+                         f"<small>{shown}</small></li>")
         blocks.append(f"<details class='cr-head' data-layer={layer} data-head={head}>"
                       f"<summary>layer {layer}, head {head}: {esc(label)}</summary>"
                       f"<ol>{''.join(items)}</ol></details>")

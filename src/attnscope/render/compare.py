@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from attnscope.errors import AttnscopeError, check_index
+from attnscope.readable import trace_labels
 from attnscope.render.static import AttnFigure, _set_token_ticks
 from attnscope.trace import Trace
 
@@ -82,8 +83,8 @@ def difference_heatmap(a: Trace, b: Trace, layer: int = -1, head: int = 0, *,
     diff = attention_difference(a, b, part)
     layer = check_index(layer, diff.shape[0], "layer")
     head = check_index(head, diff.shape[1], "head")
-    _, rows_a, cols_a = a.part(part)
-    _, rows_b, cols_b = b.part(part)
+    rows_a, cols_a = trace_labels(a, part)
+    rows_b, cols_b = trace_labels(b, part)
     rows = [x if x == y else f"{x} / {y}" for x, y in zip(rows_a, rows_b, strict=True)]
     cols = [x if x == y else f"{x} / {y}" for x, y in zip(cols_a, cols_b, strict=True)]
     matrix = diff[layer, head]

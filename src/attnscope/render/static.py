@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.files import atomic_write
+from attnscope.readable import token_labels, trace_labels
 from attnscope.trace import Trace, float_array
 
 if TYPE_CHECKING:
@@ -168,7 +169,8 @@ def heatmap(
         and a title.
     """
     if isinstance(trace, Trace):
-        attentions, rows, cols = trace.part(part)
+        attentions, _, _ = trace.part(part)
+        rows, cols = trace_labels(trace, part)
         layer = check_index(layer, attentions.shape[0], "layer")  # type: ignore[arg-type]
         head = check_index(head, attentions.shape[1], "head")  # type: ignore[arg-type]
         matrix = attentions[layer, head]
@@ -231,7 +233,9 @@ def matrix_and_tokens(
 
     if (key_tokens is None or isinstance(key_tokens, (int, np.integer))) and n_q == n_k:
         key_tokens = query_tokens
-    return array, tokens(query_tokens, n_q, "query"), tokens(key_tokens, n_k, "key")
+    # Tokens given with a matrix are shown as the text they stand for, as a Trace's are.
+    return (array, tuple(token_labels(tokens(query_tokens, n_q, "query"))),
+            tuple(token_labels(tokens(key_tokens, n_k, "key"))))
 
 
 def _draw_matrix(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], *,
@@ -272,7 +276,8 @@ def heads_grid(trace: Trace, layer: int = -1, *, part: str = "self",
     column): the grid reads like one table, and there are fewer labels to lay out.
     """
     _require_trace(trace, "heads_grid")
-    attentions, rows, cols = trace.part(part)
+    attentions, _, _ = trace.part(part)
+    rows, cols = trace_labels(trace, part)
     layer = check_index(layer, attentions.shape[0], "layer")
     heads = attentions.shape[1]
     ncols = ncols or min(heads, 4 if heads <= 8 else 6)

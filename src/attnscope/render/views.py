@@ -27,6 +27,7 @@ import numpy as np
 
 from attnscope.errors import AttnscopeError, check_index
 from attnscope.files import write_text
+from attnscope.readable import trace_labels
 from attnscope.render import html as page_html
 from attnscope.render.static import WEIGHT_STOPS, AttnFigure, _label, model_grid
 from attnscope.trace import Trace
@@ -275,10 +276,11 @@ def _payload(view: AttnView) -> dict[str, Any]:
                     else page_html.encode_attention(attentions, causal=causal,
                                                     exact=view.exact)),
         })
-    tokens = {"self": list(trace.tokens)}
+    # The page shows labels, the text each token stands for; the Trace keeps the raw tokens.
+    tokens = {"self": trace_labels(trace)[0]}
     special = {"self": [int(s) for s in np.asarray(trace.special_mask, dtype=bool)]}
     if trace.decoder_tokens is not None:
-        tokens["decoder"] = list(trace.decoder_tokens)
+        tokens["decoder"] = trace_labels(trace, "decoder")[0]
         mask = trace.decoder_special_mask
         special["decoder"] = ([int(s) for s in np.asarray(mask, dtype=bool)] if mask is not None
                               else [0] * len(trace.decoder_tokens))
