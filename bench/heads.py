@@ -17,8 +17,8 @@ docs/heads-llm.md's come from SmolLM2-135M-Instruct (30 layers x 9 heads): on th
 random tokens repeated twice, its induction heads, previous-token heads and sink heads (counts and
 the best of each), and its sink heads on an ordinary paragraph.
 
-The test suite runs the same library calls and checks that docs/heads.md and docs/heads-llm.md contain
-these sentences, so the numbers they quote are the numbers the code gives.
+The test suite runs the same library calls and checks that docs/heads.md and docs/heads-llm.md
+contain these sentences, so the numbers they quote are the numbers the code gives.
 """
 
 from __future__ import annotations
