@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnscope.adapters import get_adapter
-from attnscope.errors import AttnscopeError, check_index
+from attnscope.errors import AttnscopeError, check_count, check_index
 from attnscope.models import LoadedModel
 from attnscope.trace import Trace
 
@@ -92,7 +92,7 @@ class Explanation:
 
     def table(self, dims: int = 4) -> str:
         """The steps as a plain-text table; ``dims``: how many of q ⊙ k's values to show."""
-        dims = max(0, min(dims, self.head_dim))
+        dims = min(check_count(dims, "dims"), self.head_dim)
         width = max([5, *(len(t) for t in self.key_tokens)])
         width = min(width, 16)
         lines = [self._title()]

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnscope.analysis.drawing import draw
-from attnscope.errors import AttnscopeError, check_index
+from attnscope.errors import AttnscopeError, check_index, check_number
 from attnscope.trace import Trace, require_trace
 
 __all__ = [
@@ -207,6 +207,8 @@ def attention_flow(trace: Trace, output: int | None = None, *, tol: float = 1e-7
         A :class:`FlowResult` with raw maximum-flow ``values`` ``[T_out, T]``.
     """
     require_trace(trace, "attention_flow")
+    budget = check_number(budget, "budget", above=0, none_ok=True)
+    tol = check_number(tol, "tol", above=0)
     try:
         import scipy.sparse.csgraph  # noqa: F401  (the max-flow solver)
     except ImportError:
