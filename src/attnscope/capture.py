@@ -111,7 +111,7 @@ def iter_capture(
 
 
 def _maybe_merge(trace: Trace, merge_words: bool) -> Trace:
-    if not merge_words:
+    if not check_flag(merge_words, "merge_words"):
         return trace
     from attnscope.words import merge_subwords
 
