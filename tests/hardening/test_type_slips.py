@@ -28,7 +28,7 @@ def test_capture_says_what_it_takes(tiny):
         with pytest.raises(AttnscopeError) as caught:
             at.capture(model, "leaves fall")
         assert str(caught.value) == expected
-    with pytest.raises(AttnscopeError, match="^capture takes a model from attnscope.load"):
+    with pytest.raises(AttnscopeError, match=r"^capture takes a model from attnscope\.load"):
         at.capture_batch(None, ["leaves fall"])
 
 
