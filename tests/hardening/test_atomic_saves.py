@@ -153,7 +153,7 @@ def test_interrupted_and_killed_saves_leave_each_file_whole(tmp_path, pair):
             _tell(worker, "go")
             time.sleep(rng.uniform(0.0, 0.6))  # any moment of the loop: every one must hold
             worker.send_signal(sig)
-            status = worker.wait(timeout=120)
+            status = worker.wait(timeout=600)
             assert status == (130 if sig == signal.SIGINT else -signal.SIGKILL), status
             on_disk = _check_whole(out, a, b)
             if sig == signal.SIGINT:
@@ -306,7 +306,7 @@ def test_a_write_failing_midway_leaves_the_previous_file(tmp_path, pair):
     assert min(len(data) for data in before.values()) > 4096  # each save must pass the limit
 
     child = run_child(LIMITED, str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    stdout, stderr = child.communicate(timeout=120)
+    stdout, stderr = child.communicate(timeout=600)
     assert child.returncode == 0, stderr
     messages = json.loads(stdout)
     for name, message in messages.items():
