@@ -474,7 +474,7 @@ class Trace:
         The file is written atomically: a failure or Ctrl-C leaves any previous file whole.
         """
         path = _trace_path(path, "save")
-        if path.is_dir():
+        if os.path.isdir(path):  # (os.path never raises, even for a name too long)
             raise AttnscopeError(f"Cannot write the trace '{path}': it is a folder.")
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
