@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from attnscope.errors import AttnscopeError
+from attnscope.errors import AttnscopeError, check_flag
 from attnscope.models import LoadedModel
 from attnscope.tokens import Tokenization, tokenize, tokenize_ids
 from attnscope.trace import Trace
@@ -96,6 +96,7 @@ def iter_capture(
     stop early)."""
     if isinstance(texts, str):
         raise AttnscopeError("capture_batch takes a list of texts; for one text use capture().")
+    merge_words, progress = check_flag(merge_words, "merge_words"), check_flag(progress, "progress")
     if _is_id_sequence(texts):
         raise AttnscopeError("capture_batch takes a list of texts or of id sequences; for one "
                              "sequence of ids use capture().")
@@ -123,7 +124,7 @@ def _is_id_sequence(texts: Any) -> bool:
 
 
 def _maybe_merge(trace: Trace, merge_words: bool) -> Trace:
-    if not merge_words:
+    if not check_flag(merge_words, "merge_words"):
         return trace
     from attnscope.words import merge_subwords
 
@@ -136,6 +137,9 @@ def _capture_chunk(
 ) -> list[Trace]:
     import torch
 
+    require_loaded(model, "capture")
+    truncate, qkv = check_flag(truncate, "truncate"), check_flag(qkv, "qkv")
+    add_special_tokens = check_flag(add_special_tokens, "add_special_tokens")
     recorder = None
     if qkv:  # fail on an unsupported family before running the model
         from attnscope.adapters.hooks import QKVRecorder
@@ -327,3 +331,23 @@ def _split_layers(
                 out[b][layer_index] = tensor[b, :, :n, : cols[b]].numpy()
         del tensor
     return out
+
+
+def require_loaded(model: Any, what: str) -> LoadedModel:
+    """``model`` if attnscope loaded it, else one sentence saying what ``what`` takes."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        how = f"at.load({_shown(model)}) makes one from that name or folder"
+    elif hasattr(model, "config") and hasattr(model, "forward"):
+        how = "at.load(model, tokenizer=...) wraps your transformers model in one"
+    else:
+        how = "at.load(...) makes one"
+    raise AttnscopeError(
+        f"{what} takes a model from attnscope.load, not {type(model).__name__}; {how}."
+    )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

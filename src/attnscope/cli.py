@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from attnscope.errors import AttnscopeError, check_index
+from attnscope.errors import AttnscopeError, check_count, check_index
 from attnscope.files import check_writable, describe_os_error, write_text
 
 __all__ = ["main"]
@@ -132,6 +132,47 @@ def _check_indices(args: argparse.Namespace, facts) -> None:
         check_index(args.head, facts.num_heads, "head")
 
 
+#: Keys of config.json that hold the layer and head counts of an encoder or decoder, as
+#: transformers' configs spell them (BERT-like, GPT-2, DistilBERT, T5's encoder).
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "n_layers")
+_HEAD_KEYS = ("num_attention_heads", "n_head", "n_heads")
+
+
+def _check_indices_from_config_file(args: argparse.Namespace) -> None:
+    """--layer and --head against the counts written in a model folder's config.json, read as
+    plain JSON: importing transformers and torch takes seconds, a typo should not. Any doubt
+    (no folder, an encoder-decoder, a count left to the config's default) leaves the check to
+    :func:`_check_indices`."""
+    import json
+
+    from attnscope.models import default_model_dir
+
+    if getattr(args, "part", "self") != "self":
+        return
+    try:
+        folder = Path(args.model).expanduser() if args.model else default_model_dir()
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError, AttnscopeError):
+        return
+    if not isinstance(config, dict) or config.get("is_encoder_decoder"):
+        return
+
+    def count(keys: tuple[str, ...]) -> int | None:
+        for key in keys:
+            value = config.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+    layers, heads = count(_LAYER_KEYS), count(_HEAD_KEYS)
+    if (layers is not None and getattr(args, "layer", None) is not None
+            and not getattr(args, "all_layers", False)):
+        check_index(args.layer, layers, "layer")
+    if (heads is not None and getattr(args, "head", None) is not None
+            and not getattr(args, "all_heads", False)):
+        check_index(args.head, heads, "head")
+
+
 def _text_and_model(args: argparse.Namespace):
     """The text(s) to look at, checked before the slow model load, and the loaded model."""
     import attnscope as at
@@ -144,6 +185,7 @@ def _text_and_model(args: argparse.Namespace):
 
     if args.file is None:  # a text given inline is checked first: it costs nothing
         check(*_read_text(args))
+    _check_indices_from_config_file(args)  # before transformers and torch are even imported
     facts = peek(args.model)  # the config alone, well under a second
     _check_indices(args, facts)
     text, text_b = _read_text(args, facts)
@@ -327,6 +369,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     query = args.position if args.position is not None else args.token
     if query is None:
         raise AttnscopeError("Name the query token with --token WORD or --position N.")
+    check_count(args.dims, "--dims")
     text, text_b, model = _text_and_model(args)
     trace = at.capture(model, text, text_b, truncate=not args.no_truncate,
                        qkv=args.part == "self", add_special_tokens=not args.no_special_tokens)

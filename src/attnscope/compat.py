@@ -95,7 +95,14 @@ def _stack(attention: Any, what: str) -> np.ndarray:
     """bertviz's per-layer tuple of ``[1, H, Tq, Tk]`` (torch or numpy) as float32
     ``[L, H, Tq, Tk]`` (any shape :func:`attention_array` takes passes too)."""
     if isinstance(attention, (tuple, list)) and not attention:
-        raise AttnscopeError(f"{what} is empty: pass one [1, heads, tokens, tokens] per layer.")
+        # bertviz's notebooks take outputs[-1], which under transformers 5 is an encoder's
+        # empty cross_attentions (and a model on SDPA attention returns no weights at all).
+        raise AttnscopeError(
+            f"{what} is empty: pass outputs.attentions (one [1, heads, tokens, tokens] per "
+            "layer), not outputs[-1], which is an empty cross_attentions under transformers "
+            "5; if outputs.attentions is empty too, load the model with "
+            "attn_implementation=\"eager\" and call it with output_attentions=True."
+        )
     stacked = attention_array(attention, what)
     if stacked.shape[1] == 0:
         raise AttnscopeError(f"{what} holds no heads: each layer must be [1, heads, ...].")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numbers
 
-__all__ = ["AttnscopeError", "check_index"]
+__all__ = ["AttnscopeError", "check_count", "check_flag", "check_index", "check_number"]
 
 
 class AttnscopeError(ValueError):
@@ -35,3 +35,57 @@ def check_index(value: int, size: int, what: str, plural: str | None = None) -> 
             f"(or -{size} to -1)."
         )
     return value % size
+
+
+def check_flag(value: object, what: str) -> bool:
+    """Return ``value`` if it is True or False; anything else (``"no"``, ``None``, ``1``) is
+    one sentence, since a string such as ``"false"`` would otherwise read as true."""
+    if isinstance(value, bool):
+        return value
+    if type(value).__name__ == "bool_":  # numpy's bool
+        return bool(value)
+    raise AttnscopeError(f"{what} must be True or False, not {_shown(value)}.")
+
+
+def check_number(value: object, what: str, *, minimum: float | None = None,
+                 above: float | None = None, none_ok: bool = False) -> float | None:
+    """Return ``value`` as a finite float, with ``value >= minimum`` or ``value > above``.
+
+    ``check_number("x", 3.0, "scale")`` and ``float("nan")`` give one sentence naming what is
+    valid; so do booleans, strings and complex numbers. None passes only with ``none_ok``.
+    """
+    if value is None and none_ok:
+        return None
+    if minimum is not None:
+        valid = f"a number of at least {minimum:g}"
+    elif above is not None:
+        valid = f"a number above {above:g}"
+    else:
+        valid = "a finite number"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise AttnscopeError(
+            f"{what} must be {valid}{' or None' if none_ok else ''}, not {_shown(value)}."
+        )
+    number = float(value)
+    if (number != number or number in (float("inf"), float("-inf"))
+            or (minimum is not None and number < minimum)
+            or (above is not None and number <= above)):
+        raise AttnscopeError(f"{what} must be {valid}, not {number!r}.")
+    return number
+
+
+def check_count(value: object, what: str, *, minimum: int = 0) -> int:
+    """Return ``value`` as an int of at least ``minimum`` (``explain --dims -1``: a sentence)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise AttnscopeError(
+            f"{what} must be a whole number of at least {minimum}, not {_shown(value)}."
+        )
+    if int(value) < minimum:
+        raise AttnscopeError(f"{what} must be at least {minimum}, not {int(value)}.")
+    return int(value)
+
+
+def _shown(value: object) -> str:
+    """A short description of a wrong value: its repr when short, else its type."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"a {type(value).__name__}"

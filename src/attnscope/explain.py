@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnscope.adapters import get_adapter
-from attnscope.errors import AttnscopeError, check_index
+from attnscope.errors import AttnscopeError, check_count, check_index
 from attnscope.models import LoadedModel
 from attnscope.readable import token_label, token_labels
 from attnscope.trace import Trace
@@ -93,7 +93,7 @@ class Explanation:
 
     def table(self, dims: int = 4) -> str:
         """The steps as a plain-text table; ``dims``: how many of q ⊙ k's values to show."""
-        dims = max(0, min(dims, self.head_dim))
+        dims = min(check_count(dims, "dims"), self.head_dim)
         labels = token_labels(self.key_tokens)  # the text each token stands for
         width = max([5, *(len(t) for t in labels)])
         width = min(width, 16)

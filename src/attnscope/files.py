@@ -3,8 +3,9 @@
 Every file attnscope writes goes through :func:`atomic_write`: the bytes go to a temporary file
 in the same folder, are flushed to disk, and the temporary file is renamed over the target.
 A failure, Ctrl-C or a kill at any moment leaves either the previous file whole or the new one
-whole, never half a file, and no temporary file is left behind (except after SIGKILL, which no
-process can clean up after; such leftovers are hidden dot-files named ``.NAME.*.tmp``).
+whole, never half a file, and no temporary file is left behind. A kill (SIGKILL, power loss)
+leaves a hidden ``.NAME.*.tmp`` that no process can remove at that moment: the next save to
+the same NAME removes it.
 
     with atomic_write("page.html", "w") as fh:
         fh.write(html)
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -27,6 +29,11 @@ from types import FrameType
 from typing import IO, Any
 
 from attnscope.errors import AttnscopeError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; stale temporaries are left as they are
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["atomic_write", "check_writable", "describe_os_error", "write_bytes", "write_text"]
 
@@ -123,72 +130,150 @@ def atomic_write(
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write writes with mode 'w' or 'wb', not {mode!r}")
     path = check_writable(path, what)
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp",
-                                        dir=path.parent)
-    except OSError as err:
-        raise AttnscopeError(f"Cannot write {what} '{path}': {_creation_error(err)}.") from None
-    tmp = Path(tmp_name)
-    done = False
-    try:
-        kwargs: dict[str, Any] = (
-            {"encoding": encoding, "errors": "backslashreplace", "newline": ""}
-            if mode == "w" else {})
-        with os.fdopen(fd, mode, **kwargs) as handle, _interrupts_kept():
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        _keep_permissions(path, tmp)
-        os.replace(tmp, path)
-        done = True
-    except OSError as err:
-        raise AttnscopeError(
-            f"Cannot write {what} '{path}': {describe_os_error(err)}."
-        ) from None
-    finally:
-        if not done:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-
-
-@contextlib.contextmanager
-def _interrupts_kept() -> Iterator[None]:
-    """Make sure Ctrl-C during a write ends as ``KeyboardInterrupt``.
-
-    Ctrl-C raises ``KeyboardInterrupt`` wherever Python happens to be. Inside a library's
-    compiled code (matplotlib's renderer, for one) that error can be caught and replaced by
-    an unrelated one ("ValueError: Invalid affine transformation matrix") or swallowed. While
-    the file is written, the SIGINT handler also notes each interrupt it raises, so the write
-    ends as the interrupt it was, with the previous file left in place.
-    """
-    previous = signal.getsignal(signal.SIGINT)
-    if (not callable(previous)
-            or threading.current_thread() is not threading.main_thread()):
-        yield  # only the main thread can handle signals; SIG_IGN / SIG_DFL need no help
-        return
-    interrupted = False
-
-    def note_and_pass_on(signum: int, frame: FrameType | None) -> Any:
-        nonlocal interrupted
+    # Ctrl-C is held back while the temporary file is made, renamed or removed, and acts at
+    # once only while the caller writes: an interrupt never strands a temporary file.
+    with _InterruptGuard() as guard:
+        _remove_stale_temporaries(path)
+        fd, tmp = _locked_temporary(path, what)
+        done = False
         try:
-            return previous(signum, frame)
+            kwargs = ({"encoding": encoding, "errors": "backslashreplace", "newline": ""}
+                      if mode == "w" else {})
+            with os.fdopen(fd, mode, **kwargs) as handle:
+                with guard.live():
+                    yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+                _keep_permissions(path, tmp)
+                os.replace(tmp, path)
+                done = True  # (the lock goes with the handle's close)
+        except OSError as err:
+            raise AttnscopeError(
+                f"Cannot write {what} '{path}': {describe_os_error(err)}."
+            ) from None
+        finally:
+            if not done:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name[:200]}."
+
+
+def _locked_temporary(path: Path, what: str) -> tuple[int, Path]:
+    """A new temporary file beside ``path``, open and locked (see
+    :func:`_remove_stale_temporaries`); returns its descriptor and path."""
+    while True:
+        try:
+            fd, name = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp",
+                                        dir=path.parent)
+        except OSError as err:
+            raise AttnscopeError(
+                f"Cannot write {what} '{path}': {_creation_error(err)}."
+            ) from None
+        if fcntl is None:
+            return fd, Path(name)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # Another save may have taken the file for stale between mkstemp and the lock.
+            if os.stat(name).st_ino == os.fstat(fd).st_ino:
+                return fd, Path(name)
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove temporary files of ``path``'s own naming (``.NAME.XXXXXXXX.tmp``) that no live
+    process holds: the leftovers of a save that was killed (SIGKILL, power loss).
+
+    A save holds an exclusive lock (flock) on its temporary file until it is renamed; the
+    system drops the lock when the process dies, so an unlocked one is a leftover.
+    """
+    if fcntl is None:
+        return
+    pattern = re.compile(re.escape(_temporary_prefix(path)) + r"[a-z0-9_]{8}\.tmp")
+    try:
+        names = [entry.name for entry in os.scandir(path.parent)
+                 if pattern.fullmatch(entry.name)]
+    except OSError:
+        return
+    for name in names:
+        candidate = path.parent / name
+        try:
+            fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(candidate, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                candidate.unlink()
+        except OSError:
+            pass  # held by a live save, already gone, or not ours to remove
+        finally:
+            os.close(fd)
+
+
+class _InterruptGuard:
+    """Hold Ctrl-C back while a save does its bookkeeping; pass it on while the caller writes.
+
+    Outside :meth:`live`, an interrupt is only noted and raised as ``KeyboardInterrupt`` when
+    the guard ends (the temporary file removed, or the new file in place). Inside, it acts at
+    once. Ctrl-C can also land inside a library's compiled code (matplotlib's renderer, for
+    one) and be caught there and replaced by an unrelated error ("ValueError: Invalid affine
+    transformation matrix") or swallowed: an interrupt the handler raised is noted, so the
+    write still ends as the interrupt it was, with the previous file left in place.
+    """
+
+    def __init__(self) -> None:
+        self.previous: Any = None
+        self.active = False
+        self.held = False  # an interrupt came while held back
+        self.raised = False  # the previous handler raised KeyboardInterrupt while live
+        self.is_live = False
+
+    def __enter__(self) -> _InterruptGuard:
+        previous = signal.getsignal(signal.SIGINT)
+        # only the main thread can handle signals; SIG_IGN / SIG_DFL need no help
+        if callable(previous) and threading.current_thread() is threading.main_thread():
+            self.previous, self.active = previous, True
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> Any:
+        if not self.is_live:
+            self.held = True
+            return None
+        try:
+            return self.previous(signum, frame)
         except KeyboardInterrupt:  # (a handler may also put the interrupt off: not noted)
-            interrupted = True
+            self.raised = True
             raise
 
-    signal.signal(signal.SIGINT, note_and_pass_on)
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise
-    except BaseException as err:
-        if interrupted:
-            raise KeyboardInterrupt from err
-        raise
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if interrupted:  # swallowed somewhere inside: the write is not what the person asked for
-        raise KeyboardInterrupt
+    @contextlib.contextmanager
+    def live(self) -> Iterator[None]:
+        self.is_live = True
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:
+            if self.raised:
+                raise KeyboardInterrupt from err
+            raise
+        finally:
+            self.is_live = False
+        if self.raised:  # swallowed somewhere inside: the write is not what was asked for
+            raise KeyboardInterrupt
+
+    def __exit__(self, kind: Any, err: Any, tb: Any) -> None:
+        if not self.active:
+            return
+        signal.signal(signal.SIGINT, self.previous)
+        if self.held and not isinstance(err, KeyboardInterrupt):
+            # the interrupt held back, handled as it would have been without the guard
+            self.previous(signal.SIGINT, None)
 
 
 def _keep_permissions(path: Path, tmp: Path) -> None:

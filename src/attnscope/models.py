@@ -176,12 +176,7 @@ def load(
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise AttnscopeError("name must be a non-empty string, the model's name in titles.")
     if name_or_dir is not None and not isinstance(name_or_dir, str | os.PathLike):
-        given = name_or_dir
-        if not hasattr(given, "config") or not hasattr(given, "parameters"):
-            raise AttnscopeError(
-                "load takes a model name, a local directory, a .gguf file or a transformers "
-                f"model object, not {type(given).__name__}."
-            )
+        given = _require_model_object(name_or_dir)
         if tokenizer is None:
             raise AttnscopeError(
                 "A model object needs its tokenizer: call load(model, tokenizer=tokenizer)."
@@ -492,7 +487,7 @@ def _resolve_source(name: str) -> str:
     looks_like_path = path.exists() or name.startswith((".", "/", "~")) or os.sep + os.sep in name
     if looks_like_path:
         if not path.is_dir():
-            raise AttnscopeError(f"Model directory {name!r} does not exist.")
+            raise AttnscopeError(_not_a_model_folder(path, name))
         if not (path / "config.json").is_file():
             raise AttnscopeError(
                 f"Directory {name!r} holds no config.json, so it is not a saved model; save one "
@@ -500,6 +495,26 @@ def _resolve_source(name: str) -> str:
             )
         return str(path)
     return name
+
+
+def _require_model_object(value: Any) -> Any:
+    """``value`` if it looks like a transformers model (a config and a forward pass), else one
+    sentence saying what :func:`load` takes."""
+    if hasattr(value, "config") and callable(getattr(value, "forward", None)):
+        return value
+    raise AttnscopeError(
+        "load takes a model name, a model folder, or a transformers model object, not "
+        f"{type(value).__name__}."
+    )
+
+
+def _not_a_model_folder(path: Path, name: str) -> str:
+    """Why ``path`` (which is not a folder) cannot be a model, naming the real cause."""
+    if not path.exists():
+        return f"Model directory {name!r} does not exist."
+    kind = "a file" if path.is_file() else "not a folder (a device or other special file)"
+    return (f"{name!r} is {kind}, not a model folder; load takes a folder saved with "
+            "save_pretrained() (config.json and the weights) or a model name.")
 
 
 def _hub_reachable(timeout: float = 2.0) -> bool:
@@ -610,6 +625,27 @@ def _refuse_custom_code(folder: Path, name: str) -> None:
         config.get("model_type") not in CONFIG_MAPPING
     ):
         raise AttnscopeError(_custom_code_message(name))
+    _refuse_custom_tokenizer(folder, name)
+
+
+def _refuse_custom_tokenizer(folder: Path, name: str) -> None:
+    """Refuse a folder whose tokenizer config names a tokenizer class of its own
+    (``auto_map``): without running that code, transformers would load some other tokenizer
+    in its place without a word, and every token attnscope shows would be another's."""
+    import json
+
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if auto_map:
+        raise AttnscopeError(
+            f"Model {name!r} names a tokenizer of its own code (auto_map in "
+            "tokenizer_config.json), and attnscope never runs a model's code; if you trust it, "
+            "load model and tokenizer yourself with transformers (trust_remote_code=True) and "
+            "pass them in: attnscope.load(model, tokenizer=tokenizer)."
+        )
 
 
 def _needs_custom_code(err: BaseException) -> bool:

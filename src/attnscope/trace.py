@@ -44,7 +44,7 @@ from typing import IO, Any
 import numpy as np
 from numpy.lib import format as npy_format
 
-from attnscope.errors import AttnscopeError, check_index
+from attnscope.errors import AttnscopeError, check_flag, check_index, check_number
 from attnscope.files import atomic_write, describe_os_error
 
 __all__ = ["PARTS", "ROLES", "SPECIAL_TOKENS", "Trace", "attention_array", "check_attention",
@@ -139,12 +139,16 @@ def float_array(value: Any, what: str) -> np.ndarray:
         array = np.asarray(value)
         if array.dtype == object or array.dtype.kind in "USV":
             raise TypeError
-        return np.ascontiguousarray(array, dtype=np.float32)
+        complex_numbers = array.dtype.kind == "c"
+        if not complex_numbers:
+            return np.ascontiguousarray(array, dtype=np.float32)
     except (TypeError, ValueError):
         raise AttnscopeError(
             f"{_sentence(what)} must be a numeric array (numpy, torch or nested lists of "
             f"numbers), not {type(value).__name__}."
         ) from None
+    # casting would drop the imaginary part without a word
+    raise AttnscopeError(f"{_sentence(what)} holds complex numbers; attnscope takes real ones.")
 
 
 def _sentence(what: str) -> str:
@@ -414,6 +418,11 @@ class Trace:
                 f"{type(tokens).__name__}."
             )
         tokens = tuple(str(t) for t in tokens)
+        if causal is not None:
+            causal = check_flag(causal, "causal")
+        scale = check_number(scale, "scale", above=0, none_ok=True)
+        if model_name is not None and not isinstance(model_name, str):
+            raise AttnscopeError(f"model_name must be a string, not {type(model_name).__name__}.")
         att = attention_array(attentions, "attentions")
         n = len(tokens)
         if att.shape[2] != att.shape[3]:
@@ -452,6 +461,8 @@ class Trace:
                     f"hidden_states must be [{layers + 1}, {n}, D] (the embedding output, then "
                     f"each of the {layers} layers' outputs), got {list(states.shape)}."
                 )
+            if not _all_finite(states):
+                raise AttnscopeError("hidden_states holds NaN or infinite values.")
         else:
             states = np.zeros((layers + 1, n, 0), dtype=np.float32)  # none: D = 0
         if (queries is None) != (keys is None):
@@ -465,14 +476,15 @@ class Trace:
                     f"{name} must be [{layers}, {heads}, {n}, d] to match the attentions, got "
                     f"{list(array.shape)}."
                 )
-            if not np.isfinite(array).all():
+            if not _all_finite(array):
                 raise AttnscopeError(f"{name} holds NaN or infinite values.")
             fields[name] = array
         extra: dict[str, Any] = {"source": "arrays"}
         if scale is not None:
-            extra["attention_scale"] = float(scale)
-        if sentence_b_start is not None:
-            check_index(sentence_b_start, n, "sentence_b_start", "token positions")
+            extra["attention_scale"] = scale
+        if sentence_b_start is not None:  # (negative counts from the end, as indices do)
+            sentence_b_start = check_index(sentence_b_start, n, "sentence_b_start",
+                                           "token positions")
         special = np.array([t.strip() in SPECIAL_TOKENS for t in tokens], dtype=bool)
         segment = np.zeros(n, dtype=np.int64)
         if sentence_b_start is not None:
@@ -513,7 +525,9 @@ class Trace:
 
         The file is written atomically: a failure or Ctrl-C leaves any previous file whole.
         """
-        path = Path(path)
+        path = _trace_path(path, "save")
+        if os.path.isdir(path):  # (os.path never raises, even for a name too long)
+            raise AttnscopeError(f"Cannot write the trace '{path}': it is a folder.")
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
         meta = {
@@ -544,7 +558,7 @@ class Trace:
         shape, type and size is checked from its header against the bytes really stored
         before any data is read, so loading never takes much more memory than the file's size.
         """
-        path = Path(path)
+        path = _trace_path(path, "load")
         try:
             meta, arrays = _read_trace_file(path)
             fields = _meta_fields(meta)
@@ -561,6 +575,10 @@ class Trace:
                 except AttnscopeError as err:
                     message = str(err).rstrip(".")
                     raise _BadFile(message[:1].lower() + message[1:]) from None
+            for name in _FLOAT_FIELDS:  # queries, hidden states...: NaN is never a value
+                array = getattr(trace, name)
+                if array is not None and not _all_finite(array):
+                    raise _BadFile(f"{name} holds NaN or infinite values")
         except _BadFile as err:
             # ascii() where the path itself cannot be printed (a lone surrogate, a NUL)
             shown = f"'{path}'" if str(path).isprintable() else ascii(str(path))
@@ -743,7 +761,7 @@ def _field_problem(t: Trace) -> str | None:
     if b_start is not None and (not _is_whole(b_start) or not 0 <= b_start <= n):
         return (f"sentence_b_start must be None or a token position from 0 to {n}, "
                 f"not {_short(b_start)}")
-    return _generation_problem(t, n)
+    return _generation_problem(t, n) or _extra_problem(t.extra, layers, heads)
 
 
 def _generation_problem(t: Trace, n: int) -> str | None:
@@ -791,6 +809,92 @@ def _generation_problem(t: Trace, n: int) -> str | None:
             return (f"roles must each be one of {', '.join(ROLES)}, not "
                     f"{_short(sorted(map(str, unknown)))}")
     return None
+
+
+#: The largest T5 bucket count a trace may hold (models use 32; the table is [buckets, H]).
+_MAX_BUCKETS = 1 << 16
+
+
+def _extra_problem(extra: dict[str, Any], layers: int, heads: int) -> str | None:
+    """What is wrong with the facts in ``extra`` that attnscope reads back (the attention
+    scale of each layer, key/value heads, rotary, T5's position bias, sliding windows), or
+    None. Other keys are kept as they are and never read."""
+    def positive(value: Any) -> bool:
+        return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                and math.isfinite(value) and value > 0)
+
+    if "attention_scale" in extra and not positive(extra["attention_scale"]):
+        return ("extra['attention_scale'] must be a positive number, not "
+                f"{_short(extra['attention_scale'])}")
+    scales = extra.get("attention_scales")
+    if scales is not None and (not isinstance(scales, (list, tuple)) or len(scales) != layers
+                               or not all(positive(v) for v in scales)):
+        return (f"extra['attention_scales'] must be a list of {layers} positive numbers (one a "
+                f"layer), not {_short(scales)}")
+    windows = extra.get("sliding_windows")
+    if windows is not None and (
+            not isinstance(windows, (list, tuple)) or len(windows) != layers
+            or not all(w is None or (_is_whole(w) and w > 0) for w in windows)):
+        return (f"extra['sliding_windows'] must be a list of {layers} window sizes (a positive "
+                f"whole number or None a layer), not {_short(windows)}")
+    kv_heads = extra.get("num_key_value_heads")
+    if kv_heads is not None and not (_is_whole(kv_heads) and 0 < kv_heads <= heads):
+        return (f"extra['num_key_value_heads'] must be a whole number from 1 to {heads}, not "
+                f"{_short(kv_heads)}")
+    if "rotary" in extra and not isinstance(extra["rotary"], bool):
+        return f"extra['rotary'] must be true or false, not {_short(extra['rotary'])}"
+    for key in ("source", "qkv_adapter"):
+        if key in extra and not isinstance(extra[key], str):
+            return f"extra[{key!r}] must be a string, not {_short(extra[key])}"
+    bias = extra.get("position_bias")
+    if bias is not None:
+        return _position_bias_problem(bias, heads)
+    return None
+
+
+def _position_bias_problem(bias: Any, heads: int) -> str | None:
+    """What is wrong with a stored T5 position bias (see RelativePositionBias.to_json)."""
+    want = (f"extra['position_bias'] must be T5's relative position bias (kind, num_buckets, "
+            f"max_distance, bidirectional and a [num_buckets, {heads}] table)")
+    if not isinstance(bias, dict) or bias.get("kind") != "t5_relative":
+        return f"{want}, not {_short(bias)}"
+    buckets, distance = bias.get("num_buckets"), bias.get("max_distance")
+    if not (_is_whole(buckets) and 2 <= buckets <= _MAX_BUCKETS):
+        return (f"extra['position_bias'] must have from 2 to {_MAX_BUCKETS} buckets, not "
+                f"{_short(buckets)}")
+    if not (_is_whole(distance) and distance > 0):
+        return f"extra['position_bias'] must have a positive max_distance, not {_short(distance)}"
+    if not isinstance(bias.get("bidirectional"), bool):
+        return f"{want}; its bidirectional is {_short(bias.get('bidirectional'))}"
+    table = bias.get("table")
+    if not (isinstance(table, list) and len(table) == buckets
+            and all(isinstance(row, list) and len(row) == heads for row in table)):
+        return f"{want}; its table is not {buckets} rows of {heads} numbers"
+    for row in table:
+        for value in row:
+            if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                    or not math.isfinite(value)):
+                return f"{want}; its table holds {_short(value)}"
+    return None
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """Whether ``array`` holds no NaN or infinity; scans one slice of the first axis at a
+    time, so memory stays flat however large it is."""
+    array = np.asarray(array)
+    if array.ndim < 2:
+        return bool(np.isfinite(array).all())
+    return all(np.isfinite(block).all() for block in array)
+
+
+def _trace_path(path: Any, verb: str) -> Path:
+    """``path`` as a Path, or one sentence when it is not a path at all (None, a number)."""
+    if isinstance(path, (str, os.PathLike)):
+        return Path(path)
+    raise AttnscopeError(
+        f"Trace.{verb} takes a file path (a string or pathlib.Path), not "
+        f"{type(path).__name__}."
+    )
 
 
 def _json_value(value: Any) -> Any:

@@ -45,7 +45,7 @@ def test_corpus_page_in_chromium(browser, embedded, tmp_path):
         page.wait_for_function("() => { const r = document.querySelector("
                                "'#cr-viewer .attnscope-root'); "
                                "return r && r.dataset.ready === '1'; }",
-                               timeout=10_000)
+                               timeout=120_000)
         opened.append(page.evaluate(
             "() => { const r = document.querySelector('#cr-viewer .attnscope-root');"
             " const P = r.attnscope.payload; return {layer: P.initial.layer, "

@@ -196,10 +196,10 @@ def _switch_one_layer(page) -> tuple[list[dict], list[dict]]:
     frames = [frames[i] for i in order if states[i] is not None]
     before = [f.evaluate(FRAME_STATE) for f in frames]
     # (Chromium does not paint a cross-origin frame out of view: bring it into view first.)
-    frames[0].frame_element().scroll_into_view_if_needed(timeout=10_000)
+    frames[0].frame_element().scroll_into_view_if_needed(timeout=120_000)
     frames[0].evaluate("""() => { const s = document.querySelector('.as-layer select');
         s.value = '3'; s.dispatchEvent(new Event('change', {bubbles: true})); }""")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 120  # a hang guard: the loop ends when the view redraws
     while True:
         after = [f.evaluate(FRAME_STATE) for f in frames]
         if after[0]["drawn"] != before[0]["drawn"] or time.monotonic() > deadline:

@@ -22,7 +22,7 @@ def test_report_page_in_chromium(browser, embedded, tmp_path):
         "() => [...document.querySelectorAll('.attnscope-root')]"
         ".every(r => !r.querySelector('.as-status') || "
         "!r.querySelector('.as-status').textContent.includes('Loading'))",
-        timeout=10_000,
+        timeout=120_000,
     )
     # Every chart drew on its canvas: count the non-white pixels of each.
     drawn = page.evaluate(

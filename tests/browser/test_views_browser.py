@@ -268,7 +268,7 @@ def test_notebook_iframe_renders(browser, seed_pair_trace, tmp_path):
     log = watch(page)
     page.goto(path.as_uri())
     frame = page.frames[1]
-    frame.wait_for_selector(".attnscope-root[data-ready]", state="attached", timeout=10_000)
+    frame.wait_for_selector(".attnscope-root[data-ready]", state="attached", timeout=120_000)
     assert frame.evaluate("document.querySelectorAll('.as-thumb').length") == 72
     assert log.problems == [] and log.dialogs == []
     page.close()

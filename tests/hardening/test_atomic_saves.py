@@ -9,11 +9,9 @@ mid-write) are one sentence each and leave an existing file as it was.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import select
 import signal
 import subprocess
 import sys
@@ -55,10 +53,12 @@ def leftovers(folder: Path) -> list[str]:
                   and p.name.endswith(".tmp"))
 
 
-# One process imports attnscope once, then forks a worker per round that saves in a loop until
-# the test interrupts or kills it; it reports the worker's pid and then its exit status.
+# A worker process saves a trace, a view page and a figure over the same three paths in a loop
+# until the test interrupts or kills it. Each is started (spawned, never forked from a process
+# with threads) ahead of its round and waits: on "start" it replaces the three files once with
+# the text that is not on disk and says "flipped"; on "go" it saves in a loop.
 SAVER = """
-    import os, sys
+    import sys
     from pathlib import Path
     import attnscope as at
 
@@ -66,46 +66,57 @@ SAVER = """
     traces = [at.Trace.load(folder / "a.npz"), at.Trace.load(folder / "b.npz")]
     views = [at.head_view(t) for t in traces]
     figures = [at.heatmap(t, layer=0, head=0) for t in traces]
+
+    def save(i):
+        traces[i % 2].save(out / "trace.npz")
+        views[i % 2].save(out / "view.html")
+        figures[i % 2].save(out / "figure.png", dpi=60)
+
     print("ready", flush=True)
-    for round_number in sys.stdin:
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                i = 1  # the files start as trace a's; the first writes are b's
-                while True:
-                    traces[i % 2].save(out / "trace.npz")
-                    views[i % 2].save(out / "view.html")
-                    figures[i % 2].save(out / "figure.png", dpi=60)
-                    i += 1
-            except KeyboardInterrupt:
-                code = 130
-            except BaseException as err:
-                # Ctrl-C that lands inside a library can reach us wrapped in another error
-                from attnscope.__main__ import _caused_by_interrupt
-                if _caused_by_interrupt(err):
-                    code = 130
-                else:
-                    import traceback
-                    traceback.print_exc()
-                    code = 1
-            finally:
-                os._exit(code)
-        print(pid, flush=True)
-        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+    try:
+        assert sys.stdin.readline() == "start\\n"
+        i = 1 if at.Trace.load(out / "trace.npz").text == traces[0].text else 0
+        save(i)
+        print("flipped", flush=True)
+        assert sys.stdin.readline() == "go\\n"
+        while True:
+            i += 1
+            save(i)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BaseException as err:
+        # Ctrl-C that lands inside a library can reach us wrapped in another error
+        from attnscope.__main__ import _caused_by_interrupt
+        if _caused_by_interrupt(err):
+            sys.exit(130)
+        raise
 """
 
 
-def _status_within(saver: subprocess.Popen, pid: int, seconds: float) -> int:
-    """The worker's exit status as the saver reports it; a worker still alive after
-    ``seconds`` (a forked process can stall on a lock another thread held at the fork) is
-    killed, so the test never hangs."""
-    assert saver.stdout is not None
-    ready, _, _ = select.select([saver.stdout], [], [], seconds)
-    if not ready:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return int(saver.stdout.readline())
+def _expect(worker: subprocess.Popen, line: str) -> None:
+    assert worker.stdout is not None
+    got = worker.stdout.readline()
+    assert got == line + "\n", (got, worker.poll())
+
+
+def _tell(worker: subprocess.Popen, line: str) -> None:
+    assert worker.stdin is not None
+    worker.stdin.write(line + "\n")
+    worker.stdin.flush()
+
+
+def _check_whole(out: Path, a: at.Trace, b: at.Trace) -> str:
+    """Each of the three files is one save's whole file; returns the trace's text."""
+    back = at.Trace.load(out / "trace.npz")  # whole, or this raises
+    original = a if back.text == a.text else b
+    assert np.array_equal(back.attentions, original.attentions)
+    assert back.tokens == original.tokens
+    page = (out / "view.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    with Image.open(out / "figure.png") as image:
+        image.load()  # decodes every row: a cut file raises
+        assert image.width > 50 and image.height > 50
+    return back.text
 
 
 def test_interrupted_and_killed_saves_leave_each_file_whole(tmp_path, pair):
@@ -118,53 +129,39 @@ def test_interrupted_and_killed_saves_leave_each_file_whole(tmp_path, pair):
     at.head_view(a).save(out / "view.html")
     at.heatmap(a, layer=0, head=0).save(out / "figure.png", dpi=60)
 
-    saver = run_child(SAVER, str(tmp_path), str(out), stdin=subprocess.PIPE,
-                      stdout=subprocess.PIPE)
-    assert saver.stdin is not None and saver.stdout is not None
-    try:
-        assert saver.stdout.readline().strip() == "ready"
-        rng = random.Random(8)
-        seen_texts, stale, stuck = set(), 0, 0
-        sent = {signal.SIGINT: 0, signal.SIGKILL: 0}
-        deadline = time.monotonic() + 20
-        for round_number in range(16):
-            if time.monotonic() > deadline and round_number >= 10:
-                break
-            sig = signal.SIGINT if round_number % 2 == 0 else signal.SIGKILL
-            saver.stdin.write(f"{round_number}\n")
-            saver.stdin.flush()
-            pid = int(saver.stdout.readline())
-            time.sleep(rng.uniform(0.05, 1.0))
-            os.kill(pid, sig)
-            sent[sig] += 1
-            status = _status_within(saver, pid, seconds=15)
-            if status == -signal.SIGKILL and sig == signal.SIGINT:
-                stuck += 1  # the forked worker stalled and was killed: still a kill mid-write
-                sig = signal.SIGKILL
-            assert status == (130 if sig == signal.SIGINT else -signal.SIGKILL), status
+    def start_worker() -> subprocess.Popen:
+        return run_child(SAVER, str(tmp_path), str(out), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE)
 
-            back = at.Trace.load(out / "trace.npz")  # whole, or this raises
-            original = a if back.text == a.text else b
-            assert np.array_equal(back.attentions, original.attentions)
-            assert back.tokens == original.tokens
-            seen_texts.add(back.text)
-            page = (out / "view.html").read_text(encoding="utf-8")
-            assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-            with Image.open(out / "figure.png") as image:
-                image.load()  # decodes every row: a cut file raises
-                assert image.width > 50 and image.height > 50
+    rng = random.Random(8)
+    rounds = [signal.SIGKILL, signal.SIGINT] * 6  # (SIGINT last: it leaves no temporary)
+    workers = [start_worker()]
+    on_disk = a.text
+    try:
+        for number, sig in enumerate(rounds):
+            worker = workers[-1]
+            if number + 1 < len(rounds):
+                workers.append(start_worker())  # imports while this round runs
+            _expect(worker, "ready")
+            _tell(worker, "start")
+            _expect(worker, "flipped")
+            # The worker waits here, between saves: its saves replaced the files whole, and
+            # removed the temporary files the previous round's SIGKILL left behind.
+            flipped_to = _check_whole(out, a, b)
+            assert flipped_to == (b.text if on_disk == a.text else a.text)
+            assert leftovers(out) == []
+            _tell(worker, "go")
+            time.sleep(rng.uniform(0.0, 0.6))  # any moment of the loop: every one must hold
+            worker.send_signal(sig)
+            status = worker.wait(timeout=600)
+            assert status == (130 if sig == signal.SIGINT else -signal.SIGKILL), status
+            on_disk = _check_whole(out, a, b)
             if sig == signal.SIGINT:
                 assert leftovers(out) == []  # Ctrl-C cleans up its temporary file
-            else:
-                stale += len(leftovers(out))  # SIGKILL cannot: hidden .NAME.*.tmp may remain
-                for name in leftovers(out):
-                    (out / name).unlink()
     finally:
-        saver.kill()
-        saver.wait(timeout=10)
-    assert sent[signal.SIGINT] >= 5 and sent[signal.SIGKILL] >= 5, sent
-    assert stuck <= 2, f"{stuck} forked workers stalled"
-    assert seen_texts == set(TEXTS)  # the loop really replaced the files between kills
+        for worker in workers:
+            worker.kill()
+            worker.wait(timeout=30)
     assert sorted(p.name for p in out.iterdir()) == ["figure.png", "trace.npz", "view.html"]
 
 
@@ -245,14 +242,24 @@ def _ctrl_c_turned_into(error: type[Exception] | None) -> None:
     it: replaced by ``error`` (as matplotlib's renderer gives "Invalid affine transformation
     matrix"), or swallowed when ``error`` is None."""
     try:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(5)  # the handler raises here, long before 5 s
+        # raise_signal runs the handler in this thread before it returns, as a real Ctrl-C
+        # does at the next instruction; os.kill can reach another thread and arrive late.
+        signal.raise_signal(signal.SIGINT)
     except KeyboardInterrupt:
         if error is not None:
             raise error("Invalid affine transformation matrix") from None
 
 
-def test_ctrl_c_that_a_library_replaced_or_swallowed_still_ends_the_save(tmp_path):
+@pytest.fixture
+def python_ctrl_c():
+    """SIGINT handled as Python's own default (an earlier test or library may have changed it)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_that_a_library_replaced_or_swallowed_still_ends_the_save(tmp_path,
+                                                                          python_ctrl_c):
     path = tmp_path / "figure.png"
     write_text(path, "the previous figure")
     for error in (ValueError, RuntimeError, None):
@@ -299,7 +306,7 @@ def test_a_write_failing_midway_leaves_the_previous_file(tmp_path, pair):
     assert min(len(data) for data in before.values()) > 4096  # each save must pass the limit
 
     child = run_child(LIMITED, str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    stdout, stderr = child.communicate(timeout=120)
+    stdout, stderr = child.communicate(timeout=600)
     assert child.returncode == 0, stderr
     messages = json.loads(stdout)
     for name, message in messages.items():
@@ -310,3 +317,63 @@ def test_a_write_failing_midway_leaves_the_previous_file(tmp_path, pair):
 
 
 _WHAT = {"trace.npz": "trace", "view.html": "page", "figure.png": "figure"}
+
+
+def test_a_save_removes_what_a_killed_save_left_and_nothing_else(tmp_path, pair):
+    """A kill leaves ``.NAME.XXXXXXXX.tmp``; the next save to NAME removes it, but not a
+    temporary file a live save holds, nor another file's, nor a file that only looks alike."""
+    import fcntl
+
+    def hidden(name: str) -> Path:
+        path = tmp_path / name
+        path.write_bytes(b"x" * 1000)
+        return path
+
+    stale = [hidden(".trace.npz.abcd_123.tmp"), hidden(".trace.npz.zz99zz99.tmp")]
+    other_file = hidden(".other.npz.abcd_123.tmp")
+    look_alike = hidden(".trace.npz.not-ours.tmp")
+    held = hidden(".trace.npz.held0000.tmp")
+    holder = os.open(held, os.O_RDONLY)  # a save still going, in this or another process
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        pair[0].save(tmp_path / "trace.npz")
+        assert not any(path.exists() for path in stale)
+        assert other_file.exists() and look_alike.exists() and held.exists()
+    finally:
+        os.close(holder)
+    pair[1].save(tmp_path / "trace.npz")  # the lock is gone: now it is a leftover
+    assert not held.exists()
+    assert at.Trace.load(tmp_path / "trace.npz").text == pair[1].text
+
+
+def test_ctrl_c_while_a_save_renames_or_cleans_up_is_held_until_it_is_done(
+        tmp_path, python_ctrl_c, monkeypatch):
+    """An interrupt during the save's own bookkeeping (here: the rename, and the removal of
+    the temporary file after an error) still ends as KeyboardInterrupt, with no temporary
+    file stranded and the file the rename was making in place."""
+    import attnscope.files as files
+
+    path = tmp_path / "page.html"
+    real_replace, real_unlink = os.replace, Path.unlink
+
+    def replace_with_ctrl_c(src, dst):
+        signal.raise_signal(signal.SIGINT)  # held back: the rename still happens
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", replace_with_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        write_text(path, "<p>new</p>")
+    assert path.read_text() == "<p>new</p>" and leftovers(tmp_path) == []
+    monkeypatch.setattr(files.os, "replace", real_replace)
+
+    def unlink_with_ctrl_c(self, *args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink_with_ctrl_c)
+    with pytest.raises(KeyboardInterrupt), atomic_write(path, "w") as handle:
+        handle.write("<p>half</p>")
+        raise RuntimeError("a failure mid-write")
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    assert path.read_text() == "<p>new</p>" and leftovers(tmp_path) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

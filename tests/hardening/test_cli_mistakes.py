@@ -129,11 +129,16 @@ def test_usage_mistakes_are_one_line_too(argv, capsys, tmp_path):
     assert "--help" in lines[0]
 
 
-def test_demo_mistakes(capsys, tmp_path):
+def test_demo_mistakes(capsys, tmp_path, monkeypatch):
+    import attnscope.models
+
+    def no_model_read(*args, **kwargs):
+        raise AssertionError("a model was read before the text was checked")
+
     (tmp_path / "a-file").write_text("x")
-    start = time.perf_counter()
-    _check(capsys, ["demo", "   "], tmp_path)
-    assert time.perf_counter() - start < 5  # refused before any model is read
+    monkeypatch.setattr(attnscope.models, "_from_pretrained", no_model_read)
+    _check(capsys, ["demo", "   "], tmp_path)  # refused before any model is read
+    monkeypatch.undo()
     _check(capsys, ["demo", "-o", str(tmp_path / "a-file")], tmp_path)
     _check(capsys, ["demo", "-o", str(tmp_path / "missing" / "demo")], tmp_path)
     _check(capsys, ["demo", "-o", "/proc/attnscope-demo"], tmp_path)
@@ -142,7 +147,7 @@ def test_demo_mistakes(capsys, tmp_path):
 def test_undecodable_argv_bytes(tmp_path):
     """Bytes that are not UTF-8 on the command line reach Python as lone surrogates."""
     result = subprocess.run([sys.executable, "-m", "attnscope", "tokens", b"caf\xe9"],
-                            capture_output=True, timeout=120, cwd=tmp_path)
+                            capture_output=True, timeout=600, cwd=tmp_path)
     err = result.stderr.decode("utf-8", "replace")
     assert result.returncode == 2 and "not a character" in err and "Traceback" not in err
 
@@ -150,9 +155,23 @@ def test_undecodable_argv_bytes(tmp_path):
 def test_ctrl_c_at_any_moment_is_one_line(tmp_path):
     """SIGINT at random moments, from the first import to the last file written."""
     rng = random.Random(8)
-    # what the installed ``attnscope`` script runs, after a line that says Python is up
-    code = ("import sys; sys.stderr.write('started\\n'); sys.stderr.flush()\n"
-            "from attnscope.__main__ import main; sys.exit(main())")
+    # What the installed ``attnscope`` script runs, with a line on stderr once its entry point
+    # has taken over Ctrl-C (before that, Python's own default handler answers, in any
+    # program): the delays count from there, torch's and transformers' imports included.
+    code = """
+import signal, sys
+from attnscope.__main__ import main
+install = signal.signal
+def install_then_announce(signum, handler):
+    previous = install(signum, handler)
+    if signum == signal.SIGINT and handler is not signal.SIG_IGN:
+        signal.signal = install
+        sys.stderr.write("started\\n")
+        sys.stderr.flush()
+    return previous
+signal.signal = install_then_announce
+sys.exit(main())
+"""
     for delay in [0.02, 0.05, *sorted(rng.uniform(0.1, 6.0) for _ in range(5))]:
         process = subprocess.Popen(
             [sys.executable, "-c", code, "report", TEXT, "-o", str(tmp_path / "r.html")],
@@ -160,12 +179,12 @@ def test_ctrl_c_at_any_moment_is_one_line(tmp_path):
         assert process.stderr.readline() == "started\n"
         time.sleep(delay)
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=120)
+        _, err = process.communicate(timeout=600)
         assert "Traceback" not in err, (delay, err)
         if process.returncode == 130:
             assert err.strip().splitlines()[-1] == "attnscope: interrupted", (delay, err)
-        else:  # finished before the signal arrived, or ended by it while shutting down
-            assert process.returncode in (0, -signal.SIGINT), (delay, process.returncode, err)
+        else:  # finished before the signal arrived; once done, Ctrl-C is ignored
+            assert process.returncode == 0, (delay, process.returncode, err)
         leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
         assert not leftovers
         page = tmp_path / "r.html"
@@ -173,14 +192,19 @@ def test_ctrl_c_at_any_moment_is_one_line(tmp_path):
             assert page.read_text(encoding="utf-8").rstrip().endswith("</html>")
 
 
-def test_flow_refuses_work_over_its_budget_at_once(embedded):
+def test_flow_refuses_work_over_its_budget_at_once(embedded, monkeypatch):
+    import scipy.sparse.csgraph
+
     import attnscope as at
 
+    def no_flow_computed(*args, **kwargs):
+        raise AssertionError("a maximum flow was computed before the budget was checked")
+
     trace = at.capture(embedded, " ".join(["the girl poured water into a tall glass"] * 30))
-    start = time.perf_counter()
+    monkeypatch.setattr(scipy.sparse.csgraph, "maximum_flow", no_flow_computed)
     with pytest.raises(at.AttnscopeError, match=r"output=0 takes about .* raise budget="):
         at.attention_flow(trace)
-    assert time.perf_counter() - start < 5
+    monkeypatch.undo()
     with pytest.raises(at.AttnscopeError, match=r"over the budget of 0\.001 s"):
         at.attention_flow(trace, output=0, budget=0.001)
     short = at.capture(embedded, "leaves fall in autumn")

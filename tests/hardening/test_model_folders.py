@@ -47,7 +47,7 @@ def _with_code(tiny_dirs, tmp_path: Path, model_type: str) -> tuple[Path, Path]:
 
 def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "attnscope", *args], input=stdin,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
 
 
 def test_folder_with_unknown_code_is_refused_and_its_code_never_runs(tiny_dirs, tmp_path):
@@ -71,7 +71,7 @@ def test_open_stdin_does_not_hang(tiny_dirs, tmp_path):
                                 str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
-        _, err = process.communicate(timeout=90)  # stdin stays open: a prompt would hang
+        _, err = process.communicate(timeout=600)  # stdin stays open: a prompt would hang
     finally:
         process.kill()
     assert process.returncode == 2 and "never runs" in err
@@ -124,3 +124,41 @@ def test_weights_of_another_shape(tiny_dirs, tmp_path):
     _edit_config(folder, hidden_size=64, intermediate_size=40)
     with pytest.raises(at.AttnscopeError, match=r"Cannot load model .*mismatch"):
         at.load(folder)
+
+
+def test_a_tokenizer_of_its_own_code_is_refused_not_swapped(tiny_dirs, tmp_path):
+    folder = _copy(tiny_dirs, tmp_path, "own-tokenizer")
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["auto_map"] = {"AutoTokenizer": ["tok.OwnTokenizer", None]}
+    config_file.write_text(json.dumps(config))
+    marker = tmp_path / "ran"
+    (folder / "tok.py").write_text(f"import pathlib; pathlib.Path({str(marker)!r}).touch()\n")
+    with pytest.raises(at.AttnscopeError) as caught:
+        at.load(folder, device="cpu")
+    assert str(caught.value).startswith(
+        f"Model '{folder}' names a tokenizer of its own code (auto_map in "
+        "tokenizer_config.json), and attnscope never runs a model's code;")
+    assert not marker.exists()
+    result = _cli("tokens", "hello world", "-m", str(folder))
+    assert result.returncode == 2 and "names a tokenizer of its own code" in result.stderr
+
+
+def test_load_names_the_real_cause(tmp_path):
+    cases = [
+        ("/dev/null", "'/dev/null' is not a folder (a device or other special file), not a "
+                      "model folder;"),
+        (str(tmp_path / "weights.bin"), f"'{tmp_path / 'weights.bin'}' is a file, not a model "
+                                        "folder;"),
+        (str(tmp_path / "missing"), f"Model directory '{tmp_path / 'missing'}' does not exist."),
+    ]
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 10)
+    for name, expected in cases:
+        with pytest.raises(at.AttnscopeError) as caught:
+            at.load(name)
+        assert str(caught.value).startswith(expected), str(caught.value)
+    for value in (5, [1, 2], object()):
+        with pytest.raises(at.AttnscopeError) as caught:
+            at.load(value)
+        assert str(caught.value) == ("load takes a model name, a model folder, or a transformers "
+                                     f"model object, not {type(value).__name__}.")

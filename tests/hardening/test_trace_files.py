@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import time
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -321,16 +320,13 @@ def test_a_header_declaring_100_gb_is_refused_before_any_allocation(tmp_path, me
     assert math.prod(huge_shape) * 4 == 100 * 10**9
 
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         message = load_error(path)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    elapsed = time.perf_counter() - started
     assert "'attentions.npy' declares 100000000000 bytes of data but holds 4096" in message
     assert peak < 5 * 2**20, f"peak memory {peak} bytes while refusing"
-    assert elapsed < 5, elapsed  # a generous bound: it reads a few KB
 
 
 def test_impossible_and_lying_sizes(tmp_path, members):

@@ -207,7 +207,7 @@ def test_concurrent_requests_never_mix(app, embedded, tiny_bert):
     async def scenario():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://explorer",
-                                     timeout=60) as c:
+                                     timeout=600) as c:
             requests = [c.post("/api/capture", json={"text": t, "model": models[i % 2].name})
                         for i, t in enumerate(texts)]
             return await asyncio.gather(*requests)
@@ -224,7 +224,7 @@ def test_concurrent_requests_never_mix(app, embedded, tiny_bert):
 def test_serve_command_line(tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, "-m", "attnscope", "serve", *args],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=600)
 
     help_text = run("--help").stdout
     for option in ("--model", "--host", "--port", "--max-chars", "--max-tokens", "--timeout",
@@ -244,7 +244,7 @@ def test_serve_command_line(tmp_path):
     code = ("import sys; sys.modules['fastapi'] = None\n"
             "from attnscope.cli import main; sys.exit(main(['serve']))")
     missing = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=60)
+                             timeout=600)
     assert missing.returncode == 2 and missing.stderr == (
         "attnscope: error: The explorer needs FastAPI and uvicorn (fastapi is missing): "
         "pip install 'attnscope[app]'.\n")

@@ -242,7 +242,7 @@ def test_wrong_stores_are_refused_in_one_sentence(tiny_models, tmp_path):
 
     # the command line says the same in one line, exit status 2, before loading any model
     answer = subprocess.run([sys.executable, "-m", "attnscope", "serve", "--corpus", str(other)],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=600)
     assert answer.returncode == 2 and answer.stdout == ""
     assert answer.stderr == (f"attnscope: error: '{other}' is a DuckDB file but not an "
                              "attnscope corpus store (make one with attnscope corpus).\n")

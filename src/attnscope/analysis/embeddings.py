@@ -27,7 +27,8 @@ class Projection:
     """Points of hidden states projected to 2-D.
 
     ``points`` float64 ``[N, 2]``; ``labels`` the token of each point; ``levels`` the hidden
-    state level of each point (0 = embeddings, l = output of layer l); ``positions`` the token
+    state level of each point (0 = embeddings, l = output of layer l - 1, as in
+    ``hidden_states``); ``positions`` the token
     position of each point; ``explained`` the variance share of the two components.
     """
 
@@ -107,7 +108,10 @@ def token_path(trace: Trace, token: int) -> Projection:
     levels, n, dim = states.shape
     points, explained = _project(states.reshape(levels * n, dim))  # ((L+1)*T, 2)
     mine = points.reshape(levels, n, 2)[:, token]  # (L+1, 2)
+    # Labels name what each point is, as pca's titles do: "the@emb", then "the@L0" for the
+    # output of layer 0 (hidden-state level 1), up to the last layer's output.
     label = token_labels(trace.tokens, trace.special_mask)[token]
-    return Projection(mine, tuple(f"{label}@{lv}" for lv in range(levels)),
+    names = ["emb", *(f"L{layer}" for layer in range(levels - 1))]
+    return Projection(mine, tuple(f"{label}@{name}" for name in names),
                       np.arange(levels), np.full(levels, token), explained, trace.model_name,
                       f"path of {label!r} ({trace.unit} {token}) across layers")

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnscope.analysis.drawing import draw
-from attnscope.errors import AttnscopeError, check_index
+from attnscope.errors import AttnscopeError, check_index, check_number
 from attnscope.readable import token_labels
 from attnscope.trace import Trace, require_trace
 
@@ -215,6 +215,8 @@ def attention_flow(trace: Trace, output: int | None = None, *, tol: float = 1e-7
         A :class:`FlowResult` with raw maximum-flow ``values`` ``[T_out, T]``.
     """
     require_trace(trace, "attention_flow")
+    budget = check_number(budget, "budget", above=0, none_ok=True)
+    tol = check_number(tol, "tol", above=0)
     try:
         import scipy.sparse.csgraph  # noqa: F401  (the max-flow solver)
     except ImportError:

@@ -96,6 +96,39 @@ def _warm_up(models: Models) -> None:
             at.capture(model, "Warm up.", decoder_text)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """One sentence when ``host:port`` cannot be listened on (in use, not an address of this
+    machine, a privileged port), found by binding it as uvicorn will, then letting it go."""
+    import errno
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        raise AttnscopeError(f"Cannot serve on {host!r}: it is not a name or address of this "
+                             "machine.") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                reason = "another program is listening there; stop it or pick another --port"
+            elif err.errno == errno.EACCES:
+                reason = "ports below 1024 need root; pick another --port"
+            elif err.errno == errno.EADDRNOTAVAIL:
+                reason = "it is not an address of this machine"
+            else:
+                from attnscope.files import describe_os_error
+
+                reason = describe_os_error(err)
+            raise AttnscopeError(f"Cannot serve on {host}:{port}: {reason}.") from None
+
+
 def serve(models: Sequence[str | None] | None = None, *, host: str = "127.0.0.1",
           port: int = 8000, limits: Limits | None = None, device: str | None = None,
           corpus: Any = None, log_level: str = "warning", torch_threads: int | None = 1
@@ -115,6 +148,7 @@ def serve(models: Sequence[str | None] | None = None, *, host: str = "127.0.0.1"
     if not 0 <= port <= 65535:
         raise AttnscopeError(f"Port {port} is out of range: use 1 to 65535 (or 0 for any free "
                              "port).")
+    _check_port_free(host, port)  # before minutes of loading
     if torch_threads is not None:
         if torch_threads < 1:
             raise AttnscopeError(f"--torch-threads must be at least 1, not {torch_threads}.")

@@ -121,6 +121,7 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
     )
     app.state.explorer = state
     _state_limits_in_schema(app, models.names, limits, browser)
+    app.add_middleware(BodyLimit, limit=body_limit(limits))
 
     @app.exception_handler(AttnscopeError)
     async def _mistake(request: Request, err: AttnscopeError) -> JSONResponse:
@@ -691,6 +692,53 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def body_limit(limits: Limits) -> int:
+    """The most bytes a request body may hold: room for the longest texts a request can carry
+    (two pairs, each character as a 12-byte JSON escape of a surrogate pair) and the rest."""
+    return 16_384 + 4 * 12 * limits.max_chars
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is refused with 413 before it is
+    read, by its Content-Length, or, sent in chunks without one, as soon as the bytes received
+    pass the limit; the app never holds more than the limit and one chunk."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    def sentence(self) -> str:
+        return (f"The request body is over {self.limit} bytes, the most this explorer takes; "
+                "send shorter texts.")
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.strip().isdigit()
+                                     or int(declared) > self.limit):
+            response = _error(413, self.sentence())
+            if declared.strip().isdigit():
+                # What the client still sends is left unread; the server closes after this.
+                response.headers["Connection"] = "close"
+            else:
+                response = _error(400, "The request's Content-Length is not a number.")
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise StarletteHTTPException(413, self.sentence())
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def _dumps(body: dict[str, Any]) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"),
                       allow_nan=False).encode("utf-8")
@@ -719,6 +767,8 @@ def _validation_sentence(errors: Any) -> str:
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
     if kind == "json_invalid":
         return "The request body is not valid JSON."
+    if kind == "missing" and not where:
+        return "The request needs a JSON body; see /docs."
     if kind == "missing":
         return f"The request needs the field {where!r}."
     if kind == "extra_forbidden":

@@ -27,6 +27,7 @@ __all__ = [
     "FlowRequest",
     "FlowResponse",
     "HeadsResponse",
+    "LimitsInfo",
     "ModelsResponse",
     "PageRequest",
     "TextInput",
@@ -120,10 +121,23 @@ class CorpusInfo(BaseModel):
     example_kinds: list[str]
 
 
+class LimitsInfo(BaseModel):
+    """The explorer's limits (see attnscope.app.Limits): counts are whole numbers."""
+
+    max_chars: int
+    max_tokens: int
+    timeout_s: float
+    runs: int
+    queue: int
+    flow_budget_s: float
+    cache: int
+    cache_mb: float
+
+
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
     default: str
-    limits: dict[str, float]
+    limits: LimitsInfo
     corpus: CorpusInfo | None = Field(None, description="the corpus store this explorer "
                                                         "browses (null: none)")
 

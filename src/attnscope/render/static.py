@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from attnscope.errors import AttnscopeError, check_index
+from attnscope.errors import AttnscopeError, check_index, check_number
 from attnscope.files import atomic_write
 from attnscope.readable import token_labels, trace_labels
 from attnscope.trace import Trace, float_array
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.colors import Colormap
+    from matplotlib.colors import Colormap, Normalize
 
 __all__ = [
     "AttnFigure",
@@ -45,6 +45,46 @@ WEIGHT_STOPS = {
     "light": ((255, 255, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8, 48, 107)),
     "dark": ((13, 17, 23), (8, 48, 107), (33, 113, 181), (107, 174, 214), (222, 235, 247)),
 }
+
+
+#: The contrast choices of the figures, as in the views' contrast control (views.js).
+CONTRASTS = ("linear", "sqrt", "log")
+#: The smallest weight the logarithmic contrast tells from 0 (views.js's LOG_FLOOR).
+LOG_FLOOR = 1e-4
+
+
+def contrast_norm(contrast: str, full: float) -> Normalize:
+    """How a weight maps to a colour position in [0, 1], exactly as the views' contrast
+    control does it, as a matplotlib norm: ``"linear"`` (``w / full``), ``"sqrt"``
+    (``sqrt(w / full)``: small weights lifted) or ``"log"`` (``log w`` from
+    ``min(1e-4, full / 10)`` up to ``full``). Weights at or above ``full`` get the full
+    colour; 0 stays blank in every contrast. The image keeps the weights themselves."""
+    from matplotlib.colors import FuncNorm, Normalize, PowerNorm
+
+    top = max(1e-6, full)
+    if contrast == "sqrt":
+        return PowerNorm(0.5, vmin=0.0, vmax=top, clip=True)
+    if contrast == "log":
+        low = min(LOG_FLOOR, top / 10)
+        return FuncNorm((lambda w: np.log(np.maximum(w, low)), np.exp), vmin=low, vmax=top,
+                        clip=True)
+    return Normalize(0.0, top, clip=True)
+
+
+def _check_contrast(contrast: Any, full: Any) -> float | None:
+    if contrast not in CONTRASTS:
+        raise AttnscopeError(
+            f"contrast must be 'linear', 'sqrt' or 'log', not {str(contrast)[:40]!r}."
+        )
+    return check_number(full, "full", above=0, none_ok=True)
+
+
+def _contrast_colorbar(fig: Figure, axes: Any, cmap: Colormap | str | None, norm: Normalize,
+                       label: str, **kwargs: Any) -> None:
+    """One colour bar, in weights, for pictures drawn with ``norm``."""
+    from matplotlib.cm import ScalarMappable
+
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label=label, **kwargs)
 
 
 def weight_cmap(theme: str = "light") -> Colormap:
@@ -145,6 +185,8 @@ def heatmap(
     cmap: Colormap | str | None = None,
     title: str | None = None,
     ax: Axes | None = None,
+    contrast: str = "linear",
+    full: float | None = None,
 ) -> AttnFigure:
     """One head's attention as a heatmap: query tokens down, key tokens across.
 
@@ -163,11 +205,16 @@ def heatmap(
             signed matrix.
         title: the figure's title (default: the model, layer and head).
         ax: draw into this Axes instead of a new figure (its figure is returned).
+        contrast: how weights map to colour, as in the views' contrast control: "linear",
+            "sqrt" (square root: small weights lifted) or "log" (from 1e-4 up); over a long
+            text each weight is small, and "log" shows what "linear" leaves nearly blank.
+        full: the weight that gets the full colour (default: the largest in the matrix).
 
     Returns:
         The figure: a ``[T_query, T_key]`` image with token labels on both axes, a colour bar,
         and a title.
     """
+    full = _check_contrast(contrast, full)
     if isinstance(trace, Trace):
         attentions, _, _ = trace.part(part)
         rows, cols = trace_labels(trace, part)
@@ -180,7 +227,8 @@ def heatmap(
     else:
         matrix, rows, cols = matrix_and_tokens(trace, layer, head, "heatmap")
         label = "attention weight" if _is_weights(matrix) else "value"
-    return _draw_matrix(matrix, rows, cols, cmap=cmap, title=title, label=label, ax=ax)
+    return _draw_matrix(matrix, rows, cols, cmap=cmap, title=title, label=label, ax=ax,
+                        contrast=contrast, full=full)
 
 
 def _is_weights(matrix: np.ndarray) -> bool:
@@ -240,7 +288,8 @@ def matrix_and_tokens(
 
 def _draw_matrix(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], *,
                  cmap: Colormap | str | None, title: str | None, label: str,
-                 ax: Any = None) -> AttnFigure:
+                 ax: Any = None, contrast: str = "linear",
+                 full: float | None = None) -> AttnFigure:
     """Draw ``matrix`` ``[T_query, T_key]`` with token ticks; signed values on a diverging,
     zero-centred scale, others from 0."""
     if ax is None:
@@ -249,13 +298,13 @@ def _draw_matrix(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], *
         ax = fig.add_subplot()
     else:
         fig = ax.figure
-    scale: dict[str, Any]
-    if float(matrix.min()) < 0:  # scores, differences: diverging around 0
+    signed = float(matrix.min()) < 0
+    if signed:  # scores, differences: diverging around 0 (the contrast is for weights)
         bound = max(float(np.abs(matrix).max()), 1e-9)
         scale = {"cmap": cmap or "RdBu_r", "vmin": -bound, "vmax": bound}
     else:
-        scale = {"cmap": cmap or weight_cmap(), "vmin": 0.0,
-                 "vmax": max(float(matrix.max()), 1e-9)}
+        full = full or max(float(matrix.max()), 1e-9)
+        scale = {"cmap": cmap or weight_cmap(), "norm": contrast_norm(contrast, full)}
     image = ax.imshow(matrix, aspect="auto", interpolation="nearest", **scale)
     fontsize = 9 if max(len(rows), len(cols)) <= 40 else 6
     _set_token_ticks(ax, rows, cols, fontsize)
@@ -268,14 +317,18 @@ def _draw_matrix(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], *
 
 
 def heads_grid(trace: Trace, layer: int = -1, *, part: str = "self",
-               cmap: Colormap | str | None = None,
-               ncols: int | None = None) -> AttnFigure:
+               cmap: Colormap | str | None = None, ncols: int | None = None,
+               contrast: str = "linear", full: float | None = None) -> AttnFigure:
     """Every head of one layer, side by side, on one colour scale (0 to 1) with a colour bar.
+
+    ``contrast`` ("linear", "sqrt", "log") and ``full`` (the weight that gets the full
+    colour, default 1) as in :func:`heatmap` and the views' contrast control.
 
     Token labels sit on the outer panels only (the left column and the lowest panel of each
     column): the grid reads like one table, and there are fewer labels to lay out.
     """
     _require_trace(trace, "heads_grid")
+    norm = contrast_norm(contrast, _check_contrast(contrast, full) or 1.0)
     attentions, _, _ = trace.part(part)
     rows, cols = trace_labels(trace, part)
     layer = check_index(layer, attentions.shape[0], "layer")
@@ -290,7 +343,7 @@ def heads_grid(trace: Trace, layer: int = -1, *, part: str = "self",
         if h >= heads:
             ax.set_axis_off()
             continue
-        ax.imshow(attentions[layer, h], cmap=cmap or weight_cmap(), vmin=0, vmax=1,
+        ax.imshow(attentions[layer, h], cmap=cmap or weight_cmap(), norm=norm,
                   interpolation="nearest")
         ax.set_title(f"head {h}", fontsize=9)
         ax.set_xticks([])
@@ -302,18 +355,9 @@ def heads_grid(trace: Trace, layer: int = -1, *, part: str = "self",
             if h + ncols < heads:
                 ax.set_xticks([])
     fig.suptitle(f"{trace.model_name}: {_part_name(trace, part)}layer {layer}, all heads")
-    _colorbar(fig, axes, cmap)
+    _contrast_colorbar(fig, list(np.ravel(axes)), cmap or weight_cmap(), norm,
+                       "attention weight", shrink=0.6, fraction=0.03)
     return fig
-
-
-def _colorbar(fig: Figure, axes: Any, cmap: Colormap | str | None) -> None:
-    """One colour bar (0 to 1) for a grid of heads."""
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap or weight_cmap())
-    fig.colorbar(mappable, ax=list(np.ravel(axes)), label="attention weight", shrink=0.6,
-                 fraction=0.03)
 
 
 # A model-grid thumbnail needs no more than this many cells a side; longer texts are averaged
@@ -340,10 +384,10 @@ def _mosaic(attentions: np.ndarray, gap: int) -> np.ndarray:
     return out
 
 
-def model_grid(trace: Trace, *, part: str = "self",
-               cmap: Colormap | str | None = None) -> AttnFigure:
+def model_grid(trace: Trace, *, part: str = "self", cmap: Colormap | str | None = None,
+               contrast: str = "linear", full: float | None = None) -> AttnFigure:
     """Every layer (rows) x head (columns) as a thumbnail, on one colour scale (0 to 1) with a
-    colour bar.
+    colour bar; ``contrast`` and ``full`` as in :func:`heads_grid`.
 
     The thumbnails are one mosaic image on one axes (a figure of 144 small axes takes seconds
     to lay out); texts longer than 160 tokens are averaged down in blocks to 160 cells a side.
@@ -351,6 +395,7 @@ def model_grid(trace: Trace, *, part: str = "self",
     import matplotlib
 
     _require_trace(trace, "model_grid")
+    norm = contrast_norm(contrast, _check_contrast(contrast, full) or 1.0)
     attentions, _, _ = trace.part(part)
     layers, heads = attentions.shape[:2]
     if layers * heads == 0:
@@ -364,7 +409,7 @@ def model_grid(trace: Trace, *, part: str = "self",
     cell = 1.1
     fig = AttnFigure(figsize=(heads * cell + 1.6, layers * cell + 0.8), layout="constrained")
     ax = fig.add_subplot()
-    ax.imshow(mosaic, cmap=colours.with_extremes(bad="none"), vmin=0, vmax=1,
+    ax.imshow(mosaic, cmap=colours.with_extremes(bad="none"), norm=norm,
               interpolation="nearest")
     ax.set_xticks([h * (tk + gap) + (tk - 1) / 2 for h in range(heads)],
                   labels=[f"h{h}" for h in range(heads)], fontsize=8)
@@ -375,5 +420,6 @@ def model_grid(trace: Trace, *, part: str = "self",
     for spine in ax.spines.values():
         spine.set_visible(False)
     fig.suptitle(f"{trace.model_name}: {_part_name(trace, part)}every layer x head")
-    _colorbar(fig, [ax], cmap)
+    _contrast_colorbar(fig, [ax], colours, norm, "attention weight", shrink=0.6,
+                       fraction=0.03)
     return fig
