@@ -25,16 +25,19 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
+    "Ablation": "attnscope.interventions",
     "AttnFigure": "attnscope.render.static",
     "AttnView": "attnscope.render.views",
     "AttnscopeError": "attnscope.errors",
     "CorpusResult": "attnscope.corpora",
     "DEFAULT_MODEL_NAME": "attnscope.models",
     "Explanation": "attnscope.explain",
+    "HeadImportance": "attnscope.interventions",
     "LoadedModel": "attnscope.models",
     "Tokenization": "attnscope.tokens",
     "Trace": "attnscope.trace",
     "TruncationWarning": "attnscope.tokens",
+    "ablate": "attnscope.interventions",
     "attention_flow": "attnscope.analysis",
     "attention_graph": "attnscope.analysis",
     "attention_norms": "attnscope.analysis",
@@ -44,6 +47,7 @@ _EXPORTS = {
     "corpus": "attnscope.corpora",
     "explain": "attnscope.explain",
     "from_transformer_lens": "attnscope.transformer_lens",
+    "head_importance": "attnscope.interventions",
     "head_patterns": "attnscope.analysis",
     "head_view": "attnscope.render.views",
     "heads_grid": "attnscope.render.static",
@@ -63,21 +67,25 @@ _EXPORTS = {
 
 _SUBMODULES = {
     "adapters", "analysis", "capture", "cli", "compat", "corpora", "errors", "explain", "files",
-    "models", "render", "scratch", "testing", "tokens", "trace", "transformer_lens", "words",
+    "interventions", "models", "render", "scratch", "testing", "tokens", "trace",
+    "transformer_lens", "words",
 }
 
 __all__ = [
+    "Ablation",
     "AttnFigure",
     "AttnView",
     "AttnscopeError",
     "CorpusResult",
     "DEFAULT_MODEL_NAME",
     "Explanation",
+    "HeadImportance",
     "LoadedModel",
     "Tokenization",
     "Trace",
     "TruncationWarning",
     "__version__",
+    "ablate",
     "attention_flow",
     "attention_graph",
     "attention_norms",
@@ -87,6 +95,7 @@ __all__ = [
     "corpus",
     "explain",
     "from_transformer_lens",
+    "head_importance",
     "head_patterns",
     "head_view",
     "heads_grid",
@@ -152,6 +161,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from attnscope.corpora import CorpusResult, corpus
     from attnscope.errors import AttnscopeError
     from attnscope.explain import Explanation, explain
+    from attnscope.interventions import Ablation, HeadImportance, ablate, head_importance
     from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
     from attnscope.render.static import AttnFigure, heads_grid, heatmap, model_grid
     from attnscope.render.views import AttnView, head_view, model_view, neuron_view

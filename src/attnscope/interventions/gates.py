@@ -67,9 +67,9 @@ def layer_modules(loaded: Any) -> Any:
     adapter = get_adapter(loaded, "head interventions")
     w_q = adapter.attention(loaded.model, 0, "self").w_q
     for module in loaded.model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == loaded.num_layers:
-            if any(p.data_ptr() == w_q.data_ptr() for p in module[0].parameters()):
-                return module
+        if (isinstance(module, nn.ModuleList) and len(module) == loaded.num_layers
+                and any(p.data_ptr() == w_q.data_ptr() for p in module[0].parameters())):
+            return module
     raise AttnscopeError(f"attnscope found no list of {loaded.num_layers} layers in "
                          f"{loaded.name!r}.")
 

@@ -182,10 +182,7 @@ def _call_layer(layer: Any, recorded: tuple[tuple[Any, ...], dict[str, Any]], x:
     """Run one real layer module on ``x`` ``[B, T, D]`` with the other arguments the model gave
     it (masks, rotary cos/sin...) in the recorded pass."""
     args, kwargs = recorded
-    if args:
-        out = layer(x, *args[1:], **kwargs)
-    else:
-        out = layer(**{**kwargs, "hidden_states": x})
+    out = layer(x, *args[1:], **kwargs) if args else layer(**{**kwargs, "hidden_states": x})
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -214,7 +211,9 @@ def _ablation_batch(
             handles.append(layer.register_forward_pre_hook(keep_inputs(index), with_kwargs=True))
         handles.append(layers[L - 1].register_forward_hook(keep_output))
         clock = time.perf_counter()
-        model.model(**batch.inputs)
+        # No key/value cache: layers rerun from the recorded arguments must not append to it.
+        extra = {"use_cache": False} if model.is_causal else {}
+        model.model(**batch.inputs, **extra)
         one_pass = time.perf_counter() - clock
     finally:
         for handle in handles:

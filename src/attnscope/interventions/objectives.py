@@ -30,7 +30,7 @@ __all__ = ["Batch", "Objective", "Sample", "objective_for"]
 #: The share of words a masked LM's loss hides, and the seed that picks them.
 MASK_SHARE = 0.15
 MASK_SEED = 0
-#: Logits of one batch are kept under this many floats (256 MB): batches shrink for big vocabularies.
+#: A batch's logits stay under this many floats (256 MB): batches shrink for big vocabularies.
 LOGIT_BUDGET = 64 * 1024 * 1024
 
 
@@ -181,7 +181,7 @@ def masked_positions(word_ids: np.ndarray) -> np.ndarray:
     words = np.unique(word_ids[word_ids >= 0])
     if len(words) == 0:
         raise AttnscopeError("The text has no words to mask for the masked-LM loss.")
-    count = max(1, int(round(MASK_SHARE * len(words))))
+    count = max(1, round(MASK_SHARE * len(words)))
     chosen = np.random.default_rng(MASK_SEED).choice(words, size=count, replace=False)
     return np.flatnonzero(np.isin(word_ids, chosen))
 
