@@ -352,3 +352,78 @@ def test_masked_lm_target_needs_position(masked_lm):
         ablate(masked_lm, TEXT, heads=[(0, 1)], target="glass")
     result = ablate(masked_lm, TEXT, heads=[(0, 1)], target="glass", position=2)
     assert result.target == "glass"
+
+
+# ----- direct logit attribution and logit lens --------------------------------------------------
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_direct_logit_attribution_sums_to_the_logit(tiny_models, family):
+    from attnscope.interventions import direct_logit_attribution
+
+    model = tiny_models[family]
+    target = int(at.tokenize(model, TEXT).input_ids[3])
+    result = direct_logit_attribution(model, TEXT, target=target, position=5)
+    assert result.heads.shape == (model.num_layers, model.num_heads)
+    assert result.heads.sum() + result.rest == pytest.approx(result.logit, abs=1e-4)
+    ids = torch.from_numpy(at.tokenize(model, TEXT).input_ids)[None]
+    with torch.no_grad():
+        logit = model.lm_model(input_ids=ids).logits[0, 5, target]
+    assert result.logit == pytest.approx(float(logit), abs=1e-5)
+
+
+def test_direct_logit_attribution_of_a_layer_is_its_attention_output(tiny_models):
+    """Per layer, the heads' contributions plus the output bias's equal the attention block's
+    output (recorded plainly on o_proj) read through the frozen norm and the unembedding."""
+    from attnscope.interventions import direct_logit_attribution
+
+    model = tiny_models["llama"]
+    target, position = 7, 4
+    result = direct_logit_attribution(model, TEXT, target=target, position=position)
+    ids = torch.from_numpy(at.tokenize(model, TEXT).input_ids)[None]
+    seen = {}
+    norm = model.lm_model.model.norm
+    hooks = [output_projection(model, layer).register_forward_hook(
+        lambda m, a, out, layer=layer: seen.__setitem__(layer, out[0, position].double()))
+        for layer in range(model.num_layers)]
+    hooks.append(norm.register_forward_pre_hook(
+        lambda m, a: seen.__setitem__("residual", a[0][0, position].double())))
+    try:
+        with torch.no_grad():
+            model.lm_model(input_ids=ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    r = seen["residual"]
+    scale = 1 / torch.sqrt(r.pow(2).mean() + norm.variance_epsilon)  # RMSNorm, frozen
+    u = model.lm_model.lm_head.weight[target].detach().double()
+    w = norm.weight.detach().double()
+    for layer in range(model.num_layers):
+        bias = output_projection(model, layer).bias  # the tiny LLaMA has attention biases
+        attn_out = seen[layer] - bias.detach().double()  # (D,): the heads' part of o_proj's output
+        expected = float(u @ (attn_out * scale * w))
+        assert result.heads[layer].sum() == pytest.approx(expected, abs=1e-5)
+
+
+def test_logit_lens_last_row_is_the_models_prediction(tiny_models):
+    from attnscope.interventions import logit_lens
+
+    model = tiny_models["gpt2"]
+    lens = logit_lens(model, TEXT, k=3)
+    T = len(at.tokenize(model, TEXT).input_ids)
+    assert lens.top_ids.shape == (model.num_layers + 1, T, 3)
+    ids = torch.from_numpy(at.tokenize(model, TEXT).input_ids)[None]
+    with torch.no_grad():
+        probs = torch.softmax(model.lm_model(input_ids=ids).logits[0], -1)
+    top = probs.topk(3, dim=-1)
+    np.testing.assert_array_equal(lens.top_ids[-1], top.indices.numpy())
+    np.testing.assert_allclose(lens.top_probs[-1], top.values.numpy(), atol=1e-6)
+    assert len(lens.at(-1)) == model.num_layers + 1
+
+
+def test_lens_refuses_models_without_a_causal_head(embedded):
+    from attnscope.interventions import direct_logit_attribution, logit_lens
+
+    with pytest.raises(at.AttnscopeError, match="causal LM"):
+        logit_lens(embedded, TEXT)
+    with pytest.raises(at.AttnscopeError, match="causal LM"):
+        direct_logit_attribution(embedded, TEXT, target="glass")
