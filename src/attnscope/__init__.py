@@ -34,6 +34,8 @@ _EXPORTS = {
     "Explanation": "attnscope.explain",
     "HeadImportance": "attnscope.interventions",
     "LoadedModel": "attnscope.models",
+    "LogitAttribution": "attnscope.interventions",
+    "LogitLens": "attnscope.interventions",
     "Tokenization": "attnscope.tokens",
     "Trace": "attnscope.trace",
     "TruncationWarning": "attnscope.tokens",
@@ -45,6 +47,7 @@ _EXPORTS = {
     "capture": "attnscope.capture",
     "capture_batch": "attnscope.capture",
     "corpus": "attnscope.corpora",
+    "direct_logit_attribution": "attnscope.interventions",
     "explain": "attnscope.explain",
     "from_transformer_lens": "attnscope.transformer_lens",
     "head_importance": "attnscope.interventions",
@@ -55,6 +58,7 @@ _EXPORTS = {
     "iter_capture": "attnscope.capture",
     "layer_trends": "attnscope.analysis",
     "load": "attnscope.models",
+    "logit_lens": "attnscope.interventions",
     "merge_subwords": "attnscope.words",
     "model_grid": "attnscope.render.static",
     "model_view": "attnscope.render.views",
@@ -81,6 +85,8 @@ __all__ = [
     "Explanation",
     "HeadImportance",
     "LoadedModel",
+    "LogitAttribution",
+    "LogitLens",
     "Tokenization",
     "Trace",
     "TruncationWarning",
@@ -93,6 +99,7 @@ __all__ = [
     "capture",
     "capture_batch",
     "corpus",
+    "direct_logit_attribution",
     "explain",
     "from_transformer_lens",
     "head_importance",
@@ -103,6 +110,7 @@ __all__ = [
     "iter_capture",
     "layer_trends",
     "load",
+    "logit_lens",
     "merge_subwords",
     "model_grid",
     "model_view",
@@ -161,7 +169,16 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from attnscope.corpora import CorpusResult, corpus
     from attnscope.errors import AttnscopeError
     from attnscope.explain import Explanation, explain
-    from attnscope.interventions import Ablation, HeadImportance, ablate, head_importance
+    from attnscope.interventions import (
+        Ablation,
+        HeadImportance,
+        LogitAttribution,
+        LogitLens,
+        ablate,
+        direct_logit_attribution,
+        head_importance,
+        logit_lens,
+    )
     from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
     from attnscope.render.static import AttnFigure, heads_grid, heatmap, model_grid
     from attnscope.render.views import AttnView, head_view, model_view, neuron_view
