@@ -11,6 +11,8 @@ separately, so one mechanism serves every intervention:
 
 With gate ``g`` and replacement ``r`` a head's output ``z`` becomes ``g * z + (1 - g) * r``.
 Hooks are registered on entering the ``with`` block and removed on leaving it, error or not.
+While they are installed they act on every forward pass of the model, from any thread: do not
+share one model between an intervention and other work running at the same time.
 
 Shapes: B texts, T tokens, H heads of size d, D hidden size, L layers.
 """
