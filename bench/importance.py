@@ -14,7 +14,9 @@ for SmolLM2 (30 x 9) over ``--smollm2-texts`` texts, prints side by side:
     python bench/importance.py --texts 100 --smollm2-texts 8
     python bench/importance.py --skip-smollm2
 
-Runs on 2 threads (``--threads``), as on the 2-core machines the figures are quoted for.
+Runs on 2 threads (``--threads``), as on the 2-core machines the figures are quoted for; on a
+machine busy with other jobs, ``--threads 1`` (two threads that wait on each other ran 4x slower
+there).
 """
 
 from __future__ import annotations
