@@ -25,16 +25,21 @@ __version__ = "0.2.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
+    "Ablation": "attnscope.interventions",
     "AttnFigure": "attnscope.render.static",
     "AttnView": "attnscope.render.views",
     "AttnscopeError": "attnscope.errors",
     "CorpusResult": "attnscope.corpora",
     "DEFAULT_MODEL_NAME": "attnscope.models",
     "Explanation": "attnscope.explain",
+    "HeadImportance": "attnscope.interventions",
     "LoadedModel": "attnscope.models",
+    "LogitAttribution": "attnscope.interventions",
+    "LogitLens": "attnscope.interventions",
     "Tokenization": "attnscope.tokens",
     "Trace": "attnscope.trace",
     "TruncationWarning": "attnscope.tokens",
+    "ablate": "attnscope.interventions",
     "attention_flow": "attnscope.analysis",
     "attention_graph": "attnscope.analysis",
     "attention_norms": "attnscope.analysis",
@@ -42,9 +47,11 @@ _EXPORTS = {
     "capture": "attnscope.capture",
     "capture_batch": "attnscope.capture",
     "corpus": "attnscope.corpora",
+    "direct_logit_attribution": "attnscope.interventions",
     "explain": "attnscope.explain",
     "from_transformer_lens": "attnscope.transformer_lens",
     "generation_view": "attnscope.render.generation_view",
+    "head_importance": "attnscope.interventions",
     "head_patterns": "attnscope.analysis",
     "head_view": "attnscope.render.views",
     "heads_grid": "attnscope.render.static",
@@ -52,6 +59,7 @@ _EXPORTS = {
     "iter_capture": "attnscope.capture",
     "layer_trends": "attnscope.analysis",
     "load": "attnscope.models",
+    "logit_lens": "attnscope.interventions",
     "merge_subwords": "attnscope.words",
     "model_grid": "attnscope.render.static",
     "model_view": "attnscope.render.views",
@@ -64,21 +72,27 @@ _EXPORTS = {
 
 _SUBMODULES = {
     "adapters", "analysis", "capture", "cli", "compat", "corpora", "errors", "explain", "files",
-    "models", "render", "scratch", "testing", "tokens", "trace", "transformer_lens", "words",
+    "interventions", "models", "render", "scratch", "testing", "tokens", "trace",
+    "transformer_lens", "words",
 }
 
 __all__ = [
+    "Ablation",
     "AttnFigure",
     "AttnView",
     "AttnscopeError",
     "CorpusResult",
     "DEFAULT_MODEL_NAME",
     "Explanation",
+    "HeadImportance",
     "LoadedModel",
+    "LogitAttribution",
+    "LogitLens",
     "Tokenization",
     "Trace",
     "TruncationWarning",
     "__version__",
+    "ablate",
     "attention_flow",
     "attention_graph",
     "attention_norms",
@@ -86,9 +100,11 @@ __all__ = [
     "capture",
     "capture_batch",
     "corpus",
+    "direct_logit_attribution",
     "explain",
     "from_transformer_lens",
     "generation_view",
+    "head_importance",
     "head_patterns",
     "head_view",
     "heads_grid",
@@ -96,6 +112,7 @@ __all__ = [
     "iter_capture",
     "layer_trends",
     "load",
+    "logit_lens",
     "merge_subwords",
     "model_grid",
     "model_view",
@@ -154,6 +171,16 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from attnscope.corpora import CorpusResult, corpus
     from attnscope.errors import AttnscopeError
     from attnscope.explain import Explanation, explain
+    from attnscope.interventions import (
+        Ablation,
+        HeadImportance,
+        LogitAttribution,
+        LogitLens,
+        ablate,
+        direct_logit_attribution,
+        head_importance,
+        logit_lens,
+    )
     from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
     from attnscope.render.generation_view import generation_view
     from attnscope.render.static import AttnFigure, heads_grid, heatmap, model_grid
