@@ -41,8 +41,10 @@ _EXPORTS = {
     "attention_rollout": "attnscope.analysis",
     "capture": "attnscope.capture",
     "capture_batch": "attnscope.capture",
+    "context_mixing": "attnscope.analysis.context_mixing",
     "corpus": "attnscope.corpora",
     "explain": "attnscope.explain",
+    "faithfulness": "attnscope.analysis.context_mixing",
     "from_transformer_lens": "attnscope.transformer_lens",
     "head_patterns": "attnscope.analysis",
     "head_view": "attnscope.render.views",
@@ -84,8 +86,10 @@ __all__ = [
     "attention_rollout",
     "capture",
     "capture_batch",
+    "context_mixing",
     "corpus",
     "explain",
+    "faithfulness",
     "from_transformer_lens",
     "head_patterns",
     "head_view",
@@ -148,6 +152,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
         report,
         token_path,
     )
+    from attnscope.analysis.context_mixing import context_mixing, faithfulness
     from attnscope.capture import capture, capture_batch, iter_capture
     from attnscope.corpora import CorpusResult, corpus
     from attnscope.errors import AttnscopeError

@@ -204,6 +204,15 @@ def _rollout(per_layer: np.ndarray) -> np.ndarray:
     return out
 
 
+def one_minus_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``1 - cos(a, b)`` over the last axis, as ``||a/|a| - b/|b|||² / 2`` in float64: exact
+    where the plain formula loses its digits (two nearly equal vectors in float32)."""
+    a, b = a.double(), b.double()
+    unit_a = a / a.norm(dim=-1, keepdim=True)
+    unit_b = b / b.norm(dim=-1, keepdim=True)
+    return 0.5 * (unit_a - unit_b).pow(2).sum(-1)
+
+
 def _progress(iterable: Any, total: int, desc: str, show: bool) -> Any:
     if not show:
         return iterable
@@ -237,14 +246,14 @@ def _token_level(model: Any, trace_or_text: Any, method: str) -> Trace:
 def _model_inputs(model: Any, trace: Trace, input_ids: Any = None) -> dict[str, torch.Tensor]:
     """The keyword arguments that run ``model.model`` on the trace's tokens ``[B, T]``."""
     device = model.device
-    ids = torch.as_tensor(np.asarray(trace.input_ids if input_ids is None else input_ids),
+    ids = torch.tensor(np.array(trace.input_ids if input_ids is None else input_ids),
                           dtype=torch.long, device=device)
     if ids.ndim == 1:
         ids = ids[None]
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if "token_type_ids" in getattr(model.tokenizer, "model_input_names", ()) and \
             model.model_type in _POST_NORM:
-        types = torch.as_tensor(np.asarray(trace.token_type_ids), dtype=torch.long, device=device)
+        types = torch.tensor(np.array(trace.token_type_ids), dtype=torch.long, device=device)
         inputs["token_type_ids"] = types[None].expand_as(ids)
     return inputs
 
@@ -426,7 +435,7 @@ def _resolve_target(model: Any, trace: Trace, target: Any) -> _Target:
 @torch.no_grad()
 def _value_zeroing(model: Any, trace: Trace, progress: bool, **_: Any) -> dict[str, Any]:
     layers, T = trace.num_layers, trace.num_tokens
-    scores = np.zeros((layers, T, T), dtype=np.float32)
+    scores = np.zeros((layers, T, T), dtype=np.float64)
     for layer in _progress(range(layers), layers, "value zeroing", progress):
         part = _layer(model, trace, layer)
         _, original = _after_attention(model, layer, part.hidden, part.attn_out)  # (T, D)
@@ -439,8 +448,8 @@ def _value_zeroing(model: Any, trace: Trace, progress: bool, **_: Any) -> dict[s
                                    part.projected[:, start:stop])  # (J, T, D)
             _, zeroed = _after_attention(model, layer, part.hidden[None],
                                          part.attn_out[None] - removed)  # (J, T, D)
-            cos = torch.nn.functional.cosine_similarity(zeroed, original[None], dim=-1)  # (J,T)
-            scores[layer, :, start:stop] = (1.0 - cos).T.cpu().numpy()
+            distance = one_minus_cos(zeroed, original[None])  # (J, T)
+            scores[layer, :, start:stop] = distance.T.cpu().numpy()
     per_layer = _normalise_rows(np.clip(scores, 0.0, None))
     return {"raw": scores, "scores": per_layer, "rollout": _rollout(per_layer)}
 
@@ -456,7 +465,7 @@ def value_zeroing_loop(model: Any, trace_or_text: Any, progress: bool = False) -
     trace = _token_level(model, trace_or_text, "value_zeroing")
     layers, T = trace.num_layers, trace.num_tokens
     inputs = _model_inputs(model, trace)
-    scores = np.zeros((layers, T, T), dtype=np.float32)
+    scores = np.zeros((layers, T, T), dtype=np.float64)
     outputs: dict[int, torch.Tensor] = {}
 
     def keep(layer: int) -> Callable[..., None]:
@@ -486,9 +495,8 @@ def value_zeroing_loop(model: Any, trace_or_text: Any, progress: bool = False) -
                         model.model(**inputs)
                     finally:
                         handle.remove()
-                    cos = torch.nn.functional.cosine_similarity(outputs[layer][0],
-                                                                original[layer][0], dim=-1)
-                    scores[layer, :, token] = (1.0 - cos).cpu().numpy()
+                    distance = one_minus_cos(outputs[layer][0], original[layer][0])  # (T,)
+                    scores[layer, :, token] = distance.cpu().numpy()
     finally:
         for handle in handles:
             handle.remove()
