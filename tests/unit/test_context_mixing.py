@@ -304,8 +304,8 @@ def test_non_finite_gradients_name_the_layer(tiny_models, monkeypatch):
     model = tiny_models["gpt2"]
     real = cm._resolve_target
 
-    def broken(*args):
-        target = real(*args)
+    def broken(*args, **kwargs):
+        target = real(*args, **kwargs)
         return cm._Target(target.label, lambda h: target.fn(h) * float("nan"), target.row, True)
 
     monkeypatch.setattr(cm, "_resolve_target", broken)

@@ -48,6 +48,7 @@ import torch
 
 from attnscope.analysis.drawing import draw, draws
 from attnscope.errors import AttnscopeError, check_index
+from attnscope.mixing import METHODS
 from attnscope.trace import Trace
 
 __all__ = [
@@ -127,23 +128,26 @@ def _post_norm(model: Any, layer: int) -> Any | None:
     return None
 
 
-def _after_attention(model: Any, layer: int, hidden: torch.Tensor,
-                     attn_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _after_attention(model: Any, layer: int, hidden: torch.Tensor, attn_out: torch.Tensor,
+                     feed_forward: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The rest of the layer from the attention output (output projection applied, its bias
     included), with the real modules: ``(mid, out)``, each shaped like ``hidden`` ``[..., T, D]``.
 
     ``mid`` is the attention block's output (residual added, post-norm applied); ``out`` the
-    layer's output (feed-forward block added). Every step is position-wise.
+    layer's output (feed-forward block added; None with ``feed_forward=False``). Every step is
+    position-wise.
     """
     block = _block(model, layer)
     family = model.model_type
     if family in _POST_NORM:
         mid = block.attention.output.LayerNorm(attn_out + hidden)
-        return mid, block.output(block.intermediate(mid), mid)
+        return mid, block.output(block.intermediate(mid), mid) if feed_forward else None
     if family == "distilbert":
         mid = block.sa_layer_norm(attn_out + hidden)
-        return mid, block.output_layer_norm(block.ffn(mid) + mid)
+        return mid, block.output_layer_norm(block.ffn(mid) + mid) if feed_forward else None
     mid = hidden + attn_out
+    if not feed_forward:
+        return mid, None
     if family == "gpt2":
         return mid, mid + block.mlp(block.ln_2(mid))
     return mid, mid + block.mlp(block.post_attention_layernorm(mid))
@@ -198,9 +202,9 @@ def _rollout(per_layer: np.ndarray) -> np.ndarray:
     ``R_l`` is how much of layer l's output token i comes from each input token."""
     out = np.empty_like(per_layer)
     current = None
-    for layer, matrix in enumerate(per_layer.astype(np.float64)):
+    for layer, matrix in enumerate(torch.from_numpy(per_layer.astype(np.float64))):
         current = matrix if current is None else matrix @ current
-        out[layer] = current
+        out[layer] = current.numpy()
     return out
 
 
@@ -355,8 +359,11 @@ def _pooled(hidden: torch.Tensor) -> torch.Tensor:
     return hidden.mean(dim=1)  # (B, D): sentence-transformers' mean pooling over the tokens
 
 
-def _resolve_target(model: Any, trace: Trace, target: Any) -> _Target:
-    """Turn ``target=`` into a :class:`_Target` for this text (see the module docstring)."""
+def _resolve_target(model: Any, trace: Trace, target: Any, evaluate: bool = True) -> _Target:
+    """Turn ``target=`` into a :class:`_Target` for this text (see the module docstring).
+
+    ``evaluate=False`` (methods without gradients) skips the forward pass that only choosing
+    the default pooled dimension needs: the target is then "the pooled sentence"."""
     tokenizer = model.tokenizer
     if isinstance(target, dict):
         if len(target) != 1 or next(iter(target)) not in ("token", "cosine", "dim"):
@@ -421,6 +428,9 @@ def _resolve_target(model: Any, trace: Trace, target: Any) -> _Target:
 
         return _Target(f"cosine to {value!r}", cosine_fn, None, False)
     width = int(trace.hidden_states.shape[-1])
+    if value is None and not evaluate:
+        return _Target("the pooled sentence", lambda hidden: _pooled(hidden).norm(dim=-1), None,
+                       False)
     if value is None:
         with torch.no_grad():
             pooled = _pooled(model.model(**_model_inputs(model, trace)).last_hidden_state)[0]
@@ -433,39 +443,51 @@ def _resolve_target(model: Any, trace: Trace, target: Any) -> _Target:
 # ----- the methods -------------------------------------------------------------------------
 
 @torch.no_grad()
+def _value_zeroing_layer(model: Any, trace: Trace, layer: int) -> np.ndarray:
+    """Raw Value Zeroing of one layer ``[T, T]`` (float64): 1 - cos of each output token i
+    with token j's value vectors zeroed against the untouched output."""
+    T = trace.num_tokens
+    part = _layer(model, trace, layer)
+    _, original = _after_attention(model, layer, part.hidden, part.attn_out)  # (T, D)
+    scores = np.zeros((T, T), dtype=np.float64)
+    # Zeroing v_j takes A[h, i, j] f_h(x_j) out of every row i: (T_j, T_i, D), the batched
+    # inputs of the rest of the layer, a block of zeroed tokens at a time (bounded memory).
+    block = max(1, (1 << 24) // max(1, T * part.hidden.shape[-1] * 4))
+    for start in range(0, T, block):
+        stop = min(T, start + block)
+        removed = torch.einsum("hij,hjd->jid", part.weights[:, :, start:stop],
+                               part.projected[:, start:stop])  # (J, T, D)
+        _, zeroed = _after_attention(model, layer, part.hidden[None],
+                                     part.attn_out[None] - removed)  # (J, T, D)
+        distance = one_minus_cos(zeroed, original[None])  # (J, T)
+        scores[:, start:stop] = distance.T.cpu().numpy()
+    return scores
+
+
 def _value_zeroing(model: Any, trace: Trace, progress: bool, **_: Any) -> dict[str, Any]:
-    layers, T = trace.num_layers, trace.num_tokens
-    scores = np.zeros((layers, T, T), dtype=np.float64)
-    for layer in _progress(range(layers), layers, "value zeroing", progress):
-        part = _layer(model, trace, layer)
-        _, original = _after_attention(model, layer, part.hidden, part.attn_out)  # (T, D)
-        # Zeroing v_j takes A[h, i, j] f_h(x_j) out of every row i: (T_j, T_i, D), the
-        # batched inputs of the rest of the layer, a block of zeroed tokens at a time.
-        block = max(1, (1 << 24) // max(1, T * part.hidden.shape[-1] * 4))  # bounded memory
-        for start in range(0, T, block):
-            stop = min(T, start + block)
-            removed = torch.einsum("hij,hjd->jid", part.weights[:, :, start:stop],
-                                   part.projected[:, start:stop])  # (J, T, D)
-            _, zeroed = _after_attention(model, layer, part.hidden[None],
-                                         part.attn_out[None] - removed)  # (J, T, D)
-            distance = one_minus_cos(zeroed, original[None])  # (J, T)
-            scores[layer, :, start:stop] = distance.T.cpu().numpy()
+    layers = trace.num_layers
+    scores = np.stack([_value_zeroing_layer(model, trace, layer) for layer in
+                       _progress(range(layers), layers, "value zeroing", progress)])
     per_layer = _normalise_rows(np.clip(scores, 0.0, None))
     return {"raw": scores, "scores": per_layer, "rollout": _rollout(per_layer)}
 
 
-def value_zeroing_loop(model: Any, trace_or_text: Any, progress: bool = False) -> np.ndarray:
+def value_zeroing_loop(model: Any, trace_or_text: Any, progress: bool = False,
+                       layers: Sequence[int] | None = None) -> np.ndarray:
     """Value Zeroing the plain way: one forward pass of the whole model per layer and zeroed
     token (L·T passes), a hook zeroing token j's value vectors in that layer's value projection.
 
     The reference the fast path is checked and timed against. Returns the raw ``1 - cos``
-    scores ``[L, T, T]`` (row i: output token, column j: zeroed token).
+    scores ``[L, T, T]`` (row i: output token, column j: zeroed token); ``layers`` limits the
+    work to some layers (the others stay 0).
     """
     _family(model, "value_zeroing")
     trace = _token_level(model, trace_or_text, "value_zeroing")
-    layers, T = trace.num_layers, trace.num_tokens
+    chosen = range(trace.num_layers) if layers is None else \
+        [check_index(layer, trace.num_layers, "layer") for layer in layers]
+    count, T = trace.num_layers, trace.num_tokens
     inputs = _model_inputs(model, trace)
-    scores = np.zeros((layers, T, T), dtype=np.float64)
+    scores = np.zeros((count, T, T), dtype=np.float64)
     outputs: dict[int, torch.Tensor] = {}
 
     def keep(layer: int) -> Callable[..., None]:
@@ -473,12 +495,12 @@ def value_zeroing_loop(model: Any, trace_or_text: Any, progress: bool = False) -
             outputs[layer] = (output[0] if isinstance(output, tuple) else output).detach()
         return hook
 
-    handles = [_block(model, layer).register_forward_hook(keep(layer)) for layer in range(layers)]
+    handles = [_block(model, layer).register_forward_hook(keep(layer)) for layer in range(count)]
     try:
         with torch.no_grad():
             model.model(**inputs)
             original = dict(outputs)
-            for layer in _progress(range(layers), layers, "value zeroing (loop)", progress):
+            for layer in _progress(chosen, len(chosen), "value zeroing (loop)", progress):
                 module, part = _value_projection(model, layer)
                 for token in range(T):
                     def zero(module: Any, args: Any, output: torch.Tensor, token=token,
@@ -514,31 +536,58 @@ def decompose(model: Any, trace: Trace, layer: int) -> tuple[torch.Tensor, torch
     the residual (post-norm families) is linear once its scale 1/σ_i is fixed, so it applies to
     each term, its mean removed; ``bias`` holds the output projection's bias and the norm's shift.
     """
-    part = _layer(model, trace, layer)
-    T = part.hidden.shape[0]
-    terms = torch.einsum("hij,hjd->ijd", part.weights, part.projected)  # (T, T, D)
-    terms[torch.arange(T), torch.arange(T)] += part.hidden  # the residual: x_i for j = i
-    output, _ = _after_attention(model, layer, part.hidden, part.attn_out)  # (T, D)
-    bias = part.bias.expand(T, -1).clone()  # (T, D)
-    norm = _post_norm(model, layer)
-    if norm is not None:
-        summed = part.hidden + part.attn_out  # (T, D): the norm's input
-        sigma = torch.sqrt(summed.var(-1, unbiased=False, keepdim=True) + norm.eps)  # (T, 1)
-        terms = (terms - terms.mean(-1, keepdim=True)) / sigma[:, None] * norm.weight
-        bias = (bias - bias.mean(-1, keepdim=True)) / sigma * norm.weight + norm.bias
-    return terms, bias, output
+    pieces = _Pieces(model, trace, layer)
+    terms, bias = pieces.rows(0, pieces.size)
+    return terms, bias, pieces.output
 
 
+class _Pieces:
+    """One layer's decomposition, computed a block of output rows at a time (a ``[rows, T, D]``
+    block stays small and in cache; the whole ``[T, T, D]`` is never needed at once)."""
+
+    def __init__(self, model: Any, trace: Trace, layer: int) -> None:
+        self.part = _layer(model, trace, layer)
+        self.size = self.part.hidden.shape[0]
+        self.output, _ = _after_attention(model, layer, self.part.hidden, self.part.attn_out,
+                                          feed_forward=False)
+        self.norm = _post_norm(model, layer)
+        if self.norm is not None:
+            summed = self.part.hidden + self.part.attn_out  # (T, D): the norm's input
+            variance = summed.var(-1, unbiased=False, keepdim=True)
+            self.scale = self.norm.weight / torch.sqrt(variance + self.norm.eps)  # (T, D)
+
+    def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(terms ``[R, T, D]``, bias ``[R, D]``) of output rows ``start:stop``."""
+        part = self.part
+        terms = torch.einsum("hij,hjd->ijd", part.weights[:, start:stop], part.projected)
+        here = torch.arange(start, stop)
+        terms[here - start, here] += part.hidden[start:stop]  # the residual: x_i for j = i
+        bias = part.bias.expand(stop - start, -1).clone()  # (R, D)
+        if self.norm is not None:
+            scale = self.scale[start:stop]  # (R, D): γ / σ_i
+            terms.sub_(terms.mean(-1, keepdim=True)).mul_(scale[:, None])
+            bias = (bias - bias.mean(-1, keepdim=True)) * scale + self.norm.bias
+        return terms, bias
+
+
+@torch.no_grad()
 def _alti_like(model: Any, trace: Trace, progress: bool, kind: str) -> dict[str, Any]:
     layers, T = trace.num_layers, trace.num_tokens
     raw = np.zeros((layers, T, T), dtype=np.float32)
+    block = max(1, (1 << 20) // max(1, T * trace.hidden_states.shape[-1]))  # ~4 MB of terms
     for layer in _progress(range(layers), layers, kind, progress):
-        terms, _, output = decompose(model, trace, layer)
-        if kind == "alti":
-            distance = (output[:, None] - terms).abs().sum(-1)  # (T, T): ||y_i - T_i(x_j)||_1
-            raw[layer] = torch.clamp(output.abs().sum(-1)[:, None] - distance, min=0).numpy()
-        else:
-            raw[layer] = terms.norm(dim=-1).numpy()  # ||T_i(x_j)||_2
+        pieces = _Pieces(model, trace, layer)
+        for start in range(0, T, block):
+            stop = min(T, start + block)
+            terms, _ = pieces.rows(start, stop)  # (R, T, D)
+            if kind == "alti":
+                output = pieces.output[start:stop]  # (R, D)
+                # ||y_i - T_i(x_j)||_1, in place: terms becomes y_i - T_i(x_j)
+                distance = terms.neg_().add_(output[:, None]).abs_().sum(-1)  # (R, T)
+                score = torch.clamp(output.abs().sum(-1)[:, None] - distance, min=0)
+            else:
+                score = torch.linalg.vector_norm(terms, dim=-1)  # ||T_i(x_j)||_2
+            raw[layer, start:stop] = score.cpu().numpy()
     per_layer = _normalise_rows(raw)
     return {"raw": raw, "scores": per_layer, "rollout": _rollout(per_layer)}
 
@@ -567,7 +616,6 @@ def _attention_gradients(model: Any, trace: Trace, target: _Target, layer: int |
     def hook_for(index: int) -> Callable[..., tuple[torch.Tensor]]:
         def hook(module: Any, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             mixed = args[0] * scale[:, None, None] if index == layer else args[0] * 1.0
-            mixed.retain_grad()
             kept[index] = mixed
             return (mixed, *args[1:])
         return hook
@@ -579,14 +627,13 @@ def _attention_gradients(model: Any, trace: Trace, target: _Target, layer: int |
         with torch.enable_grad():
             hidden = model.model(**_model_inputs(model, trace, ids)).last_hidden_state
             value = target.fn(hidden).sum()
-            value.backward()
+            # Only the mixed values' gradients: no weight gradients, nothing below the layers.
+            grads = torch.autograd.grad(value, [kept[i] for i in layers], allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
-        model.model.zero_grad(set_to_none=True)
     results = []
-    for index in layers:
-        grad = kept[index].grad
+    for index, grad in zip(layers, grads, strict=True):
         if grad is None or not torch.isfinite(grad).all():
             raise AttnscopeError(
                 f"The gradient of the target is not finite at layer {index}; the target "
@@ -631,38 +678,14 @@ def _grad_rollout(model: Any, trace: Trace, progress: bool, target: _Target,
             "rollout": rollout}
 
 
-@dataclass(frozen=True)
-class Method:
-    """One context-mixing method: its function, what it measures, and whether it needs a
-    target (the gradient methods)."""
-
-    function: Callable[..., dict[str, Any]]
-    summary: str
-    needs_target: bool
-
-
-#: The registry: method name -> :class:`Method`. Feeds :func:`context_mixing` and the CLI.
-METHODS: dict[str, Method] = {
-    "value_zeroing": Method(_value_zeroing, "1 - cos of a layer's output when a token's value "
-                            "vectors are zeroed (Mohebbi et al. 2023)", False),
-    "alti": Method(_alti, "per-token terms of the attention block's output, by distance "
-                   "(Ferrando et al. 2022)", False),
-    "norms2": Method(_norms2, "norms of the per-token terms with residual and layer norm "
-                     "(Kobayashi et al. 2021)", False),
-    "attattr": Method(_attattr, "attention x integrated gradient of the target "
-                      "(Hao et al. 2021)", True),
-    "grad_rollout": Method(_grad_rollout, "gradient-weighted attention rollout "
-                           "(Chefer et al. 2021)", True),
-}
-
-
-def _method(name: Any) -> Method:
-    if name not in METHODS:
+def _method(name: Any) -> Callable[..., dict[str, Any]]:
+    """The function of method ``name`` (a key of :data:`attnscope.mixing.METHODS`)."""
+    if not isinstance(name, str) or name not in METHODS:
         raise AttnscopeError(
             f"There is no context-mixing method {name!r}; valid methods: "
             f"{', '.join(METHODS)}."
         )
-    return METHODS[name]
+    return globals()[METHODS[name].function]
 
 
 # ----- the result --------------------------------------------------------------------------
@@ -672,7 +695,7 @@ class ContextMixing:
     """Context-mixing scores of one text under one method.
 
     Attributes:
-        method: the method's name (a key of :data:`METHODS`).
+        method: the method's name (a key of :data:`attnscope.mixing.METHODS`).
         trace: the token-level Trace the scores belong to.
         scores: float32 ``[L, T, T]``, per layer, row i (output token) over input tokens j;
             rows sum to 1 except for ``grad_rollout`` (Chefer's positive head mean).
@@ -713,6 +736,40 @@ class ContextMixing:
         target's sources."""
         return draw(self, "figure", layer)
 
+    def html(self, layer: int | None = None) -> str:
+        """A self-contained HTML page: the figure (an inline PNG) and the sources as a table."""
+        import base64
+        import html as html_lib
+
+        png = base64.b64encode(self.figure(layer)._repr_png_()).decode("ascii")
+        sources = self.sources()
+        order = np.argsort(-sources)
+        rows = "".join(
+            f"<tr><td>{rank + 1}</td><td>{j}</td><td>{html_lib.escape(self.tokens[j])}</td>"
+            f"<td>{sources[j]:.4f}</td></tr>" for rank, j in enumerate(order))
+        title = html_lib.escape(f"{self.trace.model_name}: {self.method}, sources of "
+                                f"{self.target or 'the pooled sentence'}")
+        return (
+            "<!doctype html><html><head><meta charset='utf-8'>"
+            f"<title>{title}</title><style>body{{font-family:sans-serif;margin:2em}}"
+            "td,th{padding:2px 10px;text-align:left}img{max-width:100%}</style></head><body>"
+            f"<h1>{title}</h1><p>{html_lib.escape(self.trace.text)}</p>"
+            f"<img alt='{html_lib.escape(self.method)}' src='data:image/png;base64,{png}'>"
+            "<table><tr><th>rank</th><th>position</th><th>token</th><th>share</th></tr>"
+            f"{rows}</table></body></html>"
+        )
+
+    def save(self, path: Any, layer: int | None = None) -> Any:
+        """Write the figure (.png, .svg, .pdf) or the HTML page (.html); returns the path."""
+        from pathlib import Path
+
+        from attnscope.files import write_text
+
+        path = Path(path)
+        if path.suffix.lower() in (".html", ".htm"):
+            return write_text(path, self.html(layer), what="the page")
+        return self.figure(layer).save(path)
+
     def __repr__(self) -> str:
         L, T, _ = self.scores.shape
         return (f"ContextMixing({self.method!r}, {L} layers x {T} tokens, "
@@ -734,8 +791,8 @@ def context_mixing(
         trace_or_text: a text, or a Trace of ``model`` (captured again with ``qkv=True`` when
             it lacks the value vectors or is merged into words).
         model: the LoadedModel (attnscope.load).
-        method: a key of :data:`METHODS`: "value_zeroing", "alti", "norms2", "attattr",
-            "grad_rollout".
+        method: a key of :data:`attnscope.mixing.METHODS`: "value_zeroing", "alti", "norms2",
+            "attattr", "grad_rollout".
         target: what the prediction is (see the module docstring): None, a token,
             ``{"token": ...}``, ``{"cosine": "other text"}`` or ``{"dim": k}``. The gradient
             methods differentiate it; every method uses its position for :meth:`sources`.
@@ -745,11 +802,11 @@ def context_mixing(
     Returns:
         A :class:`ContextMixing` with ``scores`` and ``rollout`` ``[L, T, T]``.
     """
-    chosen = _method(method)
+    function = _method(method)
     _family(model, method)
     trace = _token_level(model, trace_or_text, method)
-    resolved = _resolve_target(model, trace, target)
-    result = chosen.function(model, trace, progress, target=resolved, steps=steps)
+    resolved = _resolve_target(model, trace, target, evaluate=METHODS[method].needs_target)
+    result = function(model, trace, progress, target=resolved, steps=steps)
     return ContextMixing(
         method=method, trace=trace, scores=result["scores"].astype(np.float32),
         raw=result["raw"].astype(np.float32), rollout=result["rollout"].astype(np.float32),
