@@ -311,3 +311,18 @@ def test_non_finite_gradients_name_the_layer(tiny_models, monkeypatch):
     monkeypatch.setattr(cm, "_resolve_target", broken)
     with pytest.raises(at.AttnscopeError, match="not finite at layer 0"):
         at.context_mixing(TEXT, model, "grad_rollout", progress=False)
+
+
+def test_the_loaders_lm_model_is_used_when_there_is_one(tiny_models):
+    """The one place that finds the head: LoadedModel.lm_model when the loader provides it
+    (None: no head), else a head tied to the checkpoint's embeddings, else None."""
+    import types
+
+    head = object()
+    assert cm._lm_model(types.SimpleNamespace(lm_model=head)) is head
+    assert cm._lm_model(types.SimpleNamespace(lm_model=None)) is None
+    gpt2 = cm._lm_model(tiny_models["gpt2"])
+    assert gpt2.base_model is tiny_models["gpt2"].model  # shares the loaded weights
+    assert gpt2.get_output_embeddings().weight is tiny_models["gpt2"].model.wte.weight
+    assert cm._lm_model(tiny_models["llama"]) is None  # its head would be untrained weights
+    assert cm._lm_model(tiny_models["bert"]) is None

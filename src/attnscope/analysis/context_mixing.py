@@ -339,12 +339,16 @@ class _Target:
     log_prob: bool
 
 
-def _single_token(tokenizer: Any, word: str) -> int:
+def _single_token(tokenizer: Any, word: str, causal: bool = False) -> int:
     """The id of ``word`` as one token, else one sentence saying why it is not."""
     if not isinstance(word, str) or not word.strip():
         raise AttnscopeError(f"A target token must be a non-empty string, not {word!r}.")
     tried = []
-    for spelling in (word, " " + word.strip(), word.strip()):
+    spellings = [word, " " + word.strip(), word.strip()]
+    if causal and word[:1].isalnum():
+        # a causal LM's next word starts with a space ("Paris" after "is" is " Paris")
+        spellings.insert(0, " " + word)
+    for spelling in spellings:
         ids = tokenizer(spelling, add_special_tokens=False)["input_ids"]
         tried.append(ids)
         if len(ids) == 1 and ids[0] != getattr(tokenizer, "unk_token_id", None):
@@ -412,7 +416,7 @@ def _resolve_target(model: Any, trace: Trace, target: Any, evaluate: bool = True
                 hidden = _base(model)(**_model_inputs(model, trace)).last_hidden_state
                 token_id = int(head(hidden[:, row]).argmax(-1)[0])
         else:
-            token_id = _single_token(tokenizer, value)
+            token_id = _single_token(tokenizer, value, model.is_causal)
         shown = tokenizer.convert_ids_to_tokens(token_id)
 
         def token_fn(hidden: torch.Tensor) -> torch.Tensor:
