@@ -326,3 +326,40 @@ def test_the_loaders_lm_model_is_used_when_there_is_one(tiny_models):
     assert gpt2.get_output_embeddings().weight is tiny_models["gpt2"].model.wte.weight
     assert cm._lm_model(tiny_models["llama"]) is None  # its head would be untrained weights
     assert cm._lm_model(tiny_models["bert"]) is None
+
+
+def test_masked_token_target_reads_the_mask_position(tiny_models):
+    """A masked LM's target is the prediction at [MASK]: with the head the loader will give
+    (``lm_model``, here a BertForMaskedLM built on the tiny BERT's own modules)."""
+    import dataclasses
+    from typing import Any
+
+    import transformers as tf
+
+    bert = tiny_models["bert"]
+
+    @dataclasses.dataclass(frozen=True)
+    class WithHead(at.LoadedModel):
+        lm_model: Any = None
+
+    torch.manual_seed(0)
+    mlm = tf.BertForMaskedLM(bert.model.config).eval()
+    mlm.bert = bert.model
+    fields = {f.name: getattr(bert, f.name) for f in dataclasses.fields(at.LoadedModel)}
+    model = WithHead(**fields, lm_model=mlm)
+    text = "the cat [MASK] on the mat"
+    result = at.context_mixing(text, model, "grad_rollout", target="sat", progress=False)
+    mask = result.tokens.index("[MASK]")
+    assert result.target_row == mask and result.target == "log p('sat') at [MASK] (position 3)"
+    np.testing.assert_allclose(result.sources(), result.rollout[-1][mask])
+    # the target is the head's log-probability at the mask, computed plainly
+    trace = result.trace
+    with torch.no_grad():
+        logits = mlm(input_ids=torch.tensor(trace.input_ids)[None]).logits[0, mask]
+    expected = torch.log_softmax(logits, -1)[bert.tokenizer.convert_tokens_to_ids("sat")]
+    resolved = cm._resolve_target(model, trace, "sat")
+    with torch.no_grad():
+        hidden = bert.model(input_ids=torch.tensor(trace.input_ids)[None]).last_hidden_state
+    assert float(resolved.fn(hidden)[0]) == pytest.approx(float(expected), abs=1e-5)
+    with pytest.raises(at.AttnscopeError, match=r"needs a \[MASK\] token"):
+        at.context_mixing("the cat sat", model, "grad_rollout", progress=False)
