@@ -65,7 +65,8 @@ _EXPORTS = {
 
 _SUBMODULES = {
     "adapters", "analysis", "capture", "cli", "compat", "corpora", "errors", "explain", "files",
-    "models", "render", "scratch", "testing", "tokens", "trace", "transformer_lens", "words",
+    "mixing", "models", "render", "scratch", "testing", "tokens", "trace", "transformer_lens",
+    "words",
 }
 
 __all__ = [
