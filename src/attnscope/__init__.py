@@ -46,9 +46,11 @@ _EXPORTS = {
     "attention_rollout": "attnscope.analysis",
     "capture": "attnscope.capture",
     "capture_batch": "attnscope.capture",
+    "context_mixing": "attnscope.analysis.context_mixing",
     "corpus": "attnscope.corpora",
     "direct_logit_attribution": "attnscope.interventions",
     "explain": "attnscope.explain",
+    "faithfulness": "attnscope.analysis.context_mixing",
     "from_transformer_lens": "attnscope.transformer_lens",
     "generation_view": "attnscope.render.generation_view",
     "head_importance": "attnscope.interventions",
@@ -72,7 +74,7 @@ _EXPORTS = {
 
 _SUBMODULES = {
     "adapters", "analysis", "capture", "cli", "compat", "corpora", "errors", "explain", "files",
-    "interventions", "models", "render", "scratch", "testing", "tokens", "trace",
+    "interventions", "mixing", "models", "render", "scratch", "testing", "tokens", "trace",
     "transformer_lens", "words",
 }
 
@@ -99,9 +101,11 @@ __all__ = [
     "attention_rollout",
     "capture",
     "capture_batch",
+    "context_mixing",
     "corpus",
     "direct_logit_attribution",
     "explain",
+    "faithfulness",
     "from_transformer_lens",
     "generation_view",
     "head_importance",
@@ -167,6 +171,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
         report,
         token_path,
     )
+    from attnscope.analysis.context_mixing import context_mixing, faithfulness
     from attnscope.capture import capture, capture_batch, iter_capture
     from attnscope.corpora import CorpusResult, corpus
     from attnscope.errors import AttnscopeError

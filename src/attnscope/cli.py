@@ -378,6 +378,29 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain_token(args: argparse.Namespace) -> int:
+    """The sources of one prediction under a context-mixing method, as a figure or a page."""
+    from attnscope.analysis.context_mixing import context_mixing
+
+    out = _output_path(args.output, (".png", ".svg", ".pdf", ".html", ".htm"))
+    if args.words:
+        raise AttnscopeError("explain-token works on tokens: leave out --words.")
+    chosen = [(key, value) for key, value in (("token", args.target), ("cosine", args.cosine),
+                                              ("dim", args.dim)) if value is not None]
+    if len(chosen) > 1:
+        raise AttnscopeError("Choose one target: --target, --cosine or --dim.")
+    target = dict(chosen) if chosen else None
+    text, _, model = _text_and_model(args)
+    trace = _capture(model, text, None, args, qkv=True)
+    result = context_mixing(trace, model, args.method, target, steps=args.steps)
+    sources = result.sources()
+    print(f"{result.method}: sources of {result.target or 'the pooled sentence'}")
+    for j in sources.argsort()[::-1][: args.top]:
+        print(f"  {j:4d}  {trace.tokens[j]!s:<16} {sources[j]:.4f}")
+    print(f"wrote {result.save(out, layer=args.layer)}")
+    return 0
+
+
 def _cmd_heads(args: argparse.Namespace) -> int:
     """Every head's pattern scores as a table, and optionally a layers x heads map of labels."""
     from attnscope.analysis import SCORES, head_patterns
@@ -621,6 +644,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dims", type=int, default=4,
                    help="how many values of q⊙k to show per key (default 4)")
     p.set_defaults(func=_cmd_explain)
+
+    from attnscope.mixing import METHODS
+
+    p = sub.add_parser("explain-token",
+                       help="which tokens a prediction comes from, by a context-mixing method",
+                       description="Score how much each token shapes the target (a causal LM's "
+                                   "next token, a masked LM's [MASK] prediction, or the pooled "
+                                   "sentence embedding) under one method, and draw its sources.")
+    _add_text_arguments(p, pair=False)
+    _add_model_arguments(p)
+    p.add_argument("--method", default="alti", choices=list(METHODS),
+                   help="; ".join(f"{name}: {m.summary}" for name, m in METHODS.items()))
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="the figure (.png, .svg, .pdf) or a page (.html)")
+    p.add_argument("--target", help="the predicted token to explain (default: the model's own "
+                                    "prediction)")
+    p.add_argument("--cosine", help="for models without an LM head: explain the cosine of the "
+                                    "pooled embedding to this other text")
+    p.add_argument("--dim", type=int, help="for models without an LM head: explain this "
+                                           "dimension of the pooled embedding")
+    p.add_argument("-l", "--layer", type=int, default=None,
+                   help="draw this layer's scores instead of the rollout to the input")
+    p.add_argument("--steps", type=int, default=20, help="Riemann steps of attattr (20)")
+    p.add_argument("--top", type=int, default=10, help="how many sources to print (10)")
+    p.set_defaults(func=_cmd_explain_token)
 
     p = sub.add_parser("heads", help="what each head does: pattern scores and labels",
                        description="Score every head on previous/next/self/first/separator/"
