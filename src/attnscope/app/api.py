@@ -51,7 +51,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import attnscope as at
 from attnscope.app.generate import is_generative
 from attnscope.app.limits import Limits
-from attnscope.app.runtime import Busy, CaptureEntry, Captures, Models, RunGate, TooLarge
+from attnscope.app.runtime import (
+    Busy,
+    CaptureEntry,
+    Captures,
+    Models,
+    RunGate,
+    TooLarge,
+    check_chars,
+)
 from attnscope.app.schemas import (
     ERRORS,
     ERRORS_OF_HTML,
@@ -270,9 +278,9 @@ class _State:
         """Check a request's model and texts (cheap checks only) and return its cache key."""
         name = body.model if body.model is not None else self.models.default
         self.models.get(name)  # an unknown name raises, listing the allowed ones
-        _check_chars(body.text, "text", self.limits.max_chars)
+        check_chars(body.text, "text", self.limits.max_chars)
         if body.text_b is not None:
-            _check_chars(body.text_b, "second text", self.limits.max_chars)
+            check_chars(body.text_b, "second text", self.limits.max_chars)
         return (name, body.text, body.text_b)
 
     def entry(self, key: tuple[str, str, str | None]) -> CaptureEntry:
@@ -649,18 +657,6 @@ def _new_lock():
     import threading
 
     return threading.Lock()
-
-
-def _check_chars(text: str, what: str, limit: int) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise AttnscopeError(f"The {what} is not valid Unicode text (it holds a lone "
-                             "surrogate character).") from None
-    if len(text) > limit:
-        raise TooLarge(f"The {what} has {len(text)} characters; this explorer takes at most "
-                       f"{limit} (start it with a larger --max-chars for longer texts).")
-    at.tokens.check_text(text, what)
 
 
 def _check_tokens(model: Any, text: str, text_b: str | None, limit: int) -> None:

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from attnscope.app.runtime import Busy, TooLarge
+from attnscope.app.runtime import Busy, TooLarge, check_chars
 from attnscope.errors import AttnscopeError
 
 __all__ = ["MAX_NEW_TOKENS", "GenerateRequest", "generate_routes", "is_generative"]
@@ -64,8 +64,6 @@ def generate_routes(app: FastAPI, state: Any) -> None:
     async def generate_route(body: GenerateRequest) -> StreamingResponse:
         """Newline-delimited JSON: each generated token's text as it comes, then the
         generation view's payload (see the module's documentation)."""
-        from attnscope.app.api import _check_chars
-
         name = body.model if body.model is not None else _first_generative(state)
         model = state.models.get(name)
         if not is_generative(model):
@@ -73,9 +71,9 @@ def generate_routes(app: FastAPI, state: Any) -> None:
                 f"{name} cannot generate: the Generate tab needs a decoder-only model with its "
                 "language-modelling head (GPT-2, Llama, SmolLM2...), as in attnscope serve "
                 "--model smollm2.")
-        _check_chars(body.prompt, "prompt", state.limits.max_chars)
+        check_chars(body.prompt, "prompt", state.limits.max_chars)
         if body.system is not None:
-            _check_chars(body.system, "system prompt", state.limits.max_chars)
+            check_chars(body.system, "system prompt", state.limits.max_chars)
         if not body.prompt.strip():
             raise AttnscopeError("The prompt is empty: type what the model should answer.")
         count = len(model.tokenizer((body.system or "") + body.prompt)["input_ids"])

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from attnscope.app.limits import Limits
 from attnscope.errors import AttnscopeError
 
-__all__ = ["Busy", "CaptureEntry", "Captures", "Models", "RunGate", "TooLarge"]
+__all__ = ["Busy", "CaptureEntry", "Captures", "Models", "RunGate", "TooLarge", "check_chars"]
 
 T = TypeVar("T")
 
@@ -46,6 +46,22 @@ class Busy(Exception):
 
 class TooLarge(AttnscopeError):
     """A text over the character or token limit."""
+
+
+def check_chars(text: str, what: str, limit: int) -> None:
+    """Refuse a request's text that is not Unicode, is longer than ``limit`` characters
+    (:class:`TooLarge`), or is empty, in one sentence naming ``what`` it is."""
+    from attnscope.tokens import check_text
+
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise AttnscopeError(f"The {what} is not valid Unicode text (it holds a lone "
+                             "surrogate character).") from None
+    if len(text) > limit:
+        raise TooLarge(f"The {what} has {len(text)} characters; this explorer takes at most "
+                       f"{limit} (start it with a larger --max-chars for longer texts).")
+    check_text(text, what)
 
 
 class RunGate:

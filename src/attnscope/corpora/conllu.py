@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from attnscope.analysis.corpus import CorpusItem, text_key
+from attnscope.corpora.lines import raw_lines
 from attnscope.corpora.problems import Problem
 
 __all__ = ["count_sentences", "parse_conllu", "read_conllu"]
@@ -34,8 +35,6 @@ _EMPTY_ID = re.compile(r"[0-9]+\.[1-9][0-9]*")
 def count_sentences(path: Path, stop: int | None = None) -> int:
     """Sentences in a CoNLL-U file: lines whose first column is 1 (cheap, for progress);
     counting ends once more than ``stop`` are seen. Lines are read in bounded pieces."""
-    from attnscope.corpora.sources import raw_lines
-
     count = 0
     with open(path, "rb") as fh:
         for line in raw_lines(fh, 16, True):
@@ -50,8 +49,6 @@ def read_conllu(path: Path, max_chars: int = 1_000_000,
                 regular: bool = True) -> Iterator[CorpusItem | Problem]:
     """Every sentence of a CoNLL-U file, as items or problems (see the module docstring);
     sentences are kept to about ``max_chars`` characters, lines to ``4 * max_chars`` bytes."""
-    from attnscope.corpora.sources import raw_lines
-
     with open(path, "rb") as fh:
         lines = raw_lines(fh, 4 * max_chars, regular)
         ended = [True]

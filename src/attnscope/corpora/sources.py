@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from attnscope.analysis.corpus import CorpusItem, text_key
+from attnscope.corpora.lines import BLOCK as _BLOCK
+from attnscope.corpora.lines import RawLine, raw_lines
 from attnscope.corpora.problems import Problem
 from attnscope.errors import AttnscopeError
 
@@ -56,11 +58,6 @@ _CONLLU_SUFFIXES = {".conllu", ".conll"}
 CHARS_PER_TOKEN = 64
 #: Characters kept of one text for a model that sets no token limit.
 MAX_CHARS_WITHOUT_LIMIT = 1_000_000
-#: Bytes read at a time.
-_BLOCK = 2**20
-#: Past a cut, bytes a pipe or device may still send before its line ends: beyond this, a line
-#: with no end in sight (``/dev/zero``) stops the reading instead of being skipped for ever.
-_MAX_SKIP_UNSEEKABLE = 64 * 2**20
 #: Most columns a CSV header may have.
 _MAX_COLUMNS = 65_536
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -194,53 +191,6 @@ def _count_lines(path: Path, stop: int | None = None) -> int:
             if stop is not None and count > stop:
                 return count
     return count + (last != b"\n")
-
-
-class RawLine(NamedTuple):
-    """One line of a file: its number, its first bytes (without the line end), how many bytes
-    past those were skipped, and whether it ended (False: the input stopped being read)."""
-
-    number: int
-    raw: bytes
-    skipped: int
-    ended: bool = True
-
-
-def raw_lines(fh: IO[bytes], max_bytes: int, regular: bool) -> Iterator[RawLine]:
-    """The lines of the binary stream ``fh``, each kept to at most ``max_bytes`` bytes; memory
-    stays within one block and one kept line however long a line is. In a pipe or device
-    (``regular`` False) a line still going :data:`_MAX_SKIP_UNSEEKABLE` bytes past its cut
-    ends the reading (``ended`` False)."""
-    number = 0
-    kept = bytearray()
-    skipped = 0
-    while block := fh.read(_BLOCK):
-        start = 0
-        while True:
-            end = block.find(b"\n", start)
-            stop = end if end >= 0 else len(block)
-            if not kept and not skipped and end >= 0 and stop - start <= max_bytes:
-                number += 1  # the common case: a whole line inside the block
-                yield RawLine(number, block[start:stop].rstrip(b"\r"), 0)
-                start = end + 1
-                continue
-            room = max(max_bytes - len(kept), 0)
-            kept += block[start:min(stop, start + room)]
-            skipped += max(stop - start - room, 0)
-            if end < 0:
-                break
-            number += 1
-            yield RawLine(number, bytes(kept).rstrip(b"\r") if not skipped else bytes(kept),
-                          skipped)
-            kept.clear()
-            skipped = 0
-            start = end + 1
-        if not regular and skipped > _MAX_SKIP_UNSEEKABLE:
-            yield RawLine(number + 1, bytes(kept), skipped, ended=False)
-            return
-    if kept or skipped:
-        yield RawLine(number + 1, bytes(kept).rstrip(b"\r") if not skipped else bytes(kept),
-                      skipped)
 
 
 def decode_cut(raw: bytes, cut: bool) -> str:
