@@ -132,7 +132,7 @@ def _maybe_merge(trace: Trace, merge_words: bool) -> Trace:
 
 
 def _capture_chunk(
-    model: LoadedModel, pairs: list[tuple[str, str | None]], *, truncate: bool,
+    model: LoadedModel, pairs: list[tuple[Any, str | None]], *, truncate: bool,
     qkv: bool = False, add_special_tokens: bool = True,
 ) -> list[Trace]:
     import torch

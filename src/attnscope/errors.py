@@ -8,6 +8,7 @@ without a traceback and exits with status 2; in Python it is an ordinary ``Value
 from __future__ import annotations
 
 import numbers
+from typing import Literal, overload
 
 __all__ = ["AttnscopeError", "check_count", "check_flag", "check_index", "check_number"]
 
@@ -47,6 +48,12 @@ def check_flag(value: object, what: str) -> bool:
     raise AttnscopeError(f"{what} must be True or False, not {_shown(value)}.")
 
 
+@overload
+def check_number(value: object, what: str, *, minimum: float | None = None,
+                 above: float | None = None, none_ok: Literal[False] = False) -> float: ...
+@overload
+def check_number(value: object, what: str, *, minimum: float | None = None,
+                 above: float | None = None, none_ok: bool) -> float | None: ...
 def check_number(value: object, what: str, *, minimum: float | None = None,
                  above: float | None = None, none_ok: bool = False) -> float | None:
     """Return ``value`` as a finite float, with ``value >= minimum`` or ``value > above``.

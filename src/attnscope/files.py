@@ -137,8 +137,9 @@ def atomic_write(
         fd, tmp = _locked_temporary(path, what)
         done = False
         try:
-            kwargs = ({"encoding": encoding, "errors": "backslashreplace", "newline": ""}
-                      if mode == "w" else {})
+            kwargs: dict[str, Any] = (
+                {"encoding": encoding, "errors": "backslashreplace", "newline": ""}
+                if mode == "w" else {})
             with os.fdopen(fd, mode, **kwargs) as handle:
                 with guard.live():
                     yield handle

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
+import numpy as np
+
 __all__ = ["readable_tokens", "token_label", "token_labels", "tokenizer_alphabet",
            "trace_labels"]
 
@@ -46,7 +48,8 @@ def _byte_alphabet() -> dict[str, int]:
     return alphabet
 
 
-def tokenizer_alphabet(tokens: Sequence[str], special: Sequence[bool] | None = None) -> str:
+def tokenizer_alphabet(tokens: Sequence[str],
+                       special: Sequence[bool] | np.ndarray | None = None) -> str:
     """How ``tokens`` are spelled: ``"byte"`` (byte-level BPE), ``"sentencepiece"`` or
     ``"plain"`` (WordPiece and everything else, shown as they are).
 
@@ -78,7 +81,7 @@ def _sentencepiece_bytes(token: str) -> bytes:
     return token.replace("▁", " ").encode("utf-8")
 
 
-def _decode(tokens: Sequence[str], special: Sequence[bool] | None,
+def _decode(tokens: Sequence[str], special: Sequence[bool] | np.ndarray | None,
             to_bytes: Callable[[str], bytes]) -> list[str]:
     """Each token's text, decoding the bytes of consecutive tokens as one UTF-8 stream: a
     character whose bytes span several tokens belongs to the token that completes it, so the
@@ -96,7 +99,8 @@ def _decode(tokens: Sequence[str], special: Sequence[bool] | None,
     return texts
 
 
-def readable_tokens(tokens: Sequence[str], special: Sequence[bool] | None = None) -> list[str]:
+def readable_tokens(tokens: Sequence[str],
+                    special: Sequence[bool] | np.ndarray | None = None) -> list[str]:
     """The text each token stands for (``"Ġquick"`` → ``" quick"``, ``"Ċ"`` → ``"\\n"``,
     ``"▁the"`` → ``" the"``, ``"<0x0A>"`` → ``"\\n"``). Special tokens stay as they are.
     Joined, the result reads as the text: use it for running text."""
@@ -116,7 +120,8 @@ def _label(token: str, text: str) -> str:
     return text.replace("\r\n", NEWLINE_MARK).replace("\n", NEWLINE_MARK).replace("\t", TAB_MARK)
 
 
-def token_labels(tokens: Sequence[str], special: Sequence[bool] | None = None) -> list[str]:
+def token_labels(tokens: Sequence[str],
+                 special: Sequence[bool] | np.ndarray | None = None) -> list[str]:
     """Short labels for axes and tables: the text each token stands for, without the leading
     space a word carries, and with a visible mark (``␣``, ``↵``, ``⇥``) for a token that is
     only white space or holds a line break (``"Ġquick"`` → ``"quick"``, ``"Ċ"`` → ``"↵"``), and

@@ -39,7 +39,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeGuard
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -613,7 +613,7 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _is_whole(value: Any) -> bool:
+def _is_whole(value: Any) -> TypeGuard[int]:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -821,7 +821,7 @@ def _extra_problem(extra: dict[str, Any], layers: int, heads: int) -> str | None
     None. Other keys are kept as they are and never read."""
     def positive(value: Any) -> bool:
         return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-                and math.isfinite(value) and value > 0)
+                and math.isfinite(value) and float(value) > 0)
 
     if "attention_scale" in extra and not positive(extra["attention_scale"]):
         return ("extra['attention_scale'] must be a positive number, not "

@@ -467,6 +467,7 @@ def _value_zeroing_layer(model: Any, trace: Trace, layer: int) -> np.ndarray:
                                part.projected[:, start:stop])  # (J, T, D)
         _, zeroed = _after_attention(model, layer, part.hidden[None],
                                      part.attn_out[None] - removed)  # (J, T, D)
+        assert zeroed is not None and original is not None  # the whole layer was run
         distance = one_minus_cos(zeroed, original[None])  # (J, T)
         scores[:, start:stop] = distance.T.cpu().numpy()
     return scores
@@ -511,8 +512,8 @@ def value_zeroing_loop(model: Any, trace_or_text: Any, progress: bool = False,
             for layer in _progress(chosen, len(chosen), "value zeroing (loop)", progress):
                 module, part = _value_projection(model, layer)
                 for token in range(T):
-                    def zero(module: Any, args: Any, output: torch.Tensor, token=token,
-                             part=part) -> torch.Tensor:
+                    def zero(module: Any, args: Any, output: torch.Tensor, token: int = token,
+                             part: Any = part) -> torch.Tensor:
                         output = output.clone()
                         if part is None:
                             output[:, token] = 0.0
@@ -739,7 +740,7 @@ class ContextMixing:
         """One layer's scores ``[T, T]`` (negative indices count from the end)."""
         return self.scores[check_index(layer, self.scores.shape[0], "layer")]
 
-    def figure(self, layer: int | None = None):
+    def figure(self, layer: int | None = None) -> Any:
         """The rollout to the input (or one layer's scores) as a heatmap, beside a bar of the
         target's sources."""
         return draw(self, "figure", layer)
@@ -850,7 +851,7 @@ class Faithfulness:
             rows.append(name.ljust(14) + "".join(f"{d:9.4f}" for d in drop))
         return "\n".join(rows)
 
-    def figure(self):
+    def figure(self) -> Any:
         """The drop against k, one line per method (random dashed)."""
         return draw(self, "figure")
 
@@ -945,8 +946,8 @@ def faithfulness(
         if resolved.log_prob:
             measured = np.exp(measured)
         for (name, index, _), value in zip(choices[1:], measured[1:], strict=True):
-            weight = 1.0 / trials if name == "random" else 1.0
-            sums[name][index] += weight * (measured[0] - value)
+            share = 1.0 / trials if name == "random" else 1.0
+            sums[name][index] += share * (measured[0] - value)
     drops = {name: (total / len(texts)).astype(np.float32) for name, total in sums.items()}
     return Faithfulness(ks, drops, len(texts), removal, label)
 
@@ -954,7 +955,7 @@ def faithfulness(
 # ----- figures -----------------------------------------------------------------------------
 
 @draws(ContextMixing, "figure")
-def _context_mixing_figure(result: ContextMixing, layer: int | None = None):
+def _context_mixing_figure(result: ContextMixing, layer: int | None = None) -> Any:
     from attnscope.render.static import AttnFigure, _set_token_ticks, weight_cmap
 
     tokens = list(result.tokens)
@@ -986,13 +987,14 @@ def _context_mixing_figure(result: ContextMixing, layer: int | None = None):
 
 
 @draws(Faithfulness, "figure")
-def _faithfulness_figure(result: Faithfulness):
+def _faithfulness_figure(result: Faithfulness) -> Any:
     from attnscope.render.static import AttnFigure
 
     fig = AttnFigure(figsize=(6.0, 4.0), layout="constrained")
     ax = fig.add_subplot()
     for name, drop in result.drops.items():
-        style = {"linestyle": "--", "color": "grey"} if name == "random" else {"marker": "o"}
+        style: dict[str, Any] = ({"linestyle": "--", "color": "grey"} if name == "random"
+                                 else {"marker": "o"})
         ax.plot(result.ks, drop, label=name, **style)
     ax.set_xlabel("top-k source tokens removed")
     ax.set_ylabel("drop of the target")

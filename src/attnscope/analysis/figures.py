@@ -255,7 +255,7 @@ def attention_graph(trace: Trace | Any, layer: int | Sequence[str] | None = -1,
     """
     if isinstance(trace, Trace):
         attentions, _, _ = trace.check(part).part(part)
-        rows, cols = trace_labels(trace, part)
+        rows, cols = (tuple(labels) for labels in trace_labels(trace, part))
         layer = check_index(layer, attentions.shape[0], "layer")  # type: ignore[arg-type]
         if head is None:
             matrix = attentions[layer].mean(axis=0)

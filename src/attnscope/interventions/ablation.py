@@ -278,7 +278,8 @@ def ablate(
     if isinstance(text_or_ids, Trace) and text_or_ids.is_generation:
         if objective.kind != "causal":
             raise AttnscopeError("Generated tokens' probabilities need a causal LM.")
-        start = int(text_or_ids.answer_start)
+        start = text_or_ids.answer_start
+        assert start is not None  # is_generation
         ids = batch.inputs["input_ids"][0, start:]  # (A,)
         result.update(
             answer_tokens=tuple(text_or_ids.tokens[start:]),

@@ -115,7 +115,7 @@ def _frozen_norm(norm: Any, residual: torch.Tensor) -> tuple[Any, torch.Tensor, 
     (linear part, the constant it adds ``[D]``, the scale)."""
     weight = norm.weight.double()
     bias = getattr(norm, "bias", None)
-    eps = float(getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6))
+    eps = float(getattr(norm, "variance_epsilon", 0) or getattr(norm, "eps", 1e-6))
     r = residual.double()
     if bias is not None or type(norm).__name__ == "LayerNorm":  # LayerNorm: centre, then scale
         scale = float(1.0 / torch.sqrt(r.var(unbiased=False) + eps))
@@ -155,6 +155,7 @@ def direct_logit_attribution(
     finally:
         handle.remove()
     residual = seen["residual"][0, p]  # (D,): the stream after the last layer
+    assert objective.head is not None and objective.final_norm is not None  # a causal LM's
     linear, constant, scale = _frozen_norm(objective.final_norm, residual)
     unembed = objective.head.weight[target_id].double()  # (D,)
     head_bias = getattr(objective.head, "bias", None)
@@ -209,6 +210,7 @@ def logit_lens(model: Any, text_or_ids: Any, k: int = 5) -> LogitLens:
         for handle in handles:
             handle.remove()
     ids, probs = [], []
+    assert objective.head is not None and objective.final_norm is not None  # a causal LM's
     for residual in residuals:
         logits = objective.head(objective.final_norm(residual))  # (T, V)
         top = torch.softmax(logits.float(), -1).topk(min(k, logits.shape[-1]), dim=-1)

@@ -61,6 +61,13 @@ LOG8_STEP = math.log(1.0 / LOG8_FLOOR) / 254
 ROLLOUT_AUTO = 2e9
 
 
+def _answer_start(trace: Trace) -> int:
+    """Where the answer starts in a generation Trace (the view refuses any other Trace)."""
+    if trace.answer_start is None:
+        raise AttnscopeError("This Trace holds no generated answer (answer_start is None).")
+    return trace.answer_start
+
+
 class GenerationView(AttnView):
     """An :class:`AttnView` of a generation Trace (see :func:`generation_view`)."""
 
@@ -75,7 +82,7 @@ class GenerationView(AttnView):
             raise AttnscopeError(
                 "This Trace holds no generated answer (answer_start is None): make one with "
                 "attnscope.generate(model, prompt), or use at.head_view for a fixed text.")
-        if trace.num_tokens <= trace.answer_start:
+        if trace.num_tokens <= _answer_start(trace):
             raise AttnscopeError("This Trace's answer is empty: there is no generated token to "
                                  "show.")
         if mode not in MODES:
@@ -91,9 +98,9 @@ class GenerationView(AttnView):
         self.layer = check_index(layer, trace.num_layers, "layer")
         self.head = check_index(head, trace.num_heads, "head")
         self.heads = None
-        steps = trace.num_tokens - trace.answer_start
+        steps = trace.num_tokens - _answer_start(trace)
         self.step = check_index(0 if step is None else step, steps, "step")
-        self.query = trace.answer_start + self.step
+        self.query = _answer_start(trace) + self.step
         self.mode = mode
         self.theme = theme
         self.minus = None
@@ -187,15 +194,16 @@ def _top_token_texts(trace: Trace, source: Any) -> list[list[str]] | None:
 def _roles(trace: Trace) -> list[str]:
     if trace.roles is not None:
         return list(trace.roles)
-    return ["prompt"] * trace.answer_start + ["answer"] * (trace.num_tokens - trace.answer_start)
+    start = _answer_start(trace)
+    return ["prompt"] * start + ["answer"] * (trace.num_tokens - start)
 
 
 def _step_rows(trace: Trace) -> tuple[int, np.ndarray]:
     """The first step whose choosing row the trace holds, and those rows' positions
     ``[S]`` (row ``answer_start + s - 1`` chose the token of step ``s``)."""
-    first = max(0, trace.query_start - trace.answer_start + 1)
-    steps = trace.num_tokens - trace.answer_start
-    return first, trace.answer_start - 1 + np.arange(first, steps)
+    first = max(0, trace.query_start - _answer_start(trace) + 1)
+    steps = trace.num_tokens - _answer_start(trace)
+    return first, _answer_start(trace) - 1 + np.arange(first, steps)
 
 
 def _flat_rows(block: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -311,7 +319,8 @@ def generation_payload(view: GenerationView) -> dict[str, Any]:
         # the steps' rows are consecutive: a view of each layer, never a copy of them all
         held = slice(int(rows[0]) - qs, int(rows[-1]) - qs + 1)
         total = np.zeros((len(rows), trace.num_tokens), np.float32)  # (S, T)
-        layer_planes, head_planes = [], []
+        layer_planes: list[Any] = []
+        head_planes: list[Any] = []
         for layer in range(layers):
             block = trace.attentions[layer, :, held, :]  # (H, S, T)
             mean = block.mean(axis=0, dtype=np.float32)  # (S, T)
@@ -347,7 +356,7 @@ def generation_payload(view: GenerationView) -> dict[str, Any]:
     if "log8" in (mean_code, layer_code, head_code):
         notes.append(f"To fit the {budget_mb} budget, weights are coded in one byte: each "
                      "within 1.9% from 1e-4 up (\u2248 in readouts), smaller ones as < 1e-4.")
-    steps = trace.num_tokens - trace.answer_start
+    steps = trace.num_tokens - _answer_start(trace)
     top = None
     if trace.answer_top_ids is not None:
         texts = view._top_tokens
@@ -361,7 +370,7 @@ def generation_payload(view: GenerationView) -> dict[str, Any]:
     return {
         "title": trace.model_name,
         "subtitle": (f"{trace.num_layers} layers \u00d7 {trace.num_heads} heads, prompt "
-                     f"{trace.answer_start} tokens, answer {steps}"),
+                     f"{_answer_start(trace)} tokens, answer {steps}"),
         "kinds": ["generation"],
         "theme": view.theme,
         "colors": list(HEAD_COLORS),
@@ -378,7 +387,7 @@ def generation_payload(view: GenerationView) -> dict[str, Any]:
             "text": readable_tokens(tokens, special),
             "labels": token_labels(tokens, special),
             "roles": _roles(trace),
-            "answer_start": trace.answer_start,
+            "answer_start": _answer_start(trace),
             "steps": steps,
             "first_step": first,
             "layers": layers,

@@ -217,7 +217,7 @@ def heatmap(
     full = _check_contrast(contrast, full)
     if isinstance(trace, Trace):
         attentions, _, _ = trace.part(part)
-        rows, cols = trace_labels(trace, part)
+        rows, cols = (tuple(labels) for labels in trace_labels(trace, part))
         layer = check_index(layer, attentions.shape[0], "layer")  # type: ignore[arg-type]
         head = check_index(head, attentions.shape[1], "head")  # type: ignore[arg-type]
         matrix = attentions[layer, head]
@@ -298,6 +298,7 @@ def _draw_matrix(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], *
         ax = fig.add_subplot()
     else:
         fig = ax.figure
+    scale: dict[str, Any]
     signed = float(matrix.min()) < 0
     if signed:  # scores, differences: diverging around 0 (the contrast is for weights)
         bound = max(float(np.abs(matrix).max()), 1e-9)
