@@ -44,6 +44,7 @@ _EXPORTS = {
     "corpus": "attnscope.corpora",
     "explain": "attnscope.explain",
     "from_transformer_lens": "attnscope.transformer_lens",
+    "generate": "attnscope.generation",
     "head_patterns": "attnscope.analysis",
     "head_view": "attnscope.render.views",
     "heads_grid": "attnscope.render.static",
@@ -63,7 +64,8 @@ _EXPORTS = {
 
 _SUBMODULES = {
     "adapters", "analysis", "capture", "cli", "compat", "corpora", "errors", "explain", "files",
-    "models", "render", "scratch", "testing", "tokens", "trace", "transformer_lens", "words",
+    "generation", "models", "render", "scratch", "testing", "tokens", "trace", "transformer_lens",
+    "words",
 }
 
 __all__ = [
@@ -87,6 +89,7 @@ __all__ = [
     "corpus",
     "explain",
     "from_transformer_lens",
+    "generate",
     "head_patterns",
     "head_view",
     "heads_grid",
@@ -152,6 +155,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from attnscope.corpora import CorpusResult, corpus
     from attnscope.errors import AttnscopeError
     from attnscope.explain import Explanation, explain
+    from attnscope.generation import generate
     from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
     from attnscope.render.static import AttnFigure, heads_grid, heatmap, model_grid
     from attnscope.render.views import AttnView, head_view, model_view, neuron_view
