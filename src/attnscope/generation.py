@@ -408,8 +408,7 @@ class _Decoder:
         if not settings["greedy"]:
             generator = torch.Generator(device=self.model.device)
             generator.manual_seed(settings["seed"])
-        bar = tqdm(total=settings["max_new_tokens"], unit="token", disable=not show,
-                   leave=False)
+        bar = tqdm(total=settings["max_new_tokens"], unit="token", disable=not show)
         stopped = "max_new_tokens"
         try:
             with torch.inference_mode():

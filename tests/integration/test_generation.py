@@ -134,6 +134,38 @@ def test_ctrl_c_keeps_what_was_generated(tiny_models):
     assert "".join(pieces) == cut.generation["answer"]
 
 
+def test_ctrl_c_inside_a_step_cuts_the_cache_back(tiny_models, monkeypatch):
+    """Ctrl-C after a step has written its keys and values to the cache but before its rows
+    were recorded: the cache is cut back, the token's rows are computed again, and they equal
+    those of an uninterrupted run."""
+    from attnscope import generation
+
+    model = tiny_models["llama"]
+    full = at.generate(model, PROMPT, max_new_tokens=8)
+    record = generation._Buffers.record
+    calls = []
+
+    def interrupt_fourth_record(self, out, first):
+        calls.append(first)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return record(self, out, first)
+
+    monkeypatch.setattr(generation._Buffers, "record", interrupt_fourth_record)
+    cut = at.generate(model, PROMPT, max_new_tokens=8)
+    assert cut.generation["stopped"] == "interrupted"
+    n = cut.num_tokens
+    assert n == cut.answer_start + 3  # three tokens were chosen before the interrupted step
+    np.testing.assert_array_equal(cut.input_ids, full.input_ids[:n])
+    np.testing.assert_allclose(cut.attentions, full.attentions[:, :, :n, :n], atol=1e-6)
+
+
+def test_progress_bar_counts_tokens(tiny_models, capsys):
+    trace = at.generate(tiny_models["gpt2"], PROMPT, max_new_tokens=5, progress=True)
+    assert trace.num_tokens - trace.answer_start == 5
+    assert "5/5" in capsys.readouterr().err
+
+
 def test_ctrl_c_before_the_first_token_is_not_swallowed(tiny_models, monkeypatch):
     from attnscope import generation
 
