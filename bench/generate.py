@@ -2,6 +2,9 @@
 
     ATTNSCOPE_CACHE=... python bench/generate.py [--new-tokens 128] [--repeats 3]
 
+On a machine shared with other work, ``OMP_NUM_THREADS=1`` keeps torch's threads from
+spinning against each other (both variants run alike).
+
 A chat prompt of about 200 tokens, then 128 new tokens, greedy. Side by side in one run,
 alternating so that a busy machine slows every variant alike (the median of each is printed):
 
@@ -66,6 +69,7 @@ def main() -> None:
     first = at.generate(model, messages(), max_new_tokens=args.new_tokens)  # warm-up
     answer = first.input_ids[first.answer_start:]
     new_tokens = len(answer)
+    print(f"  ... warm-up: {new_tokens} tokens, {first.generation['stopped']}", flush=True)
 
     def plain() -> None:
         with torch.inference_mode():
@@ -92,11 +96,13 @@ def main() -> None:
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
+            print(f"  ... {name}: {times[name][-1]:.2f} s", flush=True)
 
     n = len(first.tokens)
     layers, heads = model.num_layers, model.num_heads
     base = statistics.median(times["plain generate"])
-    print(f"SmolLM2-135M-Instruct on the CPU ({torch.get_num_threads()} threads): a "
+    threads = torch.get_num_threads()
+    print(f"SmolLM2-135M-Instruct on the CPU ({threads} thread{'s' * (threads != 1)}): a "
           f"{first.answer_start}-token chat prompt, {new_tokens} new tokens, greedy, "
           f"median of {args.repeats}")
     for name, values in times.items():
