@@ -52,6 +52,7 @@ _EXPORTS = {
     "explain": "attnscope.explain",
     "faithfulness": "attnscope.analysis.context_mixing",
     "from_transformer_lens": "attnscope.transformer_lens",
+    "generate": "attnscope.generation",
     "generation_view": "attnscope.render.generation_view",
     "head_importance": "attnscope.interventions",
     "head_patterns": "attnscope.analysis",
@@ -74,8 +75,8 @@ _EXPORTS = {
 
 _SUBMODULES = {
     "adapters", "analysis", "capture", "cli", "compat", "corpora", "errors", "explain", "files",
-    "interventions", "mixing", "models", "render", "scratch", "testing", "tokens", "trace",
-    "transformer_lens", "words",
+    "generation", "interventions", "mixing", "models", "render", "scratch", "testing", "tokens",
+    "trace", "transformer_lens", "words",
 }
 
 __all__ = [
@@ -107,6 +108,7 @@ __all__ = [
     "explain",
     "faithfulness",
     "from_transformer_lens",
+    "generate",
     "generation_view",
     "head_importance",
     "head_patterns",
@@ -176,6 +178,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from attnscope.corpora import CorpusResult, corpus
     from attnscope.errors import AttnscopeError
     from attnscope.explain import Explanation, explain
+    from attnscope.generation import generate
     from attnscope.interventions import (
         Ablation,
         HeadImportance,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,8 +19,12 @@ import numpy as np
 from attnscope.errors import AttnscopeError
 from attnscope.models import LoadedModel
 
-__all__ = ["Tokenization", "TruncationWarning", "check_ids", "check_text", "tokenize",
-           "tokenize_ids"]
+__all__ = ["CHAT_ROLES", "Tokenization", "TruncationWarning", "check_ids", "check_messages",
+           "check_text", "tokenize", "tokenize_chat", "tokenize_ids"]
+
+#: The message roles a chat prompt may hold (each token's role in ``Tokenization.roles``, with
+#: ``"markup"`` for what the chat template adds around them).
+CHAT_ROLES = ("system", "user", "assistant")
 
 
 class TruncationWarning(UserWarning):
@@ -34,7 +39,9 @@ class Tokenization:
     ``attention_mask`` and, for models that use them, ``token_type_ids``), as int64 arrays.
     ``segment_ids`` is 0 for tokens of ``text``, 1 for ``text_b``, -1 for special tokens.
     ``offsets`` ``[T, 2]`` is each token's character span in its own text (-1 where none).
-    ``dropped`` counts tokens cut off by truncation.
+    ``dropped`` counts tokens cut off by truncation. ``roles`` (chat prompts only, from
+    :func:`tokenize_chat`) gives each token's part: a message's role, or ``"markup"`` for what
+    the chat template added.
     """
 
     text: str
@@ -51,6 +58,7 @@ class Tokenization:
     model_inputs: dict[str, np.ndarray]
     dropped: int = 0
     tokenizer: Any = field(default=None, repr=False)
+    roles: tuple[str, ...] | None = None
 
     @cached_property
     def decoded(self) -> str:
@@ -397,3 +405,189 @@ def _global_word_ids(words: list[int | None], segment_ids: np.ndarray) -> np.nda
         keys = segment_ids[valid] * (int(word.max()) + 1) + word[valid]
         out[valid] = np.unique(keys, return_inverse=True)[1]
     return out
+
+
+# ----- chat prompts ----------------------------------------------------------------------------
+
+def check_messages(messages: Any, system: str | None = None) -> list[dict[str, str]]:
+    """Return chat ``messages`` as a list of ``{"role", "content"}`` dicts (with ``system``
+    first when given), or raise one :class:`AttnscopeError` sentence saying what is wrong."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, (list, tuple)):
+        raise AttnscopeError(
+            "messages must be a list of {'role': ..., 'content': ...} dicts, not "
+            f"{type(messages).__name__}."
+        )
+    checked = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not {"role", "content"} <= set(message):
+            raise AttnscopeError(
+                f"Message {i} must be a dict with 'role' and 'content', not {_short(message)}."
+            )
+        role, content = message["role"], message["content"]
+        if role not in CHAT_ROLES:
+            raise AttnscopeError(
+                f"Message {i} has role {_short(role)}; the roles are 'system', 'user' and "
+                "'assistant'."
+            )
+        if not isinstance(content, str):
+            raise AttnscopeError(
+                f"The content of message {i} must be a string, not {type(content).__name__}."
+            )
+        checked.append({"role": role, "content": content})
+    if system is not None:
+        if not isinstance(system, str):
+            raise AttnscopeError(
+                f"The system prompt must be a string, not {type(system).__name__}."
+            )
+        if any(m["role"] == "system" for m in checked):
+            raise AttnscopeError(
+                "Give the system prompt once: either system= or a message with role 'system'."
+            )
+        checked.insert(0, {"role": "system", "content": system})
+    if not any(m["content"].strip() for m in checked):
+        raise AttnscopeError("The messages are empty: give at least one message with some text.")
+    for m in checked:
+        check_text(m["content"] or " ", f"{m['role']} message")  # lone surrogates
+    return checked
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def render_chat(model: LoadedModel, messages: list[dict[str, str]]) -> str:
+    """``messages`` through the tokenizer's own chat template, ending with the assistant's
+    turn (``add_generation_prompt=True``), as text."""
+    tokenizer = model.tokenizer
+    if not getattr(tokenizer, "chat_template", None):
+        raise AttnscopeError(
+            f"The tokenizer of {model.name} has no chat template; give the prompt as plain text "
+            "(a string) instead of messages."
+        )
+    from jinja2 import TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=True)
+    except TemplateError as err:
+        raise AttnscopeError(
+            f"The chat template of {model.name} refuses these messages: {err}."
+        ) from None
+    if not isinstance(text, str):  # some versions return a list for a batch of one
+        text = text[0]
+    return text
+
+
+def _content_spans(model: LoadedModel, messages: list[dict[str, str]],
+                   rendered: str) -> list[tuple[int, int, str]]:
+    """Where each message's content lies in ``rendered``: ``(start, end, role)`` spans.
+
+    The template is rendered once more with a placeholder for each content, which shows the
+    markup just before each message (``<|im_start|>user\\n``); the content is then searched for
+    right after that markup, so a message whose text also appears in the markup ("user") is
+    still found in its own place. Templates that trim the content are allowed for.
+    """
+    marks = [f"\ue000{i}\ue001" for i in range(len(messages))]
+    placeholders = [{"role": m["role"], "content": mark}
+                    for m, mark in zip(messages, marks, strict=True)]
+    try:
+        skeleton = model.tokenizer.apply_chat_template(placeholders, tokenize=False,
+                                                       add_generation_prompt=True)
+    except Exception:  # the real rendering worked: search for the contents alone
+        skeleton = ""
+    pieces = re.split("\ue000\\d+\ue001", skeleton if isinstance(skeleton, str) else "")
+    befores = pieces[:-1] if len(pieces) == len(messages) + 1 else [""] * len(messages)
+    spans, pos, lost = [], 0, []
+    for i, (message, before) in enumerate(zip(messages, befores, strict=True)):
+        content = message["content"]
+        found = False
+        for text in dict.fromkeys((content, content.strip())):
+            if not text:
+                continue
+            for prefix in dict.fromkeys((before, "")):
+                at = rendered.find(prefix + text, pos)
+                if at >= 0:
+                    start = at + len(prefix)
+                    spans.append((start, start + len(text), message["role"]))
+                    pos, found = start + len(text), True
+                    break
+            if found:
+                break
+        if not found and content.strip():
+            lost.append(i)
+    if lost:
+        warnings.warn(
+            f"The chat template of {model.name} changed the text of message(s) "
+            f"{', '.join(map(str, lost))}; their tokens count as markup.",
+            stacklevel=3,
+        )
+    return spans
+
+
+def tokenize_chat(model: LoadedModel, messages: Any, *, system: str | None = None) -> Tokenization:
+    """Chat ``messages`` (``[{"role": "system" | "user" | "assistant", "content": str}, ...]``)
+    as the model sees them: rendered by the tokenizer's own chat template with the assistant's
+    turn opened (``add_generation_prompt=True``), then tokenized with character spans and no
+    further special tokens (the template writes them).
+
+    ``system`` puts a system message first. In the result, ``text`` is the rendered template,
+    ``roles`` gives each token's part (a message's role where the token lies in its content,
+    ``"markup"`` for everything the template adds, a default system prompt included) and
+    ``special_mask`` flags the template's special tokens (``<|im_start|>``, ``<|im_end|>``...).
+
+    Raises:
+        AttnscopeError: empty messages, messages that are not role/content dicts, a role the
+            template refuses, a tokenizer without a chat template, or a prompt longer than the
+            model's limit.
+    """
+    messages = check_messages(messages, system)
+    rendered = render_chat(model, messages)
+    tokenizer = model.tokenizer
+    if not getattr(tokenizer, "is_fast", False):
+        raise AttnscopeError(
+            f"Chat prompts need a fast tokenizer (one that gives character spans); "
+            f"{model.name}'s is a slow one."
+        )
+    encoding = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
+    ids = np.asarray(encoding["input_ids"], dtype=np.int64)
+    n = len(ids)
+    limit = model.max_length
+    if limit is not None and n > limit:
+        raise AttnscopeError(
+            f"The chat prompt has {n} tokens, more than this model's limit of {limit}; "
+            "shorten the messages."
+        )
+    offsets = np.asarray(encoding["offset_mapping"], dtype=np.int64).reshape(n, 2)
+    special = np.isin(ids, np.asarray(sorted(tokenizer.all_special_ids), dtype=np.int64))
+    roles = _token_roles(offsets, _content_spans(model, messages, rendered))
+    roles = ["markup" if s else r for r, s in zip(roles, special, strict=True)]
+    offsets[special] = -1
+    segment_ids = np.where(special, -1, 0).astype(np.int64)
+    words = [None if s else w for w, s in zip(encoding.word_ids(), special, strict=True)]
+    mask = np.ones(n, dtype=np.int64)
+    model_inputs = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in set(getattr(tokenizer, "model_input_names", ())):
+        model_inputs["token_type_ids"] = np.zeros(n, dtype=np.int64)
+    return Tokenization(
+        text=rendered, text_b=None, tokens=tuple(encoding.tokens()), input_ids=ids,
+        token_type_ids=np.zeros(n, dtype=np.int64), attention_mask=mask, special_mask=special,
+        word_ids=_global_word_ids(words, segment_ids), offsets=offsets, segment_ids=segment_ids,
+        sentence_b_start=None, model_inputs=model_inputs, tokenizer=tokenizer,
+        roles=tuple(roles),
+    )
+
+
+def _token_roles(offsets: np.ndarray, spans: list[tuple[int, int, str]]) -> list[str]:
+    """Each token's role: that of the message content its span overlaps most, else markup.
+
+    ``offsets`` ``[T, 2]`` are the tokens' character spans in the rendered text."""
+    roles = []
+    for start, end in offsets.tolist():
+        best, best_overlap = "markup", 0
+        for s, e, role in spans:
+            overlap = min(end, e) - max(start, s)
+            if overlap > best_overlap:
+                best, best_overlap = role, overlap
+        roles.append(best)
+    return roles
