@@ -540,7 +540,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                      chat=bool(args.chat or args.system is not None), on_token=stream,
                      progress=False)
     sys.stdout.write("\n")
-    steps = trace.num_tokens - trace.answer_start
+    steps = trace.num_tokens - (trace.answer_start or trace.num_tokens)
     if out.suffix.lower() == ".npz":
         written = trace.save(out)
     else:

@@ -599,6 +599,7 @@ def _check_generation(trace: Any) -> Trace:
         raise AttnscopeError(
             "This needs a Trace from attnscope.generate (one that holds a prompt and an answer)."
         )
+    assert trace.answer_start is not None  # is_generation
     if trace.answer_start - 1 < trace.query_start:
         raise AttnscopeError(
             "This trace does not hold the row of the last prompt token (query_start is "
@@ -615,8 +616,10 @@ def writing_rows(trace: Trace) -> np.ndarray:
     zero. A view of ``trace.attentions`` (no copy).
     """
     trace = _check_generation(trace)
-    first = trace.answer_start - 1 - trace.query_start
-    return trace.attentions[:, :, first:first + trace.num_tokens - trace.answer_start]
+    start = trace.answer_start
+    assert start is not None  # a generation
+    first = start - 1 - trace.query_start
+    return trace.attentions[:, :, first:first + trace.num_tokens - start]
 
 
 def role_shares(trace: Trace, layer: int | None = None,
