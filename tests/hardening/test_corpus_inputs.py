@@ -60,27 +60,34 @@ def _child(script: str, *args: str, limit_gb: float = 5.0, timeout: int = 300,
 
 def test_a_200_mb_single_line_stays_within_1_gb_and_is_cut(tmp_path, bert_dir):
     """The issue's probe: one 200 MB line with no newline. The text is read to what the model
-    can use, cut and flagged; the peak resident memory of the whole run stays within 1 GB."""
+    can use, cut and flagged. The whole run's peak resident memory stays within 1 GB of the
+    same command's on a two-line file, run the same way (the imports and the model alone take
+    several hundred megabytes, and how much depends on the machine)."""
     big = tmp_path / "one-line.txt"
     chunk = ("word " * 200_000).encode()  # 1 MB
     with open(big, "wb") as fh:
         for _ in range(200):
             fh.write(chunk)
-    out = tmp_path / "big.duckdb"
-    done = _child("""
+    small = tmp_path / "two-lines.txt"
+    small.write_text("a short line\nanother one\n", encoding="utf-8")
+    script = """
         import json, sys
         from attnscope.cli import main
         rc = main(["corpus", sys.argv[1], "-o", sys.argv[2], "-m", sys.argv[3], "-q"])
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps({"rc": rc, "peak_mb": peak_kb / 1024}))
-    """, str(big), str(out), str(bert_dir))
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["rc"] == 0
-    assert report["peak_mb"] < 1024, report
+    """
+    reports = []
+    for source, out in ((small, tmp_path / "small.duckdb"), (big, tmp_path / "big.duckdb")):
+        done = _child(script, str(source), str(out), str(bert_dir))
+        assert done.returncode == 0, done.stderr[-2000:]
+        reports.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    baseline, report = reports
+    assert baseline["rc"] == 0 and report["rc"] == 0
+    assert report["peak_mb"] - baseline["peak_mb"] < 1024, (baseline, report)
     from attnscope.corpora import CorpusResult
 
-    result = CorpusResult(out)
+    result = CorpusResult(tmp_path / "big.duckdb")
     texts = result.texts()
     assert len(texts) == 1
     assert len(texts["text"].iloc[0]) == text_char_limit(64)

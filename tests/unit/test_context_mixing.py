@@ -314,39 +314,28 @@ def test_non_finite_gradients_name_the_layer(tiny_models, monkeypatch):
 
 
 def test_the_loaders_lm_model_is_used_when_there_is_one(tiny_models):
-    """The one place that finds the head: LoadedModel.lm_model when the loader provides it
-    (None: no head), else a head tied to the checkpoint's embeddings, else None."""
-    import types
-
-    head = object()
-    assert cm._lm_model(types.SimpleNamespace(lm_model=head)) is head
-    assert cm._lm_model(types.SimpleNamespace(lm_model=None)) is None
+    """The one place that finds the head: LoadedModel.lm_model, the head the checkpoint was
+    saved with (None: no head, and none is ever built)."""
     gpt2 = cm._lm_model(tiny_models["gpt2"])
+    assert gpt2 is tiny_models["gpt2"].lm_model
     assert gpt2.base_model is tiny_models["gpt2"].model  # shares the loaded weights
-    assert gpt2.get_output_embeddings().weight is tiny_models["gpt2"].model.wte.weight
-    assert cm._lm_model(tiny_models["llama"]) is None  # its head would be untrained weights
-    assert cm._lm_model(tiny_models["bert"]) is None
+    assert cm._lm_model(tiny_models["llama"]) is tiny_models["llama"].lm_model
+    assert cm._lm_model(tiny_models["bert"]) is None  # saved as a base model
 
 
 def test_masked_token_target_reads_the_mask_position(tiny_models):
     """A masked LM's target is the prediction at [MASK]: with the head the loader will give
     (``lm_model``, here a BertForMaskedLM built on the tiny BERT's own modules)."""
     import dataclasses
-    from typing import Any
 
     import transformers as tf
 
     bert = tiny_models["bert"]
 
-    @dataclasses.dataclass(frozen=True)
-    class WithHead(at.LoadedModel):
-        lm_model: Any = None
-
     torch.manual_seed(0)
     mlm = tf.BertForMaskedLM(bert.model.config).eval()
     mlm.bert = bert.model
-    fields = {f.name: getattr(bert, f.name) for f in dataclasses.fields(at.LoadedModel)}
-    model = WithHead(**fields, lm_model=mlm)
+    model = dataclasses.replace(bert, lm_model=mlm)
     text = "the cat [MASK] on the mat"
     result = at.context_mixing(text, model, "grad_rollout", target="sat", progress=False)
     mask = result.tokens.index("[MASK]")

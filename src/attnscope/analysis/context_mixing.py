@@ -271,42 +271,10 @@ def _model_inputs(model: Any, trace: Trace, input_ids: Any = None) -> dict[str, 
 # ----- the language-modelling head ---------------------------------------------------------
 
 def _lm_model(model: Any) -> Any | None:
-    """The model with its language-modelling head, sharing weights with ``model.model``, or None.
-
-    ``LoadedModel.lm_model`` when the loader provides it. Until then, a head built with
-    transformers from the same config, whose base is ``model.model`` itself; it is kept only
-    when every weight of the head is the base model's (a head tied to the input embeddings, as
-    GPT-2's and SmolLM2's are), so that no random weight ever scores a token.
-    """
-    if hasattr(model, "lm_model"):
-        return model.lm_model
-    if model.model.get_output_embeddings() is not None:
-        return model.model  # a model object loaded with its head
-    # Built once per model and kept beside it (outside the module's registered children, so
-    # the model's state dict is unchanged).
-    if "_attnscope_lm" not in model.model.__dict__:
-        model.model.__dict__["_attnscope_lm"] = _tied_lm(model)
-    return model.model.__dict__["_attnscope_lm"]
-
-
-def _tied_lm(model: Any) -> Any | None:
-    import transformers as tf
-
-    config = model.model.config
-    auto = tf.AutoModelForCausalLM if model.is_causal else tf.AutoModelForMaskedLM
-    try:
-        lm = auto.from_config(config, attn_implementation="eager")
-    except (ValueError, KeyError):
-        return None
-    setattr(lm, lm.base_model_prefix, model.model)
-    output = lm.get_output_embeddings()
-    if output is None or not getattr(config, "tie_word_embeddings", False):
-        return None
-    output.weight = model.model.get_input_embeddings().weight
-    base_params = {id(p) for p in model.model.parameters()}
-    if any(id(p) not in base_params for p in lm.parameters()):
-        return None  # the head has weights of its own, which the checkpoint did not give
-    return lm.to(model.device).eval()
+    """The model with its language-modelling head (:attr:`LoadedModel.lm_model`, sharing every
+    weight with ``model.model``), or None when the checkpoint has none: a head is never built
+    here, so no untrained weight ever scores a token."""
+    return model.lm_model
 
 
 def _head(lm: Any) -> Callable[[torch.Tensor], torch.Tensor]:
