@@ -318,8 +318,8 @@ def generation_payload(view: GenerationView) -> dict[str, Any]:
         layer_planes, head_planes = [], []
         for layer in range(layers):
             block = trace.attentions[layer, :, held, :]  # (H, S, T)
-            # head after head into one buffer: the same sums as block.mean(axis=0), in a
-            # third of the time (no temporaries, one contiguous pass a head)
+            # head after head into one buffer: the same sums as block.mean(axis=0), about
+            # 2.5 times quicker (no temporaries, one contiguous pass a head)
             np.copyto(mean, block[0])
             for h in range(1, heads):
                 mean += block[h]
@@ -406,11 +406,18 @@ def generation_payload(view: GenerationView) -> dict[str, Any]:
     }
 
 
+#: Base85 text goes into the page unescaped only while its alphabet needs no escaping in JSON
+#: or in a <script> element (see attnscope.render.html.script_json).
+_SPLICE_SAFE = not set('"\\<>&\u2028\u2029') & set(page_html.BASE85)
+
+
 def _fragment(payload: dict[str, Any]) -> tuple[str, str]:
     """:func:`attnscope.render.html.build_fragment` of ``payload``, its planes' text spliced in
     after the JSON is written: tens of megabytes of base85 need no JSON or HTML escaping (the
     alphabet has no quote, backslash, "<", ">" or "&"), and encoding them as JSON strings
     took a fifth of the build."""
+    if not _SPLICE_SAFE:
+        return page_html.build_fragment(payload)
     planes = payload["gen"]["planes"]
     marker = "planes-" + uuid.uuid4().hex
     texts: list[str] = []
