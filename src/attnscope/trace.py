@@ -105,7 +105,10 @@ def check_attention(attentions: np.ndarray, what: str = "the attention") -> None
         return
     blocks = array.reshape(-1, *array.shape[-2:]) if array.ndim > 2 else array[None]
     for block in blocks:  # (T_query, T_key)
-        if not np.isfinite(block).all():
+        # a NaN or an infinity makes its row's float64 sum NaN or infinite (finite float32
+        # weights never overflow it): one pass instead of a separate isfinite scan
+        sums = block.sum(axis=-1, dtype=np.float64)
+        if not np.isfinite(sums).all():
             raise AttnscopeError(f"{what} holds NaN or infinite values; analyses need weights.")
         low = float(block.min())
         if low < -1e-6:
@@ -113,7 +116,6 @@ def check_attention(attentions: np.ndarray, what: str = "the attention") -> None
                 f"{what} holds negative values (down to {low:.3g}); attention weights are "
                 "never negative."
             )
-        sums = block.sum(axis=-1, dtype=np.float64)
         worst = int(np.abs(sums - 1).argmax())
         if abs(sums[worst] - 1) > ROW_SUM_TOLERANCE:
             raise AttnscopeError(

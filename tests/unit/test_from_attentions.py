@@ -56,6 +56,9 @@ def test_causal_is_inferred_from_the_weights_and_checked():
     (lambda a: a[..., :-1, :-1], "covers 7 tokens but 8 tokens were given"),
     (lambda a: a[..., :-1], "square over the tokens"),
     (lambda a: np.where(np.eye(8, dtype=bool), np.nan, a), "NaN or infinite"),
+    # found through the row sums: an infinity of either sign, even beside a negative weight
+    (lambda a: np.where(np.eye(8, dtype=bool), np.inf, a), "NaN or infinite"),
+    (lambda a: np.where(np.eye(8, dtype=bool), -np.inf, a), "NaN or infinite"),
     (lambda a: a - 0.05, "negative values"),
     (lambda a: a * 1.3, "rows that do not sum to 1"),
     (lambda a: np.swapaxes(a, -1, -2), "columns sum to 1 instead: pass the transpose"),

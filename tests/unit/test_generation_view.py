@@ -144,3 +144,18 @@ def test_bad_input_gets_one_sentence(seed_pair_trace, tmp_path):
     saved = view.save(tmp_path / "g.html").read_text()
     assert "attnscope generation view" in saved and "<script src" not in saved
     assert view.payload()["gen"]["initial"] == {"mode": "head", "layer": 1, "head": 2, "step": 0}
+
+
+def test_page_is_the_payload_as_json_with_its_planes_spliced_in():
+    """The page writes the planes' text after the JSON: it must read back as the payload."""
+    import json
+    import re
+
+    tokens = [" a", "</script>", " \"q\"", "&amp;", " \u2028"] + [f" w{i}" for i in range(30)]
+    trace = synthetic_generation(tokens, answer_start=10, layers=2, heads=3)
+    view = at.generation_view(trace)
+    page = view.html
+    data = re.search(r'<script type="application/json" class="attnscope-data">(.*?)</script>',
+                     page, re.S)[1]
+    assert json.loads(data) == json.loads(json.dumps(view.payload()))
+    assert "planes-" not in data  # no placeholder left

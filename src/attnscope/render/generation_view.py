@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import functools
 import math
+import re
+import uuid
 from typing import Any
 
 import numpy as np
@@ -122,7 +124,7 @@ class GenerationView(AttnView):
     def html(self) -> str:
         """The complete, self-contained HTML page."""
         if self._page is None:
-            self._root_id, fragment = page_html.build_fragment(self.payload())
+            self._root_id, fragment = _fragment(self.payload())
             self._page = page_html.build_page(
                 fragment, f"attnscope generation view: {self.trace.model_name}")
         return self._page
@@ -270,8 +272,9 @@ def _log8_plane(values: np.ndarray) -> bytes:
     """Weights (0 to 1) as one-byte codes, through a table of their float32 bits (a shift
     and a lookup: a log of each weight takes ten times longer)."""
     w = np.ascontiguousarray(values, np.float32)
-    top = np.minimum(w.view(np.uint32) >> 12, 2**19 - 1)  # weights > 1 code as 255
-    return _log8_table()[top].tobytes()
+    top = w.view(np.uint32) >> 12
+    np.minimum(top, 2**19 - 1, out=top)  # weights > 1 code as 255
+    return _log8_table().take(top).tobytes()  # (take: a third quicker than indexing)
 
 
 #: What a page carries, in order of preference: the first that fits the budget wins. Each
@@ -319,11 +322,17 @@ def generation_payload(view: GenerationView) -> dict[str, Any]:
         # the steps' rows are consecutive: a view of each layer, never a copy of them all
         held = slice(int(rows[0]) - qs, int(rows[-1]) - qs + 1)
         total = np.zeros((len(rows), trace.num_tokens), np.float32)  # (S, T)
+        mean = np.empty_like(total)  # (S, T), one layer's heads averaged
         layer_planes: list[Any] = []
         head_planes: list[Any] = []
         for layer in range(layers):
             block = trace.attentions[layer, :, held, :]  # (H, S, T)
-            mean = block.mean(axis=0, dtype=np.float32)  # (S, T)
+            # head after head into one buffer: the same sums as block.mean(axis=0), about
+            # 2.5 times quicker (no temporaries, one contiguous pass a head)
+            np.copyto(mean, block[0])
+            for h in range(1, heads):
+                mean += block[h]
+            mean /= heads
             total += mean
             if layer_code:
                 layer_planes.append(coders[layer_code](_flat_rows(mean, rows)))
@@ -404,6 +413,36 @@ def generation_payload(view: GenerationView) -> dict[str, Any]:
                         "step": view.step},
         },
     }
+
+
+#: Base85 text goes into the page unescaped only while its alphabet needs no escaping in JSON
+#: or in a <script> element (see attnscope.render.html.script_json).
+_SPLICE_SAFE = not set('"\\<>&\u2028\u2029') & set(page_html.BASE85)
+
+
+def _fragment(payload: dict[str, Any]) -> tuple[str, str]:
+    """:func:`attnscope.render.html.build_fragment` of ``payload``, its planes' text spliced in
+    after the JSON is written: tens of megabytes of base85 need no JSON or HTML escaping (the
+    alphabet has no quote, backslash, "<", ">" or "&"), and encoding them as JSON strings
+    took a fifth of the build."""
+    if not _SPLICE_SAFE:
+        return page_html.build_fragment(payload)
+    planes = payload["gen"]["planes"]
+    marker = "planes-" + uuid.uuid4().hex
+    texts: list[str] = []
+    skeleton_planes = {}
+    for mode, packed in planes.items():
+        slots = []
+        for text in packed["planes"]:
+            slots.append(f"{marker}:{len(texts)}:")
+            texts.append(text)
+        skeleton_planes[mode] = {**packed, "planes": slots}
+    skeleton = {**payload, "gen": {**payload["gen"], "planes": skeleton_planes}}
+    root_id, fragment = page_html.build_fragment(skeleton)
+    slot = re.compile(re.escape(marker) + r":(\d+):")
+    if len(slot.findall(fragment)) != len(texts):  # the marker is fresh: never happens
+        return page_html.build_fragment(payload)
+    return root_id, slot.sub(lambda m: texts[int(m[1])], fragment)
 
 
 def _pack(chunks: list[bytes], dtype: str) -> dict[str, Any]:
