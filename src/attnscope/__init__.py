@@ -31,6 +31,7 @@ _EXPORTS = {
     "CorpusResult": "attnscope.corpora",
     "DEFAULT_MODEL_NAME": "attnscope.models",
     "Explanation": "attnscope.explain",
+    "LazyTrace": "attnscope.lazy",
     "LoadedModel": "attnscope.models",
     "Tokenization": "attnscope.tokens",
     "Trace": "attnscope.trace",
@@ -63,7 +64,8 @@ _EXPORTS = {
 
 _SUBMODULES = {
     "adapters", "analysis", "capture", "cli", "compat", "corpora", "errors", "explain", "files",
-    "models", "render", "scratch", "testing", "tokens", "trace", "transformer_lens", "words",
+    "lazy", "models", "render", "scratch", "testing", "tokens", "trace", "transformer_lens",
+    "words",
 }
 
 __all__ = [
@@ -73,6 +75,7 @@ __all__ = [
     "CorpusResult",
     "DEFAULT_MODEL_NAME",
     "Explanation",
+    "LazyTrace",
     "LoadedModel",
     "Tokenization",
     "Trace",
@@ -152,6 +155,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from attnscope.corpora import CorpusResult, corpus
     from attnscope.errors import AttnscopeError
     from attnscope.explain import Explanation, explain
+    from attnscope.lazy import LazyTrace
     from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
     from attnscope.render.static import AttnFigure, heads_grid, heatmap, model_grid
     from attnscope.render.views import AttnView, head_view, model_view, neuron_view

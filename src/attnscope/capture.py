@@ -7,7 +7,7 @@ and masked, and cuts every Trace back to its own tokens, so each equals the sing
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from attnscope.errors import AttnscopeError
 from attnscope.models import LoadedModel
 from attnscope.tokens import Tokenization, tokenize
 from attnscope.trace import Trace
+
+if TYPE_CHECKING:
+    from attnscope.lazy import LazyTrace
 
 __all__ = ["capture", "capture_batch", "iter_capture"]
 
@@ -28,7 +31,9 @@ def capture(
     merge_words: bool = False,
     qkv: bool = False,
     add_special_tokens: bool = True,
-) -> Trace:
+    attention: str = "eager",
+    budget: int | None = None,
+) -> Trace | LazyTrace:
     """Run ``model`` on ``text`` and return its Trace.
 
     Args:
@@ -44,12 +49,25 @@ def capture(
             model family (see :func:`attnscope.adapters.supported`).
         add_special_tokens: False leaves out [CLS], [SEP], <s>..., as
             ``tokenizer(text, add_special_tokens=False)`` does (the encoder's side only).
+        attention: ``"eager"`` (every weight, ``[L, H, T, T]``) or ``"lazy"``: a
+            :class:`~attnscope.lazy.LazyTrace` holding queries and keys, exact weights on
+            demand, for texts whose eager weights would not fit (see docs/long-contexts.md).
+        budget: bytes an eager capture may take before it is refused (default: half the
+            available memory, or ``ATTNSCOPE_MEMORY_BUDGET``).
 
     Returns:
-        A Trace with ``attentions`` ``[L, H, T, T]`` and ``hidden_states`` ``[L+1, T, D]``.
+        A Trace with ``attentions`` ``[L, H, T, T]`` and ``hidden_states`` ``[L+1, T, D]``
+        (a LazyTrace for ``attention="lazy"``).
     """
+    if attention == "lazy":
+        from attnscope.lazy import capture_lazy
+
+        return capture_lazy(model, text, text_b, truncate=truncate,
+                            add_special_tokens=add_special_tokens)
+    if attention != "eager":
+        raise AttnscopeError(f"attention must be 'eager' or 'lazy', not {attention!r}.")
     (trace,) = _capture_chunk(model, [(text, text_b)], truncate=truncate, qkv=qkv,
-                              add_special_tokens=add_special_tokens)
+                              add_special_tokens=add_special_tokens, budget=budget)
     return _maybe_merge(trace, merge_words)
 
 
@@ -119,7 +137,7 @@ def _maybe_merge(trace: Trace, merge_words: bool) -> Trace:
 
 def _capture_chunk(
     model: LoadedModel, pairs: list[tuple[str, str | None]], *, truncate: bool,
-    qkv: bool = False, add_special_tokens: bool = True,
+    qkv: bool = False, add_special_tokens: bool = True, budget: int | None = None,
 ) -> list[Trace]:
     import torch
 
@@ -135,6 +153,9 @@ def _capture_chunk(
     decoder_side: list[Tokenization] | None = None
     if encoder_decoder:
         decoder_side = [_decoder_tokens(model, b, truncate) for _, b in pairs]
+    from attnscope.lazy import check_eager_memory  # refuse before the model allocates
+
+    check_eager_memory(model, max(len(e) for e in encoded), len(encoded), budget)
 
     device = model.device
     inputs = _pad([e.model_inputs for e in encoded], model, device)
