@@ -550,20 +550,21 @@ def _read(cls: type[LazyTrace], path: Path) -> LazyTrace:
     try:
         with np.load(path, allow_pickle=False) as data:
             names = set(data.files)
-            missing = sorted({"__meta__", *_ARRAYS} - names)
+            meta = json.loads(str(data["__meta__"])) if "__meta__" in names else None
+            if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+                raise _Bad("it is not a saved lazy trace (load ordinary traces with "
+                           "Trace.load)")
+            missing = sorted(set(_ARRAYS) - names)
             if missing:
                 raise _Bad(f"it has no {', '.join(missing)}")
             unknown = sorted(names - {"__meta__", *_ARRAYS})
             if unknown:
                 raise _Bad(f"it holds unknown arrays {', '.join(unknown)}")
-            meta = json.loads(str(data["__meta__"]))
             arrays = {name: data[name] for name in _ARRAYS}
     except _Bad:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
         raise _Bad(f"it is not a saved lazy trace ({type(err).__name__})") from None
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        raise _Bad("it is not a saved lazy trace (load ordinary traces with Trace.load)")
     if meta.get("format_version") != _FORMAT_VERSION:
         raise _Bad(f"its format version {meta.get('format_version')!r} is not "
                    f"{_FORMAT_VERSION}")
