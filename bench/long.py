@@ -136,7 +136,8 @@ def main() -> None:
         if "error" in fwd or "error" in lazy:
             continue
         ratio = lazy["seconds"] / fwd["seconds"]
-        print(f"  SDPA forward pass        {fwd['seconds']:8.2f} s   peak +{gib(fwd['peak_added'])}")
+        print(f"  SDPA forward pass        {fwd['seconds']:8.2f} s   peak +"
+              f"{gib(fwd['peak_added'])}")
         print(f"  lazy capture             {lazy['seconds']:8.2f} s   peak +"
               f"{gib(lazy['peak_added'])}   ({ratio:.2f}x the forward pass; holds "
               f"{gib(lazy['held'])}, {eager / lazy['held']:.0f}x less than eager)")
