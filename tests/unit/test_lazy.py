@@ -217,3 +217,42 @@ def test_guard_refuses_eager_capture_before_allocating(embedded, monkeypatch):
     monkeypatch.setenv("ATTNSCOPE_MEMORY_BUDGET", "-1")
     with pytest.raises(AttnscopeError, match="ATTNSCOPE_MEMORY_BUDGET must be a positive"):
         at.capture(embedded, "short")
+
+
+@pytest.fixture(scope="module")
+def windowed(tiny_models) -> dict[str, at.LoadedModel]:
+    """Tiny random Mistral (sliding window 4 on every layer) and Qwen2 (window 3 on layer 1
+    only), with the tiny LLaMA tokenizer."""
+    import torch
+    from transformers import MistralConfig, MistralModel, Qwen2Config, Qwen2Model
+
+    tokenizer = tiny_models["llama"].tokenizer
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=37,
+                  max_position_embeddings=64)
+    torch.manual_seed(0)
+    built = {
+        "mistral": MistralModel(MistralConfig(sliding_window=4, **common)),
+        "qwen2": Qwen2Model(Qwen2Config(use_sliding_window=True, sliding_window=3,
+                                        max_window_layers=1, **common)),
+    }
+    models = {}
+    for name, model in built.items():
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(torch.randn_like(param) * 0.05)
+        model.config._attn_implementation = "eager"
+        models[name] = at.load(model, tokenizer=tokenizer, device="cpu")
+    return models
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+def test_sliding_windows_masked_as_the_model_masks(windowed, family):
+    model = windowed[family]
+    eager = at.capture(model, TEXT)
+    lazy = at.capture(model, TEXT, attention="lazy")
+    assert lazy.sliding_windows == ((4, 4) if family == "mistral" else (None, 3))
+    dense = lazy.to_dense()
+    np.testing.assert_allclose(dense, eager.attentions, atol=1e-5, rtol=0)
+    window = lazy.sliding_windows[1]
+    assert np.all(dense[1, :, -1, : lazy.num_tokens - window] == 0)  # hidden early keys
