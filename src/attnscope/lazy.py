@@ -195,11 +195,7 @@ def capture_lazy(
             model.model(**inputs, output_attentions=False, output_hidden_states=False,
                         return_dict=True)
         queries, keys, _ = recorder.per_layer(repeat_kv_heads=False)
-    # One layer at a time to the host, releasing each tensor as it is copied.
-    q = np.stack([queries[i][0].float().cpu().numpy() for i in range(len(queries))])
-    del queries
-    k = np.stack([keys[i][0].float().cpu().numpy() for i in range(len(keys))])
-    del keys
+    q, k = _to_host(queries), _to_host(keys)
     windows = facts.get("sliding_windows") or [None] * q.shape[0]
     lazy = LazyTrace(
         model_name=model.name, model_type=model.model_type, architecture=model.architecture,
@@ -216,6 +212,18 @@ def capture_lazy(
     )
     lazy._compute_lse(block)
     return lazy
+
+
+def _to_host(layers: list[Any]) -> np.ndarray:
+    """L tensors ``[1, H, T, d]`` -> one float32 array ``[L, H, T, d]``, copied one layer at a
+    time and each tensor released as soon as it is copied (the list is emptied), so the peak
+    stays near one copy."""
+    first = layers[0]
+    out = np.empty((len(layers), *first.shape[1:]), np.float32)
+    for i in range(len(layers)):
+        out[i] = layers[i][0].float().cpu().numpy()
+        layers[i] = None
+    return out
 
 
 # Families whose scores need more than q·k (T5's relative position bias): not yet rebuilt.
