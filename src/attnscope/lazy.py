@@ -461,7 +461,7 @@ class LazyTrace:
         """The whole ``[L, H, T, T]`` float32 array, after checking it fits the memory budget."""
         L, H, T = self.num_layers, self.num_heads, self.num_tokens
         _guard_array((L, H, T, T), "The whole attention", budget)
-        return self.attentions[:, :, :, :]
+        return self.attentions.select(slice(None), budget)
 
     def window(self, start: int, stop: int, *, renormalize: bool = False,
                budget: Any = None) -> Any:
@@ -490,11 +490,11 @@ class LazyTrace:
 
         L, H, n = self.num_layers, self.num_heads, stop - start
         _guard_array((L, H, n, n), "The window's attention", budget)
-        weights = self.attentions[:, :, start:stop, start:stop]  # (L, H, n, n)
+        span = slice(start, stop)
+        weights = self.attentions.select((slice(None), slice(None), span, span), budget)
         inside = weights.sum(-1, dtype=np.float64)  # (L, H, n)
         if renormalize:
             weights = (weights / np.maximum(inside, 1e-30)[..., None]).astype(np.float32)
-        span = slice(start, stop)
         b_start = self.sentence_b_start
         if b_start is not None:
             b_start = b_start - start if start < b_start < stop else None
@@ -673,6 +673,10 @@ class _AttentionIndexer:
         return (t.num_layers, t.num_heads, t.num_tokens, t.num_tokens)
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        return self.select(key, budget=None)
+
+    def select(self, key: Any, budget: Any) -> np.ndarray:
+        """``self[key]``, refused past ``budget`` bytes (see :func:`memory_budget`)."""
         import torch
 
         t = self.lazy
@@ -685,7 +689,7 @@ class _AttentionIndexer:
         heads, head_scalar = _positions(key[1], t.num_heads, "head")
         rows, row_scalar = _positions(key[2], t.num_tokens, "row")
         cols, col_scalar = _positions(key[3], t.num_tokens, "column")
-        _guard_array((len(layers), len(heads), len(rows), len(cols)), "This selection", None)
+        _guard_array((len(layers), len(heads), len(rows), len(cols)), "This selection", budget)
         out = np.empty((len(layers), len(heads), len(rows), len(cols)), np.float32)
         with torch.inference_mode():
             for a, layer in enumerate(layers):

@@ -256,3 +256,15 @@ def test_sliding_windows_masked_as_the_model_masks(windowed, family):
     np.testing.assert_allclose(dense, eager.attentions, atol=1e-5, rtol=0)
     window = lazy.sliding_windows[1]
     assert np.all(dense[1, :, -1, : lazy.num_tokens - window] == 0)  # hidden early keys
+
+
+def test_a_larger_budget_lets_the_whole_array_through(pairs, monkeypatch):
+    eager, lazy = pairs["gpt2"]
+    need = eager.attentions.nbytes
+    monkeypatch.setenv("ATTNSCOPE_MEMORY_BUDGET", str(need // 2))
+    with pytest.raises(AttnscopeError, match="past the memory budget"):
+        lazy.to_dense()
+    with pytest.raises(AttnscopeError, match="past the memory budget"):
+        lazy.attentions[:, :, :, :]
+    np.testing.assert_allclose(lazy.to_dense(budget=need), eager.attentions, atol=1e-5, rtol=0)
+    assert lazy.window(0, lazy.num_tokens, budget=need).num_tokens == lazy.num_tokens
