@@ -33,6 +33,7 @@ _EXPORTS = {
     "DEFAULT_MODEL_NAME": "attnscope.models",
     "Explanation": "attnscope.explain",
     "HeadImportance": "attnscope.interventions",
+    "LazyTrace": "attnscope.lazy",
     "LoadedModel": "attnscope.models",
     "LogitAttribution": "attnscope.interventions",
     "LogitLens": "attnscope.interventions",
@@ -75,8 +76,8 @@ _EXPORTS = {
 
 _SUBMODULES = {
     "adapters", "analysis", "capture", "cli", "compat", "corpora", "errors", "explain", "files",
-    "generation", "interventions", "mixing", "models", "render", "scratch", "testing", "tokens",
-    "trace", "transformer_lens", "words",
+    "generation", "interventions", "lazy", "mixing", "models", "render", "scratch", "testing",
+    "tokens", "trace", "transformer_lens", "words",
 }
 
 __all__ = [
@@ -88,6 +89,7 @@ __all__ = [
     "DEFAULT_MODEL_NAME",
     "Explanation",
     "HeadImportance",
+    "LazyTrace",
     "LoadedModel",
     "LogitAttribution",
     "LogitLens",
@@ -189,6 +191,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
         head_importance,
         logit_lens,
     )
+    from attnscope.lazy import LazyTrace
     from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
     from attnscope.render.generation_view import generation_view
     from attnscope.render.static import AttnFigure, heads_grid, heatmap, model_grid

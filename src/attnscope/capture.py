@@ -7,18 +7,22 @@ and masked, and cuts every Trace back to its own tokens, so each equals the sing
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
 from attnscope.errors import AttnscopeError, check_flag
 from attnscope.models import LoadedModel
-from attnscope.tokens import Tokenization, tokenize, tokenize_ids
+from attnscope.tokens import Tokenization, encode, tokenize
 from attnscope.trace import Trace
+
+if TYPE_CHECKING:
+    from attnscope.lazy import LazyTrace
 
 __all__ = ["capture", "capture_batch", "iter_capture"]
 
 
+@overload
 def capture(
     model: LoadedModel,
     text: str | Sequence[int] | Any,
@@ -28,7 +32,47 @@ def capture(
     merge_words: bool = False,
     qkv: bool = False,
     add_special_tokens: bool = True,
-) -> Trace:
+    attention: Literal["eager"] = "eager",
+    budget: int | None = None,
+) -> Trace: ...
+@overload
+def capture(
+    model: LoadedModel,
+    text: str | Sequence[int] | Any,
+    text_b: str | None = None,
+    *,
+    truncate: bool = True,
+    merge_words: bool = False,
+    qkv: bool = False,
+    add_special_tokens: bool = True,
+    attention: Literal["lazy"],
+    budget: int | None = None,
+) -> LazyTrace: ...
+@overload
+def capture(
+    model: LoadedModel,
+    text: str | Sequence[int] | Any,
+    text_b: str | None = None,
+    *,
+    truncate: bool = True,
+    merge_words: bool = False,
+    qkv: bool = False,
+    add_special_tokens: bool = True,
+    attention: str,
+    budget: int | None = None,
+) -> Trace | LazyTrace: ...
+def capture(
+    model: LoadedModel,
+    text: str | Sequence[int] | Any,
+    text_b: str | None = None,
+    *,
+    truncate: bool = True,
+    merge_words: bool = False,
+    qkv: bool = False,
+    add_special_tokens: bool = True,
+    attention: str = "eager",
+    budget: int | None = None,
+) -> Trace | LazyTrace:
     """Run ``model`` on ``text`` and return its Trace.
 
     Args:
@@ -46,12 +90,25 @@ def capture(
             model family (see :func:`attnscope.adapters.supported`).
         add_special_tokens: False leaves out [CLS], [SEP], <s>..., as
             ``tokenizer(text, add_special_tokens=False)`` does (the encoder's side only).
+        attention: ``"eager"`` (every weight, ``[L, H, T, T]``) or ``"lazy"``: a
+            :class:`~attnscope.lazy.LazyTrace` holding queries and keys, exact weights on
+            demand, for texts whose eager weights would not fit (see docs/long-contexts.md).
+        budget: bytes an eager capture may take before it is refused (default: half the
+            available memory, or ``ATTNSCOPE_MEMORY_BUDGET``).
 
     Returns:
-        A Trace with ``attentions`` ``[L, H, T, T]`` and ``hidden_states`` ``[L+1, T, D]``.
+        A Trace with ``attentions`` ``[L, H, T, T]`` and ``hidden_states`` ``[L+1, T, D]``
+        (a LazyTrace for ``attention="lazy"``).
     """
+    if attention == "lazy":
+        from attnscope.lazy import capture_lazy
+
+        return capture_lazy(model, text, text_b, truncate=truncate,
+                            add_special_tokens=add_special_tokens)
+    if attention != "eager":
+        raise AttnscopeError(f"attention must be 'eager' or 'lazy', not {attention!r}.")
     (trace,) = _capture_chunk(model, [(text, text_b)], truncate=truncate, qkv=qkv,
-                              add_special_tokens=add_special_tokens)
+                              add_special_tokens=add_special_tokens, budget=budget)
     return _maybe_merge(trace, merge_words)
 
 
@@ -133,7 +190,7 @@ def _maybe_merge(trace: Trace, merge_words: bool) -> Trace:
 
 def _capture_chunk(
     model: LoadedModel, pairs: list[tuple[Any, str | None]], *, truncate: bool,
-    qkv: bool = False, add_special_tokens: bool = True,
+    qkv: bool = False, add_special_tokens: bool = True, budget: int | None = None,
 ) -> list[Trace]:
     import torch
 
@@ -147,11 +204,14 @@ def _capture_chunk(
         recorder = QKVRecorder(model)
 
     encoder_decoder = model.architecture == "encoder-decoder"
-    encoded = [_encode(model, a, None if encoder_decoder else b, truncate=truncate,
+    encoded = [encode(model, a, None if encoder_decoder else b, truncate=truncate,
                        add_special_tokens=add_special_tokens) for a, b in pairs]
     decoder_side: list[Tokenization] | None = None
     if encoder_decoder:
         decoder_side = [_decoder_tokens(model, b, truncate) for _, b in pairs]
+    from attnscope.lazy import check_eager_memory  # refuse before the model allocates
+
+    check_eager_memory(model, max(len(e) for e in encoded), len(encoded), budget)
 
     device = model.device
     inputs = _pad([e.model_inputs for e in encoded], model, device)
@@ -244,18 +304,6 @@ def _capture_chunk(
             )
         )
     return traces
-
-
-def _encode(model: LoadedModel, text: Any, text_b: str | None, *, truncate: bool,
-            add_special_tokens: bool) -> Tokenization:
-    """Text through :func:`tokenize`; anything that is not a string is token ids."""
-    if isinstance(text, str):
-        return tokenize(model, text, text_b, truncate=truncate,
-                        add_special_tokens=add_special_tokens)
-    if text_b is not None:
-        raise AttnscopeError("A second text goes with a text, not with token ids; give the "
-                             "pair's ids as one sequence.")
-    return tokenize_ids(model, text, truncate=truncate)
 
 
 def _decoder_tokens(model: LoadedModel, text_b: str | None, truncate: bool) -> Tokenization:

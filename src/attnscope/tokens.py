@@ -20,7 +20,7 @@ from attnscope.errors import AttnscopeError
 from attnscope.models import LoadedModel
 
 __all__ = ["CHAT_ROLES", "Tokenization", "TruncationWarning", "check_ids", "check_messages",
-           "check_text", "tokenize", "tokenize_chat", "tokenize_ids"]
+           "check_text", "encode", "tokenize", "tokenize_chat", "tokenize_ids"]
 
 #: The message roles a chat prompt may hold (each token's role in ``Tokenization.roles``, with
 #: ``"markup"`` for what the chat template adds around them).
@@ -591,3 +591,16 @@ def _token_roles(offsets: np.ndarray, spans: list[tuple[int, int, str]]) -> list
                 best, best_overlap = role, overlap
         roles.append(best)
     return roles
+
+
+def encode(model: Any, text: Any, text_b: str | None = None, *, truncate: bool = True,
+           add_special_tokens: bool = True) -> Tokenization:
+    """What a capture runs: a text (and ``text_b``) through :func:`tokenize`, or token ids
+    ``[T]`` (a list of ints, a numpy or torch 1-D array) through :func:`tokenize_ids`."""
+    if isinstance(text, str):
+        return tokenize(model, text, text_b, truncate=truncate,
+                        add_special_tokens=add_special_tokens)
+    if text_b is not None:
+        raise AttnscopeError("A second text goes with a text, not with token ids; give the "
+                             "pair's ids as one sequence.")
+    return tokenize_ids(model, text, truncate=truncate)

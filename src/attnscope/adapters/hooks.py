@@ -77,11 +77,13 @@ class QKVRecorder:
         while self._handles:
             self._handles.pop().remove()
 
-    def per_layer(self) -> tuple[list[Any], list[Any], list[Any]]:
+    def per_layer(self, *, repeat_kv_heads: bool = True) -> tuple[list[Any], list[Any], list[Any]]:
         """Queries, keys and values of each layer, as lists of L tensors ``[B, H, T, d]``.
 
         Queries and keys are post-rotary; grouped key/value heads are repeated to H heads, so
-        ``q @ k^T * scale`` (+ bias) gives the model's scores. What the hooks kept is released.
+        ``q @ k^T * scale`` (+ bias) gives the model's scores (``repeat_kv_heads=False`` keeps
+        keys and values at ``[B, H_kv, T, d]``: query head h uses key head h // (H // H_kv)).
+        What the hooks kept is released.
         """
         import torch
 
@@ -108,8 +110,9 @@ class QKVRecorder:
                 cos, sin = rotary_cos_sin(torch.arange(T, device=q.device), params.rotary)
                 q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
             queries.append(q)
-            keys.append(repeat_kv(k, H // H_kv))  # (B, H, T, d)
-            values.append(repeat_kv(v, H // H_kv))  # (B, H, T, d)
+            group = H // H_kv if repeat_kv_heads else 1
+            keys.append(repeat_kv(k, group))  # (B, H, T, d), or (B, H_kv, T, d) unrepeated
+            values.append(repeat_kv(v, group))
         return queries, keys, values
 
 

@@ -1,0 +1,703 @@
+"""Attention at any length: exact weights on demand from the model's own queries and keys.
+
+Eager attention hands back every layer's and head's T x T weights: L·H·T² floats (SmolLM2-135M
+at 8,192 tokens: 30·9·8192²·4 B = 72 GB). ``capture(model, text, attention="lazy")`` instead
+runs the model with its fast attention (SDPA), records each layer's queries and keys as the
+model uses them (post-rotary; grouped key/value heads kept unrepeated) and each query row's
+log-sum-exp of scaled scores, computed in row blocks. Any tile is then exact:
+
+    P[i, j] = exp(s · q_i · k_j − lse_i)      (0 where the model masks: causal, sliding window)
+
+so memory is O(L·H·T·d) for what is held and O(T·block) for any computation on it.
+
+    lazy = at.capture(model, text, attention="lazy")        # a LazyTrace
+    lazy.attention(layer=3, head=0, rows=range(100, 110))   # [10, T] float32, exact
+    lazy.attentions[3, 0, 100:110, :512]                    # the same, numpy-style
+    lazy.head_stats()                                       # sink, entropy, distance... [L, H]
+    lazy.window(0, 512)                                     # an ordinary Trace of one span
+
+Shapes: L layers, H query heads, H_kv key/value heads (query head h uses key head
+h // (H // H_kv)), T tokens, d the size of one head.
+
+The memory guard that eager capture calls (:func:`check_eager_memory`) lives here too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attnscope.errors import AttnscopeError
+from attnscope.files import atomic_write
+
+__all__ = [
+    "LazyTrace",
+    "capture_lazy",
+    "check_eager_memory",
+    "eager_bytes",
+    "memory_budget",
+]
+
+#: rows of scores computed at once: a block costs block · T · 4 bytes per head.
+DEFAULT_BLOCK = 512
+
+_FORMAT = "attnscope-lazy-trace"
+_FORMAT_VERSION = 1
+
+# Switching a model's attention implementation changes it for every thread that uses it: the
+# switch, the pass and the switch back happen under one lock.
+_SWITCH_LOCK = threading.Lock()
+
+
+# ----- memory ----------------------------------------------------------------------------------
+
+def memory_budget(budget: Any = None) -> int:
+    """The most bytes one attention array may take: ``budget`` when given, else the
+    ``ATTNSCOPE_MEMORY_BUDGET`` environment variable (bytes), else half the available memory.
+
+    Raises:
+        AttnscopeError: the budget is not a positive whole number of bytes.
+    """
+    source = "budget"
+    if budget is None and os.environ.get("ATTNSCOPE_MEMORY_BUDGET", "").strip():
+        budget, source = os.environ["ATTNSCOPE_MEMORY_BUDGET"].strip(), "ATTNSCOPE_MEMORY_BUDGET"
+    if budget is None:
+        return _available_memory() // 2
+    value: float | None
+    try:
+        value = float(budget) if not isinstance(budget, bool) else None
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not math.isfinite(value) or value <= 0 or value != int(value):
+        raise AttnscopeError(
+            f"The memory {source} must be a positive whole number of bytes, not {budget!r}."
+        )
+    return int(value)
+
+
+def _available_memory() -> int:
+    """Bytes of memory available now (psutil, else /proc/meminfo; 4 GiB when neither says)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def eager_bytes(model: Any, num_tokens: int, batch: int = 1) -> int:
+    """Bytes an eager capture of ``batch`` texts of ``num_tokens`` tokens returns: the weights
+    ``B·L·H·T²·4`` plus the hidden states ``B·(L+1)·T·D·4`` (float32)."""
+    layers, heads = int(model.num_layers), int(model.num_heads)
+    config = getattr(getattr(model, "model", None), "config", None)
+    width = int(getattr(config, "hidden_size", 0) or getattr(config, "d_model", 0) or 0)
+    T = int(num_tokens)
+    return batch * (layers * heads * T * T * 4 + (layers + 1) * T * width * 4)
+
+
+def _gib(n: float) -> str:
+    return f"{n / (1 << 30):.3g} GiB" if n >= 1 << 28 else f"{n / (1 << 20):.3g} MiB"
+
+
+def check_eager_memory(model: Any, num_tokens: int, batch: int = 1, budget: Any = None) -> None:
+    """Refuse, before anything is allocated, an eager capture whose weights would pass the
+    memory budget (see :func:`memory_budget`).
+
+    Raises:
+        AttnscopeError: one sentence naming the estimate, the budget and ``attention="lazy"``.
+    """
+    limit = memory_budget(budget)
+    need = eager_bytes(model, num_tokens, batch)
+    if need > limit:
+        raise AttnscopeError(
+            f"Eager attention for {batch * int(num_tokens)} tokens of {model.name} would take "
+            f"about {_gib(need)} ({model.num_layers} layers x {model.num_heads} heads x "
+            f"{num_tokens}² x 4 bytes, plus hidden states), past the memory budget of "
+            f"{_gib(limit)}; capture it with attention=\"lazy\" (exact weights on demand), a "
+            "shorter text, or a larger budget= / ATTNSCOPE_MEMORY_BUDGET."
+        )
+
+
+def _guard_array(shape: tuple[int, ...], what: str, budget: Any) -> None:
+    need = int(np.prod(shape, dtype=np.int64)) * 4
+    limit = memory_budget(budget)
+    if need > limit:
+        raise AttnscopeError(
+            f"{what} {list(shape)} would take {_gib(need)}, past the memory budget of "
+            f"{_gib(limit)}; ask for fewer layers, heads, rows or columns."
+        )
+
+
+# ----- capture ---------------------------------------------------------------------------------
+
+def capture_lazy(
+    model: Any,
+    text: str | Sequence[int] | Any,
+    text_b: str | None = None,
+    *,
+    truncate: bool = True,
+    add_special_tokens: bool = True,
+    block: int = DEFAULT_BLOCK,
+) -> LazyTrace:
+    """Run ``model`` on ``text`` with its fast attention and return a :class:`LazyTrace`.
+
+    ``at.capture(model, text, attention="lazy")`` calls this. Memory: the queries
+    ``[L, H, T, d]``, keys ``[L, H_kv, T, d]`` and row log-sum-exps ``[L, H, T]`` (float32),
+    plus one block of scores ``[H / H_kv, block, T]`` at a time.
+
+    Raises:
+        AttnscopeError: the family's attention cannot be rebuilt from queries and keys.
+    """
+    import torch
+
+    from attnscope.adapters import get_adapter, supported
+    from attnscope.adapters.hooks import QKVRecorder
+    from attnscope.tokens import encode
+
+    block = _positive_int(block, "block")
+    families = [f for f in supported() if f not in _UNSUPPORTED_FAMILIES]
+    if model.model_type in _UNSUPPORTED_FAMILIES or model.architecture == "encoder-decoder":
+        adapter_ok = False
+    else:
+        try:
+            get_adapter(model)
+            adapter_ok = True
+        except AttnscopeError:
+            adapter_ok = False
+    if not adapter_ok:
+        raise AttnscopeError(
+            f"attention=\"lazy\" cannot yet rebuild the attention of {model.model_type!r} "
+            f"models; it works for {', '.join(families)}; use attention=\"eager\" for this one."
+        )
+
+    encoded = encode(model, text, text_b, truncate=truncate,
+                     add_special_tokens=add_special_tokens)
+    inputs = {name: torch.from_numpy(np.asarray(value, dtype=np.int64)[None]).to(model.device)
+              for name, value in encoded.model_inputs.items()}
+    recorder = QKVRecorder(model)
+    facts = recorder.facts()
+    with torch.inference_mode():
+        with _fast_attention(model.model), recorder:
+            model.model(**inputs, output_attentions=False, output_hidden_states=False,
+                        return_dict=True)
+        queries, keys, _ = recorder.per_layer(repeat_kv_heads=False)
+    q, k = _to_host(queries), _to_host(keys)
+    windows = facts.get("sliding_windows") or [None] * q.shape[0]
+    lazy = LazyTrace(
+        model_name=model.name, model_type=model.model_type, architecture=model.architecture,
+        text=encoded.text, text_b=text_b, tokens=tuple(encoded.tokens),
+        input_ids=np.asarray(encoded.input_ids), token_type_ids=np.asarray(encoded.token_type_ids),
+        special_mask=np.asarray(encoded.special_mask), word_ids=np.asarray(encoded.word_ids),
+        offsets=np.asarray(encoded.offsets), segment_ids=np.asarray(encoded.segment_ids),
+        sentence_b_start=encoded.sentence_b_start, truncated=int(encoded.dropped),
+        queries=q, keys=k, lse=np.zeros(q.shape[:3], np.float32),
+        scales=np.asarray(facts["attention_scales"], np.float32),
+        causal=model.architecture == "decoder",
+        sliding_windows=tuple(None if w is None else int(w) for w in windows),
+        extra={"qkv_adapter": facts.get("qkv_adapter")},
+    )
+    lazy._compute_lse(block)
+    return lazy
+
+
+def _to_host(layers: list[Any]) -> np.ndarray:
+    """L tensors ``[1, H, T, d]`` -> one float32 array ``[L, H, T, d]``, copied one layer at a
+    time and each tensor released as soon as it is copied (the list is emptied), so the peak
+    stays near one copy."""
+    first = layers[0]
+    out = np.empty((len(layers), *first.shape[1:]), np.float32)
+    for i in range(len(layers)):
+        out[i] = layers[i][0].float().cpu().numpy()
+        layers[i] = None
+    return out
+
+
+# Families whose scores need more than q·k (T5's relative position bias): not yet rebuilt.
+_UNSUPPORTED_FAMILIES = frozenset({"t5", "bart"})
+
+
+class _fast_attention:
+    """Switch ``model`` to SDPA for the ``with`` block (under a lock) and back to what it used,
+    error or not."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.previous: str | None = None
+
+    def __enter__(self) -> _fast_attention:
+        _SWITCH_LOCK.acquire()
+        try:
+            self.previous = getattr(self.model.config, "_attn_implementation", None) or "eager"
+            if self.previous != "sdpa":
+                self.model.set_attn_implementation("sdpa")
+        except BaseException as err:
+            _SWITCH_LOCK.release()
+            if isinstance(err, (AttributeError, ValueError, ImportError)):
+                raise AttnscopeError(
+                    f"attention=\"lazy\" runs the model with SDPA attention, which this model "
+                    f"cannot switch to ({err}); use attention=\"eager\"."
+                ) from None
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if self.previous is not None and self.previous != "sdpa":
+                self.model.set_attn_implementation(self.previous)
+        finally:
+            _SWITCH_LOCK.release()
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise AttnscopeError(f"{what} must be a whole number of 1 or more, not {value!r}.")
+    return int(value)
+
+
+# ----- the trace -------------------------------------------------------------------------------
+
+_ARRAYS = ("input_ids", "token_type_ids", "special_mask", "word_ids", "offsets", "segment_ids",
+           "queries", "keys", "lse", "scales")
+
+
+@dataclass
+class LazyTrace:
+    """One text's attention, held as queries, keys and row log-sum-exps; weights on demand.
+
+    Attributes:
+        tokens, input_ids, token_type_ids, special_mask, word_ids, offsets, segment_ids,
+            sentence_b_start, truncated: as in :class:`~attnscope.Trace` (``[T]``, offsets
+            ``[T, 2]``).
+        queries: ``[L, H, T, d]`` float32, post-rotary, as the model's attention used them.
+        keys: ``[L, H_kv, T, d]`` float32, post-rotary; query head h uses key head
+            ``h // (H // H_kv)``.
+        lse: ``[L, H, T]`` float32, each row's log of the sum of exp(scaled, masked scores).
+        scales: ``[L]`` the factor on q·k of each layer.
+        causal: a query sees only keys at or before it. sliding_windows: per layer, None or
+            the number of last keys (itself included) a query sees.
+    """
+
+    model_name: str
+    model_type: str
+    architecture: str
+    text: str
+    text_b: str | None
+    tokens: tuple[str, ...]
+    input_ids: np.ndarray
+    token_type_ids: np.ndarray
+    special_mask: np.ndarray
+    word_ids: np.ndarray
+    offsets: np.ndarray
+    segment_ids: np.ndarray
+    sentence_b_start: int | None
+    truncated: int
+    queries: np.ndarray
+    keys: np.ndarray
+    lse: np.ndarray
+    scales: np.ndarray
+    causal: bool
+    sliding_windows: tuple[int | None, ...]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ----- sizes -------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return int(self.queries.shape[0])
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.queries.shape[1])
+
+    @property
+    def num_kv_heads(self) -> int:
+        return int(self.keys.shape[1])
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def is_causal(self) -> bool:
+        return bool(self.causal)
+
+    @property
+    def attentions(self) -> _AttentionIndexer:
+        """Numpy-style exact tiles: ``lazy.attentions[layer, head, rows, cols]`` (ints and
+        slices; an int drops its axis, as numpy does)."""
+        return _AttentionIndexer(self)
+
+    def __repr__(self) -> str:
+        return (f"LazyTrace({self.model_name!r}, {self.num_tokens} tokens, {self.num_layers} "
+                f"layers x {self.num_heads} heads, {self.num_kv_heads} key/value heads)")
+
+    # ----- scores ------------------------------------------------------------------------------
+    def _scores(self, layer: int, heads: Any, rows: np.ndarray, cols: np.ndarray) -> Any:
+        """Masked, scaled scores ``[len(heads), len(rows), len(cols)]`` as a torch tensor
+        (-inf where the model masks)."""
+        import torch
+
+        group = self.num_heads // self.num_kv_heads
+        heads = np.asarray(heads)
+        q = torch.from_numpy(self.queries[layer][heads][:, rows])  # (h, r, d)
+        k = torch.from_numpy(self.keys[layer][heads // group][:, cols])  # (h, c, d)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * float(self.scales[layer])
+        mask = self._mask(layer, rows, cols)
+        if mask is not None:
+            scores.masked_fill_(torch.from_numpy(mask)[None], float("-inf"))
+        return scores
+
+    def _mask(self, layer: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
+        """``[r, c]`` True where query ``rows[i]`` may not see key ``cols[j]``, or None."""
+        if not self.causal:
+            return None
+        diff = rows[:, None] - cols[None, :]  # how far back the key is
+        hidden = diff < 0
+        window = self.sliding_windows[layer] if self.sliding_windows else None
+        if window is not None:
+            hidden |= diff >= window
+        return hidden
+
+    def _compute_lse(self, block: int) -> None:
+        import torch
+
+        T = self.num_tokens
+        lse = np.empty(self.queries.shape[:3], np.float32)
+        heads = np.arange(self.num_heads)
+        all_cols = np.arange(T)
+        with torch.inference_mode():
+            for layer in range(self.num_layers):
+                for start in range(0, T, block):
+                    rows = np.arange(start, min(start + block, T))
+                    cols = all_cols[: rows[-1] + 1] if self.causal else all_cols
+                    scores = self._scores(layer, heads, rows, cols)
+                    lse[layer, :, start : start + len(rows)] = torch.logsumexp(scores, -1).numpy()
+        self.lse = lse
+
+    def _weights(self, layer: int, heads: Any, rows: np.ndarray, cols: np.ndarray) -> Any:
+        import torch
+
+        scores = self._scores(layer, heads, rows, cols)
+        lse = torch.from_numpy(self.lse[layer][np.asarray(heads)][:, rows])  # (h, r)
+        return torch.exp(scores - lse[..., None])  # exp(-inf) = 0 where masked
+
+    # ----- tiles -------------------------------------------------------------------------------
+    def attention(self, layer: int = -1, head: int = 0, rows: Any = None, cols: Any = None,
+                  *, budget: Any = None) -> np.ndarray:
+        """Exact weights of one head, float32: ``[len(rows), len(cols)]``; an int for ``rows``
+        or ``cols`` drops that axis. ``rows``/``cols``: None (all), an int, a slice or range
+        with step, or a list of positions.
+
+        Raises:
+            AttnscopeError: a layer, head, row or column out of range, or a tile past the
+                memory budget.
+        """
+        import torch
+
+        layer = _index(layer, self.num_layers, "layer")
+        head = _index(head, self.num_heads, "head")
+        row_index, row_scalar = _positions(rows, self.num_tokens, "row")
+        col_index, col_scalar = _positions(cols, self.num_tokens, "column")
+        _guard_array((len(row_index), len(col_index)), "This tile", budget)
+        with torch.inference_mode():
+            tile = self._weights(layer, [head], row_index, col_index)[0].numpy()
+        if row_scalar:
+            tile = tile[0]
+        if col_scalar:
+            tile = tile[..., 0]
+        return tile
+
+    def head_stats(self, block: int = DEFAULT_BLOCK) -> dict[str, np.ndarray]:
+        """Per head statistics, streamed over row blocks (O(H·block·T) memory), each ``[L, H]``:
+
+        - ``sink``: mean over query rows of the weight on the first token;
+        - ``entropy``: mean over rows of −Σ_j P_ij log P_ij (nats);
+        - ``distance``: mean over rows of Σ_j P_ij |i − j| (tokens);
+        - ``previous``: mean over rows i ≥ 1 of P_i,i−1 (0 for a single token).
+        """
+        import torch
+
+        block = _positive_int(block, "block")
+        L, H, T = self.num_layers, self.num_heads, self.num_tokens
+        sums = {name: np.zeros((L, H), np.float64)
+                for name in ("sink", "entropy", "distance", "previous")}
+        heads = np.arange(H)
+        all_cols = np.arange(T)
+        with torch.inference_mode():
+            for layer in range(L):
+                for start in range(0, T, block):
+                    rows = np.arange(start, min(start + block, T))
+                    cols = all_cols[: rows[-1] + 1] if self.causal else all_cols
+                    p = self._weights(layer, heads, rows, cols)  # (H, r, c)
+                    dist = torch.from_numpy(
+                        np.abs(rows[:, None] - cols[None, :]).astype(np.float32))
+                    logp = torch.where(p > 0, torch.log(p.clamp_min(1e-45)), 0.0)
+                    s = sums
+                    s["sink"][layer] += p[:, :, 0].sum(-1).double().numpy()
+                    s["entropy"][layer] -= (p * logp).sum((-1, -2)).double().numpy()
+                    s["distance"][layer] += (p * dist).sum((-1, -2)).double().numpy()
+                    r = rows[rows >= 1]
+                    if len(r):
+                        picked = p[:, r - start, torch.from_numpy(r - 1)]  # (H, len(r))
+                        s["previous"][layer] += picked.sum(-1).double().numpy()
+        out = {name: (value / T).astype(np.float32) for name, value in sums.items()}
+        out["previous"] = (sums["previous"] / max(T - 1, 1)).astype(np.float32)
+        return out
+
+    def to_dense(self, *, budget: Any = None) -> np.ndarray:
+        """The whole ``[L, H, T, T]`` float32 array, after checking it fits the memory budget."""
+        L, H, T = self.num_layers, self.num_heads, self.num_tokens
+        _guard_array((L, H, T, T), "The whole attention", budget)
+        return self.attentions.select(slice(None), budget)
+
+    def window(self, start: int, stop: int, *, renormalize: bool = False,
+               budget: Any = None) -> Any:
+        """An ordinary :class:`~attnscope.Trace` of tokens ``start:stop`` (rows and columns),
+        so every view and analysis works on it.
+
+        Its weights are the exact weights P[i, j] for i, j in the span: a row keeps only the
+        weight it puts inside the span, so it sums to 1 only when the query sees nothing
+        outside (a causal model's window from 0; the whole text). Analyses refuse rows that do
+        not sum to 1; ``renormalize=True`` divides each row by its weight inside the span,
+        which is the softmax restricted to the span's keys (as if keys outside were masked).
+        ``trace.extra["lazy_window"]`` records the span, each row's inside weight and the
+        choice. The window holds no hidden states.
+        """
+        T = self.num_tokens
+        for value, what in ((start, "start"), (stop, "stop")):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise AttnscopeError(f"The window's {what} must be a token position, not "
+                                     f"{value!r}.")
+        if not 0 <= start < stop <= T:
+            raise AttnscopeError(
+                f"A window needs 0 <= start < stop <= {T} (the number of tokens), not "
+                f"start={start}, stop={stop}."
+            )
+        from attnscope.trace import Trace
+
+        L, H, n = self.num_layers, self.num_heads, stop - start
+        _guard_array((L, H, n, n), "The window's attention", budget)
+        span = slice(start, stop)
+        weights = self.attentions.select((slice(None), slice(None), span, span), budget)
+        inside = weights.sum(-1, dtype=np.float64)  # (L, H, n)
+        if renormalize:
+            weights = (weights / np.maximum(inside, 1e-30)[..., None]).astype(np.float32)
+        b_start = self.sentence_b_start
+        if b_start is not None:
+            b_start = b_start - start if start < b_start < stop else None
+        offsets = np.asarray(self.offsets)[span]
+        valid = offsets[(offsets >= 0).all(-1)]
+        text = self.text[int(valid[:, 0].min()) : int(valid[:, 1].max())] if len(valid) else ""
+        extra = dict(self.extra)
+        extra["lazy_window"] = {"start": int(start), "stop": int(stop),
+                                "renormalized": bool(renormalize),
+                                "min_inside_weight": float(inside.min())}
+        return Trace(
+            model_name=self.model_name, model_type=self.model_type,
+            architecture=self.architecture, text=text, text_b=None,
+            tokens=self.tokens[span], input_ids=self.input_ids[span],
+            token_type_ids=self.token_type_ids[span], special_mask=self.special_mask[span],
+            word_ids=self.word_ids[span], offsets=offsets, segment_ids=self.segment_ids[span],
+            sentence_b_start=b_start, attentions=weights,
+            hidden_states=np.zeros((L + 1, n, 0), np.float32), extra=extra,
+        )
+
+    # ----- files -------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save queries, keys and row statistics (not T² weights) to one ``.npz`` file,
+        atomically; returns the path written."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
+        meta = {
+            "format": _FORMAT, "format_version": _FORMAT_VERSION,
+            "model_name": self.model_name, "model_type": self.model_type,
+            "architecture": self.architecture, "text": self.text, "text_b": self.text_b,
+            "tokens": list(self.tokens), "sentence_b_start": self.sentence_b_start,
+            "truncated": self.truncated, "causal": bool(self.causal),
+            "sliding_windows": list(self.sliding_windows), "extra": self.extra,
+        }
+        arrays: dict[str, Any] = {name: np.asarray(getattr(self, name)) for name in _ARRAYS}
+        with atomic_write(path, "wb", what="the lazy trace") as fh:
+            np.savez(fh, __meta__=np.array(json.dumps(meta, ensure_ascii=False)), **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LazyTrace:
+        """Load a LazyTrace written by :meth:`save`; a file that is not one whole and
+        consistent raises one :class:`AttnscopeError` sentence naming the file and the fault."""
+        path = Path(path)
+        try:
+            return _read(cls, path)
+        except _Bad as err:
+            raise AttnscopeError(f"Cannot load the lazy trace '{path}': {err}.") from None
+
+
+class _Bad(Exception):
+    pass
+
+
+def _read(cls: type[LazyTrace], path: Path) -> LazyTrace:
+    import zipfile
+
+    if not path.is_file():
+        raise _Bad("there is no such file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = set(data.files)
+            meta = json.loads(str(data["__meta__"])) if "__meta__" in names else None
+            if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+                raise _Bad("it is not a saved lazy trace (load ordinary traces with "
+                           "Trace.load)")
+            missing = sorted(set(_ARRAYS) - names)
+            if missing:
+                raise _Bad(f"it has no {', '.join(missing)}")
+            unknown = sorted(names - {"__meta__", *_ARRAYS})
+            if unknown:
+                raise _Bad(f"it holds unknown arrays {', '.join(unknown)}")
+            arrays = {name: data[name] for name in _ARRAYS}
+    except _Bad:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
+        raise _Bad(f"it is not a saved lazy trace ({type(err).__name__})") from None
+    if meta.get("format_version") != _FORMAT_VERSION:
+        raise _Bad(f"its format version {meta.get('format_version')!r} is not "
+                   f"{_FORMAT_VERSION}")
+    tokens = meta.get("tokens")
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        raise _Bad("its tokens are not a non-empty list of strings")
+    T = len(tokens)
+    q, k, lse, scales = (arrays[n] for n in ("queries", "keys", "lse", "scales"))
+    for name, array in (("queries", q), ("keys", k), ("lse", lse), ("scales", scales)):
+        if array.dtype != np.float32:
+            raise _Bad(f"{name} is {array.dtype}, not float32")
+    if q.ndim != 4 or q.shape[2] != T or 0 in q.shape:
+        raise _Bad(f"queries has shape {q.shape}, not [L, H, {T}, d]")
+    L, H, _, d = q.shape
+    if k.ndim != 4 or k.shape[0] != L or k.shape[2:] != (T, d) or k.shape[1] < 1 \
+            or H % k.shape[1]:
+        raise _Bad(f"keys has shape {k.shape}, not [{L}, H_kv, {T}, {d}] with H_kv dividing {H}")
+    if lse.shape != (L, H, T):
+        raise _Bad(f"lse has shape {lse.shape}, not [{L}, {H}, {T}]")
+    if scales.shape != (L,):
+        raise _Bad(f"scales has shape {scales.shape}, not [{L}]")
+    for name, array in (("queries", q), ("keys", k), ("lse", lse), ("scales", scales)):
+        if not np.isfinite(array).all():
+            raise _Bad(f"{name} holds NaN or infinite values")
+    for name in ("input_ids", "token_type_ids", "special_mask", "word_ids", "segment_ids"):
+        if arrays[name].shape != (T,):
+            raise _Bad(f"{name} has shape {arrays[name].shape}, not [{T}]")
+    if arrays["offsets"].shape != (T, 2):
+        raise _Bad(f"offsets has shape {arrays['offsets'].shape}, not [{T}, 2]")
+    windows = meta.get("sliding_windows")
+    if not isinstance(windows, list) or len(windows) != L:
+        raise _Bad(f"sliding_windows is not a list of {L} entries")
+    try:
+        return cls(
+            model_name=str(meta["model_name"]), model_type=str(meta["model_type"]),
+            architecture=str(meta["architecture"]), text=str(meta["text"]),
+            text_b=meta.get("text_b"), tokens=tuple(tokens),
+            sentence_b_start=meta.get("sentence_b_start"), truncated=int(meta["truncated"]),
+            causal=bool(meta["causal"]), sliding_windows=tuple(windows),
+            extra=dict(meta.get("extra") or {}), **arrays,
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise _Bad(f"its metadata is incomplete ({err})") from None
+
+
+# ----- indexing --------------------------------------------------------------------------------
+
+def _index(value: Any, size: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise AttnscopeError(f"The {what} must be a whole number, not {value!r}.")
+    if not -size <= value < size:
+        raise AttnscopeError(
+            f"{what.capitalize()} {value} is out of range: there are {size} {what}s "
+            f"(0 to {size - 1}, or negative from the end)."
+        )
+    return int(value) % size
+
+
+def _positions(value: Any, size: int, what: str) -> tuple[np.ndarray, bool]:
+    """(positions, whether the caller gave a single int) for rows or columns."""
+    if value is None:
+        return np.arange(size), False
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return np.array([_index(value, size, what)]), True
+    if isinstance(value, slice):
+        for bound in (value.start, value.stop):
+            if bound is not None and not -size <= bound <= size:
+                raise AttnscopeError(
+                    f"The {what}s {value.start}:{value.stop} reach past the {size} {what}s.")
+        value = range(*value.indices(size))
+    try:
+        positions = np.asarray(list(value) if isinstance(value, range) else value)
+    except TypeError:
+        positions = np.asarray([])
+    if positions.ndim != 1 or (positions.size and not np.issubdtype(positions.dtype, np.integer)):
+        raise AttnscopeError(f"The {what}s must be an int, a slice, a range or a list of "
+                             f"positions, not {value!r}.")
+    if positions.size == 0:
+        raise AttnscopeError(f"The {what}s select no token.")
+    if positions.min() < -size or positions.max() >= size:
+        worst = int(positions.max() if positions.max() >= size else positions.min())
+        raise AttnscopeError(
+            f"The {what}s reach {worst}, out of range: there are {size} {what}s "
+            f"(0 to {size - 1})."
+        )
+    return positions % size, False
+
+
+class _AttentionIndexer:
+    """``lazy.attentions[l, h, rows, cols]``: exact tiles with numpy's int/slice rules."""
+
+    def __init__(self, lazy: LazyTrace) -> None:
+        self.lazy = lazy
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        t = self.lazy
+        return (t.num_layers, t.num_heads, t.num_tokens, t.num_tokens)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.select(key, budget=None)
+
+    def select(self, key: Any, budget: Any) -> np.ndarray:
+        """``self[key]``, refused past ``budget`` bytes (see :func:`memory_budget`)."""
+        import torch
+
+        t = self.lazy
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) > 4:
+            raise AttnscopeError(f"attentions has 4 axes (layer, head, row, column), not "
+                                 f"{len(key)}.")
+        key = key + (slice(None),) * (4 - len(key))
+        layers, layer_scalar = _positions(key[0], t.num_layers, "layer")
+        heads, head_scalar = _positions(key[1], t.num_heads, "head")
+        rows, row_scalar = _positions(key[2], t.num_tokens, "row")
+        cols, col_scalar = _positions(key[3], t.num_tokens, "column")
+        _guard_array((len(layers), len(heads), len(rows), len(cols)), "This selection", budget)
+        out = np.empty((len(layers), len(heads), len(rows), len(cols)), np.float32)
+        with torch.inference_mode():
+            for a, layer in enumerate(layers):
+                for r0 in range(0, len(rows), DEFAULT_BLOCK):
+                    part = rows[r0 : r0 + DEFAULT_BLOCK]
+                    out[a, :, r0 : r0 + len(part)] = t._weights(int(layer), heads, part,
+                                                                cols).numpy()
+        index = tuple(0 if scalar else slice(None)
+                      for scalar in (layer_scalar, head_scalar, row_scalar, col_scalar))
+        return out[index]

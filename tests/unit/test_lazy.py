@@ -1,0 +1,270 @@
+"""Lazy attention: exact tiles from queries, keys and row log-sum-exps, against eager weights."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import attnscope as at
+from attnscope.errors import AttnscopeError
+from attnscope.lazy import LazyTrace, eager_bytes, memory_budget
+
+TEXT = "The girl poured water into a tall glass until it overflowed, and then she laughed."
+FAMILIES = ("bert", "gpt2", "llama")
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny_models, embedded) -> dict[str, tuple[at.Trace, LazyTrace]]:
+    """family -> (eager Trace, LazyTrace) of the same text; "embedded" is the real MiniLM."""
+    models = {f: tiny_models[f] for f in FAMILIES} | {"embedded": embedded}
+    return {name: (at.capture(m, TEXT), at.capture(m, TEXT, attention="lazy"))
+            for name, m in models.items()}
+
+
+@pytest.mark.parametrize("name", [*FAMILIES, "embedded"])
+def test_lazy_tiles_equal_eager_weights(pairs, name):
+    eager, lazy = pairs[name]
+    T = eager.num_tokens
+    assert isinstance(lazy, LazyTrace)
+    assert (lazy.num_layers, lazy.num_heads, lazy.num_tokens) == eager.attentions.shape[:3]
+    assert lazy.tokens == eager.tokens
+    np.testing.assert_array_equal(lazy.input_ids, eager.input_ids)
+    np.testing.assert_array_equal(lazy.special_mask, eager.special_mask)
+    np.testing.assert_allclose(lazy.to_dense(), eager.attentions, atol=1e-5, rtol=0)
+    # one tile, one row, one column, the indexer, negative indices
+    tile = lazy.attention(1, 2, rows=range(3, 9), cols=slice(2, T))
+    np.testing.assert_allclose(tile, eager.attentions[1, 2, 3:9, 2:], atol=1e-5, rtol=0)
+    assert tile.dtype == np.float32 and tile.shape == (6, T - 2)
+    np.testing.assert_allclose(lazy.attention(0, 1, rows=5), eager.attentions[0, 1, 5],
+                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(lazy.attention(-1, -1, cols=0), eager.attentions[-1, -1, :, 0],
+                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(lazy.attentions[1, :, 4:7], eager.attentions[1, :, 4:7],
+                               atol=1e-5, rtol=0)
+    assert lazy.attentions[0, 0, 3, 5].shape == ()
+    if eager.is_causal:  # masked where the model masks: exactly zero above the diagonal
+        dense = lazy.to_dense()
+        assert np.all(dense[..., np.triu_indices(T, 1)[0], np.triu_indices(T, 1)[1]] == 0)
+
+
+def test_grouped_query_heads_stay_unrepeated(pairs, tiny_models):
+    _, lazy = pairs["llama"]
+    config = tiny_models["llama"].model.config
+    assert lazy.num_kv_heads == config.num_key_value_heads < lazy.num_heads
+    assert lazy.keys.shape == (lazy.num_layers, lazy.num_kv_heads, lazy.num_tokens,
+                               lazy.queries.shape[-1])
+
+
+def _plain_stats(weights: np.ndarray) -> dict[str, np.ndarray]:
+    """The four head statistics from the whole [L, H, T, T] array, written plainly."""
+    L, H, T, _ = weights.shape
+    out = {k: np.zeros((L, H)) for k in ("sink", "entropy", "distance", "previous")}
+    for layer in range(L):
+        for head in range(H):
+            P = weights[layer, head].astype(np.float64)
+            out["sink"][layer, head] = P[:, 0].mean()
+            ent = [-sum(p * np.log(p) for p in row if p > 0) for row in P]
+            out["entropy"][layer, head] = np.mean(ent)
+            out["distance"][layer, head] = np.mean(
+                [sum(P[i, j] * abs(i - j) for j in range(T)) for i in range(T)])
+            out["previous"][layer, head] = np.mean([P[i, i - 1] for i in range(1, T)])
+    return out
+
+
+@pytest.mark.parametrize("name", ["gpt2", "embedded"])
+def test_streamed_head_stats_equal_eager(pairs, name):
+    eager, lazy = pairs[name]
+    want = _plain_stats(eager.attentions)
+    for block in (3, 512):  # blocks that split the rows and one that holds them all
+        got = lazy.head_stats(block=block)
+        for key, value in want.items():
+            assert got[key].shape == (lazy.num_layers, lazy.num_heads)
+            np.testing.assert_allclose(got[key], value, atol=2e-5, rtol=1e-5, err_msg=key)
+
+
+def test_save_load_round_trip(pairs, tmp_path):
+    _, lazy = pairs["llama"]
+    path = lazy.save(tmp_path / "long")
+    assert path.name == "long.npz"
+    back = LazyTrace.load(path)
+    assert back.tokens == lazy.tokens and back.sliding_windows == lazy.sliding_windows
+    np.testing.assert_array_equal(back.lse, lazy.lse)
+    np.testing.assert_array_equal(back.to_dense(), lazy.to_dense())
+    # the file holds q, k and row statistics, not T² weights
+    T = lazy.num_tokens
+    assert path.stat().st_size < lazy.queries.nbytes + lazy.keys.nbytes + lazy.lse.nbytes + 8192 \
+        + 64 * T
+
+
+def test_load_refuses_what_is_not_a_lazy_trace(pairs, tmp_path):
+    eager, lazy = pairs["gpt2"]
+    with pytest.raises(AttnscopeError, match="not a saved lazy trace"):
+        LazyTrace.load(eager.save(tmp_path / "eager.npz"))
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes(lazy.save(tmp_path / "ok.npz").read_bytes()[:500])
+    with pytest.raises(AttnscopeError, match="Cannot load the lazy trace"):
+        LazyTrace.load(damaged)
+    with pytest.raises(AttnscopeError, match="no such file"):
+        LazyTrace.load(tmp_path / "missing.npz")
+    # wrong shapes: an lse with one row too few
+    data = dict(np.load(tmp_path / "ok.npz"))
+    data["lse"] = data["lse"][..., :-1]
+    np.savez(tmp_path / "short.npz", **data)
+    with pytest.raises(AttnscopeError, match="lse has shape"):
+        LazyTrace.load(tmp_path / "short.npz")
+
+
+def test_causal_window_from_zero_is_an_exact_trace(pairs):
+    eager, lazy = pairs["gpt2"]
+    window = lazy.window(0, 10)
+    assert isinstance(window, at.Trace) and window.tokens == eager.tokens[:10]
+    np.testing.assert_allclose(window.attentions, eager.attentions[:, :, :10, :10],
+                               atol=1e-5, rtol=0)
+    window.check()  # causal rows from 0 keep all their weight
+    at.head_patterns(window)  # an existing analysis runs on it
+    assert window.extra["lazy_window"]["renormalized"] is False
+
+
+def test_inner_window_keeps_exact_weights_unless_renormalised(pairs):
+    eager, lazy = pairs["embedded"]
+    exact = lazy.window(4, 12)
+    np.testing.assert_allclose(exact.attentions, eager.attentions[:, :, 4:12, 4:12],
+                               atol=1e-5, rtol=0)
+    with pytest.raises(AttnscopeError, match="do not sum to 1"):
+        exact.check()
+    renormed = lazy.window(4, 12, renormalize=True)
+    inside = eager.attentions[:, :, 4:12, 4:12].astype(np.float64)
+    np.testing.assert_allclose(renormed.attentions, inside / inside.sum(-1, keepdims=True),
+                               atol=1e-5, rtol=0)
+    renormed.check()
+
+
+def test_bad_requests_get_one_sentence(pairs, tiny_models):
+    _, lazy = pairs["llama"]
+    T, H = lazy.num_tokens, lazy.num_heads
+    cases = [
+        (lambda: lazy.attention(0, H), f"Head {H} is out of range: there are {H} heads"),
+        (lambda: lazy.attention(lazy.num_layers, 0), "Layer .* is out of range"),
+        (lambda: lazy.attention(0, 0, rows=T), f"Row {T} is out of range"),
+        (lambda: lazy.attention(0, 0, cols=slice(0, T + 5)), "reach past"),
+        (lambda: lazy.attention(0, 0, rows=[1, T + 3]), "out of range"),
+        (lambda: lazy.attentions[0, 0, 0, 0, 0], "4 axes"),
+        (lambda: lazy.window(5, 5), "start < stop"),
+        (lambda: lazy.to_dense(budget=16), "past the memory budget"),
+        (lambda: lazy.head_stats(block=0), "block must be"),
+        (lambda: at.capture(tiny_models["gpt2"], TEXT, attention="flash"),
+         "attention must be 'eager' or 'lazy'"),
+        (lambda: at.capture(tiny_models["t5"], TEXT, attention="lazy"),
+         "cannot yet rebuild.*bert.*gpt2.*llama.*attention=\"eager\""),
+    ]
+    for call, message in cases:
+        with pytest.raises(AttnscopeError, match=message) as info:
+            call()
+        assert "\n" not in str(info.value)
+    for bad in (0, -3, "lots", 1.5, float("nan"), True):
+        with pytest.raises(AttnscopeError, match="positive whole number of bytes"):
+            memory_budget(bad)
+
+
+def test_lazy_pass_runs_sdpa_and_restores_eager(tiny_models):
+    model = tiny_models["llama"]
+    seen = []
+    handle = model.model.register_forward_pre_hook(
+        lambda module, args: seen.append(module.config._attn_implementation))
+    try:
+        at.capture(model, TEXT, attention="lazy")
+    finally:
+        handle.remove()
+    assert seen == ["sdpa"]
+    assert model.model.config._attn_implementation == "eager"
+
+    def fail(module, args):
+        raise RuntimeError("interrupted")
+
+    handle = model.model.register_forward_pre_hook(fail)
+    try:
+        with pytest.raises(RuntimeError):
+            at.capture(model, TEXT, attention="lazy")
+    finally:
+        handle.remove()
+    assert model.model.config._attn_implementation == "eager"  # never left switched
+    assert at.capture(model, TEXT).attentions is not None  # eager still gives weights
+
+
+def test_guard_refuses_eager_capture_before_allocating(embedded, monkeypatch):
+    calls = []
+    handle = embedded.model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    text = " ".join(["word"] * 400)
+    need = eager_bytes(embedded, 402)
+    assert need == 6 * 12 * 402 * 402 * 4 + 7 * 402 * 384 * 4
+    monkeypatch.setenv("ATTNSCOPE_MEMORY_BUDGET", str(need // 10))
+    tracemalloc.start()
+    try:
+        with pytest.raises(AttnscopeError, match='attention="lazy"') as info:
+            at.capture(embedded, text)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        handle.remove()
+    assert calls == []  # the model never ran
+    assert peak < need // 20
+    assert "MiB" in str(info.value) and "\n" not in str(info.value)
+    # the budget= argument wins over the environment; a lazy capture is not refused
+    assert at.capture(embedded, text, budget=need * 2).num_tokens == 402
+    assert at.capture(embedded, text, attention="lazy").num_tokens == 402
+    monkeypatch.setenv("ATTNSCOPE_MEMORY_BUDGET", "-1")
+    with pytest.raises(AttnscopeError, match="ATTNSCOPE_MEMORY_BUDGET must be a positive"):
+        at.capture(embedded, "short")
+
+
+@pytest.fixture(scope="module")
+def windowed(tiny_models) -> dict[str, at.LoadedModel]:
+    """Tiny random Mistral (sliding window 4 on every layer) and Qwen2 (window 3 on layer 1
+    only), with the tiny LLaMA tokenizer."""
+    import torch
+    from transformers import MistralConfig, MistralModel, Qwen2Config, Qwen2Model
+
+    tokenizer = tiny_models["llama"].tokenizer
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=37,
+                  max_position_embeddings=64)
+    torch.manual_seed(0)
+    built = {
+        "mistral": MistralModel(MistralConfig(sliding_window=4, **common)),
+        "qwen2": Qwen2Model(Qwen2Config(use_sliding_window=True, sliding_window=3,
+                                        max_window_layers=1, **common)),
+    }
+    models = {}
+    for name, model in built.items():
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(torch.randn_like(param) * 0.05)
+        model.config._attn_implementation = "eager"
+        models[name] = at.load(model, tokenizer=tokenizer, device="cpu")
+    return models
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+def test_sliding_windows_masked_as_the_model_masks(windowed, family):
+    model = windowed[family]
+    eager = at.capture(model, TEXT)
+    lazy = at.capture(model, TEXT, attention="lazy")
+    assert lazy.sliding_windows == ((4, 4) if family == "mistral" else (None, 3))
+    dense = lazy.to_dense()
+    np.testing.assert_allclose(dense, eager.attentions, atol=1e-5, rtol=0)
+    window = lazy.sliding_windows[1]
+    assert np.all(dense[1, :, -1, : lazy.num_tokens - window] == 0)  # hidden early keys
+
+
+def test_a_larger_budget_lets_the_whole_array_through(pairs, monkeypatch):
+    eager, lazy = pairs["gpt2"]
+    need = eager.attentions.nbytes
+    monkeypatch.setenv("ATTNSCOPE_MEMORY_BUDGET", str(need // 2))
+    with pytest.raises(AttnscopeError, match="past the memory budget"):
+        lazy.to_dense()
+    with pytest.raises(AttnscopeError, match="past the memory budget"):
+        lazy.attentions[:, :, :, :]
+    np.testing.assert_allclose(lazy.to_dense(budget=need), eager.attentions, atol=1e-5, rtol=0)
+    assert lazy.window(0, lazy.num_tokens, budget=need).num_tokens == lazy.num_tokens
