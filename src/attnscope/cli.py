@@ -425,7 +425,8 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
                     pair_field=args.pair_field, limit=args.limit, batch_size=args.batch_size,
                     top_k=args.top_k, engine=args.engine, ray_address=args.ray_address,
                     workers=args.workers, gpus_per_worker=args.gpus_per_worker, run=args.run,
-                    progress=not args.quiet)
+                    progress=not args.quiet, importance=args.importance,
+                    importance_budget=args.importance_budget or None)
     s = result.summary
     assert s is not None  # corpus() always says what it did
     for message in s.messages[:20]:
@@ -742,6 +743,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-worker", type=float, default=0.0,
                    help="GPUs each Ray worker asks for (default 0)")
     p.add_argument("--run", default=None, help="run name (default: model@input)")
+    p.add_argument("--importance", nargs="?", const="gradient", default=None,
+                   choices=["gradient", "ablation"],
+                   help="also store each head's importance per text: the gradient proxy (the "
+                        "default when given alone) or exact ablation")
+    p.add_argument("--importance-budget", type=float, default=600.0, metavar="SECONDS",
+                   help="refuse exact ablation estimated past this (default 600; 0: no limit)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_corpus)
 
