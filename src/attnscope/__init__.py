@@ -40,6 +40,7 @@ _EXPORTS = {
     "Trace": "attnscope.trace",
     "TruncationWarning": "attnscope.tokens",
     "ablate": "attnscope.interventions",
+    "atlas": "attnscope.corpora.atlas",
     "attention_flow": "attnscope.analysis",
     "attention_graph": "attnscope.analysis",
     "attention_norms": "attnscope.analysis",
@@ -93,6 +94,7 @@ __all__ = [
     "TruncationWarning",
     "__version__",
     "ablate",
+    "atlas",
     "attention_flow",
     "attention_graph",
     "attention_norms",
@@ -169,6 +171,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     )
     from attnscope.capture import capture, capture_batch, iter_capture
     from attnscope.corpora import CorpusResult, corpus
+    from attnscope.corpora.atlas import atlas
     from attnscope.errors import AttnscopeError
     from attnscope.explain import Explanation, explain
     from attnscope.interventions import (

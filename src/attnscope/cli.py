@@ -468,6 +468,18 @@ def _cmd_corpus_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_atlas(args: argparse.Namespace) -> int:
+    """The head atlas from a store."""
+    from attnscope.corpora.atlas import atlas
+    from attnscope.corpora.result import check_count
+
+    check_count("--examples", args.examples, 0)
+    out = _output_path(args.output, (".html", ".htm"))
+    page = atlas(_corpus_run(args), examples=args.examples)
+    print(f"wrote {page.save(out)}")
+    return 0
+
+
 def _cmd_corpus_search(args: argparse.Namespace) -> int:
     """What each head attends to from one token, across the corpus."""
     from attnscope.corpora.result import check_count
@@ -763,6 +775,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=3, help="examples per head (default 3)")
     p.add_argument("--no-views", action="store_true", help="list examples without views")
     p.set_defaults(func=_cmd_corpus_report)
+
+    p = sub.add_parser("atlas", help="the head atlas of a corpus store: one page",
+                       description="Write the head atlas: a layers x heads map coloured by "
+                                   "importance (when the run stored it) or by the strongest "
+                                   "pattern score, and a section per head with its scores, "
+                                   "positional profile, relations, examples and importance.")
+    p.add_argument("store", type=Path, help="the DuckDB file from attnscope corpus")
+    p.add_argument("-o", "--output", type=Path, default=Path("atlas.html"))
+    p.add_argument("--run", default=None, help="the run to read (default: the latest)")
+    p.add_argument("--examples", type=int, default=3, help="examples per head (default 3)")
+    p.set_defaults(func=_cmd_atlas)
 
     p = sub.add_parser("corpus-search", help="what each head attends to from one token",
                        description="For a token (e.g. 'it'), what each head attends to "
