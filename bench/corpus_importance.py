@@ -6,8 +6,8 @@
 Texts are those of bench/corpus.py (10-120 words). Each round runs ``attnscope.corpus`` into a
 fresh store three ways, interleaved so that all see the same machine load: without importance,
 with ``importance="gradient"`` (Michel et al.'s proxy: one forward and one backward pass per
-batch on top of the statistics pass), and, on the first ``--ablation-texts`` texts, ``importance="ablation"``
-(exact: about H * (L + 1) / 2 = 42 passes' work per batch). Target (issue 20): gradient <= 3x.
+batch on top of the statistics pass), and, on the first ``--ablation-texts`` texts,
+``importance="ablation"`` (exact: about H * (L + 1) / 2 = 42 passes' work per batch). Target (issue 20): gradient <= 3x.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main() -> None:
     print(f"gradient importance / plain corpus: {seconds['gradient'] / seconds['plain']:.2f}x "
           "(target <= 3x)")
     print(f"ablation importance / plain corpus: "
-          f"{seconds['ablation (tenth)'] / seconds['plain (tenth)']:.1f}x")
+          f"{seconds['ablation (few)'] / seconds['plain (few)']:.1f}x")
 
 
 if __name__ == "__main__":
