@@ -7,7 +7,8 @@ Texts are those of bench/corpus.py (10-120 words). Each round runs ``attnscope.c
 fresh store three ways, interleaved so that all see the same machine load: without importance,
 with ``importance="gradient"`` (Michel et al.'s proxy: one forward and one backward pass per
 batch on top of the statistics pass), and, on the first ``--ablation-texts`` texts,
-``importance="ablation"`` (exact: about H * (L + 1) / 2 = 42 passes' work per batch). Target (issue 20): gradient <= 3x.
+``importance="ablation"`` (exact: about H * (L + 1) / 2 = 42 passes' work per batch).
+Target (issue 20): gradient <= 3x.
 """
 
 from __future__ import annotations
