@@ -175,3 +175,15 @@ def test_cli_refuses_ablation_past_its_budget(tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "past the budget" in lines[0] and "Traceback" not in done.stderr
+
+
+def test_a_damaged_importance_table_is_one_sentence(tiny_models, tmp_path):
+    import duckdb
+
+    out = tmp_path / "stats.duckdb"
+    at.corpus(tiny_models["gpt2"], TEXTS[:2], out=out, progress=False, importance="gradient")
+    con = duckdb.connect(str(out))
+    con.execute("UPDATE head_importance SET layer = 99 WHERE layer = 1 AND head = 0")
+    con.close()
+    with pytest.raises(AttnscopeError, match="head_importance rows reach layer 99"):
+        at.CorpusResult(out)
