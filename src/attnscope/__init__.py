@@ -41,6 +41,7 @@ _EXPORTS = {
     "Trace": "attnscope.trace",
     "TruncationWarning": "attnscope.tokens",
     "ablate": "attnscope.interventions",
+    "atlas": "attnscope.corpora.atlas",
     "attention_flow": "attnscope.analysis",
     "attention_graph": "attnscope.analysis",
     "attention_norms": "attnscope.analysis",
@@ -98,6 +99,7 @@ __all__ = [
     "TruncationWarning",
     "__version__",
     "ablate",
+    "atlas",
     "attention_flow",
     "attention_graph",
     "attention_norms",
@@ -178,6 +180,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from attnscope.analysis.context_mixing import context_mixing, faithfulness
     from attnscope.capture import capture, capture_batch, iter_capture
     from attnscope.corpora import CorpusResult, corpus
+    from attnscope.corpora.atlas import atlas
     from attnscope.errors import AttnscopeError
     from attnscope.explain import Explanation, explain
     from attnscope.generation import generate

@@ -448,7 +448,8 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
                     pair_field=args.pair_field, limit=args.limit, batch_size=args.batch_size,
                     top_k=args.top_k, engine=args.engine, ray_address=args.ray_address,
                     workers=args.workers, gpus_per_worker=args.gpus_per_worker, run=args.run,
-                    progress=not args.quiet)
+                    progress=not args.quiet, importance=args.importance,
+                    importance_budget=args.importance_budget or None)
     s = result.summary
     assert s is not None  # corpus() always says what it did
     for message in s.messages[:20]:
@@ -486,6 +487,18 @@ def _cmd_corpus_report(args: argparse.Namespace) -> int:
     result = _corpus_run(args)
     page = corpus_report(result, model=args.model, examples=args.examples,
                          views=not args.no_views)
+    print(f"wrote {page.save(out)}")
+    return 0
+
+
+def _cmd_atlas(args: argparse.Namespace) -> int:
+    """The head atlas from a store."""
+    from attnscope.corpora.atlas import atlas
+    from attnscope.corpora.result import check_count
+
+    check_count("--examples", args.examples, 0)
+    out = _output_path(args.output, (".html", ".htm"))
+    page = atlas(_corpus_run(args), examples=args.examples)
     print(f"wrote {page.save(out)}")
     return 0
 
@@ -790,6 +803,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-worker", type=float, default=0.0,
                    help="GPUs each Ray worker asks for (default 0)")
     p.add_argument("--run", default=None, help="run name (default: model@input)")
+    p.add_argument("--importance", nargs="?", const="gradient", default=None,
+                   choices=["gradient", "ablation"],
+                   help="also store each head's importance per text: the gradient proxy (the "
+                        "default when given alone) or exact ablation")
+    p.add_argument("--importance-budget", type=float, default=600.0, metavar="SECONDS",
+                   help="refuse exact ablation estimated past this (default 600; 0: no limit)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_corpus)
 
@@ -804,6 +823,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=3, help="examples per head (default 3)")
     p.add_argument("--no-views", action="store_true", help="list examples without views")
     p.set_defaults(func=_cmd_corpus_report)
+
+    p = sub.add_parser("atlas", help="the head atlas of a corpus store: one page",
+                       description="Write the head atlas: a layers x heads map coloured by "
+                                   "importance (when the run stored it) or by the strongest "
+                                   "pattern score, and a section per head with its scores, "
+                                   "positional profile, relations, examples and importance.")
+    p.add_argument("store", type=Path, help="the DuckDB file from attnscope corpus")
+    p.add_argument("-o", "--output", type=Path, default=Path("atlas.html"))
+    p.add_argument("--run", default=None, help="the run to read (default: the latest)")
+    p.add_argument("--examples", type=int, default=3, help="examples per head (default 3)")
+    p.set_defaults(func=_cmd_atlas)
 
     p = sub.add_parser("corpus-search", help="what each head attends to from one token",
                        description="For a token (e.g. 'it'), what each head attends to "

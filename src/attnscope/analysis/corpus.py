@@ -118,6 +118,8 @@ class BatchResult:
     * ``relations``: (relation, direction, layer, head, n, hits) rows; ``baselines``:
       (relation, direction, offset, hits) rows.
     * ``problems``: (position, kind, message) rows for texts that were cut or left out.
+    * ``importance``: None, or (method, per_text ``[B, L, H]``): each text's head importance
+      (:func:`attnscope.head_importance`), in the order of ``texts``.
     """
 
     texts: list[dict[str, Any]]
@@ -128,6 +130,7 @@ class BatchResult:
     relations: list[tuple] = field(default_factory=list)
     baselines: list[tuple] = field(default_factory=list)
     problems: list[tuple] = field(default_factory=list)
+    importance: tuple[str, np.ndarray] | None = None
 
     @property
     def num_tokens(self) -> int:

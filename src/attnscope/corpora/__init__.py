@@ -42,6 +42,8 @@ def corpus(
     gpus_per_worker: float = 0.0,
     run: str | None = None,
     progress: bool = True,
+    importance: str | None = None,
+    importance_budget: float | None = 600.0,
 ) -> CorpusResult:
     """Run ``model`` over every text of ``source`` and store per-head statistics in ``out``.
 
@@ -68,6 +70,12 @@ def corpus(
             asks for ``gpus_per_worker`` GPUs (0: it runs on its CPU).
         run: the run's name in the store (default: model name @ source name).
         progress: show a progress bar (texts/s, tokens/s, ETA).
+        importance: also store every head's importance per text (:func:`attnscope.head_importance`,
+            summed per head beside the pattern statistics, resumable like them): "gradient"
+            (Michel et al.'s proxy, one backward pass per batch) or "ablation" (exact: about
+            ``H * (L + 1) / 2`` passes per batch); None (the default) stores none.
+        importance_budget: exact ablation is estimated from the first batch and refused when
+            the run would pass this many seconds; None runs it whatever it costs.
 
     Returns:
         A :class:`CorpusResult` reading the run. ``result.summary`` says what this call did
@@ -84,6 +92,17 @@ def corpus(
         raise AttnscopeError(f"top_k must be at least 1, not {top_k}.")
     if limit is not None and limit < 1:
         raise AttnscopeError(f"limit must be at least 1, not {limit}.")
+    if importance is not None and importance not in ("gradient", "ablation"):
+        raise AttnscopeError(f'importance must be "gradient", "ablation" or None, not '
+                             f"{importance!r}.")
+    if importance_budget is not None and (isinstance(importance_budget, bool) or not isinstance(
+            importance_budget, int | float) or not importance_budget > 0):
+        raise AttnscopeError(f"importance_budget must be a number of seconds above 0 (or None "
+                             f"for no limit), not {importance_budget!r}.")
+    if importance is not None and engine == "ray":
+        raise AttnscopeError("Head importance runs in the local engine only (it needs a "
+                             "backward pass or L x H reruns per batch); leave out --engine ray "
+                             "or --importance.")
     out = Path(out)
     if out.is_dir():
         raise AttnscopeError(f"Cannot write '{out}': it is a folder.")
@@ -96,12 +115,31 @@ def corpus(
     run_id = run or f"{Path(loaded.name).name}@{Path(opened.label).name}"
     settings = {"batch_size": batch_size, "top_k": top_k, "text_field": text_field,
                 "pair_field": pair_field, "limit": limit, "unit": opened.unit}
+    if importance is not None:
+        settings["importance"] = importance
     with Store(out) as store:
-        store.ensure_run(run_id, loaded, opened.label, settings)
+        if store.ensure_run(run_id, loaded, opened.label, settings):
+            _check_same_importance(store, run_id, importance)
         summary = run_engine(loaded, opened, store, run_id, batch_size=batch_size, limit=limit,
                              top_k=top_k, engine=engine, ray_address=ray_address,
                              workers=workers, model_spec=model_spec,
-                             gpus_per_worker=gpus_per_worker, progress=progress)
+                             gpus_per_worker=gpus_per_worker, progress=progress,
+                             importance=importance, importance_budget=importance_budget)
     result = CorpusResult(out, run_id)
     result.summary = summary
     return result
+
+
+def _check_same_importance(store: Any, run_id: str, importance: str | None) -> None:
+    """A resumed run keeps the importance it began with: mixing would count some texts only."""
+    import json
+
+    (settings_text,) = store.con.execute("SELECT settings FROM runs WHERE run_id = ?",
+                                         [run_id]).fetchone()
+    began = json.loads(settings_text or "{}").get("importance")
+    if began != importance:
+        then = f"--importance {began}" if began else "no --importance"
+        now = f"--importance {importance}" if importance else "no --importance"
+        raise AttnscopeError(f"Run {run_id!r} in '{store.path}' began with {then}, and resuming "
+                             f"it with {now} would count importance over only part of its "
+                             "texts: resume it as it began, or give another --run name.")

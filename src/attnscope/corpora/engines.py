@@ -155,10 +155,21 @@ def _plan(source: Source, store: Store, run_id: str, model: LoadedModel, batch_s
 def run(model: LoadedModel, source: Source, store: Store, run_id: str, *, batch_size: int = 32,
         limit: int | None = None, top_k: int = 5, engine: str = "local",
         ray_address: str | None = None, workers: int = 2, model_spec: Any = None,
-        gpus_per_worker: float = 0.0, progress: bool = True) -> RunSummary:
-    """Process ``source`` into ``store`` under ``run_id`` (see the module docstring)."""
+        gpus_per_worker: float = 0.0, progress: bool = True, importance: str | None = None,
+        importance_budget: float | None = 600.0) -> RunSummary:
+    """Process ``source`` into ``store`` under ``run_id`` (see the module docstring).
+
+    With ``importance`` ("gradient" or "ablation") each batch also gets every text's head
+    importance (:func:`attnscope.head_importance`, its probes seeded by the batch's index), in
+    the batch's transaction. Exact ablation is estimated from the first batch and refused when
+    the whole run would pass ``importance_budget`` seconds (None: no limit).
+    """
     if engine not in ("local", "ray"):
         raise AttnscopeError(f"Unknown engine {engine!r}: choose 'local' or 'ray'.")
+    if importance is not None and engine != "local":
+        raise AttnscopeError("Head importance runs in the local engine only (it needs a "
+                             "backward pass or L x H reruns per batch); leave out --engine ray "
+                             "or --importance.")
     summary = RunSummary(run_id)
     bar = None
     if progress:
@@ -189,10 +200,20 @@ def run(model: LoadedModel, source: Source, store: Store, run_id: str, *, batch_
                                 refresh=False)
 
     planned = _plan(source, store, run_id, model, batch_size, limit, summary, bar)
+    estimated = importance != "ablation" or importance_budget is None
     try:
         if engine == "local":
             for batch in planned:
-                committed(batch.index, process_batch(model, batch.items, top_k=top_k))
+                clock = time.perf_counter()
+                result = process_batch(model, batch.items, top_k=top_k)
+                if importance is not None and result.texts:
+                    if not estimated:
+                        _check_ablation_budget(model, source, limit, batch_size,
+                                               time.perf_counter() - clock, importance_budget)
+                        estimated = True
+                    result.importance = (importance, _importance(model, result, importance,
+                                                                 batch.index))
+                committed(batch.index, result)
         else:
             for index, result in _ray_results(planned, model_spec, workers, ray_address, top_k,
                                               gpus_per_worker):
@@ -202,6 +223,42 @@ def run(model: LoadedModel, source: Source, store: Store, run_id: str, *, batch_
             bar.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+# ----- head importance ---------------------------------------------------------------------------
+
+def _importance(model: LoadedModel, result: Any, method: str, batch_index: int) -> Any:
+    """Each text's head importance ``[B, L, H]`` for a processed batch, in its text order."""
+    from attnscope.interventions.importance import head_importance
+
+    if any(t["text_b"] is not None for t in result.texts):
+        raise AttnscopeError("Head importance reads single texts, not text pairs; leave out "
+                             "--pair-field or --importance.")
+    texts = [t["text"] for t in result.texts]
+    found = head_importance(model, texts, method, batch_size=max(len(texts), 1),
+                            max_seconds=None, seed=batch_index)
+    return found.per_text
+
+
+def _check_ablation_budget(model: LoadedModel, source: Source, limit: int | None,
+                           batch_size: int, first_batch_seconds: float,
+                           budget: float) -> None:
+    """Refuse exact ablation when the first batch's pass says the run would pass ``budget``:
+    each batch costs about ``H * (L + 1) / 2`` passes' work (see head_importance)."""
+    import math
+
+    total = source.count(limit)
+    if total is None:  # a pipe: the count is unknown, so is the cost
+        total = limit if limit is not None else batch_size
+    batches = max(1, math.ceil(total / batch_size))
+    work = model.num_heads * (model.num_layers + 1) / 2
+    estimate = first_batch_seconds * work * batches
+    if estimate > budget:
+        raise AttnscopeError(
+            f"Exact ablation importance over about {total} texts would take about "
+            f"{estimate:.0f} s ({work:.0f} passes' work per batch, {batches} batches), past the "
+            f"budget of {budget:g} s; pass --importance-budget 0 (importance_budget=None) to run "
+            "it anyway, or use --importance gradient.")
 
 
 # ----- Ray ----------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,17 @@ if TYPE_CHECKING:
     from attnscope.render.views import AttnView
 
 __all__ = ["CorpusResult"]
+
+
+@dataclass(frozen=True)
+class CorpusImportance:
+    """A run's head importance: ``method`` ("gradient" or "ablation"), ``values`` (the mean
+    over texts) and ``spread`` (std over texts, ddof 0), float64 ``[L, H]``; ``texts`` counted."""
+
+    method: str
+    values: np.ndarray
+    spread: np.ndarray
+    texts: int
 
 
 class CorpusResult:
@@ -224,6 +236,36 @@ class CorpusResult:
     def profile(self) -> np.ndarray:
         """Positional profile: mean weight by relative offset -8..+8, float64 ``[L, H, 17]``."""
         return np.stack([self.array(f"offset:{o:+d}") for o in OFFSETS], axis=-1)
+
+    # ----- importance -------------------------------------------------------------------------
+    def has_importance(self) -> bool:
+        """Whether the run stored head importance (a run with ``importance=``)."""
+        with self._connection() as con:
+            if not con.execute("SELECT count(*) FROM information_schema.tables "
+                               "WHERE table_name = 'head_importance'").fetchone()[0]:
+                return False
+            return con.execute("SELECT count(*) FROM head_importance WHERE run_id = ?",
+                               [self.run_id]).fetchone()[0] > 0
+
+    def importance(self) -> CorpusImportance:
+        """Every head's importance over the run's texts: mean and spread (std over texts,
+        ddof 0), float64 ``[L, H]`` each; one sentence when the run stored none."""
+        if not self.has_importance():
+            raise AttnscopeError(f"Run {self.run_id!r} in '{self.path}' has no head importance: "
+                                 "run attnscope corpus again with --importance (into a new "
+                                 "store or --run).")
+        frame = self._query("SELECT layer, head, method, n, sum, sum_sq FROM head_importance "
+                            "WHERE run_id = ?", [self.run_id])
+        shape = (self.num_layers, self.num_heads)
+        values, spread, counts = np.full(shape, np.nan), np.full(shape, np.nan), np.zeros(shape)
+        layer, head = frame["layer"].to_numpy(), frame["head"].to_numpy()
+        n = frame["n"].to_numpy(dtype=np.float64)
+        mean = frame["sum"].to_numpy() / n
+        values[layer, head] = mean
+        spread[layer, head] = np.sqrt(np.maximum(frame["sum_sq"].to_numpy() / n - mean**2, 0))
+        counts[layer, head] = n
+        return CorpusImportance(str(frame["method"].iloc[0]), values, spread,
+                                int(counts.max()))
 
     # ----- syntax -----------------------------------------------------------------------------
     def relations(self, min_count: int = 1) -> DataFrame:

@@ -22,6 +22,9 @@ Tables (every one carries ``run_id``; several runs and models share one file):
 * ``relations``: run_id, relation, direction ("dependent->head" or "head->dependent"), layer,
   head, n, hits; ``relation_baselines``: run_id, relation, direction, word_offset, hits.
 * ``problems``: run_id, position, kind, message.
+* ``head_importance``: run_id, layer, head, method, n, sum, sum_sq -- the sufficient statistics
+  of each head's per-text importance (:func:`attnscope.head_importance`), written only by runs
+  with ``importance`` (method "gradient" or "ablation"), in the same transaction as the batch.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ CREATE TABLE IF NOT EXISTS relation_baselines (
 CREATE TABLE IF NOT EXISTS problems (
     run_id VARCHAR, position BIGINT, kind VARCHAR, message VARCHAR,
     PRIMARY KEY (run_id, position, kind));
+CREATE TABLE IF NOT EXISTS head_importance (
+    run_id VARCHAR, layer SMALLINT, head SMALLINT, method VARCHAR, n BIGINT, sum DOUBLE,
+    sum_sq DOUBLE, PRIMARY KEY (run_id, layer, head, method));
 CREATE OR REPLACE VIEW head_summary AS
     SELECT run_id, layer, head, stat, n, sum / n AS mean,
            sqrt(greatest(sum_sq / n - (sum / n) * (sum / n), 0)) AS std
@@ -183,8 +189,8 @@ def check_run(con: Any, path: Path, run_id: str) -> tuple[str, int, int, dict[st
     if settings.get("unit", "item") not in _UNITS:
         raise AttnscopeError(f"{damaged} counts its positions in {settings.get('unit')!r}, "
                              f"not one of {', '.join(_UNITS)}.")
-    for table in ("head_stats", "examples") + (("relations",) if _has_table(con, "relations")
-                                               else ()):
+    optional = tuple(t for t in ("relations", "head_importance") if _has_table(con, t))
+    for table in ("head_stats", "examples", *optional):
         low, high_layer, high_head = con.execute(
             f"SELECT least(min(layer), min(head)), max(layer), max(head) FROM {table} "
             "WHERE run_id = ?", [run_id]).fetchone()
@@ -411,6 +417,24 @@ class Store:
         if batch.problems:
             con.executemany("INSERT OR IGNORE INTO problems VALUES (?, ?, ?, ?)",
                             [(run_id, *p) for p in batch.problems])
+        importance = batch.importance
+        if importance is not None and batch.texts:
+            method, per_text = importance  # per_text: [B, L, H], one row per text of the batch
+            _, layers, heads = per_text.shape
+            layer, head = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
+            rows = pa.table({
+                "run_id": [run_id] * (layers * heads),
+                "layer": layer.ravel().astype(np.int16),
+                "head": head.ravel().astype(np.int16),
+                "method": [method] * (layers * heads),
+                "n": np.full(layers * heads, per_text.shape[0], dtype=np.int64),
+                "sum": per_text.sum(axis=0).ravel(),
+                "sum_sq": (per_text**2).sum(axis=0).ravel(),
+            })
+            _insert(con, rows,
+                    "INSERT INTO head_importance SELECT * FROM batch ON CONFLICT DO UPDATE SET "
+                    "n = head_importance.n + excluded.n, sum = head_importance.sum + "
+                    "excluded.sum, sum_sq = head_importance.sum_sq + excluded.sum_sq")
 
 
 def _rows_table(run_id: str, rows: list[tuple], columns: list[tuple[str, Any]]) -> Any:

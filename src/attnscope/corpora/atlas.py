@@ -1,0 +1,286 @@
+"""The head atlas: one self-contained page per corpus run, a map of every head and a section
+for each.
+
+The map is layers (rows) x heads (columns). Each cell is coloured by the head's importance
+when the run stored it (``attnscope corpus --importance``), else by its strongest
+head-pattern score, and labelled by its most frequent pattern label. Clicking a cell (or
+opening ``#head-L-H``) shows that head's section: its scores and label shares, its positional
+profile, its syntactic relations (CoNLL-U runs), its best examples (tokens shown as
+:func:`attnscope.readable.token_label` writes them) and its importance with the spread over
+texts. Everything is read from the store alone (no model is loaded); the page carries its own
+style and script, and a Content-Security-Policy that forbids any request.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+
+from attnscope.analysis.corpus import OFFSETS
+from attnscope.analysis.patterns import LABELS, MASS_SCORES, SCORES
+from attnscope.analysis.report import Report
+from attnscope.corpora.result import CorpusResult, check_count
+from attnscope.corpora.store import connect
+from attnscope.errors import AttnscopeError
+from attnscope.readable import token_label
+
+__all__ = ["atlas"]
+
+#: Short labels for the map's cells.
+_SHORT = {"previous": "prev", "next": "next", "self": "self", "first": "first",
+          "separator": "sep", "punctuation": "punct", "duplicate": "dup", "induction": "ind",
+          "broad": "broad", "mixed": "mixed"}
+
+_CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+        "img-src data:")
+
+_STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;
+max-width:1180px;padding:16px 24px;color:#222}
+h1{font-size:22px;margin:8px 0}h2{font-size:18px;margin:24px 0 8px;border-bottom:1px solid #ddd}
+h3{font-size:15px;margin:14px 0 4px}.muted{color:#666}
+table.at{border-collapse:collapse;font-size:12px}table.at td,table.at th{padding:2px 6px;
+border-bottom:1px solid #eee;text-align:right}table.at .l{text-align:left}
+.at-layout{display:grid;grid-template-columns:auto minmax(0,1fr);gap:20px;align-items:start}
+.at-map{border-collapse:separate;border-spacing:2px;font-size:11px}
+.at-map th{font-weight:normal;color:#666;padding:0 3px}
+.at-cell{width:46px;height:24px;border:1px solid #ccc;border-radius:3px;cursor:pointer;
+font:11px system-ui,sans-serif;padding:0}
+.at-cell[aria-pressed=true]{outline:2px solid #d33;outline-offset:1px}
+.at-head{border:1px solid #ddd;border-radius:4px;padding:8px 12px}
+.at-bars{display:flex;align-items:flex-end;gap:2px;height:60px}
+.at-bars span{display:inline-block;width:14px;background:#4a78b5}
+.at-offsets{display:flex;gap:2px;font-size:10px;color:#666}.at-offsets span{width:14px;
+text-align:center}mark{background:#ffe08a;padding:0 1px}
+"""
+
+_SCRIPT = """
+(function(){
+const cells = document.querySelectorAll("button.at-cell");
+function show(id) {
+  const section = document.getElementById(id);
+  if (!section || !section.classList.contains("at-head")) return;
+  document.querySelectorAll("section.at-head").forEach(s => { s.hidden = s !== section; });
+  cells.forEach(c => c.setAttribute("aria-pressed", String(c.dataset.target === id)));
+  document.getElementById("at-empty").hidden = true;
+}
+cells.forEach(c => c.addEventListener("click", () => {
+  history.replaceState(null, "", "#" + c.dataset.target);
+  show(c.dataset.target);
+}));
+window.addEventListener("hashchange", () => show(location.hash.slice(1)));
+if (location.hash) show(location.hash.slice(1));
+})();
+"""
+
+
+def _colour(share: float) -> tuple[str, str]:
+    """Background and text colour for a value scaled to 0..1 (white to deep blue)."""
+    if not np.isfinite(share):
+        return "#f2f2f2", "#888"
+    share = float(min(max(share, 0.0), 1.0))
+    low, high = np.array([247, 251, 255]), np.array([8, 48, 107])
+    r, g, b = (low + (high - low) * share).round().astype(int)
+    return f"#{r:02x}{g:02x}{b:02x}", ("#fff" if share > 0.55 else "#222")
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "\u2013"
+    return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list[Any]], left: int = 1) -> str:
+    head = "".join(f"<th class={'l' if i < left else 'r'}>{html.escape(h)}</th>"
+                   for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td class={'l' if i < left else 'r'}>{_fmt(v)}</td>"
+                                    for i, v in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table class=at><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def atlas(store: Any, *, run: str | None = None, examples: int = 3) -> Report:
+    """The head atlas of a corpus run (see the module docstring).
+
+    Args:
+        store: a :class:`CorpusResult`, or the path of a store from :func:`attnscope.corpus`.
+        run: the run to read when ``store`` is a path (default: its latest run).
+        examples: best examples shown per head (those the store keeps, up to this many).
+
+    Returns:
+        A :class:`~attnscope.analysis.report.Report`: ``save("atlas.html")`` writes the page.
+    """
+    check_count("examples", examples, 0)
+    result = store if isinstance(store, CorpusResult) else CorpusResult(store, run, latest=True)
+    if result.num_texts == 0:
+        raise AttnscopeError(f"Run {result.run_id!r} has no texts yet; nothing to draw.")
+    # one connection for every read below: opening one costs more than the reads
+    opened_here = result._con is None
+    if opened_here:
+        result._con = connect(result.path, read_only=True)
+    try:
+        return _atlas_page(result, examples)
+    finally:
+        if opened_here:
+            result._con.close()
+            result._con = None
+
+
+def _stat_arrays(result: CorpusResult) -> dict[str, np.ndarray]:
+    """Every statistic's mean over texts, float64 ``[L, H]`` each (NaN where no text gave one),
+    from one query."""
+    frame = result._query("SELECT layer, head, stat, sum / n AS mean FROM head_stats "
+                          "WHERE run_id = ? AND n > 0", [result.run_id])
+    shape = (result.num_layers, result.num_heads)
+    out: dict[str, np.ndarray] = {}
+    for stat, rows in frame.groupby("stat"):
+        array = np.full(shape, np.nan)
+        array[rows["layer"].to_numpy(), rows["head"].to_numpy()] = rows["mean"].to_numpy(
+            dtype=np.float64)
+        out[str(stat)] = array
+    return out
+
+
+def _atlas_page(result: CorpusResult, examples: int) -> Report:
+    esc = html.escape
+    L, H = result.num_layers, result.num_heads
+    arrays = _stat_arrays(result)
+    empty = np.full((L, H), np.nan)
+    stats = {name: arrays.get(name, empty) for name in (*SCORES, "entropy")}
+    shares = np.stack([arrays.get(f"label:{name}", empty) for name in LABELS], -1)  # [L, H, K]
+    profile = np.stack([arrays.get(f"offset:{o:+d}", empty) for o in OFFSETS], -1)  # [L, H, 17]
+    importance = result.importance() if result.has_importance() else None
+
+    # the head's label: its most frequent one (the first in LABELS order on a tie)
+    labels = np.full((L, H), "", dtype=object)
+    known = ~np.isnan(shares).all(-1)
+    top = np.argmax(np.nan_to_num(shares, nan=-1.0), axis=-1)
+    labels[known] = np.array(LABELS, dtype=object)[top[known]]
+    # the shares of attention mass compete for a label; distance and sink are other units
+    score_stack = np.stack([stats[s] for s in MASS_SCORES], axis=-1)  # [L, H, S]
+    with np.errstate(all="ignore"):
+        strongest = np.where(np.isnan(score_stack).all(-1), np.nan,
+                             np.nanmax(np.where(np.isnan(score_stack), -np.inf, score_stack),
+                                       axis=-1))
+    if importance is not None:
+        colour_by = importance.values
+        what = (f"importance ({esc(importance.method)}, mean over {importance.texts} texts)")
+    else:
+        colour_by = strongest
+        what = "strongest head-pattern score (the run stored no importance)"
+    finite = colour_by[np.isfinite(colour_by)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    scale = (colour_by - low) / (high - low) if high > low else np.zeros_like(colour_by)
+
+    # the map
+    rows = ["<tr><th></th>" + "".join(f"<th>{h}</th>" for h in range(H)) + "</tr>"]
+    for layer in range(L):
+        cells = []
+        for head in range(H):
+            back, fore = _colour(float(scale[layer, head]))
+            label = labels[layer, head]
+            value = colour_by[layer, head]
+            title = (f"layer {layer}, head {head}: {label or 'no label'}; "
+                     f"{'importance' if importance is not None else 'strongest score'} "
+                     f"{_fmt(float(value))}")
+            cells.append(
+                f"<td><button type=button class=at-cell data-layer={layer} data-head={head} "
+                f"data-target=head-{layer}-{head} aria-pressed=false title='{esc(title)}' "
+                f"style='background:{back};color:{fore}'>{esc(_SHORT.get(label, label[:5]))}"
+                "</button></td>")
+        rows.append(f"<tr><th>{layer}</th>{''.join(cells)}</tr>")
+    legend = (f"<p class=muted>Rows: layers; columns: heads. Colour: {what}, from "
+              f"{_fmt(low)} (white) to {_fmt(high)} (blue). Text: the head's most frequent "
+              "pattern label. Click a head.</p>")
+    the_map = f"<table class=at-map>{''.join(rows)}</table>"
+
+    # evidence for every head, read once
+    best = result._query(
+        "SELECT e.layer, e.head, e.value, e.query_pos, e.key_pos, e.query_token, e.key_token, "
+        "t.position, t.text FROM examples e JOIN texts t USING (run_id, text_key) "
+        "WHERE e.run_id = ? AND e.kind = 'weight' ORDER BY e.layer, e.head, e.value DESC, "
+        "e.text_key", [result.run_id])
+    by_head: dict[tuple[int, int], list[Any]] = {}
+    for r in best.itertuples(index=False):
+        by_head.setdefault((int(r.layer), int(r.head)), []).append(r)
+    relations = result._query(
+        "SELECT layer, head, relation, direction, n, hits / n AS accuracy FROM relations "
+        "WHERE run_id = ? AND n > 0 ORDER BY layer, head, accuracy DESC, relation",
+        [result.run_id])
+    rel_by_head: dict[tuple[int, int], list[Any]] = {}
+    for r in relations.itertuples(index=False):
+        rel_by_head.setdefault((int(r.layer), int(r.head)), []).append(r)
+
+    sections = []
+    for layer in range(L):
+        for head in range(H):
+            sections.append(_head_section(result, layer, head, labels[layer, head], stats,
+                                          shares[layer, head], profile[layer, head],
+                                          importance, by_head.get((layer, head), [])[:examples],
+                                          rel_by_head.get((layer, head), [])))
+    title = f"attnscope head atlas: {result.model_name}"
+    body = (f"<h1>{esc(title)}</h1><p>Run <code>{esc(result.run_id)}</code> over "
+            f"<code>{esc(result.source)}</code>: {result.num_texts} texts, {L} layers x {H} "
+            f"heads.</p>{legend}<div class=at-layout><div>{the_map}</div><div>"
+            "<p id=at-empty class=muted>Click a head on the map to see what it does and "
+            f"whether it matters.</p>{''.join(sections)}</div></div>")
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{esc(title)}</title><style>{_STYLE}</style></head>\n<body>\n{body}\n"
+            f"<script>{_SCRIPT}</script>\n</body></html>\n")
+    return Report(page, title)
+
+
+def _head_section(result: CorpusResult, layer: int, head: int, label: str,
+                  stats: dict[str, np.ndarray], shares: np.ndarray, profile: np.ndarray,
+                  importance: Any, examples: list[Any], relations: list[Any]) -> str:
+    """One head's section: shares ``[len(LABELS)]``, profile ``[len(OFFSETS)]``."""
+    esc = html.escape
+    parts = [f"<h2>Layer {layer}, head {head}: {esc(label or 'no label')}</h2>"]
+    if importance is not None:
+        parts.append(
+            f"<p class=at-importance>Importance ({esc(importance.method)}): "
+            f"<b>{_fmt(float(importance.values[layer, head]))}</b> \u00b1 "
+            f"{_fmt(float(importance.spread[layer, head]))} (spread over "
+            f"{importance.texts} texts); rank {_rank(importance.values, layer, head)} of "
+            f"{importance.values.size}.</p>")
+    score_rows = [[name, float(stats[name][layer, head])] for name in (*SCORES, "entropy")]
+    label_rows = [[name, float(share)] for name, share in zip(LABELS, shares, strict=True)
+                  if np.isfinite(share) and share > 0]
+    parts.append("<h3>Scores</h3><div class=at-scores>" + _table(["score", "mean"], score_rows)
+                 + "</div>")
+    if label_rows:
+        parts.append("<h3>Labels</h3>" + _table(["label", "share of texts"], label_rows))
+    if np.isfinite(profile).any():
+        top = float(np.nanmax(profile)) or 1.0
+        bars = "".join(
+            f"<span title='offset {o:+d}: {_fmt(float(v))}' style='height:"
+            f"{0 if not np.isfinite(v) else max(1, round(56 * float(v) / top))}px'></span>"
+            for o, v in zip(OFFSETS, profile, strict=True))
+        ticks = "".join(f"<span>{o:+d}</span>" for o in OFFSETS)
+        parts.append("<h3>Positional profile</h3><p class=muted>Mean weight by key offset from "
+                     f"the query.</p><div class=at-bars>{bars}</div><div class=at-offsets>"
+                     f"{ticks}</div>")
+    if relations:
+        parts.append("<h3>Syntactic relations</h3>" + _table(
+            ["relation", "direction", "arcs", "accuracy"],
+            [[r.relation, r.direction, int(r.n), float(r.accuracy)] for r in relations[:8]],
+            left=2))
+    if examples:
+        items = []
+        for r in examples:
+            pair = f"{esc(token_label(r.query_token))} \u2192 {esc(token_label(r.key_token))}"
+            items.append(f"<li><b>{r.value:.3f}</b> <span class=at-pair>{pair}</span> "
+                         f"<span class=muted>({result.source_unit} {int(r.position)})</span>"
+                         f"<br><small>{esc(r.text)}</small></li>")
+        parts.append("<h3>Best examples</h3><p class=muted>The strongest single weight between "
+                     f"two words (query \u2192 key).</p><ol>{''.join(items)}</ol>")
+    return (f"<section class=at-head id=head-{layer}-{head} data-layer={layer} "
+            f"data-head={head} hidden>{''.join(parts)}</section>")
+
+
+def _rank(values: np.ndarray, layer: int, head: int) -> int:
+    """1 for the most important head."""
+    return int((values > values[layer, head]).sum()) + 1
