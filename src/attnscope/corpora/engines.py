@@ -207,7 +207,7 @@ def run(model: LoadedModel, source: Source, store: Store, run_id: str, *, batch_
                 clock = time.perf_counter()
                 result = process_batch(model, batch.items, top_k=top_k)
                 if importance is not None and result.texts:
-                    if not estimated:
+                    if not estimated and importance_budget is not None:
                         _check_ablation_budget(model, source, limit, batch_size,
                                                time.perf_counter() - clock, importance_budget)
                         estimated = True

@@ -421,11 +421,12 @@ class Store:
         if importance is not None and batch.texts:
             method, per_text = importance  # per_text: [B, L, H], one row per text of the batch
             _, layers, heads = per_text.shape
-            layer, head = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
+            layer_ids, head_ids = np.meshgrid(np.arange(layers), np.arange(heads),
+                                              indexing="ij")
             rows = pa.table({
                 "run_id": [run_id] * (layers * heads),
-                "layer": layer.ravel().astype(np.int16),
-                "head": head.ravel().astype(np.int16),
+                "layer": layer_ids.ravel().astype(np.int16),
+                "head": head_ids.ravel().astype(np.int16),
                 "method": [method] * (layers * heads),
                 "n": np.full(layers * heads, per_text.shape[0], dtype=np.int64),
                 "sum": per_text.sum(axis=0).ravel(),
