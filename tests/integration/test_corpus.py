@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import warnings
@@ -19,6 +17,7 @@ import attnscope as at
 from attnscope.analysis.corpus import OFFSETS, STATS
 from attnscope.analysis.patterns import LABELS, SCORES, head_patterns
 from tests.conftest import CORPUS_CONLLU
+from tests.corpus_runs import kill_after_committed
 
 TEXTS = [
     "The girl poured water into a tall glass until it overflowed.",
@@ -293,25 +292,8 @@ def test_killed_and_resumed_run_equals_a_clean_run(tmp_path):
                    capture_output=True)
 
     killed = tmp_path / "killed.duckdb"
-    # The progress bar counts a batch only after its transaction commits: wait until it shows
-    # at least three batches (the one empty line is counted when it is planned), then SIGKILL.
-    # Waiting on what the run reports, never on a span of time, holds on a busy machine.
-    proc = subprocess.Popen([*command, "-o", str(killed)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    shown = b""
-    while proc.poll() is None:
-        chunk = proc.stderr.read1(4096)
-        if not chunk:
-            break
-        shown += chunk
-        counts = [int(n) for n in re.findall(rb"(\d+)/\d+ \[", shown)]
-        if counts and max(counts) >= 13:
-            break
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    # three batches committed (the one empty line is counted when it is planned)
+    kill_after_committed([*command, "-o", str(killed)], env, counted=13)
     partial = _table_rows(killed)
     assert 12 <= len(partial["texts"]) < 239
 

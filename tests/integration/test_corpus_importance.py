@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 import attnscope as at
 from attnscope.errors import AttnscopeError
+from tests.corpus_runs import kill_after_committed
 
 # Texts of distinct lengths: head_importance orders a batch by length, so the embedded model's
 # random probes (one per text) go to the same texts in corpus mode and in a direct call.
@@ -96,23 +96,7 @@ def test_killed_and_resumed_run_counts_importance_once(tmp_path):
                    capture_output=True)
 
     killed = tmp_path / "killed.duckdb"
-    # The bar counts a batch once its transaction committed: kill after three batches.
-    proc = subprocess.Popen([*command, "-o", str(killed)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    shown = b""
-    while proc.poll() is None:
-        chunk = proc.stderr.read1(4096)
-        if not chunk:
-            break
-        shown += chunk
-        counts = [int(n) for n in re.findall(rb"(\d+)/\d+ \[", shown)]
-        if counts and max(counts) >= 12:
-            break
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    kill_after_committed([*command, "-o", str(killed)], env, counted=12)  # three batches
     partial = _importance_rows(killed)
     assert partial and 12 <= partial[0][3] < 80
 
