@@ -36,10 +36,10 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = Field(None, max_length=1000, description="a generative model served "
                                                                  "here (default: the first)")
-    prompt: str = Field(max_length=1_000_000, description="the prompt (the user's message "
-                                                          "with chat)")
-    system: str | None = Field(None, max_length=1_000_000, description="a system prompt "
-                                                                        "(implies chat)")
+    # Lengths are the explorer's limits (--max-chars, the body cap), checked with one sentence,
+    # as on every route: a bound in the schema would promise an answer the body cap overrules.
+    prompt: str = Field(description="the prompt (the user's message with chat)")
+    system: str | None = Field(None, description="a system prompt (implies chat)")
     chat: bool = Field(True, description="send the prompt through the chat template")
     max_new_tokens: int = Field(48, ge=1, le=MAX_NEW_TOKENS)
     temperature: float = Field(0.0, ge=0.0, le=5.0, description="0: the most likely token")

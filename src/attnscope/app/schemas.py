@@ -335,6 +335,8 @@ class CorpusSearchResponse(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "the request cannot be read"},
+    413: {"model": ErrorBody, "description": "the request body is over the explorer's size "
+                                             "limit (one sentence says how many bytes it takes)"},
     422: {"model": ErrorBody, "description": "a field is missing or wrong, or a text is over "
                                              "the length limits (one sentence says which)"},
     503: {"model": ErrorBody, "description": "too many runs waiting, or a run over the time "
