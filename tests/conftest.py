@@ -56,6 +56,33 @@ def tiny_models(tiny_dirs) -> dict[str, at.LoadedModel]:
     return {family: at.load(path, device="cpu") for family, path in tiny_dirs.items()}
 
 
+@pytest.fixture(scope="session")
+def windowed(tiny_models) -> dict[str, at.LoadedModel]:
+    """Tiny random Mistral (sliding window 4 on every layer) and Qwen2 (window 3 on layer 1
+    only), with the tiny LLaMA tokenizer."""
+    import torch
+    from transformers import MistralConfig, MistralModel, Qwen2Config, Qwen2Model
+
+    tokenizer = tiny_models["llama"].tokenizer
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=37,
+                  max_position_embeddings=64)
+    torch.manual_seed(0)
+    built = {
+        "mistral": MistralModel(MistralConfig(sliding_window=4, **common)),
+        "qwen2": Qwen2Model(Qwen2Config(use_sliding_window=True, sliding_window=3,
+                                        max_window_layers=1, **common)),
+    }
+    models = {}
+    for name, model in built.items():
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(torch.randn_like(param) * 0.05)
+        model.config._attn_implementation = "eager"
+        models[name] = at.load(model, tokenizer=tokenizer, device="cpu")
+    return models
+
+
 @pytest.fixture(params=TINY_FAMILIES)
 def tiny(request, tiny_models) -> at.LoadedModel:
     """Each tiny family in turn (parametrized)."""
