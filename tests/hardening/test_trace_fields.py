@@ -16,15 +16,12 @@ import pytest
 
 import attnscope as at
 from attnscope.errors import AttnscopeError
-from attnscope.testing import build_tiny_model
 
 
 @pytest.fixture(scope="module")
-def trace(tmp_path_factory) -> at.Trace:
+def trace(tiny_models) -> at.Trace:
     """A real T5 trace with queries, keys and values, the scales and the position bias."""
-    folder = build_tiny_model("t5", tmp_path_factory.mktemp("t5"))
-    model = at.load(folder, device="cpu")
-    return at.capture(model, "leaves fall", "in autumn", qkv=True)
+    return at.capture(tiny_models["t5"], "leaves fall", "in autumn", qkv=True)
 
 
 @pytest.fixture(scope="module")

@@ -21,18 +21,15 @@ from numpy.lib import format as npy_format
 
 import attnscope as at
 from attnscope.errors import AttnscopeError
-from attnscope.testing import build_tiny_model
 from attnscope.trace import InvalidTraceError
 
 Members = dict[str, np.ndarray]
 
 
 @pytest.fixture(scope="module")
-def trace(tmp_path_factory) -> at.Trace:
+def trace(tiny_models) -> at.Trace:
     """A real encoder-decoder trace with every field filled (7 encoder, 5 decoder tokens)."""
-    folder = build_tiny_model("t5", tmp_path_factory.mktemp("t5"))
-    model = at.load(folder, device="cpu")
-    return at.capture(model, "leaves fall", "in autumn", qkv=True)
+    return at.capture(tiny_models["t5"], "leaves fall", "in autumn", qkv=True)
 
 
 @pytest.fixture(scope="module")
