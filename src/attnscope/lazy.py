@@ -353,9 +353,19 @@ class LazyTrace:
 
         group = self.num_heads // self.num_kv_heads
         heads = np.asarray(heads)
-        q = torch.from_numpy(self.queries[layer][heads][:, rows])  # (h, r, d)
-        k = torch.from_numpy(self.keys[layer][heads // group][:, cols])  # (h, c, d)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * float(self.scales[layer])
+        row_index, col_index = _as_index(rows), _as_index(cols)
+        if group > 1 and len(heads) == self.num_heads and (heads == np.arange(len(heads))).all():
+            # Every head: each key head serves its group of query heads in one product, so the
+            # keys are never repeated (``[H_kv, group·r, d] @ [H_kv, d, c]``).
+            q = torch.from_numpy(self.queries[layer][:, row_index])  # (H, r, d)
+            q = q.reshape(self.num_kv_heads, group * q.shape[1], q.shape[2])
+            k = torch.from_numpy(self.keys[layer][:, col_index])  # (H_kv, c, d)
+            scores = torch.matmul(q, k.transpose(-1, -2)).reshape(len(heads), len(rows), -1)
+        else:
+            q = torch.from_numpy(self.queries[layer][heads][:, row_index])  # (h, r, d)
+            k = torch.from_numpy(self.keys[layer][heads // group][:, col_index])  # (h, c, d)
+            scores = torch.matmul(q, k.transpose(-1, -2))
+        scores.mul_(float(self.scales[layer]))
         mask = self._mask(layer, rows, cols)
         if mask is not None:
             scores.masked_fill_(torch.from_numpy(mask)[None], float("-inf"))
@@ -388,12 +398,20 @@ class LazyTrace:
                     lse[layer, :, start : start + len(rows)] = torch.logsumexp(scores, -1).numpy()
         self.lse = lse
 
-    def _weights(self, layer: int, heads: Any, rows: np.ndarray, cols: np.ndarray) -> Any:
+    def _log_weights(self, layer: int, heads: Any, rows: np.ndarray, cols: np.ndarray) -> Any:
+        """``log P`` ``[len(heads), len(rows), len(cols)]`` as a torch tensor: the scores less
+        each row's log-sum-exp (-inf where the model masks). Entropies read it directly, with
+        no log of the weights."""
         import torch
 
         scores = self._scores(layer, heads, rows, cols)
         lse = torch.from_numpy(self.lse[layer][np.asarray(heads)][:, rows])  # (h, r)
-        return torch.exp(scores - lse[..., None])  # exp(-inf) = 0 where masked
+        return scores.sub_(lse[..., None])
+
+    def _weights(self, layer: int, heads: Any, rows: np.ndarray, cols: np.ndarray) -> Any:
+        import torch
+
+        return torch.exp(self._log_weights(layer, heads, rows, cols))  # exp(-inf) = 0: masked
 
     # ----- tiles -------------------------------------------------------------------------------
     def attention(self, layer: int = -1, head: int = 0, rows: Any = None, cols: Any = None,
@@ -442,10 +460,13 @@ class LazyTrace:
                 for start in range(0, T, block):
                     rows = np.arange(start, min(start + block, T))
                     cols = all_cols[: rows[-1] + 1] if self.causal else all_cols
-                    p = self._weights(layer, heads, rows, cols)  # (H, r, c)
+                    logp = self._log_weights(layer, heads, rows, cols)  # (H, r, c)
+                    p = torch.exp(logp)
                     dist = torch.from_numpy(
                         np.abs(rows[:, None] - cols[None, :]).astype(np.float32))
-                    logp = torch.where(p > 0, torch.log(p.clamp_min(1e-45)), 0.0)
+                    # −Σ P log P = lse − Σ P·score: log P is already at hand, no log needed
+                    # (masked keys have P = 0, and 0 · −inf is set to 0).
+                    logp.nan_to_num_(neginf=0.0)
                     s = sums
                     s["sink"][layer] += p[:, :, 0].sum(-1).double().numpy()
                     s["entropy"][layer] -= (p * logp).sum((-1, -2)).double().numpy()
@@ -630,6 +651,14 @@ def _index(value: Any, size: int, what: str) -> int:
             f"(0 to {size - 1}, or negative from the end)."
         )
     return int(value) % size
+
+
+def _as_index(positions: np.ndarray) -> slice | np.ndarray:
+    """A slice for consecutive positions (numpy then takes a view, not a copy), else them."""
+    if len(positions) and positions[-1] - positions[0] + 1 == len(positions) \
+            and (len(positions) == 1 or bool((np.diff(positions) == 1).all())):
+        return slice(int(positions[0]), int(positions[-1]) + 1)
+    return positions
 
 
 def _positions(value: Any, size: int, what: str) -> tuple[np.ndarray, bool]:

@@ -48,6 +48,7 @@ from attnscope.readable import token_labels
 from attnscope.trace import Trace, require_trace
 
 if TYPE_CHECKING:
+    from attnscope.lazy import LazyTrace
     from attnscope.render.static import AttnFigure
 
 __all__ = [
@@ -155,18 +156,37 @@ def default_output(trace: Trace) -> int:
     return trace.num_tokens - 1 if trace.is_causal else 0
 
 
-def _outputs(trace: Trace, output: int | None) -> tuple[int, ...]:
+def _outputs(trace: Any, output: int | Sequence[int] | None) -> tuple[int, ...]:
     if output is None:
         return tuple(range(trace.num_tokens))
+    if not isinstance(output, (int, np.integer)) and isinstance(output, (Sequence, np.ndarray)):
+        chosen = tuple(check_index(o, trace.num_tokens, "output token") for o in output)
+        if not chosen:
+            raise AttnscopeError("The output tokens select no token; give at least one "
+                                 "position.")
+        return chosen
     return (check_index(output, trace.num_tokens, "output token"),)
 
 
-def attention_rollout(trace: Trace, output: int | None = None) -> FlowResult:
+def attention_rollout(trace: Trace | LazyTrace,
+                      output: int | Sequence[int] | None = None) -> FlowResult:
     """Attention rollout through every layer.
 
     Returns a :class:`FlowResult` whose ``values`` ``[T_out, T]`` is
-    ``R_{L-1} @ ... @ R_0`` (see :func:`residual_attention`), or only its row ``output``.
+    ``R_{L-1} @ ... @ R_0`` (see :func:`residual_attention`), or only its rows ``output``
+    (one position or a list of them).
+
+    On a :class:`~attnscope.LazyTrace` the chosen rows are computed exactly without any
+    ``[T, T]`` matrix: ``e_i`` is multiplied through the layers from the last down, each
+    layer's weights streamed over blocks of rows (memory O(H·block·T); every token's row,
+    ``output=None``, only where ``[T, T]`` fits the memory budget).
     """
+    from attnscope.lazy import LazyTrace
+
+    if isinstance(trace, LazyTrace):
+        from attnscope.analysis.streaming import lazy_rollout
+
+        return lazy_rollout(trace, _outputs(trace, output))
     require_trace(trace, "attention_rollout")
     residual = residual_attention(trace)  # (L, T, T)
     joint = residual[0]

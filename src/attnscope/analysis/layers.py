@@ -22,6 +22,7 @@ from attnscope.errors import AttnscopeError
 from attnscope.trace import Trace, require_trace
 
 if TYPE_CHECKING:
+    from attnscope.lazy import LazyTrace
     from attnscope.render.static import AttnFigure
 
 __all__ = ["LAYER_STATS", "LayerTrends", "layer_trends"]
@@ -69,11 +70,18 @@ class LayerTrends:
         return draw(self, "figure")
 
 
-def layer_trends(trace: Trace) -> LayerTrends:
+def layer_trends(trace: Trace | LazyTrace) -> LayerTrends:
     """Per-layer entropy, distance and attention to special and punctuation tokens.
 
-    Reads ``trace.attentions`` ``[L, H, T, T]``; returns a :class:`LayerTrends`.
+    Reads ``trace.attentions`` ``[L, H, T, T]`` (a LazyTrace's weights are streamed over
+    blocks of rows instead); returns a :class:`LayerTrends`.
     """
+    from attnscope.lazy import LazyTrace
+
+    if isinstance(trace, LazyTrace):  # streamed over row blocks: O(H·block·T) memory
+        from attnscope.analysis.streaming import lazy_layer_trends
+
+        return lazy_layer_trends(trace)
     require_trace(trace, "layer_trends")
     attn = trace.check().attentions
     special = np.asarray(trace.special_mask, dtype=bool)

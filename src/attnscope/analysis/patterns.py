@@ -61,6 +61,7 @@ from attnscope.trace import Trace, require_trace
 if TYPE_CHECKING:
     from pandas import DataFrame
 
+    from attnscope.lazy import LazyTrace
     from attnscope.render.static import AttnFigure
 
 __all__ = [
@@ -132,32 +133,39 @@ class _Target:
         return rows, pairs
 
 
-def _pairs(mask: np.ndarray) -> _Target:
-    """A target from a boolean ``[T, T]`` pattern; only rows with a target are scored."""
+def _pairs(mask: np.ndarray, start: int = 0) -> _Target:
+    """A target from a boolean ``[R, T]`` pattern of query rows ``start:start+R``; only rows
+    with a target are scored."""
     q, k = np.nonzero(mask)
+    q = q + start
     return _Target(rows=np.unique(q), q=q, k=k)
 
 
-def _targets(tokens: tuple[str, ...], special: np.ndarray, causal: bool) -> dict[str, _Target]:
-    """Every pattern's targets for one token sequence (see the module docstring)."""
+def _targets(tokens: tuple[str, ...], special: np.ndarray, causal: bool,
+             start: int = 0, stop: int | None = None) -> dict[str, _Target]:
+    """Every pattern's targets for one token sequence (see the module docstring), for the
+    query rows ``start:stop`` (all by default): streaming analyses build them one block of
+    rows at a time, in ``[R, T]`` memory instead of ``[T, T]``."""
     n = len(tokens)
+    stop = n if stop is None else stop
     special = np.asarray(special, dtype=bool)
     plain = ~special
-    plain_rows = np.flatnonzero(plain)
+    plain_rows = np.flatnonzero(plain[start:stop]) + start
     idx = np.arange(n)
-    rel = idx[None, :] - idx[:, None]  # [T, T]: key position minus query position
-    both_plain = plain[:, None] & plain[None, :]  # targets never point at special tokens...
-    separators = np.array([i for i in range(1, n) if special[i]], dtype=np.int64)
-    visible = rel <= 0 if causal else np.ones((n, n), dtype=bool)
+    rel = idx[None, :] - idx[start:stop, None]  # [R, T]: key position minus query position
+    both_plain = plain[start:stop, None] & plain[None, :]  # targets never point at specials...
+    separators = np.flatnonzero(special[1:]).astype(np.int64) + 1
+    visible = rel <= 0 if causal else np.ones(rel.shape, dtype=bool)
     text = [_normalise(t) for t in tokens]
     ids = {word: i for i, word in enumerate(dict.fromkeys(text))}
     word_id = np.array([ids[word] for word in text])  # [T]: equal text, equal id
-    same = (word_id[:, None] == word_id[None, :]) & np.array([w != "" for w in text])[:, None]
+    nonempty = np.array([w != "" for w in text])[start:stop]
+    same = (word_id[start:stop, None] == word_id[None, :]) & nonempty[:, None]  # [R, T]
     targets = {
-        "previous": _pairs((rel == -1) & both_plain),
-        "next": _pairs((rel == 1) & both_plain),
-        "self": _pairs((rel == 0) & both_plain),
-        "duplicate": _pairs(same & (rel != 0) & both_plain & visible),
+        "previous": _pairs((rel == -1) & both_plain, start),
+        "next": _pairs((rel == 1) & both_plain, start),
+        "self": _pairs((rel == 0) & both_plain, start),
+        "duplicate": _pairs(same & (rel != 0) & both_plain & visible, start),
         # ...except these, which are about the special tokens (or punctuation) themselves.
         "first": _Target(rows=plain_rows, cols=np.array([0])),
         # no separator token (GPT-2): no row is scored, so the score is NaN, not applicable
@@ -168,9 +176,9 @@ def _targets(tokens: tuple[str, ...], special: np.ndarray, causal: bool) -> dict
     }
     if causal:
         # Key j is an induction target of query i when token j-1 equals token i, j-1 < i.
-        induction = np.zeros((n, n), dtype=bool)
+        induction = np.zeros(rel.shape, dtype=bool)
         induction[:, 1:] = same[:, :-1] & (rel[:, :-1] < 0)
-        targets["induction"] = _pairs(induction & both_plain & visible)
+        targets["induction"] = _pairs(induction & both_plain & visible, start)
     return targets
 
 
@@ -435,18 +443,25 @@ def _fmt(value: float, digits: int = 2) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
-def head_patterns(trace: Trace, part: str = "self") -> HeadTable:
+def head_patterns(trace: Trace | LazyTrace, part: str = "self") -> HeadTable:
     """Score every head of ``trace`` on every pattern (see the module docstring).
 
     Args:
         trace: a Trace (token- or word-level, from ``capture(..., merge_words=True)`` or
-            :func:`attnscope.merge_subwords`).
+            :func:`attnscope.merge_subwords`), or a :class:`~attnscope.LazyTrace`, whose
+            weights are streamed over blocks of rows (the same table, in O(H·block·T) memory).
         part: "self" (encoder or decoder-only self-attention) or "decoder" (the decoder of an
             encoder-decoder model); cross attention has no diagonal to score.
 
     Returns:
         A :class:`HeadTable` with ``scores`` ``[L, H, len(SCORES)]``, labels and classes.
     """
+    from attnscope.lazy import LazyTrace
+
+    if isinstance(trace, LazyTrace):  # streamed over row blocks: O(H·block·T) memory
+        from attnscope.analysis.streaming import lazy_head_patterns
+
+        return lazy_head_patterns(trace, part)
     require_trace(trace, "head_patterns")
     if part == "cross":
         raise AttnscopeError("Head patterns score self-attention; use part 'self' or 'decoder'.")
@@ -467,19 +482,24 @@ def head_patterns(trace: Trace, part: str = "self") -> HeadTable:
     columns["sink"] = _sink_score(attn, _seen(len(tokens), causal))
     columns["broad"] = _entropy_score(attn, rows, _seen(len(tokens), causal))
     columns["distance"] = _distance_score(attn, rows)
-    scores = np.stack([columns[name] for name in SCORES], axis=-1).astype(np.float64)
+    parts = _kovaleva_parts(attn, row_sums, rows, segments)
+    return head_table(trace.model_name, tokens, trace.unit, part, columns, parts)
 
+
+def head_table(model_name: str, tokens: Sequence[str], unit: str, part: str,
+               columns: dict[str, np.ndarray], parts: dict[str, np.ndarray]) -> HeadTable:
+    """A :class:`HeadTable` from every score ``columns[name]`` ``[L, H]`` and Kovaleva's three
+    shares ``parts`` ``[L, H]``: labels and classes follow from them."""
+    scores = np.stack([columns[name] for name in SCORES], axis=-1).astype(np.float64)
     mass = np.stack([columns[name] for name in MASS_SCORES], axis=-1)  # (L, H, M)
     labels, label_scores = label_heads(mass, columns["broad"])
-
-    parts = _kovaleva_parts(attn, row_sums, rows, segments)
-    layers, heads = attn.shape[:2]
+    layers, heads = scores.shape[:2]
     classes = np.array([[kovaleva_class(float(parts["diagonal"][la, h]),
                                         float(parts["vertical"][la, h]),
                                         float(parts["block"][la, h]))
                          for h in range(heads)] for la in range(layers)], dtype=object)
     return HeadTable(
-        model_name=trace.model_name, tokens=tuple(tokens), unit=trace.unit, part=part,
+        model_name=model_name, tokens=tuple(tokens), unit=unit, part=part,
         scores=scores, labels=labels, label_scores=label_scores,
         classes=classes.astype(str), kovaleva=parts,
     )
