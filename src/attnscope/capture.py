@@ -34,6 +34,8 @@ def capture(
     add_special_tokens: bool = True,
     attention: Literal["eager"] = "eager",
     budget: int | None = None,
+    layers: Any = None,
+    heads: Any = None,
 ) -> Trace: ...
 @overload
 def capture(
@@ -47,6 +49,8 @@ def capture(
     add_special_tokens: bool = True,
     attention: Literal["lazy"],
     budget: int | None = None,
+    layers: Any = None,
+    heads: Any = None,
 ) -> LazyTrace: ...
 @overload
 def capture(
@@ -60,6 +64,8 @@ def capture(
     add_special_tokens: bool = True,
     attention: str,
     budget: int | None = None,
+    layers: Any = None,
+    heads: Any = None,
 ) -> Trace | LazyTrace: ...
 def capture(
     model: LoadedModel,
@@ -72,6 +78,8 @@ def capture(
     add_special_tokens: bool = True,
     attention: str = "eager",
     budget: int | None = None,
+    layers: Any = None,
+    heads: Any = None,
 ) -> Trace | LazyTrace:
     """Run ``model`` on ``text`` and return its Trace.
 
@@ -95,6 +103,12 @@ def capture(
             demand, for texts whose eager weights would not fit (see docs/long-contexts.md).
         budget: bytes an eager capture may take before it is refused (default: half the
             available memory, or ``ATTNSCOPE_MEMORY_BUDGET``).
+        layers, heads: record only these layers / heads (lists of model indices, negatives
+            from the end; default every one). The Trace holds them in the model's order and
+            names them in ``layer_ids`` / ``head_ids``; ``hidden_states`` then holds the
+            embedding output and each chosen layer's output. An eager pass still computes
+            every layer (the memory guard counts them all); a lazy one keeps only the chosen
+            queries and keys.
 
     Returns:
         A Trace with ``attentions`` ``[L, H, T, T]`` and ``hidden_states`` ``[L+1, T, D]``
@@ -104,11 +118,12 @@ def capture(
         from attnscope.lazy import capture_lazy
 
         return capture_lazy(model, text, text_b, truncate=truncate,
-                            add_special_tokens=add_special_tokens)
+                            add_special_tokens=add_special_tokens, layers=layers, heads=heads)
     if attention != "eager":
         raise AttnscopeError(f"attention must be 'eager' or 'lazy', not {attention!r}.")
     (trace,) = _capture_chunk(model, [(text, text_b)], truncate=truncate, qkv=qkv,
-                              add_special_tokens=add_special_tokens, budget=budget)
+                              add_special_tokens=add_special_tokens, budget=budget,
+                              layers=layers, heads=heads)
     return _maybe_merge(trace, merge_words)
 
 
@@ -123,16 +138,19 @@ def capture_batch(
     progress: bool = False,
     qkv: bool = False,
     add_special_tokens: bool = True,
+    layers: Any = None,
+    heads: Any = None,
 ) -> list[Trace]:
     """Capture many texts, ``batch_size`` at a time; returns one Trace per text, in order.
 
-    Each Trace equals ``capture(model, text)`` for its text (to float rounding, 1e-5).
+    Each Trace equals ``capture(model, text)`` for its text (to float rounding, 1e-5);
+    ``layers`` and ``heads`` as in :func:`capture`.
     """
     return list(
         iter_capture(
             model, texts, texts_b, batch_size=batch_size, truncate=truncate,
             merge_words=merge_words, progress=progress, qkv=qkv,
-            add_special_tokens=add_special_tokens,
+            add_special_tokens=add_special_tokens, layers=layers, heads=heads,
         )
     )
 
@@ -148,6 +166,8 @@ def iter_capture(
     progress: bool = False,
     qkv: bool = False,
     add_special_tokens: bool = True,
+    layers: Any = None,
+    heads: Any = None,
 ) -> Iterator[Trace]:
     """Like :func:`capture_batch`, but yields Traces as batches finish (nothing is lost if you
     stop early)."""
@@ -168,7 +188,8 @@ def iter_capture(
     for start in chunks:
         chunk = pairs[start : start + batch_size]
         for trace in _capture_chunk(model, chunk, truncate=truncate, qkv=qkv,
-                                    add_special_tokens=add_special_tokens):
+                                    add_special_tokens=add_special_tokens, layers=layers,
+                                    heads=heads):
             yield _maybe_merge(trace, merge_words)
 
 
@@ -191,10 +212,15 @@ def _maybe_merge(trace: Trace, merge_words: bool) -> Trace:
 def _capture_chunk(
     model: LoadedModel, pairs: list[tuple[Any, str | None]], *, truncate: bool,
     qkv: bool = False, add_special_tokens: bool = True, budget: int | None = None,
+    layers: Any = None, heads: Any = None,
 ) -> list[Trace]:
     import torch
 
+    from attnscope.selection import choose, select_extra
+
     require_loaded(model, "capture")
+    layer_ids = choose(layers, model.num_layers, "layer", model.name)
+    head_ids = choose(heads, model.num_heads, "head", model.name)
     truncate, qkv = check_flag(truncate, "truncate"), check_flag(qkv, "qkv")
     add_special_tokens = check_flag(add_special_tokens, "add_special_tokens")
     recorder = None
@@ -248,22 +274,30 @@ def _capture_chunk(
         dec_hidden = list(out.decoder_hidden_states)
     del out
 
+    if layer_ids is not None:  # drop the other layers before anything is copied
+        self_att, hidden = _pick(self_att, layer_ids), _pick(hidden, layer_ids, levels=True)
+        if encoder_decoder:
+            dec_att, cross_att = _pick(dec_att, layer_ids), _pick(cross_att, layer_ids)
+            dec_hidden = _pick(dec_hidden, layer_ids, levels=True)
     lengths = [len(e) for e in encoded]
-    attentions = _split_layers(self_att, lengths, lengths)
+    attentions = _split_layers(self_att, lengths, lengths, head_ids)
     hidden_states = _split_layers(hidden, lengths, None)
     qkv_parts: dict[str, list[np.ndarray]] = {}
     if recorder is not None:
         with torch.inference_mode():
             per_layer = recorder.per_layer()  # 3 lists of L tensors [B, H, T_max, d]
         head_dim = per_layer[0][0].shape[-1]
-        for name, layers in zip(("queries", "keys", "values"), per_layer, strict=True):
-            qkv_parts[name] = _split_layers(layers, lengths, [head_dim] * len(lengths))
-        extra = recorder.facts()
+        for name, tensors in zip(("queries", "keys", "values"), per_layer, strict=True):
+            tensors = tensors if layer_ids is None else _pick(tensors, layer_ids)
+            qkv_parts[name] = _split_layers(tensors, lengths, [head_dim] * len(lengths),
+                                            head_ids)
+        extra = select_extra(recorder.facts(), layer_ids, head_ids)
     dec_parts: dict[str, list[np.ndarray]] = {}
     if decoder_side is not None:
         dec_lengths = [len(d) for d in decoder_side]
-        dec_parts["decoder_attentions"] = _split_layers(dec_att, dec_lengths, dec_lengths)
-        dec_parts["cross_attentions"] = _split_layers(cross_att, dec_lengths, lengths)
+        dec_parts["decoder_attentions"] = _split_layers(dec_att, dec_lengths, dec_lengths,
+                                                        head_ids)
+        dec_parts["cross_attentions"] = _split_layers(cross_att, dec_lengths, lengths, head_ids)
         dec_parts["decoder_hidden_states"] = _split_layers(dec_hidden, dec_lengths, None)
 
     traces = []
@@ -300,6 +334,8 @@ def _capture_chunk(
                 attentions=attentions[i],
                 hidden_states=hidden_states[i],
                 truncated=enc.dropped + (decoder_side[i].dropped if decoder_side else 0),
+                layer_ids=layer_ids,
+                head_ids=head_ids,
                 **fields,
             )
         )
@@ -347,14 +383,26 @@ def _pad(rows: list[dict[str, np.ndarray]], model: LoadedModel, device: Any) -> 
     return batch
 
 
+def _pick(tensors: list[Any] | None, layer_ids: tuple[int, ...], *,
+          levels: bool = False) -> list[Any]:
+    """The chosen layers' tensors; for hidden states (``levels``: L+1 of them, the embedding
+    output first), the embedding output and each chosen layer's output."""
+    assert tensors is not None
+    if levels:
+        return [tensors[0], *(tensors[i + 1] for i in layer_ids)]
+    return [tensors[i] for i in layer_ids]
+
+
 def _split_layers(
-    layers: list[Any] | None, rows: list[int], cols: list[int] | None
+    layers: list[Any] | None, rows: list[int], cols: list[int] | None,
+    heads: tuple[int, ...] | None = None,
 ) -> list[np.ndarray]:
     """Turn per-layer batch tensors into one float32 host array per text.
 
     ``layers`` holds L tensors ``[B, H, T_max, T_max]`` (attention; ``cols`` given) or
     ``[B, T_max, D]`` (hidden states; ``cols`` None). Text ``b`` keeps its first ``rows[b]``
-    query rows and ``cols[b]`` key columns: the padding sits after them.
+    query rows and ``cols[b]`` key columns: the padding sits after them, and only ``heads``
+    (default all). Queries, keys and values ``[B, H, T_max, d]`` pass ``cols`` = d.
 
     Layers are copied one at a time and released as they go (the list is emptied), so peak
     memory stays near one copy of the attention instead of two.
@@ -362,15 +410,19 @@ def _split_layers(
     assert layers is not None
     first = layers[0]
     out = []
+    head_count = first.shape[1] if heads is None else len(heads)
     for b, n in enumerate(rows):
         shape: tuple[int, ...]
         if cols is None:
             shape = (len(layers), n, first.shape[-1])
         else:
-            shape = (len(layers), first.shape[1], n, cols[b])
+            shape = (len(layers), head_count, n, cols[b])
         out.append(np.empty(shape, dtype=np.float32))
     for layer_index in range(len(layers)):
-        tensor = layers[layer_index].detach().float().cpu()
+        tensor = layers[layer_index].detach()
+        if heads is not None and cols is not None:
+            tensor = tensor[:, list(heads)]
+        tensor = tensor.float().cpu()
         layers[layer_index] = None  # free this layer's tensor as soon as it is copied
         for b, n in enumerate(rows):
             if cols is None:

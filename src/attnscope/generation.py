@@ -68,6 +68,8 @@ def generate(
     prompt_attention: bool | None = None,
     on_token: Callable[[str], Any] | None = None,
     progress: bool | None = None,
+    layers: Any = None,
+    heads: Any = None,
 ) -> Trace:
     """Generate an answer to ``prompt`` with ``model`` and return the Trace of prompt + answer.
 
@@ -99,6 +101,8 @@ def generate(
             empty string while a character is split over tokens, and for special tokens).
         progress: draw a progress bar (tqdm; a notebook widget in Jupyter). None: only in a
             notebook, and only when ``on_token`` is not given.
+        layers, heads: record only these layers / heads (see :func:`attnscope.capture`): the
+            attention kept, and the memory it takes, shrink to them.
 
     Returns:
         A Trace (``trace.is_generation``) with, for T = P prompt + A answer tokens:
@@ -118,7 +122,11 @@ def generate(
             messages, a tokenizer without a chat template, ``max_new_tokens`` below 1 or past
             the model's context, a negative ``temperature``, ``top_p`` outside (0, 1].
     """
+    from attnscope.selection import choose
+
     lm = _check_model(model)
+    layer_ids = choose(layers, model.num_layers, "layer", model.name)
+    head_ids = choose(heads, model.num_heads, "head", model.name)
     settings = _check_settings(max_new_tokens, temperature, top_p, seed, stop, top_k)
     if on_token is not None and not callable(on_token):
         raise AttnscopeError(f"on_token must be a function, not {type(on_token).__name__}.")
@@ -136,9 +144,10 @@ def generate(
             f"The prompt has {n_prompt} tokens, which fills {model.name}'s context of {limit} "
             "tokens; shorten it to leave room for an answer."
         )
-    layers, heads = model.num_layers, model.num_heads
+    n_layers = model.num_layers if layer_ids is None else len(layer_ids)
+    n_heads = model.num_heads if head_ids is None else len(head_ids)
     hidden_size = int(lm.config.get_text_config().hidden_size)
-    square_bytes = 4 * layers * heads * n_max * n_max
+    square_bytes = 4 * n_layers * n_heads * n_max * n_max
     if prompt_attention is None:
         keep_square = square_bytes <= SQUARE_BUDGET_BYTES
     elif isinstance(prompt_attention, bool):
@@ -148,7 +157,8 @@ def generate(
             f"prompt_attention must be True, False or None, not {prompt_attention!r}."
         )
     query_start = 0 if keep_square else n_prompt - 1
-    buffers = _Buffers(layers, heads, hidden_size, n_max, query_start)
+    buffers = _Buffers(n_layers, n_heads, hidden_size, n_max, query_start, layer_ids,
+                       head_ids)
 
     show = _notebook() and on_token is None if progress is None else bool(progress)
     loop = _Decoder(model, lm, settings, buffers, on_token)
@@ -272,8 +282,11 @@ class _Buffers:
     its own position). ``np.zeros`` maps untouched pages lazily, so memory grows with what is
     written, not with ``T_max``."""
 
-    def __init__(self, layers: int, heads: int, hidden: int, n_max: int, query_start: int):
+    def __init__(self, layers: int, heads: int, hidden: int, n_max: int, query_start: int,
+                 layer_ids: tuple[int, ...] | None = None,
+                 head_ids: tuple[int, ...] | None = None):
         self.query_start = query_start
+        self.layer_ids, self.head_ids = layer_ids, head_ids
         rows = n_max - query_start
         need = 4 * (layers * heads * rows * n_max + (layers + 1) * n_max * hidden)
         available = _available_bytes()
@@ -305,11 +318,16 @@ class _Buffers:
             )
         queries, keys = out.attentions[0].shape[-2:]
         skip = max(0, self.query_start - first)  # rows before query_start are not kept
+        attentions, hidden = list(out.attentions), list(out.hidden_states)
+        if self.layer_ids is not None:  # the chosen layers; the embedding and their outputs
+            attentions = [attentions[i] for i in self.layer_ids]
+            hidden = [hidden[0], *(hidden[i + 1] for i in self.layer_ids)]
+        heads = slice(None) if self.head_ids is None else list(self.head_ids)
         if skip < queries:
-            rows = torch.stack([a[0, :, skip:] for a in out.attentions])  # (L, H, q, keys)
+            rows = torch.stack([a[0, heads, skip:] for a in attentions])  # (L, H, q, keys)
             start = first + skip - self.query_start
             self.attentions[:, :, start:start + queries - skip, :keys] = rows.float().cpu().numpy()
-        states = torch.stack([h[0] for h in out.hidden_states])  # (L+1, q, D)
+        states = torch.stack([h[0] for h in hidden])  # (L+1, q, D)
         self.hidden_states[:, first:first + queries] = states.float().cpu().numpy()
 
 
@@ -589,6 +607,8 @@ def _build_trace(model: LoadedModel, encoded: Tokenization, prompt_kind: str,
         answer_top_probs=top_probs,
         generation=generation,
         query_start=query_start,
+        layer_ids=buffers.layer_ids,
+        head_ids=buffers.head_ids,
     )
 
 

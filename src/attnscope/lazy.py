@@ -153,12 +153,16 @@ def capture_lazy(
     truncate: bool = True,
     add_special_tokens: bool = True,
     block: int = DEFAULT_BLOCK,
+    layers: Any = None,
+    heads: Any = None,
 ) -> LazyTrace:
     """Run ``model`` on ``text`` with its fast attention and return a :class:`LazyTrace`.
 
     ``at.capture(model, text, attention="lazy")`` calls this. Memory: the queries
     ``[L, H, T, d]``, keys ``[L, H_kv, T, d]`` and row log-sum-exps ``[L, H, T]`` (float32),
-    plus one block of scores ``[H / H_kv, block, T]`` at a time.
+    plus one block of scores ``[H / H_kv, block, T]`` at a time. ``layers`` / ``heads`` keep
+    only those (see :func:`attnscope.capture`); with chosen heads each keeps its own copy of
+    its key head (H_kv = H).
 
     Raises:
         AttnscopeError: the family's attention cannot be rebuilt from queries and keys.
@@ -167,9 +171,12 @@ def capture_lazy(
 
     from attnscope.adapters import get_adapter, supported
     from attnscope.adapters.hooks import QKVRecorder
+    from attnscope.selection import choose
     from attnscope.tokens import encode
 
     block = _positive_int(block, "block")
+    layer_ids = choose(layers, model.num_layers, "layer", model.name)
+    head_ids = choose(heads, model.num_heads, "head", model.name)
     families = [f for f in supported() if f not in _UNSUPPORTED_FAMILIES]
     if model.model_type in _UNSUPPORTED_FAMILIES or model.architecture == "encoder-decoder":
         adapter_ok = False
@@ -196,8 +203,16 @@ def capture_lazy(
             model.model(**inputs, output_attentions=False, output_hidden_states=False,
                         return_dict=True)
         queries, keys, _ = recorder.per_layer(repeat_kv_heads=False)
-    q, k = _to_host(queries), _to_host(keys)
-    windows = facts.get("sliding_windows") or [None] * q.shape[0]
+    picked = list(range(len(queries))) if layer_ids is None else list(layer_ids)
+    kv_heads = None
+    if head_ids is not None:  # each chosen query head keeps its key head
+        group = queries[0].shape[1] // keys[0].shape[1]
+        kv_heads = [h // group for h in head_ids]
+    q = _to_host([queries[i] for i in picked], head_ids)
+    k = _to_host([keys[i] for i in picked], kv_heads)
+    del queries, keys
+    windows = facts.get("sliding_windows") or [None] * model.num_layers
+    windows = [windows[i] for i in picked]
     lazy = LazyTrace(
         model_name=model.name, model_type=model.model_type, architecture=model.architecture,
         text=encoded.text, text_b=text_b, tokens=tuple(encoded.tokens),
@@ -206,23 +221,27 @@ def capture_lazy(
         offsets=np.asarray(encoded.offsets), segment_ids=np.asarray(encoded.segment_ids),
         sentence_b_start=encoded.sentence_b_start, truncated=int(encoded.dropped),
         queries=q, keys=k, lse=np.zeros(q.shape[:3], np.float32),
-        scales=np.asarray(facts["attention_scales"], np.float32),
+        scales=np.asarray([facts["attention_scales"][i] for i in picked], np.float32),
         causal=model.architecture == "decoder",
         sliding_windows=tuple(None if w is None else int(w) for w in windows),
         extra={"qkv_adapter": facts.get("qkv_adapter")},
+        layer_ids=layer_ids, head_ids=head_ids,
     )
     lazy._compute_lse(block)
     return lazy
 
 
-def _to_host(layers: list[Any]) -> np.ndarray:
-    """L tensors ``[1, H, T, d]`` -> one float32 array ``[L, H, T, d]``, copied one layer at a
-    time and each tensor released as soon as it is copied (the list is emptied), so the peak
-    stays near one copy."""
+def _to_host(layers: list[Any], heads: list[int] | tuple[int, ...] | None = None
+             ) -> np.ndarray:
+    """L tensors ``[1, H, T, d]`` -> one float32 array ``[L, H, T, d]`` (only ``heads``, in
+    that order, when given), copied one layer at a time and each tensor released as soon as it
+    is copied (the list is emptied), so the peak stays near one copy."""
     first = layers[0]
-    out = np.empty((len(layers), *first.shape[1:]), np.float32)
+    count = first.shape[1] if heads is None else len(heads)
+    out = np.empty((len(layers), count, *first.shape[2:]), np.float32)
     for i in range(len(layers)):
-        out[i] = layers[i][0].float().cpu().numpy()
+        tensor = layers[i][0] if heads is None else layers[i][0][list(heads)]
+        out[i] = tensor.float().cpu().numpy()
         layers[i] = None
     return out
 
@@ -290,6 +309,8 @@ class LazyTrace:
         scales: ``[L]`` the factor on q·k of each layer.
         causal: a query sees only keys at or before it. sliding_windows: per layer, None or
             the number of last keys (itself included) a query sees.
+        layer_ids, head_ids: the model's layer and head behind each index, when the capture
+            chose some (``layers=`` / ``heads=``); None: every one, in order.
     """
 
     model_name: str
@@ -313,6 +334,8 @@ class LazyTrace:
     causal: bool
     sliding_windows: tuple[int | None, ...]
     extra: dict[str, Any] = field(default_factory=dict)
+    layer_ids: tuple[int, ...] | None = None
+    head_ids: tuple[int, ...] | None = None
 
     # ----- sizes -------------------------------------------------------------------------------
     @property
@@ -330,6 +353,16 @@ class LazyTrace:
     @property
     def num_tokens(self) -> int:
         return len(self.tokens)
+
+    @property
+    def layer_numbers(self) -> tuple[int, ...]:
+        """The model's layer behind each layer index (``layer_ids``, or 0..L-1)."""
+        return self.layer_ids if self.layer_ids is not None else tuple(range(self.num_layers))
+
+    @property
+    def head_numbers(self) -> tuple[int, ...]:
+        """The model's head behind each head index (``head_ids``, or 0..H-1)."""
+        return self.head_ids if self.head_ids is not None else tuple(range(self.num_heads))
 
     @property
     def is_causal(self) -> bool:
@@ -535,6 +568,7 @@ class LazyTrace:
             word_ids=self.word_ids[span], offsets=offsets, segment_ids=self.segment_ids[span],
             sentence_b_start=b_start, attentions=weights,
             hidden_states=np.zeros((L + 1, n, 0), np.float32), extra=extra,
+            layer_ids=self.layer_ids, head_ids=self.head_ids,
         )
 
     # ----- files -------------------------------------------------------------------------------
@@ -551,6 +585,8 @@ class LazyTrace:
             "tokens": list(self.tokens), "sentence_b_start": self.sentence_b_start,
             "truncated": self.truncated, "causal": bool(self.causal),
             "sliding_windows": list(self.sliding_windows), "extra": self.extra,
+            "layer_ids": None if self.layer_ids is None else list(self.layer_ids),
+            "head_ids": None if self.head_ids is None else list(self.head_ids),
         }
         arrays: dict[str, Any] = {name: np.asarray(getattr(self, name)) for name in _ARRAYS}
         with atomic_write(path, "wb", what="the lazy trace") as fh:
@@ -627,6 +663,18 @@ def _read(cls: type[LazyTrace], path: Path) -> LazyTrace:
     windows = meta.get("sliding_windows")
     if not isinstance(windows, list) or len(windows) != L:
         raise _Bad(f"sliding_windows is not a list of {L} entries")
+    from attnscope.trace import _ids_problem
+
+    ids: dict[str, Any] = {}
+    for name, count, what in (("layer_ids", L, "layer"), ("head_ids", H, "head")):
+        value = meta.get(name)
+        if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                           for v in value):
+            value = tuple(value)
+        problem = _ids_problem(value, name, count, what)
+        if problem:
+            raise _Bad(problem)
+        ids[name] = value
     try:
         return cls(
             model_name=str(meta["model_name"]), model_type=str(meta["model_type"]),
@@ -634,7 +682,7 @@ def _read(cls: type[LazyTrace], path: Path) -> LazyTrace:
             text_b=meta.get("text_b"), tokens=tuple(tokens),
             sentence_b_start=meta.get("sentence_b_start"), truncated=int(meta["truncated"]),
             causal=bool(meta["causal"]), sliding_windows=tuple(windows),
-            extra=dict(meta.get("extra") or {}), **arrays,
+            extra=dict(meta.get("extra") or {}), **ids, **arrays,
         )
     except (KeyError, TypeError, ValueError) as err:
         raise _Bad(f"its metadata is incomplete ({err})") from None

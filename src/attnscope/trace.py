@@ -20,6 +20,11 @@ recorded, ``query_start`` is the first query row held: ``attentions`` is then
 ``[L, H, T - query_start, T]`` (each generated token's row over every token), and analyses that
 need the whole square say so.
 
+A Trace captured with ``layers=`` or ``heads=`` holds only those: ``layer_ids`` (``[L]``) and
+``head_ids`` (``[H]``) name the model's layer and head each index of ``attentions`` stands for
+(None: every one, in order), and ``hidden_states[0]`` is the embedding output,
+``hidden_states[k + 1]`` the output of layer ``layer_ids[k]``.
+
 Encoder-decoder models (T5, BART) also fill the ``decoder_*`` fields: ``decoder_attentions``
 ``[L_dec, H, T_dec, T_dec]``, ``cross_attentions`` ``[L_dec, H, T_dec, T]`` (decoder queries
 over encoder keys) and ``decoder_hidden_states`` ``[L_dec+1, T_dec, D]``.
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import numbers
@@ -258,6 +264,8 @@ class Trace:
     answer_top_probs: np.ndarray | None = None
     generation: dict[str, Any] | None = None
     query_start: int = 0
+    layer_ids: tuple[int, ...] | None = None
+    head_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tokens", _token_tuple(self.tokens, "tokens"))
@@ -276,6 +284,11 @@ class Trace:
         if self.roles is not None and not isinstance(self.roles, str):
             with contextlib.suppress(TypeError):
                 object.__setattr__(self, "roles", tuple(self.roles))
+        for name in ("layer_ids", "head_ids"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple, np.ndarray)) and all(
+                    isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
+                object.__setattr__(self, name, tuple(int(v) for v in value))
         for name in ("sentence_b_start", "truncated", "answer_start", "query_start"):
             # numpy integers become plain ints
             value = getattr(self, name)
@@ -304,6 +317,16 @@ class Trace:
     @property
     def is_causal(self) -> bool:
         return self.architecture == "decoder"
+
+    @property
+    def layer_numbers(self) -> tuple[int, ...]:
+        """The model's layer behind each index of ``attentions`` (``layer_ids``, or 0..L-1)."""
+        return self.layer_ids if self.layer_ids is not None else tuple(range(self.num_layers))
+
+    @property
+    def head_numbers(self) -> tuple[int, ...]:
+        """The model's head behind each index of ``attentions`` (``head_ids``, or 0..H-1)."""
+        return self.head_ids if self.head_ids is not None else tuple(range(self.num_heads))
 
     @property
     def is_generation(self) -> bool:
@@ -759,11 +782,33 @@ def _field_problem(t: Trace) -> str | None:
         if problem:
             return problem
 
+    problem = (_ids_problem(t.layer_ids, "layer_ids", layers, "layer")
+               or _ids_problem(t.head_ids, "head_ids", heads, "head"))
+    if problem:
+        return problem
+    if t.layer_ids is not None and t.decoder_attentions is not None \
+            and t.decoder_attentions.shape[0] != layers:
+        return (f"layer_ids names {layers} layers but decoder_attentions holds "
+                f"{t.decoder_attentions.shape[0]}; a selection of layers applies to both")
     b_start = t.sentence_b_start
     if b_start is not None and (not _is_whole(b_start) or not 0 <= b_start <= n):
         return (f"sentence_b_start must be None or a token position from 0 to {n}, "
                 f"not {_short(b_start)}")
     return _generation_problem(t, n) or _extra_problem(t.extra, layers, heads)
+
+
+def _ids_problem(ids: Any, name: str, count: int, what: str) -> str | None:
+    """What is wrong with ``layer_ids`` / ``head_ids`` (None, or ``count`` distinct model
+    indices in increasing order), or None."""
+    if ids is None:
+        return None
+    if not isinstance(ids, tuple) or not all(_is_whole(i) and i >= 0 for i in ids):
+        return f"{name} must be None or a list of {what} numbers (0 or more), not {_short(ids)}"
+    if len(ids) != count:
+        return f"{name} names {len(ids)} {what}s but the attention holds {count}"
+    if any(a >= b for a, b in itertools.pairwise(ids)):
+        return f"{name} must name each {what} once, in increasing order, not {_short(ids)}"
+    return None
 
 
 def _generation_problem(t: Trace, n: int) -> str | None:
@@ -940,6 +985,8 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "roles": (list, type(None)),
     "generation": (dict, type(None)),
     "query_start": (int,),
+    "layer_ids": (list, type(None)),
+    "head_ids": (list, type(None)),
 }
 _REQUIRED_META = tuple(
     f.name for f in dataclasses.fields(Trace)

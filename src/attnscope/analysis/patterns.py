@@ -340,6 +340,10 @@ class HeadTable:
     label_scores: np.ndarray
     classes: np.ndarray
     kovaleva: dict[str, np.ndarray]
+    #: the model's layer and head behind each index, for a trace captured with ``layers=`` /
+    #: ``heads=`` (None: 0..L-1, 0..H-1); records and the text table name these.
+    layer_ids: tuple[int, ...] | None = None
+    head_ids: tuple[int, ...] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -356,11 +360,15 @@ class HeadTable:
         return self.scores[:, :, SCORES.index(name)]
 
     def records(self) -> list[dict]:
-        """One dict per head: layer, head, label, label_score, class and every score."""
+        """One dict per head: layer, head (the model's numbers), label, label_score, class
+        and every score."""
         out = []
+        layer_ids = self.layer_ids or range(self.num_layers)
+        head_ids = self.head_ids or range(self.num_heads)
         for layer in range(self.num_layers):
             for head in range(self.num_heads):
-                row = {"layer": layer, "head": head, "label": str(self.labels[layer, head]),
+                row = {"layer": layer_ids[layer], "head": head_ids[head],
+                       "label": str(self.labels[layer, head]),
                        "label_score": float(self.label_scores[layer, head]),
                        "class": str(self.classes[layer, head])}
                 row.update({name: float(self.scores[layer, head, i])
@@ -369,7 +377,8 @@ class HeadTable:
         return out
 
     def best(self, name: str, n: int = 3) -> list[tuple[int, int, float]]:
-        """The ``n`` heads with the highest ``name`` score: [(layer, head, score), ...]."""
+        """The ``n`` heads with the highest ``name`` score: [(layer, head, score), ...], as
+        indices into the trace's attention (see ``layer_ids`` for the model's numbers)."""
         values = self.score(name)
         flat = np.where(np.isnan(values), -np.inf, values).ravel()
         order = np.argsort(-flat, kind="stable")[:n]
@@ -483,11 +492,14 @@ def head_patterns(trace: Trace | LazyTrace, part: str = "self") -> HeadTable:
     columns["broad"] = _entropy_score(attn, rows, _seen(len(tokens), causal))
     columns["distance"] = _distance_score(attn, rows)
     parts = _kovaleva_parts(attn, row_sums, rows, segments)
-    return head_table(trace.model_name, tokens, trace.unit, part, columns, parts)
+    return head_table(trace.model_name, tokens, trace.unit, part, columns, parts,
+                      trace.layer_ids, trace.head_ids)
 
 
 def head_table(model_name: str, tokens: Sequence[str], unit: str, part: str,
-               columns: dict[str, np.ndarray], parts: dict[str, np.ndarray]) -> HeadTable:
+               columns: dict[str, np.ndarray], parts: dict[str, np.ndarray],
+               layer_ids: tuple[int, ...] | None = None,
+               head_ids: tuple[int, ...] | None = None) -> HeadTable:
     """A :class:`HeadTable` from every score ``columns[name]`` ``[L, H]`` and Kovaleva's three
     shares ``parts`` ``[L, H]``: labels and classes follow from them."""
     scores = np.stack([columns[name] for name in SCORES], axis=-1).astype(np.float64)
@@ -501,7 +513,7 @@ def head_table(model_name: str, tokens: Sequence[str], unit: str, part: str,
     return HeadTable(
         model_name=model_name, tokens=tuple(tokens), unit=unit, part=part,
         scores=scores, labels=labels, label_scores=label_scores,
-        classes=classes.astype(str), kovaleva=parts,
+        classes=classes.astype(str), kovaleva=parts, layer_ids=layer_ids, head_ids=head_ids,
     )
 
 

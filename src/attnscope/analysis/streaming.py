@@ -186,7 +186,8 @@ def lazy_head_patterns(lazy: LazyTrace, part: str = "self",
     columns = _stream(lazy, _block_size(block))
     parts = {name: columns[name] for name in ("diagonal", "vertical", "block")}
     return head_table(lazy.model_name, lazy.tokens, "token", part,
-                      {name: columns[name] for name in SCORES}, parts)
+                      {name: columns[name] for name in SCORES}, parts, lazy.layer_ids,
+                      lazy.head_ids)
 
 
 def lazy_layer_trends(lazy: LazyTrace, block: int = DEFAULT_BLOCK) -> LayerTrends:

@@ -269,8 +269,10 @@ def _payload(view: AttnView) -> dict[str, Any]:
             "cols": "decoder" if name == "decoder" else "self",
             # decoder self-attention is always causal; a decoder-only model's too
             "causal": causal,
-            "layers": view._layer_labels or list(range(layers)),
-            "heads": view._head_labels or list(range(heads)),
+            # the model's own layer and head numbers (a capture with layers= / heads= holds
+            # some of them only)
+            "layers": view._layer_labels or list(trace.layer_ids or range(layers)),
+            "heads": view._head_labels or list(trace.head_ids or range(heads)),
             "att": (page_html.encode_signed(attentions, exact=view.exact)
                     if view.minus is not None
                     else page_html.encode_attention(attentions, causal=causal,
