@@ -33,10 +33,12 @@ _EXPORTS = {
     "DEFAULT_MODEL_NAME": "attnscope.models",
     "Explanation": "attnscope.explain",
     "HeadImportance": "attnscope.interventions",
+    "LazyAttentionWarning": "attnscope.lazy",
     "LazyTrace": "attnscope.lazy",
     "LoadedModel": "attnscope.models",
     "LogitAttribution": "attnscope.interventions",
     "LogitLens": "attnscope.interventions",
+    "MemoryBudgetError": "attnscope.lazy",
     "Tokenization": "attnscope.tokens",
     "Trace": "attnscope.trace",
     "TruncationWarning": "attnscope.tokens",
@@ -90,10 +92,12 @@ __all__ = [
     "DEFAULT_MODEL_NAME",
     "Explanation",
     "HeadImportance",
+    "LazyAttentionWarning",
     "LazyTrace",
     "LoadedModel",
     "LogitAttribution",
     "LogitLens",
+    "MemoryBudgetError",
     "Tokenization",
     "Trace",
     "TruncationWarning",
@@ -194,7 +198,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
         head_importance,
         logit_lens,
     )
-    from attnscope.lazy import LazyTrace
+    from attnscope.lazy import LazyAttentionWarning, LazyTrace, MemoryBudgetError
     from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
     from attnscope.render.generation_view import generation_view
     from attnscope.render.static import AttnFigure, heads_grid, heatmap, model_grid

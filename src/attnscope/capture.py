@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import numpy as np
 
 from attnscope.errors import AttnscopeError, check_flag
+from attnscope.lazy import LazyAttentionWarning, MemoryBudgetError
 from attnscope.models import LoadedModel
 from attnscope.tokens import Tokenization, encode, tokenize
 from attnscope.trace import Trace
@@ -32,7 +33,7 @@ def capture(
     merge_words: bool = False,
     qkv: bool = False,
     add_special_tokens: bool = True,
-    attention: Literal["eager"] = "eager",
+    attention: Literal["eager"],
     budget: int | None = None,
     layers: Any = None,
     heads: Any = None,
@@ -62,7 +63,7 @@ def capture(
     merge_words: bool = False,
     qkv: bool = False,
     add_special_tokens: bool = True,
-    attention: str,
+    attention: str | None = None,
     budget: int | None = None,
     layers: Any = None,
     heads: Any = None,
@@ -76,7 +77,7 @@ def capture(
     merge_words: bool = False,
     qkv: bool = False,
     add_special_tokens: bool = True,
-    attention: str = "eager",
+    attention: str | None = None,
     budget: int | None = None,
     layers: Any = None,
     heads: Any = None,
@@ -98,9 +99,13 @@ def capture(
             model family (see :func:`attnscope.adapters.supported`).
         add_special_tokens: False leaves out [CLS], [SEP], <s>..., as
             ``tokenizer(text, add_special_tokens=False)`` does (the encoder's side only).
-        attention: ``"eager"`` (every weight, ``[L, H, T, T]``) or ``"lazy"``: a
-            :class:`~attnscope.lazy.LazyTrace` holding queries and keys, exact weights on
-            demand, for texts whose eager weights would not fit (see docs/long-contexts.md).
+        attention: ``"eager"`` (every weight, ``[L, H, T, T]``; refused past the memory
+            budget) or ``"lazy"``: a :class:`~attnscope.lazy.LazyTrace` holding queries and
+            keys, exact weights on demand, for texts whose eager weights would not fit (see
+            docs/long-contexts.md). None (the default): eager, unless its weights would pass
+            the memory budget and lazy capture can serve the model and the options (no
+            ``qkv`` or ``merge_words``); then lazy, with a one-line
+            :class:`~attnscope.lazy.LazyAttentionWarning`.
         budget: bytes an eager capture may take before it is refused (default: half the
             available memory, or ``ATTNSCOPE_MEMORY_BUDGET``).
         layers, heads: record only these layers / heads (lists of model indices, negatives
@@ -112,19 +117,45 @@ def capture(
 
     Returns:
         A Trace with ``attentions`` ``[L, H, T, T]`` and ``hidden_states`` ``[L+1, T, D]``
-        (a LazyTrace for ``attention="lazy"``).
+        (a LazyTrace for ``attention="lazy"``, or when the default switched to it).
     """
-    if attention == "lazy":
-        from attnscope.lazy import capture_lazy
+    from attnscope.lazy import capture_lazy
 
+    if attention == "lazy":
         return capture_lazy(model, text, text_b, truncate=truncate,
                             add_special_tokens=add_special_tokens, layers=layers, heads=heads)
-    if attention != "eager":
-        raise AttnscopeError(f"attention must be 'eager' or 'lazy', not {attention!r}.")
-    (trace,) = _capture_chunk(model, [(text, text_b)], truncate=truncate, qkv=qkv,
-                              add_special_tokens=add_special_tokens, budget=budget,
-                              layers=layers, heads=heads)
+    if attention is not None and attention != "eager":
+        raise AttnscopeError(f"attention must be 'eager', 'lazy' or None (eager unless it "
+                             f"would pass the memory budget), not {attention!r}.")
+    try:
+        (trace,) = _capture_chunk(model, [(text, text_b)], truncate=truncate, qkv=qkv,
+                                  add_special_tokens=add_special_tokens, budget=budget,
+                                  layers=layers, heads=heads)
+    except MemoryBudgetError as refusal:
+        if attention == "eager" or not _can_go_lazy(model, qkv, merge_words):
+            raise
+        import warnings
+
+        warnings.warn(
+            f"Eager attention would take about {_size(refusal.need)}, past the memory budget "
+            f"of {_size(refusal.limit)}; capturing lazily instead (exact weights on demand; "
+            "attention=\"lazy\" asks for it, attention=\"eager\" refuses).",
+            LazyAttentionWarning, stacklevel=2,
+        )
+        return capture_lazy(model, text, text_b, truncate=truncate,
+                            add_special_tokens=add_special_tokens, layers=layers, heads=heads)
     return _maybe_merge(trace, merge_words)
+
+
+def _can_go_lazy(model: LoadedModel, qkv: Any, merge_words: Any) -> bool:
+    """Whether the default may switch to lazy: nothing asked for needs the eager arrays."""
+    from attnscope.lazy import lazy_problem
+
+    return qkv is False and merge_words is False and lazy_problem(model) is None
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 30):.3g} GiB" if n >= 1 << 28 else f"{n / (1 << 20):.3g} MiB"
 
 
 def capture_batch(

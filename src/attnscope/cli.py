@@ -205,7 +205,8 @@ def _capture(model, text: str, text_b: str | None, args: argparse.Namespace, *,
     qkv = qkv and not merge_words and model.model_type in supported()
     return at.capture(model, text, text_b, truncate=not getattr(args, "no_truncate", False),
                       merge_words=merge_words, qkv=qkv,
-                      add_special_tokens=not getattr(args, "no_special_tokens", False))
+                      add_special_tokens=not getattr(args, "no_special_tokens", False),
+                      attention="eager")
 
 
 def _load_and_capture(args: argparse.Namespace, *, qkv: bool = False):
@@ -372,7 +373,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     check_count(args.dims, "--dims")
     text, text_b, model = _text_and_model(args)
     trace = at.capture(model, text, text_b, truncate=not args.no_truncate,
-                       qkv=args.part == "self", add_special_tokens=not args.no_special_tokens)
+                       qkv=args.part == "self", add_special_tokens=not args.no_special_tokens,
+                       attention="eager")
     explanation = at.explain(trace, args.layer, args.head, query, part=args.part, model=model)
     print(explanation.table(dims=args.dims))
     return 0

@@ -39,10 +39,13 @@ from attnscope.errors import AttnscopeError
 from attnscope.files import atomic_write
 
 __all__ = [
+    "LazyAttentionWarning",
     "LazyTrace",
+    "MemoryBudgetError",
     "capture_lazy",
     "check_eager_memory",
     "eager_bytes",
+    "lazy_problem",
     "memory_budget",
 ]
 
@@ -114,22 +117,37 @@ def _gib(n: float) -> str:
     return f"{n / (1 << 30):.3g} GiB" if n >= 1 << 28 else f"{n / (1 << 20):.3g} MiB"
 
 
+class MemoryBudgetError(AttnscopeError):
+    """An eager capture refused before it ran: its weights would pass the memory budget.
+    ``need`` and ``limit`` are the bytes estimated and allowed."""
+
+    def __init__(self, message: str, need: int, limit: int) -> None:
+        super().__init__(message)
+        self.need, self.limit = need, limit
+
+
+class LazyAttentionWarning(UserWarning):
+    """``capture`` switched to ``attention="lazy"`` because eager weights would pass the
+    memory budget (the one-line note; ``attention="lazy"`` asks for it and gives none)."""
+
+
 def check_eager_memory(model: Any, num_tokens: int, batch: int = 1, budget: Any = None) -> None:
     """Refuse, before anything is allocated, an eager capture whose weights would pass the
     memory budget (see :func:`memory_budget`).
 
     Raises:
-        AttnscopeError: one sentence naming the estimate, the budget and ``attention="lazy"``.
+        MemoryBudgetError: one sentence naming the estimate, the budget and
+            ``attention="lazy"``.
     """
     limit = memory_budget(budget)
     need = eager_bytes(model, num_tokens, batch)
     if need > limit:
-        raise AttnscopeError(
+        raise MemoryBudgetError(
             f"Eager attention for {batch * int(num_tokens)} tokens of {model.name} would take "
             f"about {_gib(need)} ({model.num_layers} layers x {model.num_heads} heads x "
             f"{num_tokens}² x 4 bytes, plus hidden states), past the memory budget of "
             f"{_gib(limit)}; capture it with attention=\"lazy\" (exact weights on demand), a "
-            "shorter text, or a larger budget= / ATTNSCOPE_MEMORY_BUDGET."
+            "shorter text, or a larger budget= / ATTNSCOPE_MEMORY_BUDGET.", need, limit
         )
 
 
@@ -169,7 +187,6 @@ def capture_lazy(
     """
     import torch
 
-    from attnscope.adapters import get_adapter, supported
     from attnscope.adapters.hooks import QKVRecorder
     from attnscope.selection import choose
     from attnscope.tokens import encode
@@ -177,20 +194,9 @@ def capture_lazy(
     block = _positive_int(block, "block")
     layer_ids = choose(layers, model.num_layers, "layer", model.name)
     head_ids = choose(heads, model.num_heads, "head", model.name)
-    families = [f for f in supported() if f not in _UNSUPPORTED_FAMILIES]
-    if model.model_type in _UNSUPPORTED_FAMILIES or model.architecture == "encoder-decoder":
-        adapter_ok = False
-    else:
-        try:
-            get_adapter(model)
-            adapter_ok = True
-        except AttnscopeError:
-            adapter_ok = False
-    if not adapter_ok:
-        raise AttnscopeError(
-            f"attention=\"lazy\" cannot yet rebuild the attention of {model.model_type!r} "
-            f"models; it works for {', '.join(families)}; use attention=\"eager\" for this one."
-        )
+    problem = lazy_problem(model)
+    if problem:
+        raise AttnscopeError(problem)
 
     encoded = encode(model, text, text_b, truncate=truncate,
                      add_special_tokens=add_special_tokens)
@@ -229,6 +235,26 @@ def capture_lazy(
     )
     lazy._compute_lse(block)
     return lazy
+
+
+def lazy_problem(model: Any) -> str | None:
+    """The sentence saying why ``attention="lazy"`` cannot serve ``model``, or None when it
+    can (the adapters rebuild its attention from queries and keys)."""
+    from attnscope.adapters import get_adapter, supported
+
+    families = [f for f in supported() if f not in _UNSUPPORTED_FAMILIES]
+    if model.model_type in _UNSUPPORTED_FAMILIES or model.architecture == "encoder-decoder":
+        adapter_ok = False
+    else:
+        try:
+            get_adapter(model)
+            adapter_ok = True
+        except AttnscopeError:
+            adapter_ok = False
+    if adapter_ok:
+        return None
+    return (f"attention=\"lazy\" cannot yet rebuild the attention of {model.model_type!r} "
+            f"models; it works for {', '.join(families)}; use attention=\"eager\" for this one.")
 
 
 def _to_host(layers: list[Any], heads: list[int] | tuple[int, ...] | None = None

@@ -155,7 +155,7 @@ def test_bad_requests_get_one_sentence(pairs, tiny_models):
         (lambda: lazy.to_dense(budget=16), "past the memory budget"),
         (lambda: lazy.head_stats(block=0), "block must be"),
         (lambda: at.capture(tiny_models["gpt2"], TEXT, attention="flash"),
-         "attention must be 'eager' or 'lazy'"),
+         "attention must be 'eager', 'lazy' or None"),
         (lambda: at.capture(tiny_models["t5"], TEXT, attention="lazy"),
          "cannot yet rebuild.*bert.*gpt2.*llama.*attention=\"eager\""),
     ]
@@ -203,7 +203,7 @@ def test_guard_refuses_eager_capture_before_allocating(embedded, monkeypatch):
     tracemalloc.start()
     try:
         with pytest.raises(AttnscopeError, match='attention="lazy"') as info:
-            at.capture(embedded, text)
+            at.capture(embedded, text, attention="eager")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -241,3 +241,39 @@ def test_a_larger_budget_lets_the_whole_array_through(pairs, monkeypatch):
         lazy.attentions[:, :, :, :]
     np.testing.assert_allclose(lazy.to_dense(budget=need), eager.attentions, atol=1e-5, rtol=0)
     assert lazy.window(0, lazy.num_tokens, budget=need).num_tokens == lazy.num_tokens
+
+
+def test_the_default_switches_to_lazy_past_the_budget_with_one_note(tiny_models, embedded,
+                                                                    monkeypatch):
+    """attention=None (the default): eager while it fits, lazy with a one-line note past the
+    budget; attention="eager" refuses as before; options lazy cannot honour keep the refusal."""
+    import warnings
+
+    from attnscope.lazy import LazyAttentionWarning, MemoryBudgetError
+
+    model = tiny_models["gpt2"]
+    need = eager_bytes(model, at.capture(model, TEXT).num_tokens)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # under the budget: eager, and no note at all
+        assert isinstance(at.capture(model, TEXT, budget=need), at.Trace)
+    with pytest.warns(LazyAttentionWarning) as notes:
+        lazy = at.capture(model, TEXT, budget=need - 1)
+    assert isinstance(lazy, LazyTrace) and len(notes) == 1
+    note = str(notes[0].message)
+    assert "\n" not in note and "past the memory budget" in note and "lazily" in note
+    eager = at.capture(model, TEXT)
+    np.testing.assert_allclose(lazy.to_dense(), eager.attentions, atol=1e-5, rtol=0)
+    # the environment's budget counts the same; layers= and heads= carry over to lazy
+    monkeypatch.setenv("ATTNSCOPE_MEMORY_BUDGET", "1000")
+    with pytest.warns(LazyAttentionWarning):
+        picked = at.capture(model, TEXT, layers=[1], heads=[0])
+    assert picked.layer_ids == (1,) and picked.head_ids == (0,)
+    with pytest.raises(MemoryBudgetError, match='attention="lazy"'):
+        at.capture(model, TEXT, attention="eager")
+    for kwargs in ({"qkv": True}, {"merge_words": True}):  # lazy cannot give these
+        with pytest.raises(MemoryBudgetError, match="past the memory budget"):
+            at.capture(model, TEXT, **kwargs)
+    with pytest.raises(MemoryBudgetError, match="past the memory budget"):  # T5: eager only
+        at.capture(tiny_models["t5"], TEXT)
+    with pytest.raises(AttnscopeError, match="attention must be 'eager', 'lazy' or None"):
+        at.capture(model, TEXT, attention="auto-ish")

@@ -236,7 +236,7 @@ def _token_level(model: Any, trace_or_text: Any, method: str) -> Trace:
     from attnscope.capture import capture
 
     if isinstance(trace_or_text, str):
-        return capture(model, trace_or_text, qkv=True)
+        return capture(model, trace_or_text, qkv=True, attention="eager")
     if not isinstance(trace_or_text, Trace):
         raise AttnscopeError(
             f"{method} takes a text or a Trace from attnscope.capture, "
@@ -249,7 +249,7 @@ def _token_level(model: Any, trace_or_text: Any, method: str) -> Trace:
             "model it was captured with."
         )
     if trace.values is None or trace.unit != "token":
-        return capture(model, trace.text, trace.text_b, qkv=True)
+        return capture(model, trace.text, trace.text_b, qkv=True, attention="eager")
     return trace
 
 
@@ -395,7 +395,7 @@ def _resolve_target(model: Any, trace: Trace, target: Any, evaluate: bool = True
     if kind == "cosine":
         from attnscope.capture import capture
 
-        other = capture(model, value)
+        other = capture(model, value, attention="eager")
         with torch.no_grad():
             reference = _pooled(_base(model)(**_model_inputs(model, other)).last_hidden_state)[0]
 
@@ -879,7 +879,7 @@ def faithfulness(
     for text in _progress(texts, len(texts), "faithfulness", progress):
         from attnscope.capture import capture
 
-        trace = capture(model, text, qkv=True)
+        trace = capture(model, text, qkv=True, attention="eager")
         resolved = _resolve_target(model, trace, target)
         label = resolved.label
         special = np.asarray(trace.special_mask, dtype=bool)

@@ -106,7 +106,7 @@ def attention_norms(trace: Trace, model: LoadedModel | None = None) -> NormAtten
     if trace.values is None or trace.unit == "word":
         from attnscope.capture import capture
 
-        token_trace = capture(model, trace.text, trace.text_b, qkv=True)
+        token_trace = capture(model, trace.text, trace.text_b, qkv=True, attention="eager")
     values = token_trace.values  # (L, H, T, d)
     assert values is not None
     layers, heads, _, head_dim = values.shape

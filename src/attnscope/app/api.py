@@ -292,7 +292,8 @@ class _State:
             with self.models.lock(name):  # one run of a model at a time (tokenizer included)
                 _check_tokens(model, text, text_b, self.limits.max_tokens)
                 return at.capture(model, text, text_b, truncate=False,
-                                  qkv=model.model_type in self._qkv_families)
+                                  qkv=model.model_type in self._qkv_families,
+                                  attention="eager")
 
         return self.captures.get_or_capture(key, run)
 

@@ -335,7 +335,7 @@ class CorpusResult:
                                  f"{kind!r}; rank {rank} is out of range.")
         row = frame.iloc[rank]
         text_b = row["text_b"] if isinstance(row["text_b"], str) else None
-        trace = capture(self._model(model), row["text"], text_b)
+        trace = capture(self._model(model), row["text"], text_b, attention="eager")
         return head_view(trace, layer=layer, heads=[check_index(head, self.num_heads, "head")])
 
     def _model(self, model: Any = None) -> LoadedModel:
