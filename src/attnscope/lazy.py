@@ -188,7 +188,7 @@ def capture_lazy(
     import torch
 
     from attnscope.adapters.hooks import QKVRecorder
-    from attnscope.selection import choose
+    from attnscope.selection import choose, select_extra
     from attnscope.tokens import encode
 
     block = _positive_int(block, "block")
@@ -197,6 +197,13 @@ def capture_lazy(
     problem = lazy_problem(model)
     if problem:
         raise AttnscopeError(problem)
+    encoder_only = model.architecture == "encoder-decoder"
+    if encoder_only and text_b is not None:
+        raise AttnscopeError(
+            f"attention=\"lazy\" records the encoder self-attention of {model.name}, not yet "
+            "its decoder and cross attention; leave out the decoder text, or capture it with "
+            "attention=\"eager\"."
+        )
 
     encoded = encode(model, text, text_b, truncate=truncate,
                      add_special_tokens=add_special_tokens)
@@ -206,8 +213,10 @@ def capture_lazy(
     facts = recorder.facts()
     with torch.inference_mode():
         with _fast_attention(model.model), recorder:
-            model.model(**inputs, output_attentions=False, output_hidden_states=False,
-                        return_dict=True)
+            # an encoder-decoder model runs its encoder alone: that is what is recorded
+            runner = model.model.get_encoder() if encoder_only else model.model
+            runner(**inputs, output_attentions=False, output_hidden_states=False,
+                   return_dict=True)
         queries, keys, _ = recorder.per_layer(repeat_kv_heads=False)
     picked = list(range(len(queries))) if layer_ids is None else list(layer_ids)
     kv_heads = None
@@ -230,7 +239,9 @@ def capture_lazy(
         scales=np.asarray([facts["attention_scales"][i] for i in picked], np.float32),
         causal=model.architecture == "decoder",
         sliding_windows=tuple(None if w is None else int(w) for w in windows),
-        extra={"qkv_adapter": facts.get("qkv_adapter")},
+        extra=select_extra({"qkv_adapter": facts.get("qkv_adapter"),
+                            **({"position_bias": facts["position_bias"]}
+                               if facts.get("position_bias") else {})}, None, head_ids),
         layer_ids=layer_ids, head_ids=head_ids,
     )
     lazy._compute_lse(block)
@@ -243,7 +254,7 @@ def lazy_problem(model: Any) -> str | None:
     from attnscope.adapters import get_adapter, supported
 
     families = [f for f in supported() if f not in _UNSUPPORTED_FAMILIES]
-    if model.model_type in _UNSUPPORTED_FAMILIES or model.architecture == "encoder-decoder":
+    if model.model_type in _UNSUPPORTED_FAMILIES:
         adapter_ok = False
     else:
         try:
@@ -272,8 +283,9 @@ def _to_host(layers: list[Any], heads: list[int] | tuple[int, ...] | None = None
     return out
 
 
-# Families whose scores need more than q·k (T5's relative position bias): not yet rebuilt.
-_UNSUPPORTED_FAMILIES = frozenset({"t5", "bart"})
+# Families the adapters know whose attention lazy capture does not yet rebuild (none today:
+# T5's relative position bias is added to each tile from its bucket table).
+_UNSUPPORTED_FAMILIES: frozenset[str] = frozenset()
 
 
 class _fast_attention:
@@ -425,10 +437,33 @@ class LazyTrace:
             k = torch.from_numpy(self.keys[layer][heads // group][:, col_index])  # (h, c, d)
             scores = torch.matmul(q, k.transpose(-1, -2))
         scores.mul_(float(self.scales[layer]))
+        bias = self._position_bias(heads, rows, cols)
+        if bias is not None:
+            scores.add_(bias)
         mask = self._mask(layer, rows, cols)
         if mask is not None:
             scores.masked_fill_(torch.from_numpy(mask)[None], float("-inf"))
         return scores
+
+    def _position_bias(self, heads: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> Any:
+        """T5's relative position bias ``[len(heads), r, c]`` (a torch tensor; the same in
+        every layer), looked up from ``extra["position_bias"]``'s bucket table; None for
+        families without one."""
+        import torch
+
+        spec = self.extra.get("position_bias")
+        if not spec:
+            return None
+        from attnscope.adapters.positions import distance_buckets
+
+        table = self.__dict__.get("_bias_table")
+        if table is None:  # [num_buckets, H], read once from the JSON-able description
+            table = torch.tensor(spec["table"], dtype=torch.float32)
+            self.__dict__["_bias_table"] = table
+        distance = torch.from_numpy(cols[None, :] - rows[:, None]).long()  # key - query
+        buckets = distance_buckets(distance, bool(spec["bidirectional"]),
+                                   int(spec["num_buckets"]), int(spec["max_distance"]))
+        return table[:, torch.from_numpy(np.asarray(heads))][buckets].permute(2, 0, 1)
 
     def _mask(self, layer: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
         """``[r, c]`` True where query ``rows[i]`` may not see key ``cols[j]``, or None."""
@@ -689,7 +724,15 @@ def _read(cls: type[LazyTrace], path: Path) -> LazyTrace:
     windows = meta.get("sliding_windows")
     if not isinstance(windows, list) or len(windows) != L:
         raise _Bad(f"sliding_windows is not a list of {L} entries")
-    from attnscope.trace import _ids_problem
+    from attnscope.trace import _ids_problem, _position_bias_problem
+
+    extra = meta.get("extra", {})
+    if not isinstance(extra, dict):
+        raise _Bad("its extra is not an object")
+    if extra.get("position_bias") is not None:
+        problem = _position_bias_problem(extra["position_bias"], H)
+        if problem:
+            raise _Bad(problem)
 
     ids: dict[str, Any] = {}
     for name, count, what in (("layer_ids", L, "layer"), ("head_ids", H, "head")):

@@ -141,6 +141,13 @@ def test_inner_window_keeps_exact_weights_unless_renormalised(pairs):
     renormed.check()
 
 
+def test_a_family_lazy_cannot_rebuild_gets_one_sentence(tiny_models, monkeypatch):
+    monkeypatch.setattr("attnscope.lazy._UNSUPPORTED_FAMILIES", frozenset({"gpt2"}))
+    with pytest.raises(AttnscopeError, match=r"cannot yet rebuild .*'gpt2'.*bert.*llama.*"
+                                             r"attention=\"eager\""):
+        at.capture(tiny_models["gpt2"], TEXT, attention="lazy")
+
+
 def test_bad_requests_get_one_sentence(pairs, tiny_models):
     _, lazy = pairs["llama"]
     T, H = lazy.num_tokens, lazy.num_heads
@@ -156,8 +163,9 @@ def test_bad_requests_get_one_sentence(pairs, tiny_models):
         (lambda: lazy.head_stats(block=0), "block must be"),
         (lambda: at.capture(tiny_models["gpt2"], TEXT, attention="flash"),
          "attention must be 'eager', 'lazy' or None"),
-        (lambda: at.capture(tiny_models["t5"], TEXT, attention="lazy"),
-         "cannot yet rebuild.*bert.*gpt2.*llama.*attention=\"eager\""),
+        (lambda: at.capture(tiny_models["t5"], TEXT, "Ein Satz.", attention="lazy"),
+         "encoder self-attention of .* not yet its decoder and cross attention.*"
+         "attention=\"eager\""),
     ]
     for call, message in cases:
         with pytest.raises(AttnscopeError, match=message) as info:
@@ -273,7 +281,48 @@ def test_the_default_switches_to_lazy_past_the_budget_with_one_note(tiny_models,
     for kwargs in ({"qkv": True}, {"merge_words": True}):  # lazy cannot give these
         with pytest.raises(MemoryBudgetError, match="past the memory budget"):
             at.capture(model, TEXT, **kwargs)
-    with pytest.raises(MemoryBudgetError, match="past the memory budget"):  # T5: eager only
-        at.capture(tiny_models["t5"], TEXT)
+    # an encoder-decoder model with a decoder text needs eager; its encoder alone goes lazy
+    with pytest.raises(MemoryBudgetError, match="past the memory budget"):
+        at.capture(tiny_models["t5"], TEXT, "Ein Satz.")
+    with pytest.warns(LazyAttentionWarning):
+        assert isinstance(at.capture(tiny_models["t5"], TEXT), LazyTrace)
     with pytest.raises(AttnscopeError, match="attention must be 'eager', 'lazy' or None"):
         at.capture(model, TEXT, attention="auto-ish")
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_encoder_decoder_encoders_equal_eager(tiny_models, family, tmp_path):
+    """T5's relative position bias and BART's scaled scores: the encoder self-attention of a
+    lazy capture equals eager weights, per tile, in head patterns and through a file."""
+    model = tiny_models[family]
+    eager = at.capture(model, TEXT)
+    lazy = at.capture(model, TEXT, attention="lazy")
+    assert not lazy.is_causal and lazy.architecture == "encoder-decoder"
+    assert ("position_bias" in lazy.extra) == (family == "t5")
+    np.testing.assert_allclose(lazy.to_dense(), eager.attentions, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(lazy.attention(1, 2, rows=[0, 7], cols=slice(3, 20)),
+                               eager.attentions[1, 2][[0, 7], 3:20], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(at.head_patterns(lazy).scores, at.head_patterns(eager).scores,
+                               atol=1e-5, rtol=0)
+    loaded = LazyTrace.load(lazy.save(tmp_path / "enc.npz"))
+    np.testing.assert_allclose(loaded.to_dense(), eager.attentions, atol=1e-5, rtol=0)
+    # chosen heads keep their own columns of T5's bucket table
+    picked = at.capture(model, TEXT, attention="lazy", heads=[3, 1])
+    np.testing.assert_allclose(picked.to_dense(), eager.attentions[:, [1, 3]], atol=1e-5,
+                               rtol=0)
+    window = lazy.window(0, 6, renormalize=True)
+    assert window.num_tokens == 6 and window.decoder_tokens is None
+
+
+def test_a_lazy_file_with_a_broken_position_bias_does_not_load(tiny_models, tmp_path):
+    import json
+
+    path = at.capture(tiny_models["t5"], TEXT, attention="lazy").save(tmp_path / "t5.npz")
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    meta = json.loads(str(arrays.pop("__meta__")))
+    meta["extra"]["position_bias"]["table"] = meta["extra"]["position_bias"]["table"][:-1]
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, __meta__=np.array(json.dumps(meta)), **arrays)
+    with pytest.raises(AttnscopeError, match=r"Cannot load the lazy trace .*position_bias"):
+        LazyTrace.load(bad)

@@ -20,6 +20,7 @@ from attnscope.adapters.base import RelativePositionBias, Rotary
 
 __all__ = [
     "apply_rotary",
+    "distance_buckets",
     "relative_position_bias",
     "relative_position_buckets",
     "repeat_kv",
@@ -65,6 +66,14 @@ def relative_position_buckets(
     Unidirectional (decoder): only keys at or before the query are told apart.
     """
     distance = torch.arange(t_k)[None, :] - torch.arange(t_q)[:, None]  # (T_q, T_k): key - query
+    return distance_buckets(distance, bidirectional, num_buckets, max_distance)
+
+
+def distance_buckets(distance: torch.Tensor, bidirectional: bool, num_buckets: int,
+                     max_distance: int) -> torch.Tensor:
+    """T5's bucket of each key - query ``distance`` (a long tensor of any shape), as
+    :func:`relative_position_buckets` gives for a whole square: any tile of rows and columns
+    (lazy attention computes them on demand)."""
     bucket = torch.zeros_like(distance)
     if bidirectional:
         num_buckets //= 2
