@@ -45,6 +45,22 @@ def test_head_patterns_of_a_lazy_trace_equal_the_eager_table(pairs, name):
         assert np.isfinite(want.score("induction")).all()
 
 
+def test_sentence_pairs_score_their_blocks_by_sentence(embedded, tiny_models):
+    """A [SEP]-joined pair: Kovaleva's block share is the attention within each sentence."""
+    for model in (embedded, tiny_models["bert"]):
+        eager = at.capture(model, "leaves fall in autumn", "autumn is marked by colorful foliage")
+        lazy = at.capture(model, "leaves fall in autumn", "autumn is marked by colorful foliage",
+                          attention="lazy")
+        want = at.head_patterns(eager)
+        for block in (3, 512):
+            got = lazy_head_patterns(lazy, block=block)
+            np.testing.assert_allclose(got.scores, want.scores, atol=1e-5, rtol=0)
+            for part in ("diagonal", "vertical", "block"):
+                np.testing.assert_allclose(got.kovaleva[part], want.kovaleva[part], atol=1e-5,
+                                           rtol=0)
+        assert np.isfinite(want.score("separator")).all()
+
+
 def test_sink_entropy_and_distance_match_a_plain_computation(pairs):
     """The streamed sink, entropy and distance against the published formulas, written
     plainly over the eager weights of the causal Llama."""

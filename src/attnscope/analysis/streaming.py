@@ -74,7 +74,13 @@ def _ratio(num: np.ndarray, den: np.ndarray | float, defined: bool) -> np.ndarra
 
 def _stream(lazy: LazyTrace, block: int) -> dict[str, np.ndarray]:
     """One pass over every layer's weights, row block by row block: every head-pattern score,
-    Kovaleva's three shares and the layer-trend shares, each ``[L, H]``."""
+    Kovaleva's three shares and the layer-trend shares, each ``[L, H]``.
+
+    Each block costs a few passes over its ``[H, r, c]`` weights: the exponential, the row
+    sums, the entropy and distance products, and one matrix product for the column sums over
+    the scored rows (every column-target score reads those ``[H, c]`` sums). Targets on
+    (query, key) pairs are gathered from their index lists.
+    """
     import torch
 
     L, H, T = lazy.num_layers, lazy.num_heads, lazy.num_tokens
@@ -106,57 +112,65 @@ def _stream(lazy: LazyTrace, block: int) -> dict[str, np.ndarray]:
             counts["plain"] += len(plain_local)
             for name, target in targets.items():
                 scored[name] = scored.get(name, 0) + len(target.rows)
+            # the plain rows as weights: one product gives their column sums
+            plain_weight = torch.from_numpy(plain[start:stop].astype(np.float32))[None, None]
             q_plain = rows[plain_local]
             gap = np.abs(q_plain[:, None] - cols[None, :])  # (Rp, c)
-            dist = torch.from_numpy(gap.astype(np.float32))
-            diag = torch.from_numpy(gap <= 1)
+            diag_q, diag_k = np.nonzero(gap <= 1)
             if pair_segments:
-                own_mask = (segments[q_plain][:, None] == segments[None, :c]) \
-                    & (segments[None, :c] >= 0)
+                # own sentence: a product with one column per sentence, then each row's own
+                onehot = np.stack([segments[:c] == 0, segments[:c] == 1], -1)  # (c, 2)
+                own_onehot = torch.from_numpy(onehot.astype(np.float32))
+                own_segment = segments[q_plain]
+                own_rows = np.flatnonzero(own_segment >= 0)
             else:
-                own_mask = (gap >= 2) & (gap <= 4)
-            own = torch.from_numpy(own_mask)
+                own_q, own_k = np.nonzero((gap >= 2) & (gap <= 4))
+            dist = torch.from_numpy(np.abs(rows[:, None] - cols[None, :]).astype(np.float32))
             log_norm = torch.from_numpy(np.log(seen[rows[keep_local]]).astype(np.float32))
             for layer in range(L):
                 logp = lazy._log_weights(layer, heads, rows, cols)  # (H, r, c)
                 p = torch.exp(logp)
                 row_sums = p.sum(-1, dtype=torch.float64)  # (H, r)
+                columns = torch.matmul(plain_weight, p)[:, 0].double()  # (H, c): plain rows
                 for name, target in targets.items():
                     if not len(target.rows):
                         continue
                     sums.add(f"{name}.total", layer,
                              row_sums[:, target.rows - start].sum(-1).numpy())
-                    if target.cols is not None:
+                    if target.cols is not None:  # every such target scores the plain rows
                         kept = target.cols[target.cols < c]
-                        picked = p[:, target.rows - start][:, :, kept]
+                        hit = columns[:, kept].sum(-1)
                     else:
                         assert target.q is not None and target.k is not None
                         inside = target.k < c
-                        picked = p[:, target.q[inside] - start, target.k[inside]]
-                    sums.add(f"{name}.hit", layer, picked.sum((-1, -2) if picked.ndim == 3
-                                                             else -1, dtype=torch.float64))
+                        hit = p[:, target.q[inside] - start, target.k[inside]].sum(
+                            -1, dtype=torch.float64)
+                    sums.add(f"{name}.hit", layer, hit.numpy())
                 if len(sink_local):
                     sums.add("sink", layer, p[:, sink_local, 0].sum(-1, dtype=torch.float64))
+                # per-row entropy and distance over the whole block, then the rows wanted
+                # (−Σ P log P from log P itself; 0 · −inf is set to 0 where the model masks)
+                entropy = -(p * logp.nan_to_num_(neginf=0.0)).sum(-1)  # (H, r)
+                distance = (p * dist).sum(-1, dtype=torch.float64)  # (H, r)
                 if len(keep_local):
-                    # −Σ P log P from log P itself (0 · −inf set to 0 where the model masks)
-                    lp = logp[:, keep_local].nan_to_num_(neginf=0.0)
-                    entropy = -(p[:, keep_local] * lp).sum(-1)  # (H, R)
-                    sums.add("broad", layer, (entropy / log_norm).sum(-1, dtype=torch.float64))
+                    sums.add("broad", layer,
+                             (entropy[:, keep_local] / log_norm).sum(-1, dtype=torch.float64))
                 if len(plain_local):
-                    pp = p[:, plain_local]  # (H, Rp, c)
-                    sums.add("distance", layer, (pp * dist).sum((-1, -2), dtype=torch.float64))
-                    sums.add("plain.total", layer,
-                             row_sums[:, plain_local].sum(-1).numpy())
-                    sums.add("diagonal", layer,
-                             pp.masked_fill(~diag, 0).sum((-1, -2), dtype=torch.float64))
-                    sums.add("block", layer,
-                             pp.masked_fill(~own, 0).sum((-1, -2), dtype=torch.float64))
-                    column_mass[layer, :, :c] += pp.sum(1, dtype=torch.float64).numpy()
+                    sums.add("distance", layer, distance[:, plain_local].sum(-1))
+                    sums.add("plain.total", layer, row_sums[:, plain_local].sum(-1).numpy())
+                    sums.add("diagonal", layer, p[:, plain_local[diag_q], diag_k].sum(
+                        -1, dtype=torch.float64))
+                    if pair_segments:
+                        per_segment = torch.matmul(p[:, plain_local], own_onehot)  # (H, Rp, 2)
+                        own = per_segment[:, own_rows, own_segment[own_rows]]
+                        sums.add("block", layer, own.sum(-1, dtype=torch.float64))
+                    else:
+                        sums.add("block", layer, p[:, plain_local[own_q], own_k].sum(
+                            -1, dtype=torch.float64))
+                    column_mass[layer, :, :c] += columns.numpy()
                     for name, where in (("to_special", special_cols), ("to_punct", punct_cols)):
                         where = where[where < c]
-                        if len(where):
-                            sums.add(name, layer, pp[:, :, where].sum((-1, -2),
-                                                                      dtype=torch.float64))
+                        sums.add(name, layer, columns[:, where].sum(-1).numpy())
     out: dict[str, np.ndarray] = {}
     for name in MASS_SCORES:
         out[name] = _ratio(sums.get(f"{name}.hit"), sums.get(f"{name}.total"),
