@@ -138,3 +138,16 @@ def test_bad_choices_get_one_sentence(tiny_models, attention):
             at.capture(model, TEXT, attention=attention, **kwargs)
     with pytest.raises(AttnscopeError, match=r"layers=\[\] records no layer"):
         at.generate(model, PROMPT, max_new_tokens=1, layers=[])
+
+
+def test_figures_name_the_real_layer_and_head(tiny_models):
+    trace = at.capture(tiny_models["bert"], TEXT, layers=[1], heads=[2, 3])
+    assert "layer 1, head 3" in at.heatmap(trace, 0, 1).axes[0].get_title()
+    grid = at.heads_grid(trace, 0)
+    assert [ax.get_title() for ax in grid.axes[:2]] == ["head 2", "head 3"]
+    assert "layer 1, all heads" in grid._suptitle.get_text()
+    model = at.model_grid(trace).axes[0]
+    assert [t.get_text() for t in model.get_yticklabels()] == ["L1"]
+    assert [t.get_text() for t in model.get_xticklabels()] == ["h2", "h3"]
+    labels = at.head_patterns(trace).label_map().axes[0]
+    assert [t.get_text() for t in labels.get_yticklabels()] == ["1"]

@@ -114,8 +114,10 @@ def label_map_figure(table: HeadTable) -> AttnFigure:
                 text += f"\n{score:.2f}"
             ax.text(head, layer, text, ha="center", va="center", fontsize=6.5)
     ax.imshow(rgb, aspect="auto", interpolation="nearest")
-    ax.set_xticks(range(heads), labels=[str(h) for h in range(heads)], fontsize=8)
-    ax.set_yticks(range(layers), labels=[str(la) for la in range(layers)], fontsize=8)
+    head_ids = table.head_ids or range(heads)  # the model's own numbers
+    layer_ids = table.layer_ids or range(layers)
+    ax.set_xticks(range(heads), labels=[str(h) for h in head_ids], fontsize=8)
+    ax.set_yticks(range(layers), labels=[str(la) for la in layer_ids], fontsize=8)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     used = [n for n in names if n in set(table.labels.ravel().tolist())]

@@ -222,7 +222,8 @@ def heatmap(
         head = check_index(head, attentions.shape[1], "head")  # type: ignore[arg-type]
         matrix = attentions[layer, head]
         if title is None:
-            title = f"{trace.model_name}\n{_part_name(trace, part)}layer {layer}, head {head}"
+            title = (f"{trace.model_name}\n{_part_name(trace, part)}layer "
+                     f"{trace.layer_numbers[layer]}, head {trace.head_numbers[head]}")
         label = "attention weight"
     else:
         matrix, rows, cols = matrix_and_tokens(trace, layer, head, "heatmap")
@@ -346,7 +347,7 @@ def heads_grid(trace: Trace, layer: int = -1, *, part: str = "self",
             continue
         ax.imshow(attentions[layer, h], cmap=cmap or weight_cmap(), norm=norm,
                   interpolation="nearest")
-        ax.set_title(f"head {h}", fontsize=9)
+        ax.set_title(f"head {trace.head_numbers[h]}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
         if labelled and (h % ncols == 0 or h + ncols >= heads):
@@ -355,7 +356,8 @@ def heads_grid(trace: Trace, layer: int = -1, *, part: str = "self",
                 ax.set_yticks([])
             if h + ncols < heads:
                 ax.set_xticks([])
-    fig.suptitle(f"{trace.model_name}: {_part_name(trace, part)}layer {layer}, all heads")
+    fig.suptitle(f"{trace.model_name}: {_part_name(trace, part)}layer "
+                 f"{trace.layer_numbers[layer]}, all heads")
     _contrast_colorbar(fig, list(np.ravel(axes)), cmap or weight_cmap(), norm,
                        "attention weight", shrink=0.6, fraction=0.03)
     return fig
@@ -412,10 +414,12 @@ def model_grid(trace: Trace, *, part: str = "self", cmap: Colormap | str | None 
     ax = fig.add_subplot()
     ax.imshow(mosaic, cmap=colours.with_extremes(bad="none"), norm=norm,
               interpolation="nearest")
+    # the model's own numbers (a capture with layers= / heads= holds some of them only)
+    head_ids, layer_ids = trace.head_numbers, trace.layer_numbers
     ax.set_xticks([h * (tk + gap) + (tk - 1) / 2 for h in range(heads)],
-                  labels=[f"h{h}" for h in range(heads)], fontsize=8)
+                  labels=[f"h{head_ids[h]}" for h in range(heads)], fontsize=8)
     ax.set_yticks([la * (tq + gap) + (tq - 1) / 2 for la in range(layers)],
-                  labels=[f"L{la}" for la in range(layers)], fontsize=8)
+                  labels=[f"L{layer_ids[la]}" for la in range(layers)], fontsize=8)
     ax.xaxis.tick_top()
     ax.tick_params(length=0)
     for spine in ax.spines.values():
