@@ -1161,6 +1161,12 @@ def require_trace(value: Any, what: str) -> Trace:
             f"{what} takes a Trace, not a bare array; make one with "
             "attnscope.Trace.from_attentions(attentions, tokens)."
         )
+    if type(value).__name__ == "LazyTrace":
+        raise AttnscopeError(
+            f"{what} needs the attention held whole, which a LazyTrace does not; run it on a "
+            "span with lazy.window(start, stop), or capture with attention=\"eager\" "
+            "(head_patterns, layer_trends and attention_rollout take a LazyTrace as it is)."
+        )
     raise AttnscopeError(
         f"{what} takes a Trace from attnscope.capture or Trace.from_attentions, not "
         f"{type(value).__name__}."

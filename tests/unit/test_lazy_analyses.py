@@ -130,3 +130,33 @@ def test_bad_requests_on_lazy_analyses_get_one_sentence(pairs):
         at.attention_rollout(lazy, [])
     with pytest.raises(AttnscopeError, match="memory budget"):
         lazy_rollout(lazy, None, budget=64)
+
+
+def test_streaming_reads_one_block_of_rows_at_a_time(pairs, monkeypatch):
+    """The O(H·block·T) promise: every weight computation covers at most ``block`` query rows,
+    and nothing asks for the whole array."""
+    _, lazy = pairs["llama"]
+    seen_rows = []
+    original = at.LazyTrace._log_weights
+
+    def watched(self, layer, heads, rows, cols):
+        seen_rows.append(len(rows))
+        return original(self, layer, heads, rows, cols)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the whole array was asked for")
+
+    monkeypatch.setattr(at.LazyTrace, "_log_weights", watched)
+    monkeypatch.setattr(at.LazyTrace, "to_dense", refuse)
+    lazy_head_patterns(lazy, block=4)
+    lazy_layer_trends(lazy, block=4)
+    lazy_rollout(lazy, [2], block=4)
+    assert seen_rows and max(seen_rows) == 4
+
+
+def test_analyses_that_need_whole_weights_say_how_to_get_them(pairs):
+    _, lazy = pairs["gpt2"]
+    for call in (lambda: at.attention_flow(lazy, 0), lambda: at.attention_norms(lazy)):
+        with pytest.raises(AttnscopeError, match=r"lazy.window\(start, stop\)") as info:
+            call()
+        assert "\n" not in str(info.value)
