@@ -132,7 +132,7 @@ def capture(
                                   add_special_tokens=add_special_tokens, budget=budget,
                                   layers=layers, heads=heads)
     except MemoryBudgetError as refusal:
-        if attention == "eager" or not _can_go_lazy(model, qkv, merge_words, text_b):
+        if attention == "eager" or not _can_go_lazy(model, qkv, merge_words):
             raise
         import warnings
 
@@ -147,13 +147,11 @@ def capture(
     return _maybe_merge(trace, merge_words)
 
 
-def _can_go_lazy(model: LoadedModel, qkv: Any, merge_words: Any, text_b: Any) -> bool:
-    """Whether the default may switch to lazy: nothing asked for needs the eager arrays (an
-    encoder-decoder model's decoder text needs its decoder and cross attention)."""
+def _can_go_lazy(model: LoadedModel, qkv: Any, merge_words: Any) -> bool:
+    """Whether the default may switch to lazy: nothing asked for needs the eager arrays."""
     from attnscope.lazy import lazy_problem
 
-    decoder = model.architecture == "encoder-decoder" and text_b is not None
-    return qkv is False and merge_words is False and not decoder and lazy_problem(model) is None
+    return qkv is False and merge_words is False and lazy_problem(model) is None
 
 
 def _size(n: int) -> str:

@@ -197,26 +197,41 @@ def capture_lazy(
     problem = lazy_problem(model)
     if problem:
         raise AttnscopeError(problem)
-    encoder_only = model.architecture == "encoder-decoder"
-    if encoder_only and text_b is not None:
-        raise AttnscopeError(
-            f"attention=\"lazy\" records the encoder self-attention of {model.name}, not yet "
-            "its decoder and cross attention; leave out the decoder text, or capture it with "
-            "attention=\"eager\"."
-        )
-
-    encoded = encode(model, text, text_b, truncate=truncate,
+    seq2seq = model.architecture == "encoder-decoder"
+    encoder_only = seq2seq and text_b is None
+    encoded = encode(model, text, None if seq2seq else text_b, truncate=truncate,
                      add_special_tokens=add_special_tokens)
     inputs = {name: torch.from_numpy(np.asarray(value, dtype=np.int64)[None]).to(model.device)
               for name, value in encoded.model_inputs.items()}
+    decoder_side = None
+    if seq2seq and not encoder_only:
+        from attnscope.capture import _decoder_tokens
+
+        decoder_side = _decoder_tokens(model, text_b, truncate)
+        for name, value in decoder_side.model_inputs.items():
+            inputs[f"decoder_{name}"] = torch.from_numpy(
+                np.asarray(value, dtype=np.int64)[None]).to(model.device)
     recorder = QKVRecorder(model)
     facts = recorder.facts()
+    seq2seq_recorder = _Seq2SeqRecorder(model) if decoder_side is not None else None
+    if seq2seq_recorder is not None and layer_ids is not None \
+            and max(layer_ids) >= seq2seq_recorder.num_layers:
+        raise AttnscopeError(
+            f"Layer {max(layer_ids)} is past {model.name}'s {seq2seq_recorder.num_layers} "
+            "decoder layers; choose layers both stacks have, or leave out the decoder text."
+        )
     with torch.inference_mode():
         with _fast_attention(model.model), recorder:
-            # an encoder-decoder model runs its encoder alone: that is what is recorded
+            # without a decoder text, an encoder-decoder model runs its encoder alone
             runner = model.model.get_encoder() if encoder_only else model.model
-            runner(**inputs, output_attentions=False, output_hidden_states=False,
-                   return_dict=True)
+            extra_args = {"use_cache": False} if seq2seq_recorder is not None else {}
+            if seq2seq_recorder is None:
+                runner(**inputs, output_attentions=False, output_hidden_states=False,
+                       return_dict=True)
+            else:
+                with seq2seq_recorder:
+                    runner(**inputs, output_attentions=False, output_hidden_states=False,
+                           return_dict=True, **extra_args)
         queries, keys, _ = recorder.per_layer(repeat_kv_heads=False)
     picked = list(range(len(queries))) if layer_ids is None else list(layer_ids)
     kv_heads = None
@@ -245,7 +260,96 @@ def capture_lazy(
         layer_ids=layer_ids, head_ids=head_ids,
     )
     lazy._compute_lse(block)
+    if seq2seq_recorder is not None:
+        assert decoder_side is not None
+        for part in ("decoder", "cross"):
+            setattr(lazy, part, seq2seq_recorder.part(part, lazy, decoder_side, picked,
+                                                     head_ids, block))
     return lazy
+
+
+class _Seq2SeqRecorder:
+    """Forward hooks on the query and key projections of an encoder-decoder model's decoder
+    self-attention and cross attention (T5, BART), for the pass's ``with`` block; the outputs
+    ``[1, T, H·d]`` are kept per (part, layer)."""
+
+    def __init__(self, model: Any) -> None:
+        from attnscope.adapters import get_adapter
+
+        self.loaded = model
+        self.adapter = get_adapter(model)
+        self.base = model.model.base_model
+        self.num_layers = len(self.base.decoder.block if model.model_type == "t5"
+                              else self.base.decoder.layers)
+        self.kept: dict[tuple[str, int, str], Any] = {}
+        self.handles: list[Any] = []
+
+    def _modules(self, layer: int, part: str) -> tuple[Any, Any]:
+        if self.loaded.model_type == "t5":
+            block = self.base.decoder.block[layer]
+            attn = block.layer[1].EncDecAttention if part == "cross" else (
+                block.layer[0].SelfAttention)
+            return attn.q, attn.k
+        block = self.base.decoder.layers[layer]
+        attn = block.encoder_attn if part == "cross" else block.self_attn
+        return attn.q_proj, attn.k_proj
+
+    def __enter__(self) -> _Seq2SeqRecorder:
+        def keep(key: tuple[str, int, str]) -> Any:
+            def hook(module: Any, args: Any, output: Any) -> None:
+                self.kept[key] = output.detach()
+            return hook
+
+        for layer in range(self.num_layers):
+            for part in ("decoder", "cross"):
+                for name, module in zip("qk", self._modules(layer, part), strict=True):
+                    self.handles.append(module.register_forward_hook(keep((part, layer, name))))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def part(self, part: str, encoder: LazyTrace, side: Any, layers: list[int],
+             heads: tuple[int, ...] | None, block: int) -> LazyTrace:
+        """The decoder (causal, over the decoder tokens) or cross (decoder queries over the
+        encoder's keys) attention as a LazyTrace of the chosen layers and heads."""
+        from attnscope.selection import select_extra
+
+        H = self.loaded.num_heads
+        chosen = list(range(H)) if heads is None else list(heads)
+
+        def stack(name: str) -> np.ndarray:
+            out = []
+            for layer in layers:
+                x = self.kept.pop((part, layer, name))[0]  # (T, H·d)
+                x = x.reshape(x.shape[0], H, -1).transpose(0, 1)[chosen]  # (H, T, d)
+                out.append(x.float().cpu().numpy())
+            return np.stack(out)
+
+        params = [self.adapter.attention(self.loaded.model, layer, part) for layer in layers]
+        bias = params[0].position_bias
+        extra: dict[str, Any] = {"qkv_adapter": self.adapter.name}
+        if bias is not None:
+            extra = select_extra({**extra, "position_bias": bias.to_json()}, None, heads)
+        q, k = stack("q"), stack("k")
+        n = len(side)
+        lazy = LazyTrace(
+            model_name=encoder.model_name, model_type=encoder.model_type,
+            architecture=encoder.architecture, text=side.text, text_b=None,
+            tokens=tuple(side.tokens), input_ids=np.asarray(side.input_ids),
+            token_type_ids=np.zeros(n, np.int64), special_mask=np.asarray(side.special_mask),
+            word_ids=np.asarray(side.word_ids), offsets=np.asarray(side.offsets),
+            segment_ids=np.asarray(side.segment_ids), sentence_b_start=None,
+            truncated=int(side.dropped), queries=q, keys=k,
+            lse=np.zeros(q.shape[:3], np.float32),
+            scales=np.asarray([float(p.scale) for p in params], np.float32),
+            causal=part == "decoder", sliding_windows=(None,) * len(layers), extra=extra,
+            layer_ids=encoder.layer_ids, head_ids=encoder.head_ids,
+        )
+        lazy._compute_lse(block)
+        return lazy
 
 
 def lazy_problem(model: Any) -> str | None:
@@ -349,6 +453,10 @@ class LazyTrace:
             the number of last keys (itself included) a query sees.
         layer_ids, head_ids: the model's layer and head behind each index, when the capture
             chose some (``layers=`` / ``heads=``); None: every one, in order.
+        decoder, cross: for an encoder-decoder model captured with a decoder text, its decoder
+            self-attention (a causal LazyTrace over the decoder tokens) and cross attention (a
+            LazyTrace whose rows are the decoder tokens and whose keys ``[L, H, T_enc, d]``
+            are the encoder's, ``num_keys`` = T_enc); else None.
     """
 
     model_name: str
@@ -374,6 +482,8 @@ class LazyTrace:
     extra: dict[str, Any] = field(default_factory=dict)
     layer_ids: tuple[int, ...] | None = None
     head_ids: tuple[int, ...] | None = None
+    decoder: LazyTrace | None = None
+    cross: LazyTrace | None = None
 
     # ----- sizes -------------------------------------------------------------------------------
     @property
@@ -391,6 +501,11 @@ class LazyTrace:
     @property
     def num_tokens(self) -> int:
         return len(self.tokens)
+
+    @property
+    def num_keys(self) -> int:
+        """The key columns: T, or the encoder's tokens for cross attention."""
+        return int(self.keys.shape[2])
 
     @property
     def layer_numbers(self) -> tuple[int, ...]:
@@ -482,7 +597,7 @@ class LazyTrace:
         T = self.num_tokens
         lse = np.empty(self.queries.shape[:3], np.float32)
         heads = np.arange(self.num_heads)
-        all_cols = np.arange(T)
+        all_cols = np.arange(self.num_keys)
         with torch.inference_mode():
             for layer in range(self.num_layers):
                 for start in range(0, T, block):
@@ -523,7 +638,7 @@ class LazyTrace:
         layer = _index(layer, self.num_layers, "layer")
         head = _index(head, self.num_heads, "head")
         row_index, row_scalar = _positions(rows, self.num_tokens, "row")
-        col_index, col_scalar = _positions(cols, self.num_tokens, "column")
+        col_index, col_scalar = _positions(cols, self.num_keys, "column")
         _guard_array((len(row_index), len(col_index)), "This tile", budget)
         with torch.inference_mode():
             tile = self._weights(layer, [head], row_index, col_index)[0].numpy()
@@ -548,7 +663,7 @@ class LazyTrace:
         sums = {name: np.zeros((L, H), np.float64)
                 for name in ("sink", "entropy", "distance", "previous")}
         heads = np.arange(H)
-        all_cols = np.arange(T)
+        all_cols = np.arange(self.num_keys)
         with torch.inference_mode():
             for layer in range(L):
                 for start in range(0, T, block):
@@ -565,7 +680,7 @@ class LazyTrace:
                     s["sink"][layer] += p[:, :, 0].sum(-1).double().numpy()
                     s["entropy"][layer] -= (p * logp).sum((-1, -2)).double().numpy()
                     s["distance"][layer] += (p * dist).sum((-1, -2)).double().numpy()
-                    r = rows[rows >= 1]
+                    r = rows[(rows >= 1) & (rows <= len(cols))]  # key i-1 exists
                     if len(r):
                         picked = p[:, r - start, torch.from_numpy(r - 1)]  # (H, len(r))
                         s["previous"][layer] += picked.sum(-1).double().numpy()
@@ -576,7 +691,7 @@ class LazyTrace:
     def to_dense(self, *, budget: Any = None) -> np.ndarray:
         """The whole ``[L, H, T, T]`` float32 array, after checking it fits the memory budget."""
         L, H, T = self.num_layers, self.num_heads, self.num_tokens
-        _guard_array((L, H, T, T), "The whole attention", budget)
+        _guard_array((L, H, T, self.num_keys), "The whole attention", budget)
         return self.attentions.select(slice(None), budget)
 
     def window(self, start: int, stop: int, *, renormalize: bool = False,
@@ -593,6 +708,10 @@ class LazyTrace:
         choice. The window holds no hidden states.
         """
         T = self.num_tokens
+        if self.num_keys != T:
+            raise AttnscopeError("A window is a span of self-attention; cross attention's rows "
+                                 "and keys are different texts (use attention() or "
+                                 "attentions[...] for its tiles).")
         for value, what in ((start, "start"), (stop, "stop")):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise AttnscopeError(f"The window's {what} must be a token position, not "
@@ -639,8 +758,25 @@ class LazyTrace:
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
-        meta = {
-            "format": _FORMAT, "format_version": _FORMAT_VERSION,
+        meta: dict[str, Any] = {"format": _FORMAT, "format_version": _FORMAT_VERSION,
+                                **self._meta()}
+        arrays: dict[str, Any] = {name: np.asarray(getattr(self, name)) for name in _ARRAYS}
+        parts = {}
+        for part in _PARTS:  # an encoder-decoder model's decoder and cross attention
+            lazy = getattr(self, part)
+            if lazy is not None:
+                parts[part] = lazy._meta()
+                arrays |= {f"{part}.{name}": np.asarray(getattr(lazy, name))
+                           for name in _ARRAYS}
+        if parts:
+            meta["parts"] = parts
+        with atomic_write(path, "wb", what="the lazy trace") as fh:
+            np.savez(fh, __meta__=np.array(json.dumps(meta, ensure_ascii=False)), **arrays)
+        return path
+
+    def _meta(self) -> dict[str, Any]:
+        """The JSON-able fields, for :meth:`save`."""
+        return {
             "model_name": self.model_name, "model_type": self.model_type,
             "architecture": self.architecture, "text": self.text, "text_b": self.text_b,
             "tokens": list(self.tokens), "sentence_b_start": self.sentence_b_start,
@@ -649,10 +785,6 @@ class LazyTrace:
             "layer_ids": None if self.layer_ids is None else list(self.layer_ids),
             "head_ids": None if self.head_ids is None else list(self.head_ids),
         }
-        arrays: dict[str, Any] = {name: np.asarray(getattr(self, name)) for name in _ARRAYS}
-        with atomic_write(path, "wb", what="the lazy trace") as fh:
-            np.savez(fh, __meta__=np.array(json.dumps(meta, ensure_ascii=False)), **arrays)
-        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LazyTrace:
@@ -681,13 +813,18 @@ def _read(cls: type[LazyTrace], path: Path) -> LazyTrace:
             if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
                 raise _Bad("it is not a saved lazy trace (load ordinary traces with "
                            "Trace.load)")
-            missing = sorted(set(_ARRAYS) - names)
+            parts = meta.get("parts", {})
+            if not isinstance(parts, dict) or not set(parts) <= set(_PARTS) \
+                    or not all(isinstance(v, dict) for v in parts.values()):
+                raise _Bad(f"its parts are not a map from {' / '.join(_PARTS)} to fields")
+            wanted = {*_ARRAYS, *(f"{part}.{name}" for part in parts for name in _ARRAYS)}
+            missing = sorted(wanted - names)
             if missing:
                 raise _Bad(f"it has no {', '.join(missing)}")
-            unknown = sorted(names - {"__meta__", *_ARRAYS})
+            unknown = sorted(names - {"__meta__", *wanted})
             if unknown:
                 raise _Bad(f"it holds unknown arrays {', '.join(unknown)}")
-            arrays = {name: data[name] for name in _ARRAYS}
+            arrays = {name: data[name] for name in wanted}
     except _Bad:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
@@ -695,10 +832,32 @@ def _read(cls: type[LazyTrace], path: Path) -> LazyTrace:
     if meta.get("format_version") != _FORMAT_VERSION:
         raise _Bad(f"its format version {meta.get('format_version')!r} is not "
                    f"{_FORMAT_VERSION}")
+    lazy = _build(cls, meta, {name: arrays[name] for name in _ARRAYS}, None)
+    for part, fields in parts.items():
+        prefix = f"{part}."
+        try:
+            sub = _build(cls, fields, {name: arrays[prefix + name] for name in _ARRAYS},
+                         lazy.num_tokens if part == "cross" else None)
+        except _Bad as err:
+            raise _Bad(f"its {part} attention: {err}") from None
+        if sub.num_layers != lazy.num_layers or sub.num_heads != lazy.num_heads:
+            raise _Bad(f"its {part} attention holds {sub.num_layers} layers x "
+                       f"{sub.num_heads} heads, not {lazy.num_layers} x {lazy.num_heads}")
+        if part == "cross" and lazy.decoder is not None and sub.tokens != lazy.decoder.tokens:
+            raise _Bad("its cross attention's rows are not the decoder's tokens")
+        setattr(lazy, part, sub)
+    return lazy
+
+
+def _build(cls: type[LazyTrace], meta: dict[str, Any], arrays: dict[str, Any],
+           key_count: int | None) -> LazyTrace:
+    """One LazyTrace from its fields and arrays, checked; ``key_count`` is the number of key
+    columns when they are not the trace's own tokens (cross attention)."""
     tokens = meta.get("tokens")
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
         raise _Bad("its tokens are not a non-empty list of strings")
     T = len(tokens)
+    K = T if key_count is None else key_count
     q, k, lse, scales = (arrays[n] for n in ("queries", "keys", "lse", "scales"))
     for name, array in (("queries", q), ("keys", k), ("lse", lse), ("scales", scales)):
         if array.dtype != np.float32:
@@ -706,9 +865,9 @@ def _read(cls: type[LazyTrace], path: Path) -> LazyTrace:
     if q.ndim != 4 or q.shape[2] != T or 0 in q.shape:
         raise _Bad(f"queries has shape {q.shape}, not [L, H, {T}, d]")
     L, H, _, d = q.shape
-    if k.ndim != 4 or k.shape[0] != L or k.shape[2:] != (T, d) or k.shape[1] < 1 \
+    if k.ndim != 4 or k.shape[0] != L or k.shape[2:] != (K, d) or k.shape[1] < 1 \
             or H % k.shape[1]:
-        raise _Bad(f"keys has shape {k.shape}, not [{L}, H_kv, {T}, {d}] with H_kv dividing {H}")
+        raise _Bad(f"keys has shape {k.shape}, not [{L}, H_kv, {K}, {d}] with H_kv dividing {H}")
     if lse.shape != (L, H, T):
         raise _Bad(f"lse has shape {lse.shape}, not [{L}, {H}, {T}]")
     if scales.shape != (L,):
@@ -755,6 +914,10 @@ def _read(cls: type[LazyTrace], path: Path) -> LazyTrace:
         )
     except (KeyError, TypeError, ValueError) as err:
         raise _Bad(f"its metadata is incomplete ({err})") from None
+
+
+#: The attention parts an encoder-decoder LazyTrace may hold besides its encoder's.
+_PARTS = ("decoder", "cross")
 
 
 # ----- indexing --------------------------------------------------------------------------------
@@ -817,7 +980,7 @@ class _AttentionIndexer:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         t = self.lazy
-        return (t.num_layers, t.num_heads, t.num_tokens, t.num_tokens)
+        return (t.num_layers, t.num_heads, t.num_tokens, t.num_keys)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         return self.select(key, budget=None)
@@ -835,7 +998,7 @@ class _AttentionIndexer:
         layers, layer_scalar = _positions(key[0], t.num_layers, "layer")
         heads, head_scalar = _positions(key[1], t.num_heads, "head")
         rows, row_scalar = _positions(key[2], t.num_tokens, "row")
-        cols, col_scalar = _positions(key[3], t.num_tokens, "column")
+        cols, col_scalar = _positions(key[3], t.num_keys, "column")
         _guard_array((len(layers), len(heads), len(rows), len(cols)), "This selection", budget)
         out = np.empty((len(layers), len(heads), len(rows), len(cols)), np.float32)
         with torch.inference_mode():

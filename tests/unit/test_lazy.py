@@ -163,9 +163,8 @@ def test_bad_requests_get_one_sentence(pairs, tiny_models):
         (lambda: lazy.head_stats(block=0), "block must be"),
         (lambda: at.capture(tiny_models["gpt2"], TEXT, attention="flash"),
          "attention must be 'eager', 'lazy' or None"),
-        (lambda: at.capture(tiny_models["t5"], TEXT, "Ein Satz.", attention="lazy"),
-         "encoder self-attention of .* not yet its decoder and cross attention.*"
-         "attention=\"eager\""),
+        (lambda: at.capture(tiny_models["t5"], TEXT, "Ein Satz.", attention="lazy").cross
+         .window(0, 2), "cross attention's rows and keys are different texts"),
     ]
     for call, message in cases:
         with pytest.raises(AttnscopeError, match=message) as info:
@@ -281,13 +280,45 @@ def test_the_default_switches_to_lazy_past_the_budget_with_one_note(tiny_models,
     for kwargs in ({"qkv": True}, {"merge_words": True}):  # lazy cannot give these
         with pytest.raises(MemoryBudgetError, match="past the memory budget"):
             at.capture(model, TEXT, **kwargs)
-    # an encoder-decoder model with a decoder text needs eager; its encoder alone goes lazy
-    with pytest.raises(MemoryBudgetError, match="past the memory budget"):
-        at.capture(tiny_models["t5"], TEXT, "Ein Satz.")
+    # an encoder-decoder model goes lazy too, with its decoder and cross attention
     with pytest.warns(LazyAttentionWarning):
-        assert isinstance(at.capture(tiny_models["t5"], TEXT), LazyTrace)
+        assert at.capture(tiny_models["t5"], TEXT, "Ein Satz.").cross is not None
     with pytest.raises(AttnscopeError, match="attention must be 'eager', 'lazy' or None"):
         at.capture(model, TEXT, attention="auto-ish")
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_encoder_decoder_parts_equal_eager(tiny_models, family, tmp_path):
+    """With a decoder text: the decoder self-attention (causal; T5's one-way bias) and the
+    cross attention (decoder queries over encoder keys) equal eager weights, through a file
+    too, and the decoder's head patterns stream."""
+    model = tiny_models[family]
+    target = "Ein Mädchen goss Wasser in ein Glas."
+    eager = at.capture(model, TEXT, target)
+    lazy = at.capture(model, TEXT, target, attention="lazy")
+    assert lazy.decoder.is_causal and not lazy.cross.is_causal
+    assert lazy.decoder.tokens == lazy.cross.tokens == eager.decoder_tokens
+    assert lazy.cross.num_keys == lazy.num_tokens and lazy.cross.attentions.shape == (
+        eager.cross_attentions.shape)
+    for got, want in ((lazy, eager.attentions), (lazy.decoder, eager.decoder_attentions),
+                      (lazy.cross, eager.cross_attentions)):
+        np.testing.assert_allclose(got.to_dense(), want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(lazy.cross.attention(1, 0, rows=2, cols=slice(1, 9)),
+                               eager.cross_attentions[1, 0, 2, 1:9], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(at.head_patterns(lazy, part="decoder").scores,
+                               at.head_patterns(eager, part="decoder").scores,
+                               atol=1e-5, rtol=0, equal_nan=True)
+    loaded = LazyTrace.load(lazy.save(tmp_path / "seq2seq.npz"))
+    np.testing.assert_allclose(loaded.cross.to_dense(), eager.cross_attentions, atol=1e-5,
+                               rtol=0)
+    np.testing.assert_allclose(loaded.decoder.to_dense(), eager.decoder_attentions,
+                               atol=1e-5, rtol=0)
+    picked = at.capture(model, TEXT, target, attention="lazy", layers=[1], heads=[2])
+    np.testing.assert_allclose(picked.cross.to_dense(), eager.cross_attentions[1:, 2:3],
+                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(picked.decoder.to_dense(), eager.decoder_attentions[1:, 2:3],
+                               atol=1e-5, rtol=0)
+    assert picked.decoder.layer_ids == (1,) and picked.cross.head_ids == (2,)
 
 
 @pytest.mark.parametrize("family", ["t5", "bart"])
@@ -326,3 +357,31 @@ def test_a_lazy_file_with_a_broken_position_bias_does_not_load(tiny_models, tmp_
     np.savez(bad, __meta__=np.array(json.dumps(meta)), **arrays)
     with pytest.raises(AttnscopeError, match=r"Cannot load the lazy trace .*position_bias"):
         LazyTrace.load(bad)
+
+
+def test_a_lazy_file_with_broken_decoder_parts_does_not_load(tiny_models, tmp_path):
+    import json
+
+    path = at.capture(tiny_models["bart"], TEXT, "Ein Satz.", attention="lazy").save(
+        tmp_path / "bart.npz")
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    meta = json.loads(str(arrays.pop("__meta__")))
+
+    def broken(name, meta, arrays):
+        bad = tmp_path / f"{name}.npz"
+        np.savez(bad, __meta__=np.array(json.dumps(meta)), **arrays)
+        with pytest.raises(AttnscopeError, match="Cannot load the lazy trace") as info:
+            LazyTrace.load(bad)
+        return str(info.value)
+
+    no_lse = {k: v for k, v in arrays.items() if k != "cross.lse"}
+    assert "it has no cross.lse" in broken("no-lse", meta, no_lse)
+    short_keys = dict(arrays, **{"cross.keys": arrays["cross.keys"][:, :, :-1]})
+    assert "its cross attention: keys has shape" in broken("keys", meta, short_keys)
+    other = json.loads(json.dumps(meta))
+    other["parts"]["cross"]["tokens"] = other["parts"]["cross"]["tokens"][::-1]
+    assert "rows are not the decoder's tokens" in broken("rows", other, arrays)
+    odd = json.loads(json.dumps(meta))
+    odd["parts"]["encoder"] = odd["parts"].pop("cross")
+    assert "its parts are not a map" in broken("parts", odd, arrays)

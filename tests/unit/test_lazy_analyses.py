@@ -120,8 +120,11 @@ def test_rollout_of_chosen_rows_equals_the_eager_rollout(pairs, name):
 def test_bad_requests_on_lazy_analyses_get_one_sentence(pairs):
     _, lazy = pairs["gpt2"]
     T = lazy.num_tokens
-    with pytest.raises(AttnscopeError, match="self-attention only"):
+    with pytest.raises(AttnscopeError, match="holds no 'decoder' attention; it holds "
+                                             "self-attention"):
         at.head_patterns(lazy, part="decoder")
+    with pytest.raises(AttnscopeError, match="score self-attention"):
+        at.head_patterns(lazy, part="cross")
     with pytest.raises(AttnscopeError, match="block must be a whole number"):
         lazy_head_patterns(lazy, block=0)
     with pytest.raises(AttnscopeError, match="out of range"):

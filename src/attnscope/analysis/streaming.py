@@ -194,9 +194,17 @@ def lazy_head_patterns(lazy: LazyTrace, part: str = "self",
                        block: int = DEFAULT_BLOCK) -> HeadTable:
     """:func:`attnscope.head_patterns` of a LazyTrace, streamed over row blocks (memory
     O(H·block·T)); the same table as the eager Trace's, to float rounding."""
-    if part != "self":
-        raise AttnscopeError(f"A lazy trace holds self-attention only; use part 'self', not "
-                             f"{part!r}.")
+    if part == "decoder" and lazy.decoder is not None:
+        lazy = lazy.decoder  # the decoder's own tokens, causal
+    elif part == "cross":
+        raise AttnscopeError("Head patterns score self-attention; use part 'self' or 'decoder'.")
+    elif part not in ("self", "encoder"):
+        raise AttnscopeError(
+            f"This lazy trace holds no {part!r} attention; it holds "
+            f"{'self, decoder and cross' if lazy.decoder is not None else 'self-attention'}."
+        )
+    else:
+        part = "self"
     columns = _stream(lazy, _block_size(block))
     parts = {name: columns[name] for name in ("diagonal", "vertical", "block")}
     return head_table(lazy.model_name, lazy.tokens, "token", part,
