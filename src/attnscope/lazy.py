@@ -6,7 +6,8 @@ runs the model with its fast attention (SDPA), records each layer's queries and 
 model uses them (post-rotary; grouped key/value heads kept unrepeated) and each query row's
 log-sum-exp of scaled scores, computed in row blocks. Any tile is then exact:
 
-    P[i, j] = exp(s · q_i · k_j − lse_i)      (0 where the model masks: causal, sliding window)
+    P[i, j] = exp(s · q_i · k_j + b_ij − lse_i)   (0 where the model masks: causal, sliding
+                                                   window; b: T5's relative position bias)
 
 so memory is O(L·H·T·d) for what is held and O(T·block) for any computation on it.
 
@@ -181,7 +182,9 @@ def capture_lazy(
     ``[L, H, T, d]``, keys ``[L, H_kv, T, d]`` and row log-sum-exps ``[L, H, T]`` (float32),
     plus one block of scores ``[H / H_kv, block, T]`` at a time. ``layers`` / ``heads`` keep
     only those (see :func:`attnscope.capture`); with chosen heads each keeps its own copy of
-    its key head (H_kv = H).
+    its key head (H_kv = H). For an encoder-decoder model (T5, BART) ``text`` is the encoder's
+    input; with ``text_b`` (the decoder's) the result also holds ``.decoder`` and ``.cross``,
+    without it the encoder runs alone.
 
     Raises:
         AttnscopeError: the family's attention cannot be rebuilt from queries and keys.
