@@ -163,3 +163,18 @@ def test_analyses_that_need_whole_weights_say_how_to_get_them(pairs):
         with pytest.raises(AttnscopeError, match=r"lazy.window\(start, stop\)") as info:
             call()
         assert "\n" not in str(info.value)
+
+
+def test_the_real_smollm2_streams_to_the_eager_numbers(smollm2):
+    """SmolLM2-135M (30 layers, 9 heads sharing 3 key heads): the streamed head table, layer
+    trends and rollout rows equal the eager ones (distances, in tokens, to relative 1e-5)."""
+    text = "The quick brown fox jumps over the lazy dog. The quick brown fox jumps again."
+    eager = at.capture(smollm2, text, attention="eager")
+    lazy = at.capture(smollm2, text, attention="lazy")
+    want, got = at.head_patterns(eager), at.head_patterns(lazy)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(got.labels, want.labels)
+    np.testing.assert_allclose(at.layer_trends(lazy).per_head,
+                               at.layer_trends(eager).per_head, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(at.attention_rollout(lazy, [-1, 5]).values,
+                               at.attention_rollout(eager, [-1, 5]).values, atol=1e-5)
