@@ -352,3 +352,42 @@ def test_masked_token_target_reads_the_mask_position(tiny_models):
     assert float(resolved.fn(hidden)[0]) == pytest.approx(float(expected), abs=1e-5)
     with pytest.raises(at.AttnscopeError, match=r"needs a \[MASK\] token"):
         at.context_mixing("the cat sat", model, "grad_rollout", progress=False)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_generation_sources_are_each_steps_own_rollout_row(tiny_models, family):
+    """Each generated token's sources equal context_mixing run on the prefix that predicted
+    it, with that token as the target (greedy generation: the default target is the token
+    chosen), its last rollout row as shares; the batched steps are checked step by step."""
+    from attnscope.analysis.context_mixing import generation_sources
+    from tests.gen_trace import generation_trace
+
+    model = tiny_models[family]
+    trace = generation_trace(model, "the cat sat on the mat", 4)
+    measures = ("alti", "value_zeroing", "norms2", "grad_rollout", "attattr")
+    got = generation_sources(model, trace, measures, steps=3)
+    start = trace.answer_start
+    for name in measures:
+        assert got[name].shape == (4, trace.num_tokens)
+        for step in range(4):
+            row = start + step - 1
+            prefix = at.capture(model, np.asarray(trace.input_ids[: row + 1]), qkv=True)
+            plain = at.context_mixing(prefix, model, name, steps=3, progress=False)
+            assert plain.target_row == row
+            want = plain.sources().astype(np.float64)
+            want /= want.sum()
+            np.testing.assert_allclose(got[name][step, : row + 1], want, rtol=2e-4, atol=1e-6)
+            assert np.all(got[name][step, row + 1:] == 0)
+            assert got[name][step].sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_generation_sources_bad_input(tiny_models):
+    from attnscope.analysis.context_mixing import generation_sources
+    from tests.gen_trace import generation_trace
+
+    model = tiny_models["llama"]
+    trace = generation_trace(model, "the cat sat", 2)
+    with pytest.raises(at.AttnscopeError, match="valid methods: value_zeroing"):
+        generation_sources(model, trace, ["lrp"])
+    with pytest.raises(at.AttnscopeError, match="answer_start is None"):
+        generation_sources(model, at.capture(model, "the cat sat"), ["alti"])
