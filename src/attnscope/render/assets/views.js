@@ -1885,7 +1885,9 @@ function tokensView(panel, P) {
 // for every generated token from first_step on, the row of the step that chose it (query
 // t - 1 over keys 0 .. t - 1) in planes: "all" (every layer and head averaged), "rollout",
 // "layer" (one plane a layer, heads averaged) and "head" (one plane a layer x head), each the
-// rows one after another, float16 ("f16") or a one-byte log code ("log8").
+// rows one after another, float16 ("f16") or a one-byte log code ("log8"). P.gen.measures lists
+// the context-mixing measures carried beside them ([key, name]), each a plane of the same rows
+// (each generated token's sources, as shares), coded as "all" is.
 
 let GEN_HALF = null; // float16 bits -> value, built on first use
 function genHalfTable() {
@@ -1961,9 +1963,13 @@ function generationView(panel, P, A, ctxs) {
   panel.append(controls);
   const modeNames = { all: "all layers (mean)", layer: "one layer (heads mean)", head: "one head",
     rollout: "rollout" };
+  const measures = (G.measures || []).filter(([key]) => G.planes[key]);
+  for (const [key, name] of measures) modeNames[key] = name;
+  const isMeasure = (mode) => measures.some(([key]) => key === mode);
   const modeField = selectField(controls, "Colour by",
-    ["all", "layer", "head", "rollout"].filter((m) => G.planes[m]).map((m) => [m, modeNames[m]]),
-    st.mode, (v) => { st.mode = v; syncFields(); refresh(); });
+    ["all", "layer", "head", "rollout", ...measures.map(([key]) => key)].filter((m) => G.planes[m])
+      .map((m) => [m, modeNames[m]]),
+    st.mode, (v) => { setMode(v); });
   modeField.parentElement.classList.add("as-gen-mode");
   const layerField = selectField(controls, "Layer", [...Array(L).keys()].map((l) => [l, String(l)]),
     st.layer, (v) => { st.layer = Number(v); refresh(); });
@@ -2033,6 +2039,13 @@ function generationView(panel, P, A, ctxs) {
     }
   }
   setColours();
+
+  // Colours the text by another mode or measure; resolves once it is drawn.
+  function setMode(mode) {
+    st.mode = mode;
+    syncFields();
+    return refresh();
+  }
 
   function syncFields() {
     modeField.value = st.mode;
@@ -2105,7 +2118,9 @@ function generationView(panel, P, A, ctxs) {
     info.append(el("div", "as-gen-prob", p === null ? "" : "probability " + fmt(p)));
     const what = st.mode === "head" ? `layer ${st.layer}, head ${st.head}`
       : st.mode === "layer" ? `layer ${st.layer}, heads averaged` : modeNames[st.mode];
-    info.append(el("div", "as-label", `attention of the step that chose it (query ${t - 1}): ${what}`));
+    info.append(el("div", "as-label", isMeasure(st.mode)
+      ? `sources of its prediction (row ${t - 1}): ${what} rollout, shares`
+      : `attention of the step that chose it (query ${t - 1}): ${what}`));
     if (!values) info.append(el("div", "as-note", "This step's row is not in the trace."));
     topBox.textContent = "";
     if (G.top) {
@@ -2122,7 +2137,7 @@ function generationView(panel, P, A, ctxs) {
     if (!values) return;
     const shares = {};
     for (let j = 0; j < values.length; j++) shares[G.roles[j]] = (shares[G.roles[j]] || 0) + values[j];
-    roleBox.append(el("div", "as-label", "share of its attention"));
+    roleBox.append(el("div", "as-label", isMeasure(st.mode) ? "share of its sources" : "share of its attention"));
     for (const role of ["system", "user", "assistant", "markup", "prompt", "answer"]) {
       if (shares[role] === undefined) continue;
       const line = el("div", "as-gen-share");
@@ -2201,7 +2216,17 @@ function generationView(panel, P, A, ctxs) {
     const lines = [`${G.labels[i]}  (token ${i}, ${G.roles[i]})`];
     const values = row(st.step);
     if (values && i < t) {
-      lines.push(`weight from the selected step: ${exactText(st.mode, values[i])}`);
+      lines.push(isMeasure(st.mode) ? `source share (${modeNames[st.mode]}): ${exactText(st.mode, values[i])}`
+        : `weight from the selected step: ${exactText(st.mode, values[i])}`);
+      if (measures.length && measuresReady) {
+        // every measure side by side, raw attention (all layers) first
+        lines.push("by measure:");
+        for (const key of ["all", ...measures.map(([k]) => k)]) {
+          if (key === st.mode) continue;
+          const v = valueOf(key, measuresReady[key], offsets[st.step] + i);
+          lines.push(`  ${modeNames[key]}: ${exactText(key, v)}`);
+        }
+      }
       if (G.planes.head && headsReady) {
         lines.push("heads attending most to it:");
         for (const [l, h, v] of headsAt(st.step, i)) lines.push(`  layer ${l} head ${h}: ${exactText("head", v)}`);
@@ -2217,6 +2242,11 @@ function generationView(panel, P, A, ctxs) {
     ctxs.tip.show(lines, x, y);
     st.tipLines = lines;
   }
+  let measuresReady = null; // key -> decoded plane of "all" and every measure
+  const measuresLoading = measures.length
+    ? Promise.all(["all", ...measures.map(([k]) => k)].map((k) => plane(k, 0).then((a) => [k, a])))
+      .then((pairs) => { measuresReady = Object.fromEntries(pairs); })
+    : Promise.resolve();
   function loadHeads() {
     if (!headsReady && G.planes.head && !headsLoading) {
       headsLoading = Promise.all([...Array(L * H).keys()].map((k) => plane("head", k)))
@@ -2273,8 +2303,8 @@ function generationView(panel, P, A, ctxs) {
     return svg;
   }
 
-  const ready = refresh();
-  return { state: st, select, redraw: draw, exportPng, exportSvg, ready, loadHeads,
+  const ready = Promise.all([refresh(), measuresLoading]);
+  return { state: st, select, redraw: draw, exportPng, exportSvg, ready, loadHeads, setMode,
     refresh: () => {} };
 }
 
