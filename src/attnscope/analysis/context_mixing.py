@@ -31,7 +31,10 @@ Targets (``target=``), for the gradient methods, the sources bar and the faithfu
 - a string: that token's log-probability (next token for causal models, at the mask for masked
   LMs); it must be one token of the vocabulary;
 - ``{"token": "Paris"}``: the same; ``{"cosine": "other text"}``: cosine similarity of the
-  mean-pooled embedding to the other text's; ``{"dim": k}``: dimension k of the pooled embedding.
+  mean-pooled embedding to the other text's; ``{"dim": k}``: dimension k of the pooled embedding;
+- ``{"class": k}`` or ``{"class": "POSITIVE"}``: class k's logit of a sequence-classification
+  model (``*ForSequenceClassification``; by index or by its ``config.id2label`` name); such a
+  model's default target (None, or a label name as a plain string) is its predicted class.
 
 Shapes: L layers, H heads (query heads; grouped key/value heads repeated), T tokens, D hidden.
 """
@@ -345,20 +348,22 @@ def _resolve_target(model: Any, trace: Trace, target: Any, evaluate: bool = True
     ``evaluate=False`` (methods without gradients) skips the forward pass that only choosing
     the default pooled dimension needs: the target is then "the pooled sentence"."""
     tokenizer = model.tokenizer
+    classifier = _classifier(model)
+    understood = (f"target={target!r} is not understood: pass None, a token, "
+                  "{'token': 'word'}, {'class': k or 'label'}, {'cosine': 'other text'} or "
+                  "{'dim': k}.")
     if isinstance(target, dict):
-        if len(target) != 1 or next(iter(target)) not in ("token", "cosine", "dim"):
-            raise AttnscopeError(
-                f"target={target!r} is not understood: pass None, a token, {{'token': 'word'}}, "
-                "{'cosine': 'other text'} or {'dim': k}."
-            )
+        if len(target) != 1 or next(iter(target)) not in ("token", "class", "cosine", "dim"):
+            raise AttnscopeError(understood)
         ((kind, value),) = target.items()
+    elif classifier is not None and (target is None or isinstance(target, str)):
+        kind, value = ("class", target)  # a classifier's default: its predicted class
     elif target is None or isinstance(target, str):
         kind, value = ("token", target)
     else:
-        raise AttnscopeError(
-            f"target={target!r} is not understood: pass None, a token, {{'token': 'word'}}, "
-            "{'cosine': 'other text'} or {'dim': k}."
-        )
+        raise AttnscopeError(understood)
+    if kind == "class":
+        return _class_target(model, trace, classifier, value)
     lm = _lm_model(model) if kind == "token" else None
     if kind == "token" and lm is None:
         if value is not None:
@@ -418,6 +423,67 @@ def _resolve_target(model: Any, trace: Trace, target: Any, evaluate: bool = True
     dim = check_index(value, width, "dimension")
     return _Target(f"pooled embedding, dimension {dim}",
                    lambda hidden: _pooled(hidden)[:, dim], None, False)
+
+
+def _classifier(model: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The classification head of a ``*ForSequenceClassification`` model as a function of the
+    base model's last hidden state ``[B, T, D]`` -> class logits ``[B, C]`` (the head's own
+    modules, in eval mode), or None for any other model."""
+    seq = model.model
+    if seq is _base(model) or not type(seq).__name__.endswith("ForSequenceClassification"):
+        return None
+    family = model.model_type
+    base = _base(model)
+    if family == "bert":  # the pooler reads [CLS]
+        return lambda hidden: seq.classifier(seq.dropout(base.pooler(hidden)))
+    if family in ("roberta", "electra"):  # their heads take the whole sequence, read [CLS]
+        return lambda hidden: seq.classifier(hidden)
+    if family == "distilbert":
+        return lambda hidden: seq.classifier(
+            seq.dropout(torch.relu(seq.pre_classifier(hidden[:, 0]))))
+    return lambda hidden: seq.score(hidden)[:, -1]  # gpt2, llama...: the last token (no pad)
+
+
+def _class_target(model: Any, trace: Trace,
+                  classifier: Callable[[torch.Tensor], torch.Tensor] | None,
+                  value: Any) -> _Target:
+    """A class logit of a sequence-classification model: ``value`` a class index, a label
+    name of ``config.id2label``, or None (the predicted class)."""
+    if classifier is None:
+        raise AttnscopeError(
+            f"{model.name!r} is not a sequence-classification model, so a class cannot be a "
+            "target; load a *ForSequenceClassification model, or use a token, "
+            "{'cosine': 'other text'} or {'dim': k}.")
+    labels = {int(k): str(v) for k, v in (model.model.config.id2label or {}).items()}
+    count = int(model.model.config.num_labels)
+    listed = ", ".join(f"{k} {labels.get(k, '')}".strip() for k in range(count))
+    if value is None:
+        with torch.no_grad():
+            hidden = _base(model)(**_model_inputs(model, trace)).last_hidden_state
+            index = int(classifier(hidden).argmax(-1)[0])
+    elif isinstance(value, str):
+        matches = [k for k, name in labels.items() if name == value] or \
+            [k for k, name in labels.items() if name.lower() == value.lower()]
+        if not matches:
+            raise AttnscopeError(
+                f"{value!r} is not a label of {model.name!r}; its classes are {listed}.")
+        index = matches[0]
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        index = int(value)
+        if not 0 <= index < count:
+            raise AttnscopeError(
+                f"There is no class {index}: {model.name!r} has {count} classes ({listed}).")
+    else:
+        raise AttnscopeError(
+            f"A class target is a class index or a label name, not {value!r}; the classes "
+            f"are {listed}.")
+    row = 0 if model.model_type in (*_POST_NORM, "distilbert") else trace.num_tokens - 1
+
+    def class_fn(hidden: torch.Tensor) -> torch.Tensor:
+        return classifier(hidden)[:, index].float()
+
+    name = labels.get(index, str(index))
+    return _Target(f"logit of class {index} ({name})", class_fn, row, False)
 
 
 # ----- the methods -------------------------------------------------------------------------
