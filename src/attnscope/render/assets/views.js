@@ -1267,13 +1267,22 @@ function modelView(panel, P, A, ctxs) {
   const grey = dark ? 40 : 232;
   const controls = el("div", "as-controls");
   panel.append(controls);
+  // With a context-mixing measure (P.parts' "mixing" part: one "head" a layer, its scores),
+  // the selector switches between raw attention and the measure.
+  const withMeasure = P.parts.some((p) => p.measure);
+  const measureOf = () => P.parts.find((p) => p.name === st.part).measure;
   if (P.parts.length > 1) {
-    selectField(controls, "Attention", P.parts.map((p) => [p.name, p.label]), st.part, (v) => {
-      st.part = v;
-      st.open = null;
-      st.hover = null;
-      rebuild();
-    });
+    const field = selectField(controls, withMeasure ? "Measure" : "Attention",
+      P.parts.map((p) => [p.name, p.label]), st.part, (v) => setPart(v));
+    field.parentElement.classList.add("as-part");
+  }
+  // Shows another part (or the measure); resolves once its thumbnails are drawn.
+  function setPart(v) {
+    st.part = v;
+    st.open = null;
+    st.hover = null;
+    rebuild();
+    return part().ensureAll();
   }
   let filterField = null;
   if (P.sentence_b_start !== null && P.sentence_b_start !== undefined) {
@@ -1341,7 +1350,7 @@ function modelView(panel, P, A, ctxs) {
     filterField && (filterField.parentElement.hidden = p.name !== "self");
     grid.style.gridTemplateColumns = `auto repeat(${p.H + (st.combined ? 1 : 0)}, auto)`;
     grid.append(el("div", "as-corner"));
-    for (let h = 0; h < p.H; h++) grid.append(el("div", "as-collabel", "H" + p.heads[h]));
+    for (let h = 0; h < p.H; h++) grid.append(el("div", "as-collabel", measureOf() ? "score" : "H" + p.heads[h]));
     if (st.combined) grid.append(el("div", "as-collabel", "all"));
     combined = [];
     thumbs = [];
@@ -1355,8 +1364,9 @@ function modelView(panel, P, A, ctxs) {
         c.dataset.head = String(h);
         c.tabIndex = l === 0 && h === 0 ? 0 : -1;
         c.setAttribute("role", "gridcell");
-        c.setAttribute("aria-label", `layer ${p.layers[l]}, head ${p.heads[h]}`);
-        c.title = `layer ${p.layers[l]}, head ${p.heads[h]}`;
+        const what = measureOf() ? `layer ${p.layers[l]}: ${p.label}` : `layer ${p.layers[l]}, head ${p.heads[h]}`;
+        c.setAttribute("aria-label", what);
+        c.title = what;
         c.addEventListener("click", () => open(l, h));
         grid.append(c);
         thumbs.push(c);
@@ -1534,7 +1544,8 @@ function modelView(panel, P, A, ctxs) {
     if (!p.coarse[st.open[0]]) return;
     const [l, h] = st.open;
     const z = st.zoom;
-    dTitle.textContent = `${p.label}: layer ${p.layers[l]}, head ${p.heads[h]}`;
+    dTitle.textContent = measureOf() ? `${p.label}: layer ${p.layers[l]}`
+      : `${p.label}: layer ${p.layers[l]}, head ${p.heads[h]}`;
     const nq = z.i1 - z.i0, nk = z.j1 - z.j0;
     const cell = Math.max(DETAIL_SIDE / Math.max(nq, nk) >= 1 ? 1 : 0, Math.min(22, DETAIL_SIDE / Math.max(nq, nk)));
     const measure = dCanvas.getContext("2d");
@@ -1631,7 +1642,8 @@ function modelView(panel, P, A, ctxs) {
     if (!masked && !p.isKept(l, h, i, j)) {
       v += ` (not kept: below ${fmt(p.threshold[(l * p.H + h) * p.Tq + i])}; the mean of the rest)`;
     }
-    const text = [`query ${i}: ${p.rows[i]}`, `key ${j}: ${p.cols[j]}`, `weight ${v}`];
+    const text = [`query ${i}: ${p.rows[i]}`, `key ${j}: ${p.cols[j]}`,
+      measureOf() ? `score ${v} (share of the row)` : `weight ${v}`];
     dReadout.textContent = `${p.rows[i]} \u2192 ${p.cols[j]}: ${v}`;
     ctxs.tip.show(text, e.clientX, e.clientY);
   });
@@ -1681,8 +1693,8 @@ function modelView(panel, P, A, ctxs) {
   }
 
   rebuild();
-  return { state: st, open, close, setHover, zoomBy, panBy, thumbs: () => thumbs, detail: dCanvas,
-    refresh: () => {} };
+  return { state: st, open, close, setHover, zoomBy, panBy, setPart, thumbs: () => thumbs,
+    detail: dCanvas, refresh: () => {} };
 }
 
 // ----- neuron view --------------------------------------------------------------------------
