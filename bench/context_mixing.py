@@ -15,10 +15,10 @@
      passes (the work it cannot avoid), and over all layers.
 3. ``--smollm2-generate`` (alone): SmolLM2-135M-Instruct answers a 200-token prompt with 32
    greedy tokens; for each method, the time and peak memory (the process's resident set, its
-   high-water mark reset before each method) of (a) ``at.context_mixing`` on the 232-token
-   sequence, target the last answer token, and (b) the generation view's measure, every answer
-   token's own sources (``generation_sources``: one run for the methods without a target,
-   batched backward passes per token for the gradient ones).
+   high-water mark reset before each method) of (a) ``at.context_mixing`` with one target,
+   the last answer token (the 231 tokens before it), and (b) the generation view's measure,
+   every answer token's own sources (``generation_sources``: one run for the methods without
+   a target, batched backward passes per token for the gradient ones).
 2. Faithfulness on a fixed set of sentence pairs: for each method, the mean drop of the
    cosine similarity between a sentence and its paraphrase (the pooled embedding, as
    sentence-transformers uses MiniLM) when its top-k sources are replaced by [MASK], against k
@@ -221,8 +221,9 @@ def smollm2_generate(steps: int, methods: list[str]) -> None:
           f"{trace.answer_start} tokens, answer {answer} tokens ({trace.num_tokens} in all); "
           f"torch threads {torch.get_num_threads()}, load average {load[0]:.1f} "
           f"{load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores; attattr steps {steps}")
-    full = at.capture(model, np.asarray(trace.input_ids), qkv=True)
-    target = {"token": model.tokenizer.convert_ids_to_tokens(int(trace.input_ids[-1]))}
+    # one target, the last answer token: the sequence before it, whose greedy next token
+    # (the default target) is the one generated
+    before_last = at.capture(model, np.asarray(trace.input_ids[:-1]), qkv=True)
     print(f"{'method':14}{'one target s':>14}{'peak MB':>10}{'every token s':>15}{'peak MB':>10}"
           f"{'ratio':>8}")
     for name in methods:
@@ -232,9 +233,7 @@ def smollm2_generate(steps: int, methods: list[str]) -> None:
             base = _memory_mb("VmRSS")
             start = time.perf_counter()
             if run == "one":
-                cm.context_mixing(full, model, name, target=None if name in
-                                  ("alti", "norms2", "value_zeroing") else target,
-                                  steps=steps, progress=False)
+                cm.context_mixing(before_last, model, name, steps=steps, progress=False)
             else:
                 generation_sources(model, trace, [name], steps=steps)
             figures.append((time.perf_counter() - start, _memory_mb("VmHWM") - base))
