@@ -295,7 +295,7 @@ def report(trace: Trace, model: LoadedModel | None = None, *, output: int | None
     )
 
     if mixing is not None:
-        from attnscope.render.generation_view import MEASURE_NAMES
+        from attnscope.mixing import MEASURE_NAMES
 
         mixed_tokens = tuple(trace_labels(mixing.trace)[0])
         name = MEASURE_NAMES[mixing.method]

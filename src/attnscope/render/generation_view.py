@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from attnscope.errors import AttnscopeError, check_index
+from attnscope.mixing import MEASURE_NAMES
 from attnscope.readable import readable_tokens, token_labels
 from attnscope.render import html as page_html
 from attnscope.render.static import WEIGHT_STOPS
@@ -239,11 +240,6 @@ def _measures(measures: Any, model: Any) -> tuple[str, ...]:
             "measures= needs model=, the LoadedModel that generated the trace: the measures "
             "run it again on the prompt and the answer.")
     return tuple(dict.fromkeys(measures))
-
-
-#: How the page names each context-mixing measure.
-MEASURE_NAMES = {"value_zeroing": "Value Zeroing", "alti": "ALTI", "norms2": "norms2",
-                 "attattr": "attention \u00d7 gradient", "grad_rollout": "gradient rollout"}
 
 
 def _roles(trace: Trace) -> list[str]:

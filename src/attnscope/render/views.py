@@ -213,8 +213,7 @@ def _mixing_scores(trace: Trace, measure: Any, model: Any, target: Any, steps: i
                    minus: Trace | None) -> tuple[str, str, np.ndarray]:
     """(method, label, per-layer scores ``[L, T, T]`` as row shares) for :func:`model_view`."""
     from attnscope.analysis.context_mixing import _method, context_mixing
-    from attnscope.mixing import METHODS
-    from attnscope.render.generation_view import MEASURE_NAMES
+    from attnscope.mixing import MEASURE_NAMES, METHODS
 
     _method(measure)  # one sentence listing the methods for an unknown name
     if minus is not None:
