@@ -207,14 +207,15 @@ def _memory_mb(field: str) -> float:
     return float("nan")
 
 
-def smollm2_generate(steps: int, methods: list[str]) -> None:
-    """Every method on SmolLM2's 32-token answer to a 200-token prompt: time and peak memory."""
+def smollm2_generate(steps: int, methods: list[str], answer_tokens: int = 32) -> None:
+    """Every method on SmolLM2's answer (32 tokens by default) to a 200-token prompt: time and
+    peak memory."""
     from attnscope.analysis.context_mixing import generation_sources
 
     model = at.load("smollm2")
     ids = model.tokenizer(LONG_TEXT + " " + LONG_TEXT, add_special_tokens=False)["input_ids"]
     prompt = model.tokenizer.decode(ids[:200])
-    trace = at.generate(model, prompt, max_new_tokens=32, progress=False)
+    trace = at.generate(model, prompt, max_new_tokens=answer_tokens, progress=False)
     answer = trace.num_tokens - trace.answer_start
     load = os.getloadavg()
     print(f"\nSmolLM2-135M-Instruct: {model.num_layers} layers x {model.num_heads} heads, prompt "
@@ -254,12 +255,14 @@ def main() -> None:
     parser.add_argument("--smollm2-generate", action="store_true",
                         help="only every method on SmolLM2's 32-token answer (time, memory)")
     parser.add_argument("--steps", type=int, default=20, help="attattr's Riemann steps")
+    parser.add_argument("--answer", type=int, default=32,
+                        help="with --smollm2-generate: the tokens to generate (default 32)")
     parser.add_argument("--methods", default=",".join(cm.METHODS),
                         help="with --smollm2-generate: the methods, comma-separated")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.smollm2_generate:
-        smollm2_generate(args.steps, args.methods.split(","))
+        smollm2_generate(args.steps, args.methods.split(","), args.answer)
         return
     model = at.load(device="cpu")
     timings(model, args.full)
