@@ -229,6 +229,7 @@ def smollm2_generate(steps: int, methods: list[str], answer_tokens: int = 32) ->
           f"{'ratio':>8}")
     for name in methods:
         figures = []
+        print(f"{name:14}", end="", flush=True)
         for run in ("one", "every"):
             _reset_peak()
             base = _memory_mb("VmRSS")
@@ -238,9 +239,9 @@ def smollm2_generate(steps: int, methods: list[str], answer_tokens: int = 32) ->
             else:
                 generation_sources(model, trace, [name], steps=steps)
             figures.append((time.perf_counter() - start, _memory_mb("VmHWM") - base))
-        (one, one_mb), (every, every_mb) = figures
-        print(f"{name:14}{one:14.1f}{one_mb:10.0f}{every:15.1f}{every_mb:10.0f}"
-              f"{every / one:7.1f}x", flush=True)
+            width = 14 if run == "one" else 15
+            print(f"{figures[-1][0]:{width}.1f}{figures[-1][1]:10.0f}", end="", flush=True)
+        print(f"{figures[1][0] / figures[0][0]:7.1f}x", flush=True)
     print(f"peak memory: above the resident set before each run; process peak "
           f"{_memory_mb('VmHWM'):.0f} MB after the last")
 
