@@ -355,7 +355,7 @@ def test_masked_token_target_reads_the_mask_position(tiny_models):
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_generation_sources_are_each_steps_own_rollout_row(tiny_models, family):
+def test_generation_sources_are_each_steps_own_rollout_row(tiny_models, family, monkeypatch):
     """Each generated token's sources equal context_mixing run on the prefix that predicted
     it, with that token as the target (greedy generation: the default target is the token
     chosen), its last rollout row as shares; the batched steps are checked step by step."""
@@ -379,6 +379,11 @@ def test_generation_sources_are_each_steps_own_rollout_row(tiny_models, family):
             np.testing.assert_allclose(got[name][step, : row + 1], want, rtol=2e-4, atol=1e-6)
             assert np.all(got[name][step, row + 1:] == 0)
             assert got[name][step].sum() == pytest.approx(1.0, abs=1e-5)
+    # one generated token a batch (as long sequences run) gives the same rows
+    monkeypatch.setattr(cm, "_STEP_BATCH_BYTES", 1)
+    alone = generation_sources(model, trace, ("grad_rollout", "attattr"), steps=3)
+    for name in ("grad_rollout", "attattr"):
+        np.testing.assert_allclose(alone[name], got[name], rtol=5e-4, atol=1e-6)
 
 
 def test_generation_sources_bad_input(tiny_models):

@@ -884,9 +884,12 @@ def context_mixing(
 
 # ----- a generated answer's sources, step by step ----------------------------------------
 
-#: Bytes of attention-sized buffers a batch of gradient steps may hold (several per layer
-#: while autograd keeps the forward pass): the chunk of generated tokens per batch follows.
+#: Bytes a batch of gradient steps may hold: the chunk of generated tokens per batch follows,
+#: reckoning :data:`_BUFFERS_PER_LAYER` attention-sized float32 buffers per layer and batch row
+#: while autograd keeps the forward pass (about what SmolLM2 holds at 232 tokens: 470 MB per
+#: row). A long sequence runs one token a batch, whatever its length.
 _STEP_BATCH_BYTES = 1 << 28
+_BUFFERS_PER_LAYER = 8
 
 
 def _shares(row: np.ndarray) -> np.ndarray:
@@ -970,7 +973,7 @@ def _step_gradient_sources(model: Any, trace: Trace, name: str, rows: np.ndarray
     layers, heads = trace.num_layers, trace.num_heads
     ids = np.asarray(trace.input_ids, dtype=np.int64)
     alphas = [(k + 1) / steps for k in range(steps)] if name == "attattr" else [1.0]
-    per_step = len(alphas) * heads * int(rows[-1] + 1) ** 2 * 4 * (layers + 4)
+    per_step = len(alphas) * heads * int(rows[-1] + 1) ** 2 * 4 * _BUFFERS_PER_LAYER * layers
     chunk = max(1, _STEP_BATCH_BYTES // per_step)
     attentions = trace.attentions
     assert trace.values is not None
