@@ -3,6 +3,7 @@
     python bench/context_mixing.py            # embedded model: timings + faithfulness
     python bench/context_mixing.py --full     # Value Zeroing's plain loop on every layer
     python bench/context_mixing.py --smollm2  # also the faithfulness check on SmolLM2 (GGUF)
+    python bench/context_mixing.py --smollm2-generate   # only: every method on SmolLM2's answer
 
 1. On the embedded all-MiniLM-L6-v2 and a 128-token text, measured side by side in one run:
    - Value Zeroing, fast path (closed-form change of the attention output, the rest of the
@@ -12,6 +13,12 @@
    - ALTI (and norms2) against one forward pass;
    - attention x gradient with 20 steps, one layer, against 20 batched forward-and-backward
      passes (the work it cannot avoid), and over all layers.
+3. ``--smollm2-generate`` (alone): SmolLM2-135M-Instruct answers a 200-token prompt with 32
+   greedy tokens; for each method, the time and peak memory (the process's resident set, its
+   high-water mark reset before each method) of (a) ``at.context_mixing`` with one target,
+   the last answer token (the 231 tokens before it), and (b) the generation view's measure,
+   every answer token's own sources (``generation_sources``: one run for the methods without
+   a target, batched backward passes per token for the gradient ones).
 2. Faithfulness on a fixed set of sentence pairs: for each method, the mean drop of the
    cosine similarity between a sentence and its paraphrase (the pooled embedding, as
    sentence-transformers uses MiniLM) when its top-k sources are replaced by [MASK], against k
@@ -181,6 +188,64 @@ def faithfulness_smollm2() -> None:
     print(result.table())
 
 
+def _reset_peak() -> bool:
+    """Reset this process's resident high-water mark (Linux: 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _memory_mb(field: str) -> float:
+    """VmRSS or VmHWM of this process in MB (/proc/self/status)."""
+    with open("/proc/self/status") as file:
+        for line in file:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def smollm2_generate(steps: int, methods: list[str], answer_tokens: int = 32) -> None:
+    """Every method on SmolLM2's answer (32 tokens by default) to a 200-token prompt: time and
+    peak memory."""
+    from attnscope.analysis.context_mixing import generation_sources
+
+    model = at.load("smollm2")
+    ids = model.tokenizer(LONG_TEXT + " " + LONG_TEXT, add_special_tokens=False)["input_ids"]
+    prompt = model.tokenizer.decode(ids[:200])
+    trace = at.generate(model, prompt, max_new_tokens=answer_tokens, progress=False)
+    answer = trace.num_tokens - trace.answer_start
+    load = os.getloadavg()
+    print(f"\nSmolLM2-135M-Instruct: {model.num_layers} layers x {model.num_heads} heads, prompt "
+          f"{trace.answer_start} tokens, answer {answer} tokens ({trace.num_tokens} in all); "
+          f"torch threads {torch.get_num_threads()}, load average {load[0]:.1f} "
+          f"{load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores; attattr steps {steps}")
+    # one target, the last answer token: the sequence before it, whose greedy next token
+    # (the default target) is the one generated
+    before_last = at.capture(model, np.asarray(trace.input_ids[:-1]), qkv=True)
+    print(f"{'method':14}{'one target s':>14}{'peak MB':>10}{'every token s':>15}{'peak MB':>10}"
+          f"{'ratio':>8}")
+    for name in methods:
+        figures = []
+        print(f"{name:14}", end="", flush=True)
+        for run in ("one", "every"):
+            _reset_peak()
+            base = _memory_mb("VmRSS")
+            start = time.perf_counter()
+            if run == "one":
+                cm.context_mixing(before_last, model, name, steps=steps, progress=False)
+            else:
+                generation_sources(model, trace, [name], steps=steps)
+            figures.append((time.perf_counter() - start, _memory_mb("VmHWM") - base))
+            width = 14 if run == "one" else 15
+            print(f"{figures[-1][0]:{width}.1f}{figures[-1][1]:10.0f}", end="", flush=True)
+        print(f"{figures[1][0] / figures[0][0]:7.1f}x", flush=True)
+    print(f"peak memory: above the resident set before each run; process peak "
+          f"{_memory_mb('VmHWM'):.0f} MB after the last")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smollm2", action="store_true", help="also SmolLM2 (slow)")
@@ -188,8 +253,18 @@ def main() -> None:
                         help="run Value Zeroing's plain loop on every layer (L*T passes), not one")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: steady timings on a shared machine)")
+    parser.add_argument("--smollm2-generate", action="store_true",
+                        help="only every method on SmolLM2's 32-token answer (time, memory)")
+    parser.add_argument("--steps", type=int, default=20, help="attattr's Riemann steps")
+    parser.add_argument("--answer", type=int, default=32,
+                        help="with --smollm2-generate: the tokens to generate (default 32)")
+    parser.add_argument("--methods", default=",".join(cm.METHODS),
+                        help="with --smollm2-generate: the methods, comma-separated")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.smollm2_generate:
+        smollm2_generate(args.steps, args.methods.split(","), args.answer)
+        return
     model = at.load(device="cpu")
     timings(model, args.full)
     faithfulness_embedded(model)

@@ -11,6 +11,11 @@ records them, prints side by side with the targets of issue 17:
   the page with performance.now() over 200 steps (median and largest), for each mode the page
   carries ("all", "layer", "head", "rollout"): the view's script alone, and until the browser
   has painted the frame that shows it (style, layout, paint, and the wait for that frame);
+* switch measure (``--measures``): the page carries every context-mixing measure beside raw
+  attention (random shares standing in for the measures' rows: the page's work does not depend
+  on which numbers they are), and the redraw when "Colour by" switches from one to the next,
+  20 switches through raw attention and the measures, script alone and until painted
+  (target 100 ms at 512 tokens: ``--tokens 512 --measures``);
 * the machine's load average, since every figure scales with the other work on the cores.
 
 Attention is the softmax of random logits (rows sum to 1), so every weight is different and
@@ -20,6 +25,7 @@ of rows at 4,000 tokens).
 
     python bench/generation_view.py                    # tiny shape, 4,000 tokens
     python bench/generation_view.py --shape smollm2    # the real model's shape
+    python bench/generation_view.py --shape smollm2 --tokens 512 --measures   # switch measure
 """
 
 from __future__ import annotations
@@ -38,7 +44,46 @@ import attnscope as at
 from attnscope.testing import launch_chromium
 
 SHAPES = {"tiny": (2, 4), "smollm2": (30, 9)}
-TARGETS = {"build_s": 3.0, "open_s": 2.0, "next_ms": 50.0}
+TARGETS = {"build_s": 3.0, "open_s": 2.0, "next_ms": 50.0, "switch_ms": 100.0}
+
+
+def with_measures(view: at.AttnView, trace: at.Trace, seed: int = 1) -> at.AttnView:
+    """``view`` carrying every context-mixing measure, each step's row random shares of 1
+    over the tokens before the chosen one (what ``generation_sources`` returns, ``[S, T]``)."""
+    from attnscope.mixing import METHODS
+
+    rng = np.random.default_rng(seed)
+    start, T = trace.answer_start, trace.num_tokens
+    tables = {}
+    for name in METHODS:
+        table = np.zeros((T - start, T), np.float32)
+        for s in range(T - start):
+            row = rng.random(start + s, dtype=np.float32) ** 4
+            table[s, : start + s] = row / row.sum()
+        tables[name] = table
+    view.measures = tuple(METHODS)  # type: ignore[attr-defined]
+    view._sources = tables  # type: ignore[attr-defined]
+    return view
+
+
+SWITCH = """async (n) => {
+    const v = document.querySelector('.attnscope-root').attnscope.views.generation;
+    await v.ready;
+    const keys = ["all", ...document.querySelector('.attnscope-root').attnscope.payload
+        .gen.measures.map(m => m[0])];
+    const frame = () => new Promise(r => requestAnimationFrame(() => setTimeout(r, 0)));
+    v.select(v.state.step);
+    await frame();
+    const script = [], painted = [];
+    for (let s = 1; s <= n; s++) {
+        const t0 = performance.now();
+        await v.setMode(keys[s % keys.length]);
+        script.push(performance.now() - t0);
+        await frame();
+        painted.push(performance.now() - t0);
+    }
+    return [script, painted];
+}"""
 
 
 def answer_rows(layers: int, heads: int, tokens: int, answer_start: int,
@@ -83,6 +128,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4000)
     parser.add_argument("--prompt", type=int, default=200)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    parser.add_argument("--measures", action="store_true",
+                        help="carry every context-mixing measure and time switching between them")
     args = parser.parse_args()
     layers, heads = SHAPES[args.shape]
     trace = generation_trace(layers, heads, args.tokens, args.prompt)
@@ -91,6 +138,8 @@ def main() -> None:
     for _ in range(3):  # the median of three: other work on a shared machine comes and goes
         start = time.perf_counter()
         view = at.generation_view(trace)
+        if args.measures:
+            view = with_measures(view, trace)
         page = view.html
         builds.append(time.perf_counter() - start)
     build = statistics.median(builds)
@@ -142,6 +191,7 @@ def main() -> None:
                     }
                     return [script, painted];
                 }""", 200)
+            switches = tab.evaluate(SWITCH, 20) if args.measures else None
             browser.close()
     print(f"generation view, {args.tokens} tokens ({args.prompt} prompt), {layers} layers x "
           f"{heads} heads, random attention; {platform.processor() or platform.machine()}, "
@@ -161,6 +211,13 @@ def main() -> None:
         rows.append(("  largest of 200 (ms)", max(script), TARGETS["next_ms"]))
         rows.append(("  until painted (ms)", statistics.median(painted), TARGETS["next_ms"]))
         rows.append(("  largest of 200 (ms)", max(painted), TARGETS["next_ms"]))
+    if switches is not None:
+        script, painted = switches
+        rows.append(("switch measure: script (ms)", statistics.median(script),
+                     TARGETS["switch_ms"]))
+        rows.append(("  largest of 20 (ms)", max(script), TARGETS["switch_ms"]))
+        rows.append(("  until painted (ms)", statistics.median(painted), TARGETS["switch_ms"]))
+        rows.append(("  largest of 20 (ms)", max(painted), TARGETS["switch_ms"]))
     for name, value, target in rows:
         print(f"{name:<32}{value:>10.3f}{target:>10.3g}{value / target:>8.2f}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["METHODS", "MixingMethod"]
+__all__ = ["MEASURE_NAMES", "METHODS", "MixingMethod"]
 
 
 @dataclass(frozen=True)
@@ -38,4 +38,11 @@ METHODS: dict[str, MixingMethod] = {
         "attention x integrated gradient of the target (Hao et al. 2021)", True, "_attattr"),
     "grad_rollout": MixingMethod(
         "gradient-weighted attention rollout (Chefer et al. 2021)", True, "_grad_rollout"),
+}
+
+
+#: How pages name each method (the views' measure selectors, the report's section).
+MEASURE_NAMES: dict[str, str] = {
+    "value_zeroing": "Value Zeroing", "alti": "ALTI", "norms2": "norms2",
+    "attattr": "attention \u00d7 gradient", "grad_rollout": "gradient rollout",
 }

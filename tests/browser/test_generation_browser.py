@@ -3,6 +3,8 @@ hostile tokens, on Traces from transformers' own generate and on synthetic ones.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -41,6 +43,20 @@ class GenPage:
         assert self.log.dialogs == []
         assert [r for r in self.log.requests if not r.startswith("blob:")] == [self.url]
         self.page.close()
+
+
+def _ramp_colour(value):
+    """The page's colour of ``value`` on its default square-root scale (max 1), computed
+    plainly from the ramp's stops: level round(255 sqrt(v)), linear between the stops."""
+    from attnscope.render.static import WEIGHT_STOPS
+
+    stops = WEIGHT_STOPS["light"]
+    level = math.floor(math.sqrt(value) * 255 + 0.5)
+    x = level / 255 * (len(stops) - 1)
+    k = min(len(stops) - 2, math.floor(x))
+    f = x - k
+    rgb = [math.floor(stops[k][c] * (1 - f) + stops[k + 1][c] * f + 0.5) for c in range(3)]
+    return f"rgb({rgb[0]}, {rgb[1]}, {rgb[2]})"
 
 
 def _shown(text):
@@ -146,4 +162,58 @@ def test_hostile_tokens_are_text(browser, tmp_path):
     assert roles_shown == ["system", "user", "assistant", "markup", "answer"]
     g.page.hover(".as-gtok[data-index='2']")
     assert HOSTILE in g.tip()
+    g.check_clean()
+
+
+def test_measure_selector_recolours_with_the_embedded_sources(browser, tiny_models, tmp_path):
+    """Choosing a context-mixing measure colours the context by that measure's sources (each
+    span's colour is the ramp's at the Python value, on the page's square-root scale), the
+    tooltip gives its value and every other measure's side by side, nothing is fetched."""
+    from attnscope.analysis.context_mixing import generation_sources
+
+    model = tiny_models["llama"]
+    trace = generation_trace(model, "the cat sat on the mat", 5)
+    measures = ("alti", "grad_rollout")
+    view = at.generation_view(trace, model=model, measures=measures)
+    g = GenPage(browser, view, tmp_path)
+    want = generation_sources(model, trace, measures)
+    start = trace.answer_start
+    notes = g.page.text_content(".as-gen-note")
+    assert "Measures carried: ALTI, gradient rollout" in notes
+    options = g.js("[...document.querySelectorAll('.as-gen-mode option')].map(o => o.value)")
+    assert options[-2:] == ["alti", "grad_rollout"]
+    g.page.click(f".as-gtok[data-index='{start + 3}']")
+    for name in measures:
+        g.page.select_option(".as-gen-mode select", name)
+        g.page.wait_for_function(
+            "document.querySelector('.as-gen-info').textContent.includes('sources of its')")
+        row = want[name][3]
+        colours = g.js("[...document.querySelectorAll('.as-gtok')].map(s => "
+                       "s.style.backgroundColor)")
+        # the page carries float16 (the plan for a page this small)
+        expected = [_ramp_colour(float(np.float16(v))) for v in row[: start + 3]]
+        assert colours[: start + 3] == expected
+        assert all(c == "" for c in colours[start + 3:])
+        # the shares of each role sum the measure's row
+        shares = dict(g.js("[...document.querySelectorAll('.as-gen-share')].map(l => "
+                           "[l.dataset.role, Number(l.lastChild.textContent)])"))
+        assert shares["prompt"] == pytest.approx(row[:start].sum(), rel=5e-3)
+        g.page.mouse.move(0, 0)
+        g.page.hover(".as-gtok[data-index='1']")
+        g.page.wait_for_function("document.querySelector('.as-tip').textContent"
+                                 ".includes('by measure')")
+        lines = g.js("[...document.querySelector('.as-tip').children].map(d => d.textContent)")
+        assert lines[1].startswith("source share")
+        assert _shown(lines[1]) == pytest.approx(float(row[1]), rel=2e-3, abs=1e-4)
+        other = next(m for m in measures if m != name)
+        label = {"alti": "ALTI", "grad_rollout": "gradient rollout"}[other]
+        (line,) = [x for x in lines if x.strip().startswith(label + ":")]
+        assert _shown(line) == pytest.approx(float(want[other][3, 1]), rel=2e-3, abs=1e-4)
+        attention = trace.attentions[:, :, start + 2 - trace.query_start, 1].mean()
+        (line,) = [x for x in lines if x.strip().startswith("all layers (mean):")]
+        assert _shown(line) == pytest.approx(float(attention), rel=2e-3)
+    # back to raw attention
+    g.page.select_option(".as-gen-mode select", "all")
+    g.page.wait_for_function(
+        "document.querySelector('.as-gen-info').textContent.includes('attention of the step')")
     g.check_clean()

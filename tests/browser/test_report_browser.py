@@ -66,3 +66,42 @@ def test_report_page_in_chromium(browser, embedded, tmp_path):
     assert len(roots) == 3 and all(n > 0 for n in roots)
     # The text shows as text, not as markup.
     assert '<img src=x onerror="alert(1)">' in shown_text and injected == 0
+
+
+def test_report_measure_section_and_model_view_selector(browser, tiny_models, tmp_path):
+    """report(measure=...) adds a section with the measure's rollout and the sources of its
+    target (the bar under the pointer gives the Python number), and the model view's measure
+    selector; nothing is fetched."""
+    model = tiny_models["gpt2"]
+    trace = at.capture(model, "the cat sat on the mat", qkv=True)
+    path = at.report(trace, model, measure="alti").save(tmp_path / "report.html")
+    page = browser.new_page()
+    log = watch(page)
+    page.goto(path.as_uri())
+    page.wait_for_function("() => [...document.querySelectorAll('.attnscope-root')]"
+                           ".every(r => r.dataset.ready)", timeout=60_000)
+    headings = page.evaluate("() => [...document.querySelectorAll('h2')].map(h => h.textContent)")
+    assert "Context mixing: ALTI" in headings
+    options = page.evaluate("() => [...document.querySelectorAll('.as-part option')]"
+                            ".map(o => o.textContent)")
+    assert options == ["Raw attention", "ALTI (per layer)"]
+    chart = page.locator("figure.as-chart").filter(has_text="ALTI: sources of")
+    canvas = chart.locator("canvas")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    canvas.hover(position={"x": 48 + 2, "y": box["height"] / 3})
+    tip = chart.locator(".as-tip").text_content()
+    sources = at.context_mixing(trace, model, "alti", progress=False).sources()
+    label = at.readable.trace_labels(trace)[0][0]
+    assert tip == f"{label} (0): share {sources[0]:.3f}"
+    page.close()
+    assert [u for u in log.requests if not u.startswith(("file:", "data:"))] == []
+    assert log.problems == [] and log.dialogs == []
+
+
+def test_report_measure_needs_the_model(tiny_models):
+    trace = at.capture(tiny_models["gpt2"], "the cat sat")
+    with pytest.raises(at.AttnscopeError, match="needs the model"):
+        at.report(trace, measure="alti")
+    with pytest.raises(at.AttnscopeError, match="valid methods: value_zeroing"):
+        at.report(trace, tiny_models["gpt2"], measure="lrp")

@@ -610,3 +610,41 @@ def test_export_svg_has_the_lines_and_tokens_as_text(browser, tmp_path):
     assert text.startswith("<svg") and text.count("<line") == 2 * 6  # 2 heads x 6 weights
     assert "&lt;img src=x onerror=alert(1)&gt;" in text and "<img" not in text
     page.check_clean(allow_blobs=True)
+
+
+def test_model_view_measure_selector_shows_per_layer_scores(browser, tiny_models, tmp_path):
+    """The model view's selector switches from raw attention to a context-mixing measure's
+    per-layer scores (one thumbnail a layer); the opened layer's tooltips give the Python
+    numbers, as shares of each row; nothing is fetched."""
+    model = tiny_models["gpt2"]
+    trace = at.capture(model, "the cat sat on the mat")
+    view = at.model_view(trace, measure="alti", model=model)
+    page = Opened(browser, view.save(tmp_path / "mix.html"))
+    names = page.js("[...document.querySelectorAll('.as-part option')].map(o => o.textContent)")
+    assert names == ["Raw attention", "ALTI (per layer)"]
+    assert page.js("document.querySelectorAll('.as-thumb').length") == 2 * 4
+    page.page.select_option(".as-part select", "mixing")
+    page.page.wait_for_function("document.querySelectorAll('.as-thumb').length === 2")
+    assert page.js("document.querySelector('.as-thumb').title") == "layer 0: ALTI (per layer)"
+    scores = at.context_mixing(trace, model, "alti", progress=False).scores
+    page.page.click(".as-thumb[data-layer='1']")
+    assert page.js("document.querySelector('.as-detail-title').textContent") == \
+        "ALTI (per layer): layer 1"
+    for i, j in [(3, 1), (5, 5), (4, 0)]:
+        page.point_at_cell(i, j)
+        tip = page.js("[...document.querySelectorAll('.as-tip div')].map(d => d.textContent)")
+        value = tip[2].removeprefix("score ").removesuffix(" (share of the row)")
+        assert _near(value, float(scores[1, i, j]))
+    # back to raw attention: a head's weights again
+    page.page.keyboard.press("Escape")
+    page.page.select_option(".as-part select", "self")
+    page.page.wait_for_function("document.querySelectorAll('.as-thumb').length === 8")
+    page.check_clean()
+
+
+def test_model_view_measure_bad_input(tiny_models):
+    trace = at.capture(tiny_models["gpt2"], "the cat sat")
+    with pytest.raises(at.AttnscopeError, match="valid methods: value_zeroing"):
+        at.model_view(trace, measure="lrp", model=tiny_models["gpt2"])
+    with pytest.raises(at.AttnscopeError, match="measure= needs model="):
+        at.model_view(trace, measure="alti")

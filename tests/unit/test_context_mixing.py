@@ -352,3 +352,106 @@ def test_masked_token_target_reads_the_mask_position(tiny_models):
     assert float(resolved.fn(hidden)[0]) == pytest.approx(float(expected), abs=1e-5)
     with pytest.raises(at.AttnscopeError, match=r"needs a \[MASK\] token"):
         at.context_mixing("the cat sat", model, "grad_rollout", progress=False)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_generation_sources_are_each_steps_own_rollout_row(tiny_models, family, monkeypatch):
+    """Each generated token's sources equal context_mixing run on the prefix that predicted
+    it, with that token as the target (greedy generation: the default target is the token
+    chosen), its last rollout row as shares; the batched steps are checked step by step."""
+    from attnscope.analysis.context_mixing import generation_sources
+    from tests.gen_trace import generation_trace
+
+    model = tiny_models[family]
+    trace = generation_trace(model, "the cat sat on the mat", 4)
+    measures = ("alti", "value_zeroing", "norms2", "grad_rollout", "attattr")
+    got = generation_sources(model, trace, measures, steps=3)
+    start = trace.answer_start
+    for name in measures:
+        assert got[name].shape == (4, trace.num_tokens)
+        for step in range(4):
+            row = start + step - 1
+            prefix = at.capture(model, np.asarray(trace.input_ids[: row + 1]), qkv=True)
+            plain = at.context_mixing(prefix, model, name, steps=3, progress=False)
+            assert plain.target_row == row
+            want = plain.sources().astype(np.float64)
+            want /= want.sum()
+            np.testing.assert_allclose(got[name][step, : row + 1], want, rtol=2e-4, atol=1e-6)
+            assert np.all(got[name][step, row + 1:] == 0)
+            assert got[name][step].sum() == pytest.approx(1.0, abs=1e-5)
+    # one generated token a batch (as long sequences run) gives the same rows
+    monkeypatch.setattr(cm, "_STEP_BATCH_BYTES", 1)
+    alone = generation_sources(model, trace, ("grad_rollout", "attattr"), steps=3)
+    for name in ("grad_rollout", "attattr"):
+        np.testing.assert_allclose(alone[name], got[name], rtol=5e-4, atol=1e-6)
+
+
+def test_generation_sources_bad_input(tiny_models):
+    from attnscope.analysis.context_mixing import generation_sources
+    from tests.gen_trace import generation_trace
+
+    model = tiny_models["llama"]
+    trace = generation_trace(model, "the cat sat", 2)
+    with pytest.raises(at.AttnscopeError, match="valid methods: value_zeroing"):
+        generation_sources(model, trace, ["lrp"])
+    with pytest.raises(at.AttnscopeError, match="answer_start is None"):
+        generation_sources(model, at.capture(model, "the cat sat"), ["alti"])
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tiny_models):
+    """A tiny BertForSequenceClassification built from a config (3 labelled classes), with the
+    tiny BERT's tokenizer, loaded as an object."""
+    import transformers as tf
+
+    tokenizer = tiny_models["bert"].tokenizer
+    config = tf.BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=37, num_labels=3,
+                           id2label={0: "negative", 1: "neutral", 2: "positive"},
+                           label2id={"negative": 0, "neutral": 1, "positive": 2})
+    torch.manual_seed(0)
+    model = tf.BertForSequenceClassification(config).eval()
+    return at.load(model, tokenizer=tokenizer, name="tiny-bert-classifier", device="cpu")
+
+
+def test_class_logit_targets(tiny_classifier):
+    """A class target is the classification model's own logit (checked against its forward
+    pass), chosen by index or label name; gradient rollout of it equals the direct matrix
+    computation on the attention tensors the classifier returns."""
+    model = tiny_classifier
+    trace = at.capture(model, "the film was long but good", qkv=True)
+    inputs = cm._model_inputs(model, trace)
+    output = model.model(**inputs, output_attentions=True)
+    logits = output.logits[0]
+    hidden = cm._base(model)(**inputs).last_hidden_state
+    for target, index in (({"class": 2}, 2), ({"class": "neutral"}, 1), ("negative", 0),
+                          (None, int(logits.argmax()))):
+        resolved = cm._resolve_target(model, trace, target)
+        value = float(resolved.fn(hidden)[0].detach())
+        assert value == pytest.approx(float(logits[index].detach()), abs=1e-5)
+        assert resolved.label.startswith(f"logit of class {index} (")
+        assert resolved.row == 0
+    for attention in output.attentions:
+        attention.retain_grad()
+    output.logits[0, 2].backward()
+    model.model.zero_grad(set_to_none=True)
+    R = torch.eye(trace.num_tokens, dtype=torch.float64)
+    for attention in output.attentions:
+        R = R + (attention.grad[0] * attention[0]).clamp(min=0).mean(0).double() @ R
+    result = at.context_mixing(trace, model, "grad_rollout", target={"class": "positive"},
+                               progress=False)
+    np.testing.assert_allclose(result.rollout[-1], R.detach().numpy(), atol=1e-5)
+    assert result.target == "logit of class 2 (positive)"
+    np.testing.assert_allclose(result.sources(), R[0].detach().numpy(), atol=1e-5)
+
+
+def test_bad_class_targets(tiny_classifier, tiny_models):
+    model = tiny_classifier
+    with pytest.raises(at.AttnscopeError, match=r"There is no class 3: 'tiny-bert-classifier' "
+                       r"has 3 classes \(0 negative, 1 neutral, 2 positive\)\."):
+        at.context_mixing("a text", model, "grad_rollout", target={"class": 3})
+    with pytest.raises(at.AttnscopeError, match="'happy' is not a label of 'tiny-bert-classifier'; "
+                       "its classes are 0 negative"):
+        at.context_mixing("a text", model, "alti", target={"class": "happy"})
+    with pytest.raises(at.AttnscopeError, match="not a sequence-classification model"):
+        at.context_mixing("a text", tiny_models["gpt2"], "alti", target={"class": 0})

@@ -159,3 +159,30 @@ def test_page_is_the_payload_as_json_with_its_planes_spliced_in():
                      page, re.S)[1]
     assert json.loads(data) == json.loads(json.dumps(view.payload()))
     assert "planes-" not in data  # no placeholder left
+
+
+def test_measure_planes_carry_each_steps_sources(llama_trace, tiny_models):
+    from attnscope.analysis.context_mixing import generation_sources
+
+    model = tiny_models["llama"]
+    view = at.generation_view(llama_trace, model=model, measures=["value_zeroing", "norms2"],
+                              mode="norms2")
+    gen = view.payload()["gen"]
+    assert gen["measures"] == [["value_zeroing", "Value Zeroing"], ["norms2", "norms2"]]
+    assert gen["initial"]["mode"] == "norms2"
+    assert any(n.startswith("Measures carried: Value Zeroing, norms2") for n in gen["notes"])
+    want = generation_sources(model, llama_trace, ["value_zeroing", "norms2"])
+    for name in ("value_zeroing", "norms2"):
+        np.testing.assert_allclose(_plane(gen["planes"][name]),
+                                   _rows(llama_trace, lambda r, n=name: want[n][
+                                       r - llama_trace.answer_start + 1]),
+                                   rtol=1e-3, atol=1e-6)
+
+
+def test_measures_bad_input(llama_trace, tiny_models):
+    with pytest.raises(at.AttnscopeError, match="valid methods: value_zeroing"):
+        at.generation_view(llama_trace, model=tiny_models["llama"], measures=["lrp"])
+    with pytest.raises(at.AttnscopeError, match="measures= needs model="):
+        at.generation_view(llama_trace, measures=["alti"])
+    with pytest.raises(at.AttnscopeError, match="Unknown mode 'alti'"):
+        at.generation_view(llama_trace, model=tiny_models["llama"], mode="alti")

@@ -31,7 +31,10 @@ Targets (``target=``), for the gradient methods, the sources bar and the faithfu
 - a string: that token's log-probability (next token for causal models, at the mask for masked
   LMs); it must be one token of the vocabulary;
 - ``{"token": "Paris"}``: the same; ``{"cosine": "other text"}``: cosine similarity of the
-  mean-pooled embedding to the other text's; ``{"dim": k}``: dimension k of the pooled embedding.
+  mean-pooled embedding to the other text's; ``{"dim": k}``: dimension k of the pooled embedding;
+- ``{"class": k}`` or ``{"class": "POSITIVE"}``: class k's logit of a sequence-classification
+  model (``*ForSequenceClassification``; by index or by its ``config.id2label`` name); such a
+  model's default target (None, or a label name as a plain string) is its predicted class.
 
 Shapes: L layers, H heads (query heads; grouped key/value heads repeated), T tokens, D hidden.
 """
@@ -58,6 +61,7 @@ __all__ = [
     "context_mixing",
     "decompose",
     "faithfulness",
+    "generation_sources",
     "value_zeroing_loop",
 ]
 
@@ -253,16 +257,19 @@ def _token_level(model: Any, trace_or_text: Any, method: str) -> Trace:
     return trace
 
 
-def _model_inputs(model: Any, trace: Trace, input_ids: Any = None) -> dict[str, torch.Tensor]:
-    """The keyword arguments that run ``model.model`` on the trace's tokens ``[B, T]``."""
+def _model_inputs(model: Any, trace: Trace | None,
+                  input_ids: Any = None) -> dict[str, torch.Tensor]:
+    """The keyword arguments that run ``model.model`` on the trace's tokens ``[B, T]`` (or on
+    ``input_ids`` alone, without token types, when ``trace`` is None)."""
     device = model.device
-    ids = torch.tensor(np.array(trace.input_ids if input_ids is None else input_ids),
+    ids = torch.tensor(np.array(input_ids if trace is None else
+                                trace.input_ids if input_ids is None else input_ids),
                           dtype=torch.long, device=device)
     if ids.ndim == 1:
         ids = ids[None]
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    if "token_type_ids" in getattr(model.tokenizer, "model_input_names", ()) and \
-            model.model_type in _POST_NORM:
+    if trace is not None and model.model_type in _POST_NORM and \
+            "token_type_ids" in getattr(model.tokenizer, "model_input_names", ()):
         types = torch.tensor(np.array(trace.token_type_ids), dtype=torch.long, device=device)
         inputs["token_type_ids"] = types[None].expand_as(ids)
     return inputs
@@ -341,20 +348,22 @@ def _resolve_target(model: Any, trace: Trace, target: Any, evaluate: bool = True
     ``evaluate=False`` (methods without gradients) skips the forward pass that only choosing
     the default pooled dimension needs: the target is then "the pooled sentence"."""
     tokenizer = model.tokenizer
+    classifier = _classifier(model)
+    understood = (f"target={target!r} is not understood: pass None, a token, "
+                  "{'token': 'word'}, {'class': k or 'label'}, {'cosine': 'other text'} or "
+                  "{'dim': k}.")
     if isinstance(target, dict):
-        if len(target) != 1 or next(iter(target)) not in ("token", "cosine", "dim"):
-            raise AttnscopeError(
-                f"target={target!r} is not understood: pass None, a token, {{'token': 'word'}}, "
-                "{'cosine': 'other text'} or {'dim': k}."
-            )
+        if len(target) != 1 or next(iter(target)) not in ("token", "class", "cosine", "dim"):
+            raise AttnscopeError(understood)
         ((kind, value),) = target.items()
+    elif classifier is not None and (target is None or isinstance(target, str)):
+        kind, value = ("class", target)  # a classifier's default: its predicted class
     elif target is None or isinstance(target, str):
         kind, value = ("token", target)
     else:
-        raise AttnscopeError(
-            f"target={target!r} is not understood: pass None, a token, {{'token': 'word'}}, "
-            "{'cosine': 'other text'} or {'dim': k}."
-        )
+        raise AttnscopeError(understood)
+    if kind == "class":
+        return _class_target(model, trace, classifier, value)
     lm = _lm_model(model) if kind == "token" else None
     if kind == "token" and lm is None:
         if value is not None:
@@ -414,6 +423,67 @@ def _resolve_target(model: Any, trace: Trace, target: Any, evaluate: bool = True
     dim = check_index(value, width, "dimension")
     return _Target(f"pooled embedding, dimension {dim}",
                    lambda hidden: _pooled(hidden)[:, dim], None, False)
+
+
+def _classifier(model: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The classification head of a ``*ForSequenceClassification`` model as a function of the
+    base model's last hidden state ``[B, T, D]`` -> class logits ``[B, C]`` (the head's own
+    modules, in eval mode), or None for any other model."""
+    seq = model.model
+    if seq is _base(model) or not type(seq).__name__.endswith("ForSequenceClassification"):
+        return None
+    family = model.model_type
+    base = _base(model)
+    if family == "bert":  # the pooler reads [CLS]
+        return lambda hidden: seq.classifier(seq.dropout(base.pooler(hidden)))
+    if family in ("roberta", "electra"):  # their heads take the whole sequence, read [CLS]
+        return lambda hidden: seq.classifier(hidden)
+    if family == "distilbert":
+        return lambda hidden: seq.classifier(
+            seq.dropout(torch.relu(seq.pre_classifier(hidden[:, 0]))))
+    return lambda hidden: seq.score(hidden)[:, -1]  # gpt2, llama...: the last token (no pad)
+
+
+def _class_target(model: Any, trace: Trace,
+                  classifier: Callable[[torch.Tensor], torch.Tensor] | None,
+                  value: Any) -> _Target:
+    """A class logit of a sequence-classification model: ``value`` a class index, a label
+    name of ``config.id2label``, or None (the predicted class)."""
+    if classifier is None:
+        raise AttnscopeError(
+            f"{model.name!r} is not a sequence-classification model, so a class cannot be a "
+            "target; load a *ForSequenceClassification model, or use a token, "
+            "{'cosine': 'other text'} or {'dim': k}.")
+    labels = {int(k): str(v) for k, v in (model.model.config.id2label or {}).items()}
+    count = int(model.model.config.num_labels)
+    listed = ", ".join(f"{k} {labels.get(k, '')}".strip() for k in range(count))
+    if value is None:
+        with torch.no_grad():
+            hidden = _base(model)(**_model_inputs(model, trace)).last_hidden_state
+            index = int(classifier(hidden).argmax(-1)[0])
+    elif isinstance(value, str):
+        matches = [k for k, name in labels.items() if name == value] or \
+            [k for k, name in labels.items() if name.lower() == value.lower()]
+        if not matches:
+            raise AttnscopeError(
+                f"{value!r} is not a label of {model.name!r}; its classes are {listed}.")
+        index = matches[0]
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        index = int(value)
+        if not 0 <= index < count:
+            raise AttnscopeError(
+                f"There is no class {index}: {model.name!r} has {count} classes ({listed}).")
+    else:
+        raise AttnscopeError(
+            f"A class target is a class index or a label name, not {value!r}; the classes "
+            f"are {listed}.")
+    row = 0 if model.model_type in (*_POST_NORM, "distilbert") else trace.num_tokens - 1
+
+    def class_fn(hidden: torch.Tensor) -> torch.Tensor:
+        return classifier(hidden)[:, index].float()
+
+    name = labels.get(index, str(index))
+    return _Target(f"logit of class {index} ({name})", class_fn, row, False)
 
 
 # ----- the methods -------------------------------------------------------------------------
@@ -577,6 +647,57 @@ def _norms2(model: Any, trace: Trace, progress: bool, **_: Any) -> dict[str, Any
     return _alti_like(model, trace, progress, "norms2")
 
 
+def _mixed_value_gradients(model: Any, trace: Trace | None, ids: np.ndarray,
+                           fn: Callable[[torch.Tensor], torch.Tensor], layers: Sequence[int],
+                           scaled: int | None,
+                           alphas: torch.Tensor | None) -> list[torch.Tensor]:
+    """Gradients of ``fn(last hidden state).sum()`` on each layer's mixed values ``c = A' V``
+    (the output projection's input), ``[B, T, H*d]`` per layer of ``layers``.
+
+    ``ids`` ``[B, T]`` (with ``trace``'s token types when it is given); layer ``scaled`` has
+    its mixed values scaled by ``alphas`` ``[B]`` (one α per batch row), the others are left
+    as they are. Only these gradients are asked of autograd: no weight gradients, nothing
+    below the layers.
+    """
+    kept: dict[int, torch.Tensor] = {}
+
+    def hook_for(index: int) -> Callable[..., tuple[torch.Tensor]]:
+        def hook(module: Any, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            mixed = args[0] * alphas[:, None, None] if index == scaled and alphas is not None \
+                else args[0] * 1.0
+            kept[index] = mixed
+            return (mixed, *args[1:])
+        return hook
+
+    handles = [_output_projection(model, i).register_forward_pre_hook(hook_for(i))
+               for i in layers]
+    try:
+        with torch.enable_grad():
+            hidden = _base(model)(**_model_inputs(model, trace, ids)).last_hidden_state
+            value = fn(hidden).sum()
+            grads = torch.autograd.grad(value, [kept[i] for i in layers], allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(grads)
+
+
+def _gradient_on_weights(grad: torch.Tensor | None, values: np.ndarray, index: int,
+                         label: str) -> torch.Tensor:
+    """∂F/∂A' ``[B, H, T, T]`` from the gradient on the mixed values ``[B, T, H*d]`` and the
+    layer's values ``[H, T, d]``: ``∂F/∂A'[h, i, j] = g_h[i] · v_h[j]``; one sentence naming the
+    layer when the gradient is not finite."""
+    if grad is None or not torch.isfinite(grad).all():
+        raise AttnscopeError(
+            f"The gradient of the target is not finite at layer {index}; the target "
+            f"({label}) cannot be explained by gradients on this text."
+        )
+    v = torch.tensor(np.asarray(values, dtype=np.float32)).to(grad.device)
+    heads, length, head_dim = v.shape
+    g = grad.reshape(grad.shape[0], length, heads, head_dim).transpose(1, 2)  # (B, H, T, d)
+    return torch.einsum("bhid,hjd->bhij", g, v)
+
+
 def _attention_gradients(model: Any, trace: Trace, target: _Target, layer: int | None,
                          alphas: Sequence[float]) -> list[np.ndarray]:
     """∂F/∂A' at A' = α·A for every α (one batch), per layer ``[H, T, T]`` summed over α.
@@ -586,42 +707,12 @@ def _attention_gradients(model: Any, trace: Trace, target: _Target, layer: int |
     ``layer=None`` leaves every layer's attention as it is (α = 1) and returns every layer's.
     """
     layers = range(trace.num_layers) if layer is None else [layer]
-    device = model.device
-    scale = torch.tensor(list(alphas), dtype=torch.float32, device=device)  # (B,)
-    kept: dict[int, torch.Tensor] = {}
-
-    def hook_for(index: int) -> Callable[..., tuple[torch.Tensor]]:
-        def hook(module: Any, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            mixed = args[0] * scale[:, None, None] if index == layer else args[0] * 1.0
-            kept[index] = mixed
-            return (mixed, *args[1:])
-        return hook
-
-    handles = [_output_projection(model, i).register_forward_pre_hook(hook_for(i))
-               for i in layers]
+    scale = torch.tensor(list(alphas), dtype=torch.float32, device=model.device)  # (B,)
     ids = np.broadcast_to(np.asarray(trace.input_ids), (len(alphas), trace.num_tokens))
-    try:
-        with torch.enable_grad():
-            hidden = _base(model)(**_model_inputs(model, trace, ids)).last_hidden_state
-            value = target.fn(hidden).sum()
-            # Only the mixed values' gradients: no weight gradients, nothing below the layers.
-            grads = torch.autograd.grad(value, [kept[i] for i in layers], allow_unused=True)
-    finally:
-        for handle in handles:
-            handle.remove()
-    results = []
-    for index, grad in zip(layers, grads, strict=True):
-        if grad is None or not torch.isfinite(grad).all():
-            raise AttnscopeError(
-                f"The gradient of the target is not finite at layer {index}; the target "
-                f"({target.label}) cannot be explained by gradients on this text."
-            )
-        assert trace.values is not None
-        values = torch.tensor(np.asarray(trace.values[index], dtype=np.float32)).to(device)
-        heads, _, head_dim = values.shape
-        g = grad.sum(0).reshape(trace.num_tokens, heads, head_dim).transpose(0, 1)  # (H, T, d)
-        results.append(torch.einsum("hid,hjd->hij", g, values).cpu().numpy())
-    return results
+    grads = _mixed_value_gradients(model, trace, ids, target.fn, list(layers), layer, scale)
+    assert trace.values is not None
+    return [_gradient_on_weights(grad, trace.values[index], index, target.label)
+            .sum(0).cpu().numpy() for index, grad in zip(layers, grads, strict=True)]
 
 
 def _attattr(model: Any, trace: Trace, progress: bool, target: _Target, steps: int = 20,
@@ -789,6 +880,148 @@ def context_mixing(
         raw=result["raw"].astype(np.float32), rollout=result["rollout"].astype(np.float32),
         target=resolved.label, target_row=resolved.row, heads=result.get("heads"),
     )
+
+
+# ----- a generated answer's sources, step by step ----------------------------------------
+
+#: Bytes a batch of gradient steps may hold: the chunk of generated tokens per batch follows,
+#: reckoning :data:`_BUFFERS_PER_LAYER` attention-sized float32 buffers per layer and batch row
+#: while autograd keeps the forward pass (about what SmolLM2 holds at 232 tokens: 470 MB per
+#: row). A long sequence runs one token a batch, whatever its length.
+_STEP_BATCH_BYTES = 1 << 28
+_BUFFERS_PER_LAYER = 8
+
+
+def _shares(row: np.ndarray) -> np.ndarray:
+    total = float(row.sum())
+    return (row / total if total > 0 else row).astype(np.float32)
+
+
+def generation_sources(model: Any, trace: Trace, measures: Sequence[str], *,
+                       steps: int = 20, progress: bool = False) -> dict[str, np.ndarray]:
+    """Each generated token's sources under each measure: the rollout row to the input of the
+    position that predicted it.
+
+    The token at position ``t`` was chosen from the model's output at row ``t - 1``, so step
+    ``s`` (token ``answer_start + s``) reads row ``r = answer_start + s - 1`` of the measure's
+    last-layer rollout, over the tokens ``0 .. r``.
+
+    Cost: the measures without a target (``value_zeroing``, ``alti``, ``norms2``) run once on
+    the whole sequence (a causal model's row ``r`` only sees tokens ``0 .. r``, so every step's
+    row comes from the same run). The gradient measures differentiate each step's own target,
+    log p(chosen token) at row ``r``: ``grad_rollout`` one forward and backward pass per step,
+    ``attattr`` ``L x steps`` per step; the steps go through in batches, each run on the tokens
+    up to its last row.
+
+    Args:
+        model: the causal LoadedModel that generated ``trace`` (with its LM head for the
+            gradient measures).
+        trace: a generation Trace (``answer_start`` set).
+        measures: keys of :data:`attnscope.mixing.METHODS`.
+        steps: Riemann steps of ``attattr``.
+
+    Returns:
+        measure -> float32 ``[S, T]``: one row per generated token, the shares of its sources
+        (each row sums to 1; zero past ``r``).
+    """
+    from attnscope.capture import capture
+
+    names = list(dict.fromkeys(measures))
+    for name in names:
+        _method(name)
+        _family(model, name)
+    if trace.answer_start is None:
+        raise AttnscopeError("This Trace holds no generated answer (answer_start is None).")
+    if not model.is_causal:
+        raise AttnscopeError(
+            f"{model.name!r} is not a causal language model: a generated token's sources need "
+            "the model that generated it.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise AttnscopeError(f"steps must be a whole number of at least 1, not {steps!r}.")
+    ids = np.asarray(trace.input_ids, dtype=np.int64)
+    full = capture(model, ids, qkv=True)
+    if full.num_tokens != trace.num_tokens:
+        raise AttnscopeError(
+            f"The model read {full.num_tokens} of this trace's {trace.num_tokens} tokens (its "
+            "limit): a generated token's sources need the whole sequence.")
+    start, T = trace.answer_start, trace.num_tokens
+    rows = np.arange(start - 1, T - 1)  # (S,) the rows that chose each generated token
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        table = np.zeros((len(rows), T), dtype=np.float32)
+        if not METHODS[name].needs_target:
+            result = _method(name)(model, full, progress, target=None)
+            final = np.asarray(result["rollout"][-1], dtype=np.float64)
+            for k, r in enumerate(rows):
+                table[k, : r + 1] = _shares(final[r, : r + 1])
+        else:
+            _step_gradient_sources(model, full, name, rows, steps, table, progress)
+        out[name] = table
+    return out
+
+
+def _step_gradient_sources(model: Any, trace: Trace, name: str, rows: np.ndarray, steps: int,
+                           table: np.ndarray, progress: bool) -> None:
+    """Fill ``table`` ``[S, T]`` with each step's gradient-measure sources (see
+    :func:`generation_sources`), a batch of steps at a time."""
+    lm = _lm_model(model)
+    if lm is None:
+        raise AttnscopeError(
+            f"{name} differentiates each generated token's probability, and {model.name!r} has "
+            "no language-modelling head.")
+    head = _head(lm)
+    layers, heads = trace.num_layers, trace.num_heads
+    ids = np.asarray(trace.input_ids, dtype=np.int64)
+    alphas = [(k + 1) / steps for k in range(steps)] if name == "attattr" else [1.0]
+    per_step = len(alphas) * heads * int(rows[-1] + 1) ** 2 * 4 * _BUFFERS_PER_LAYER * layers
+    chunk = max(1, _STEP_BATCH_BYTES // per_step)
+    attentions = trace.attentions
+    assert trace.values is not None
+    batches = range(0, len(rows), chunk)
+    for first in _progress(batches, len(batches), name, progress):
+        chosen = rows[first:first + chunk]  # (C,) rows, ascending
+        length = int(chosen[-1]) + 1  # causal: the tokens after the last row change nothing
+        count = len(chosen)
+        picked = torch.tensor(chosen, dtype=torch.long, device=model.device)
+        tokens = torch.tensor(ids[chosen + 1], dtype=torch.long, device=model.device)
+        batch_rows = picked.repeat_interleave(len(alphas))  # (C * m,) step-major
+        batch_tokens = tokens.repeat_interleave(len(alphas))
+
+        def fn(hidden: torch.Tensor, batch_rows: torch.Tensor = batch_rows,
+               batch_tokens: torch.Tensor = batch_tokens) -> torch.Tensor:
+            at_rows = hidden[torch.arange(hidden.shape[0]), batch_rows]  # (B, D)
+            logits = head(at_rows[:, None])[:, 0].float()  # (B, V)
+            return torch.log_softmax(logits, dim=-1)[torch.arange(len(batch_tokens)),
+                                                     batch_tokens]
+
+        batch_ids = np.repeat(ids[None, :length], count * len(alphas), axis=0)
+        eye = np.eye(length)
+        relevance = np.repeat(eye[None], count, axis=0)  # (C, t, t) float64
+        scale = torch.tensor(alphas * count, dtype=torch.float32, device=model.device)
+        grads: list[torch.Tensor | None] = []
+        if name == "grad_rollout":
+            grads = list(_mixed_value_gradients(model, None, batch_ids, fn, list(range(layers)),
+                                                None, None))
+        for layer in range(layers):
+            if name == "attattr":
+                (grad,) = _mixed_value_gradients(model, None, batch_ids, fn, [layer], layer,
+                                                 scale)
+            else:
+                grad = grads[layer]
+            weights = np.asarray(attentions[layer][:, :length, :length], dtype=np.float32)
+            on_weights = _gradient_on_weights(
+                grad, trace.values[layer][:, :length], layer, "log p of each generated token"
+            ).reshape(count, len(alphas), heads, length, length).sum(1).cpu().numpy()
+            edges = weights[None] * on_weights  # (C, H, t, t)
+            if name == "grad_rollout":
+                mean = np.clip(edges, 0.0, None).mean(1).astype(np.float64)
+                relevance = relevance + mean @ relevance
+            else:
+                summed = _normalise_rows(np.clip(edges.sum(1) / steps, 0.0, None))
+                mixed = _normalise_rows(0.5 * (summed + eye)).astype(np.float64)
+                relevance = mixed @ relevance
+        for k, r in enumerate(chosen):
+            table[first + k, : r + 1] = _shares(relevance[k, r, : r + 1])
 
 
 # ----- faithfulness ------------------------------------------------------------------------

@@ -34,6 +34,15 @@ if TYPE_CHECKING:
 
 __all__ = ["Report", "report"]
 
+
+def _summaries() -> dict[str, str]:
+    from attnscope.mixing import METHODS
+
+    return {name: method.summary for name, method in METHODS.items()}
+
+
+METHOD_SUMMARIES = _summaries()
+
 #: Above this many tokens the report computes flow for the default output token only (T max
 #: flows instead of T*T), and above ``ONE_FLOW_TOKENS`` not at all, to stay quick.
 FULL_FLOW_TOKENS = 64
@@ -162,7 +171,7 @@ class Report:
 
 
 def report(trace: Trace, model: LoadedModel | None = None, *, output: int | None = None,
-           views: bool = True) -> Report:
+           views: bool = True, measure: str | None = None, target: Any = None) -> Report:
     """Build the report page of ``trace``.
 
     Args:
@@ -172,6 +181,10 @@ def report(trace: Trace, model: LoadedModel | None = None, *, output: int | None
         output: the output token whose rollout and flow relevance is charted (default: the
             first token, [CLS], for encoders; the last token for causal models).
         views: embed the interactive head and model views.
+        measure: a context-mixing method ("value_zeroing", "alti", "norms2", "attattr",
+            "grad_rollout"; needs ``model``): a section with its rollout to the input and the
+            sources of its target, and the model view's selector between raw attention and
+            the measure's per-layer scores. ``target`` goes to :func:`attnscope.context_mixing`.
 
     Returns:
         A :class:`Report`; ``report(trace).save("report.html")`` writes it.
@@ -185,6 +198,15 @@ def report(trace: Trace, model: LoadedModel | None = None, *, output: int | None
         raise AttnscopeError(f"A report needs a Trace from attnscope.capture, not "
                              f"{type(trace).__name__}.")
     trace.check()
+    mixing = None
+    if measure is not None:
+        from attnscope.analysis.context_mixing import _method, context_mixing
+
+        _method(measure)  # one sentence listing the methods for an unknown name
+        if model is None:
+            raise AttnscopeError(f"measure={measure!r} needs the model: report(trace, model, "
+                                 "measure=...).")
+        mixing = context_mixing(trace, model, measure, target, progress=False)
     output = default_output(trace) if output is None else check_index(
         output, trace.num_tokens, "output token")
     esc = html.escape
@@ -204,7 +226,9 @@ def report(trace: Trace, model: LoadedModel | None = None, *, output: int | None
         from attnscope.render.views import head_view, model_view, neuron_view
 
         sections.append(head_view(trace).fragment())
-        sections.append(model_view(trace).fragment())
+        with_measure = mixing is not None and trace.unit == "token"
+        sections.append(model_view(trace, measure=measure if with_measure else None,
+                                   model=model, target=target).fragment())
         if trace.queries is not None and trace.keys is not None:
             sections.append(neuron_view(trace).fragment())
     else:
@@ -269,6 +293,26 @@ def report(trace: Trace, model: LoadedModel | None = None, *, output: int | None
                      title=f"last layer ({trace.num_layers - 1}), mean of heads: edges above "
                            "0.1 (hover a token for its own)")
     )
+
+    if mixing is not None:
+        from attnscope.mixing import MEASURE_NAMES
+
+        mixed_tokens = tuple(trace_labels(mixing.trace)[0])
+        name = MEASURE_NAMES[mixing.method]
+        whose = (f"the target, {esc(mixing.target)}" if mixing.target
+                 else "the pooled sentence")
+        sections.append(
+            f"<h2 id='mixing'>Context mixing: {esc(name)}</h2>"
+            f"<p class='note'>{esc(METHOD_SUMMARIES[mixing.method])}; rolled out to the input "
+            f"through the {trace.num_layers} layers (see attnscope.context_mixing). The model "
+            "view above switches between raw attention and this measure's per-layer scores."
+            "</p>"
+            + charts.heatmap(mixing.rollout[-1], mixed_tokens, mixed_tokens,
+                             f"{name}: rollout to the input", xlabel="input token",
+                             ylabel="output token", bar=mixing.method)
+            + charts.bars(mixing.sources(), mixed_tokens, ylabel="share",
+                          highlight=-1 if mixing.target_row is None else mixing.target_row,
+                          title=f"{name}: sources of {whose}"))
 
     sections.append("<h2 id='norms'>Norm-based attention</h2>")
     if model is None:

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from attnscope.errors import AttnscopeError, check_index
+from attnscope.mixing import MEASURE_NAMES
 from attnscope.readable import readable_tokens, token_labels
 from attnscope.render import html as page_html
 from attnscope.render.static import WEIGHT_STOPS
@@ -75,7 +76,8 @@ class GenerationView(AttnView):
 
     def __init__(self, trace: Trace, *, layer: int = -1, head: int = 0, mode: str = "all",
                  step: int | None = None, theme: str = "light", top_tokens: Any = None,
-                 max_bytes: int = PAGE_BUDGET, rollout: bool | None = None) -> None:
+                 max_bytes: int = PAGE_BUDGET, rollout: bool | None = None,
+                 measures: Any = (), steps: int = 20) -> None:
         if not isinstance(trace, Trace):
             raise AttnscopeError(
                 f"The generation view needs a Trace from attnscope.generate, not "
@@ -87,8 +89,10 @@ class GenerationView(AttnView):
         if trace.num_tokens <= _answer_start(trace):
             raise AttnscopeError("This Trace's answer is empty: there is no generated token to "
                                  "show.")
-        if mode not in MODES:
-            raise AttnscopeError(f"Unknown mode {mode!r}: choose from {', '.join(MODES)}.")
+        self.measures = _measures(measures, top_tokens)
+        if mode not in MODES and mode not in self.measures:
+            raise AttnscopeError(
+                f"Unknown mode {mode!r}: choose from {', '.join((*MODES, *self.measures))}.")
         if theme not in ("light", "dark"):
             raise AttnscopeError(f"Unknown theme {theme!r}: choose 'light' or 'dark'.")
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
@@ -112,6 +116,9 @@ class GenerationView(AttnView):
             raise AttnscopeError(f"rollout must be True, False or None, not {rollout!r}.")
         self.rollout = rollout
         self._top_tokens = _top_token_texts(trace, top_tokens)
+        self._model = top_tokens
+        self._steps = steps
+        self._sources: dict[str, np.ndarray] | None = None
         self._layer_labels = None
         self._head_labels = None
         self._page: str | None = None
@@ -119,6 +126,16 @@ class GenerationView(AttnView):
 
     def payload(self) -> dict[str, Any]:
         return generation_payload(self)
+
+    def sources(self) -> dict[str, np.ndarray]:
+        """The measures' sources of each generated token, measure -> float32 ``[S, T]`` (see
+        :func:`attnscope.analysis.context_mixing.generation_sources`), computed once."""
+        if self._sources is None:
+            from attnscope.analysis.context_mixing import generation_sources
+
+            self._sources = generation_sources(self._model, self.trace, self.measures,
+                                               steps=self._steps) if self.measures else {}
+        return self._sources
 
     @property
     def html(self) -> str:
@@ -144,7 +161,8 @@ class GenerationView(AttnView):
 
 def generation_view(trace: Trace, *, mode: str = "all", layer: int = -1, head: int = 0,
                     step: int | None = None, theme: str = "light", model: Any = None,
-                    max_bytes: int = PAGE_BUDGET, rollout: bool | None = None) -> AttnView:
+                    max_bytes: int = PAGE_BUDGET, rollout: bool | None = None,
+                    measures: Any = (), steps: int = 20) -> AttnView:
     """The prompt and the answer as running text; select a generated token to colour its
     context by the attention that chose it.
 
@@ -167,9 +185,19 @@ def generation_view(trace: Trace, *, mode: str = "all", layer: int = -1, head: i
         rollout: carry the rollout (:func:`rollout_rows`); None (default) where it takes
             well under a second to compute (:data:`ROLLOUT_AUTO`), as up to about 1,000
             tokens of a 30-layer model.
+        measures: context-mixing measures to carry beside raw attention (keys of
+            :data:`attnscope.mixing.METHODS`: "value_zeroing", "alti", "norms2", "attattr",
+            "grad_rollout"); the page's "Colour by" offers each. A generated token's sources
+            under a measure are its last-layer rollout row to the input at the position that
+            predicted it, as shares (see
+            :func:`attnscope.analysis.context_mixing.generation_sources` for the cost: one run
+            for the first three, batched backward passes per generated token for the
+            gradient ones). Needs ``model``, the LoadedModel that generated the trace.
+        steps: Riemann steps of "attattr".
     """
     return GenerationView(trace, mode=mode, layer=layer, head=head, step=step, theme=theme,
-                          top_tokens=model, max_bytes=max_bytes, rollout=rollout)
+                          top_tokens=model, max_bytes=max_bytes, rollout=rollout,
+                          measures=measures, steps=steps)
 
 
 # ----- payload ---------------------------------------------------------------------------------
@@ -191,6 +219,27 @@ def _top_token_texts(trace: Trace, source: Any) -> list[list[str]] | None:
     if isinstance(given, list) and len(given) == ids.shape[0]:
         return [[str(t) for t in row] for row in given]
     return None
+
+
+def _measures(measures: Any, model: Any) -> tuple[str, ...]:
+    """The context-mixing measures a page carries, checked (names, and a model to run)."""
+    from attnscope.mixing import METHODS
+
+    if isinstance(measures, str):
+        measures = (measures,)
+    if not isinstance(measures, (list, tuple)):
+        raise AttnscopeError(
+            f"measures must be a list of context-mixing methods ({', '.join(METHODS)}), not "
+            f"{type(measures).__name__}.")
+    for name in measures:
+        if not isinstance(name, str) or name not in METHODS:
+            raise AttnscopeError(f"There is no context-mixing method {name!r}; valid methods: "
+                                 f"{', '.join(METHODS)}.")
+    if measures and not hasattr(model, "lm_model"):
+        raise AttnscopeError(
+            "measures= needs model=, the LoadedModel that generated the trace: the measures "
+            "run it again on the prompt and the answer.")
+    return tuple(dict.fromkeys(measures))
 
 
 def _roles(trace: Trace) -> list[str]:
@@ -291,11 +340,13 @@ _BYTES = {"f16": 2, "log8": 1, None: 0}
 
 
 def _plan(weights: int, layers: int, heads: int, budget: int,
-          rollout: bool) -> tuple[str, str | None, str | None]:
+          rollout: bool, measures: int = 0) -> tuple[str, str | None, str | None]:
     """How the planes travel (see :data:`_PLANS`): the first plan within ``budget`` bytes, or
-    the last (the all-layer mean and the rollout are always kept)."""
+    the last (the all-layer mean, the rollout and the measures are always kept, coded as the
+    mean is)."""
     for plan in _PLANS:
-        size = weights * (_BYTES[plan[0]] * (2 if rollout else 1) + _BYTES[plan[1]] * layers
+        size = weights * (_BYTES[plan[0]] * ((2 if rollout else 1) + measures)
+                          + _BYTES[plan[1]] * layers
                           + _BYTES[plan[2]] * layers * heads)
         if size <= budget:
             return plan
@@ -313,7 +364,8 @@ def generation_payload(view: GenerationView) -> dict[str, Any]:
     rollout = view.rollout
     if rollout is None:  # by default only where it takes well under a second
         rollout = layers * len(rows) * trace.num_tokens ** 2 / 3 <= ROLLOUT_AUTO
-    mean_code, layer_code, head_code = _plan(weights, layers, heads, view.max_bytes, rollout)
+    mean_code, layer_code, head_code = _plan(weights, layers, heads, view.max_bytes, rollout,
+                                             len(view.measures))
     coders = {"f16": _f16_plane, "log8": _log8_plane}
     qs = trace.query_start
     planes: dict[str, Any] = {}
@@ -354,6 +406,14 @@ def generation_payload(view: GenerationView) -> dict[str, Any]:
         else:
             notes.append("Rollout is left out: on a trace this long it takes a while to "
                          "compute; at.generation_view(trace, rollout=True) adds it.")
+        for name, table in view.sources().items():
+            planes[name] = _pack([coders[mean_code](_flat_rows(table[first:], rows))],
+                                 mean_code)
+    if view.measures:
+        notes.append(
+            "Measures carried: " + ", ".join(MEASURE_NAMES[m] for m in view.measures)
+            + " (a generated token's sources: the measure's rollout to the input at the "
+            "position that predicted it, as shares of 1).")
     budget_mb = f"{view.max_bytes / 1e6:g} MB"
     if not head_code:
         notes.append(
@@ -376,6 +436,7 @@ def generation_payload(view: GenerationView) -> dict[str, Any]:
     settings = dict(trace.generation or {})
     settings.pop("top_tokens", None)
     initial_mode = view.mode if view.mode in planes else "all"
+    measures = [[name, MEASURE_NAMES[name]] for name in view.measures if name in planes]
     return {
         "title": trace.model_name,
         "subtitle": (f"{trace.num_layers} layers \u00d7 {trace.num_heads} heads, prompt "
@@ -406,6 +467,7 @@ def generation_payload(view: GenerationView) -> dict[str, Any]:
             "top": top,
             "settings": _json_safe(settings),
             "planes": planes,
+            "measures": measures,
             "log8": {"step": LOG8_STEP, "floor": LOG8_FLOOR},
             "notes": notes,
             "budget": view.max_bytes,

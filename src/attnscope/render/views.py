@@ -96,6 +96,9 @@ class AttnView:
         self._head_labels = list(head_labels) if head_labels is not None else None
         self._page: str | None = None
         self._root_id: str | None = None
+        #: (method, label, per-layer scores ``[L, T, T]``): a context-mixing measure the model
+        #: view carries beside raw attention (see :func:`model_view`), or None
+        self.mixing: tuple[str, str, np.ndarray] | None = None
 
     # ----- the page ----------------------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
@@ -184,15 +187,54 @@ def head_view(trace: Trace, layer: int = -1, heads: Sequence[int] | None = None,
 
 
 def model_view(trace: Trace, *, part: str = "self", theme: str = "light",
-               minus: Trace | None = None, exact: bool | None = None) -> AttnView:
+               minus: Trace | None = None, exact: bool | None = None,
+               measure: str | None = None, model: Any = None, target: Any = None,
+               steps: int = 20) -> AttnView:
     """Every layer x head as a thumbnail (``[L, H]`` grid); click one to open it large.
 
     With ``minus`` (a Trace of the same model and tokens, e.g. another input of the same
     length), the view shows the signed difference ``trace - minus`` on a diverging scale: red
     where ``trace`` attends more, blue where ``minus`` does. ``exact``: as in
     :func:`head_view`.
+
+    With ``measure`` (a context-mixing method: "value_zeroing", "alti", "norms2", "attattr",
+    "grad_rollout") and ``model`` (the LoadedModel of the trace), the page also carries that
+    measure's per-layer scores ``[L, T, T]`` (:func:`attnscope.context_mixing`'s ``scores``,
+    each row as shares of 1) and its selector switches between raw attention and the measure,
+    one thumbnail a layer. ``target`` and ``steps`` go to the gradient methods.
     """
-    return AttnView(trace, ["model"], part=part, theme=theme, minus=minus, exact=exact)
+    view = AttnView(trace, ["model"], part=part, theme=theme, minus=minus, exact=exact)
+    if measure is not None:
+        view.mixing = _mixing_scores(trace, measure, model, target, steps, minus)
+    return view
+
+
+def _mixing_scores(trace: Trace, measure: Any, model: Any, target: Any, steps: int,
+                   minus: Trace | None) -> tuple[str, str, np.ndarray]:
+    """(method, label, per-layer scores ``[L, T, T]`` as row shares) for :func:`model_view`."""
+    from attnscope.analysis.context_mixing import _method, context_mixing
+    from attnscope.mixing import MEASURE_NAMES, METHODS
+
+    _method(measure)  # one sentence listing the methods for an unknown name
+    if minus is not None:
+        raise AttnscopeError("A difference of two traces carries no measure: pass minus= or "
+                             "measure=, not both.")
+    if not hasattr(model, "lm_model"):
+        raise AttnscopeError(
+            "measure= needs model=, the LoadedModel the trace was captured with: the measure "
+            "runs it again.")
+    result = context_mixing(trace, model, measure, target, steps=steps, progress=False)
+    scores = np.asarray(result.scores, dtype=np.float64)
+    if scores.shape[1] != trace.num_tokens:
+        raise AttnscopeError(
+            f"{measure} scored {scores.shape[1]} tokens, and this trace has "
+            f"{trace.num_tokens} (merged into words?): pass a token-level trace.")
+    sums = scores.sum(-1, keepdims=True)
+    shares = np.divide(scores, sums, out=np.zeros_like(scores), where=sums > 0)
+    label = f"{MEASURE_NAMES[measure]} (per layer)"
+    if METHODS[measure].needs_target:  # the other methods' scores do not depend on it
+        label += f", target {result.target}"
+    return measure, label, shares.astype(np.float32)
 
 
 def _page_parts(trace: Trace, kinds: Sequence[str]) -> list[str]:
@@ -277,6 +319,17 @@ def _payload(view: AttnView) -> dict[str, Any]:
                     if view.minus is not None
                     else page_html.encode_attention(attentions, causal=causal,
                                                     exact=view.exact)),
+        })
+    if view.mixing is not None:  # one "head" a layer: the measure's scores
+        method, label, scores = view.mixing
+        causal = bool(trace.is_causal)
+        parts[0]["label"] = ("Raw attention" if len(parts) == 1 else parts[0]["label"])
+        parts.append({
+            "name": "mixing", "label": label, "measure": method, "rows": "self",
+            "cols": "self", "causal": causal,
+            "layers": view._layer_labels or list(range(scores.shape[0])), "heads": [0],
+            "att": page_html.encode_attention(scores[:, None], causal=causal,
+                                              exact=view.exact),
         })
     # The page shows labels, the text each token stands for; the Trace keeps the raw tokens.
     tokens = {"self": trace_labels(trace)[0]}

@@ -1267,13 +1267,22 @@ function modelView(panel, P, A, ctxs) {
   const grey = dark ? 40 : 232;
   const controls = el("div", "as-controls");
   panel.append(controls);
+  // With a context-mixing measure (P.parts' "mixing" part: one "head" a layer, its scores),
+  // the selector switches between raw attention and the measure.
+  const withMeasure = P.parts.some((p) => p.measure);
+  const measureOf = () => P.parts.find((p) => p.name === st.part).measure;
   if (P.parts.length > 1) {
-    selectField(controls, "Attention", P.parts.map((p) => [p.name, p.label]), st.part, (v) => {
-      st.part = v;
-      st.open = null;
-      st.hover = null;
-      rebuild();
-    });
+    const field = selectField(controls, withMeasure ? "Measure" : "Attention",
+      P.parts.map((p) => [p.name, p.label]), st.part, (v) => setPart(v));
+    field.parentElement.classList.add("as-part");
+  }
+  // Shows another part (or the measure); resolves once its thumbnails are drawn.
+  function setPart(v) {
+    st.part = v;
+    st.open = null;
+    st.hover = null;
+    rebuild();
+    return part().ensureAll();
   }
   let filterField = null;
   if (P.sentence_b_start !== null && P.sentence_b_start !== undefined) {
@@ -1341,7 +1350,7 @@ function modelView(panel, P, A, ctxs) {
     filterField && (filterField.parentElement.hidden = p.name !== "self");
     grid.style.gridTemplateColumns = `auto repeat(${p.H + (st.combined ? 1 : 0)}, auto)`;
     grid.append(el("div", "as-corner"));
-    for (let h = 0; h < p.H; h++) grid.append(el("div", "as-collabel", "H" + p.heads[h]));
+    for (let h = 0; h < p.H; h++) grid.append(el("div", "as-collabel", measureOf() ? "score" : "H" + p.heads[h]));
     if (st.combined) grid.append(el("div", "as-collabel", "all"));
     combined = [];
     thumbs = [];
@@ -1355,8 +1364,9 @@ function modelView(panel, P, A, ctxs) {
         c.dataset.head = String(h);
         c.tabIndex = l === 0 && h === 0 ? 0 : -1;
         c.setAttribute("role", "gridcell");
-        c.setAttribute("aria-label", `layer ${p.layers[l]}, head ${p.heads[h]}`);
-        c.title = `layer ${p.layers[l]}, head ${p.heads[h]}`;
+        const what = measureOf() ? `layer ${p.layers[l]}: ${p.label}` : `layer ${p.layers[l]}, head ${p.heads[h]}`;
+        c.setAttribute("aria-label", what);
+        c.title = what;
         c.addEventListener("click", () => open(l, h));
         grid.append(c);
         thumbs.push(c);
@@ -1534,7 +1544,8 @@ function modelView(panel, P, A, ctxs) {
     if (!p.coarse[st.open[0]]) return;
     const [l, h] = st.open;
     const z = st.zoom;
-    dTitle.textContent = `${p.label}: layer ${p.layers[l]}, head ${p.heads[h]}`;
+    dTitle.textContent = measureOf() ? `${p.label}: layer ${p.layers[l]}`
+      : `${p.label}: layer ${p.layers[l]}, head ${p.heads[h]}`;
     const nq = z.i1 - z.i0, nk = z.j1 - z.j0;
     const cell = Math.max(DETAIL_SIDE / Math.max(nq, nk) >= 1 ? 1 : 0, Math.min(22, DETAIL_SIDE / Math.max(nq, nk)));
     const measure = dCanvas.getContext("2d");
@@ -1631,7 +1642,8 @@ function modelView(panel, P, A, ctxs) {
     if (!masked && !p.isKept(l, h, i, j)) {
       v += ` (not kept: below ${fmt(p.threshold[(l * p.H + h) * p.Tq + i])}; the mean of the rest)`;
     }
-    const text = [`query ${i}: ${p.rows[i]}`, `key ${j}: ${p.cols[j]}`, `weight ${v}`];
+    const text = [`query ${i}: ${p.rows[i]}`, `key ${j}: ${p.cols[j]}`,
+      measureOf() ? `score ${v} (share of the row)` : `weight ${v}`];
     dReadout.textContent = `${p.rows[i]} \u2192 ${p.cols[j]}: ${v}`;
     ctxs.tip.show(text, e.clientX, e.clientY);
   });
@@ -1681,8 +1693,8 @@ function modelView(panel, P, A, ctxs) {
   }
 
   rebuild();
-  return { state: st, open, close, setHover, zoomBy, panBy, thumbs: () => thumbs, detail: dCanvas,
-    refresh: () => {} };
+  return { state: st, open, close, setHover, zoomBy, panBy, setPart, thumbs: () => thumbs,
+    detail: dCanvas, refresh: () => {} };
 }
 
 // ----- neuron view --------------------------------------------------------------------------
@@ -1885,7 +1897,9 @@ function tokensView(panel, P) {
 // for every generated token from first_step on, the row of the step that chose it (query
 // t - 1 over keys 0 .. t - 1) in planes: "all" (every layer and head averaged), "rollout",
 // "layer" (one plane a layer, heads averaged) and "head" (one plane a layer x head), each the
-// rows one after another, float16 ("f16") or a one-byte log code ("log8").
+// rows one after another, float16 ("f16") or a one-byte log code ("log8"). P.gen.measures lists
+// the context-mixing measures carried beside them ([key, name]), each a plane of the same rows
+// (each generated token's sources, as shares), coded as "all" is.
 
 let GEN_HALF = null; // float16 bits -> value, built on first use
 function genHalfTable() {
@@ -1961,9 +1975,13 @@ function generationView(panel, P, A, ctxs) {
   panel.append(controls);
   const modeNames = { all: "all layers (mean)", layer: "one layer (heads mean)", head: "one head",
     rollout: "rollout" };
+  const measures = (G.measures || []).filter(([key]) => G.planes[key]);
+  for (const [key, name] of measures) modeNames[key] = name;
+  const isMeasure = (mode) => measures.some(([key]) => key === mode);
   const modeField = selectField(controls, "Colour by",
-    ["all", "layer", "head", "rollout"].filter((m) => G.planes[m]).map((m) => [m, modeNames[m]]),
-    st.mode, (v) => { st.mode = v; syncFields(); refresh(); });
+    ["all", "layer", "head", "rollout", ...measures.map(([key]) => key)].filter((m) => G.planes[m])
+      .map((m) => [m, modeNames[m]]),
+    st.mode, (v) => { setMode(v); });
   modeField.parentElement.classList.add("as-gen-mode");
   const layerField = selectField(controls, "Layer", [...Array(L).keys()].map((l) => [l, String(l)]),
     st.layer, (v) => { st.layer = Number(v); refresh(); });
@@ -2033,6 +2051,13 @@ function generationView(panel, P, A, ctxs) {
     }
   }
   setColours();
+
+  // Colours the text by another mode or measure; resolves once it is drawn.
+  function setMode(mode) {
+    st.mode = mode;
+    syncFields();
+    return refresh();
+  }
 
   function syncFields() {
     modeField.value = st.mode;
@@ -2105,7 +2130,9 @@ function generationView(panel, P, A, ctxs) {
     info.append(el("div", "as-gen-prob", p === null ? "" : "probability " + fmt(p)));
     const what = st.mode === "head" ? `layer ${st.layer}, head ${st.head}`
       : st.mode === "layer" ? `layer ${st.layer}, heads averaged` : modeNames[st.mode];
-    info.append(el("div", "as-label", `attention of the step that chose it (query ${t - 1}): ${what}`));
+    info.append(el("div", "as-label", isMeasure(st.mode)
+      ? `sources of its prediction (row ${t - 1}): ${what} rollout, shares`
+      : `attention of the step that chose it (query ${t - 1}): ${what}`));
     if (!values) info.append(el("div", "as-note", "This step's row is not in the trace."));
     topBox.textContent = "";
     if (G.top) {
@@ -2122,7 +2149,7 @@ function generationView(panel, P, A, ctxs) {
     if (!values) return;
     const shares = {};
     for (let j = 0; j < values.length; j++) shares[G.roles[j]] = (shares[G.roles[j]] || 0) + values[j];
-    roleBox.append(el("div", "as-label", "share of its attention"));
+    roleBox.append(el("div", "as-label", isMeasure(st.mode) ? "share of its sources" : "share of its attention"));
     for (const role of ["system", "user", "assistant", "markup", "prompt", "answer"]) {
       if (shares[role] === undefined) continue;
       const line = el("div", "as-gen-share");
@@ -2201,7 +2228,17 @@ function generationView(panel, P, A, ctxs) {
     const lines = [`${G.labels[i]}  (token ${i}, ${G.roles[i]})`];
     const values = row(st.step);
     if (values && i < t) {
-      lines.push(`weight from the selected step: ${exactText(st.mode, values[i])}`);
+      lines.push(isMeasure(st.mode) ? `source share (${modeNames[st.mode]}): ${exactText(st.mode, values[i])}`
+        : `weight from the selected step: ${exactText(st.mode, values[i])}`);
+      if (measures.length && measuresReady) {
+        // every measure side by side, raw attention (all layers) first
+        lines.push("by measure:");
+        for (const key of ["all", ...measures.map(([k]) => k)]) {
+          if (key === st.mode) continue;
+          const v = valueOf(key, measuresReady[key], offsets[st.step] + i);
+          lines.push(`  ${modeNames[key]}: ${exactText(key, v)}`);
+        }
+      }
       if (G.planes.head && headsReady) {
         lines.push("heads attending most to it:");
         for (const [l, h, v] of headsAt(st.step, i)) lines.push(`  layer ${l} head ${h}: ${exactText("head", v)}`);
@@ -2217,6 +2254,11 @@ function generationView(panel, P, A, ctxs) {
     ctxs.tip.show(lines, x, y);
     st.tipLines = lines;
   }
+  let measuresReady = null; // key -> decoded plane of "all" and every measure
+  const measuresLoading = measures.length
+    ? Promise.all(["all", ...measures.map(([k]) => k)].map((k) => plane(k, 0).then((a) => [k, a])))
+      .then((pairs) => { measuresReady = Object.fromEntries(pairs); })
+    : Promise.resolve();
   function loadHeads() {
     if (!headsReady && G.planes.head && !headsLoading) {
       headsLoading = Promise.all([...Array(L * H).keys()].map((k) => plane("head", k)))
@@ -2273,8 +2315,8 @@ function generationView(panel, P, A, ctxs) {
     return svg;
   }
 
-  const ready = refresh();
-  return { state: st, select, redraw: draw, exportPng, exportSvg, ready, loadHeads,
+  const ready = Promise.all([refresh(), measuresLoading]);
+  return { state: st, select, redraw: draw, exportPng, exportSvg, ready, loadHeads, setMode,
     refresh: () => {} };
 }
 
