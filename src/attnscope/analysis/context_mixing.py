@@ -939,7 +939,7 @@ def generation_sources(model: Any, trace: Trace, measures: Sequence[str], *,
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise AttnscopeError(f"steps must be a whole number of at least 1, not {steps!r}.")
     ids = np.asarray(trace.input_ids, dtype=np.int64)
-    full = capture(model, ids, qkv=True)
+    full = capture(model, ids, qkv=True, attention="eager")
     if full.num_tokens != trace.num_tokens:
         raise AttnscopeError(
             f"The model read {full.num_tokens} of this trace's {trace.num_tokens} tokens (its "
