@@ -1,0 +1,142 @@
+"""The long view in a real browser: a page of a few hundred tokens of a tiny Llama opens,
+selecting a token recolours the text with the LazyTrace's weights (row and column), the strips
+switch the overview's head, the page makes no request and hostile tokens stay text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import attnscope as at
+from tests.browser.pages import watch
+from tests.long_trace import HOSTILE, long_llama, long_text
+
+pytestmark = pytest.mark.browser
+
+ROOT = "document.querySelector('.attnscope-root')"
+
+
+@pytest.fixture(scope="module")
+def lazy(tiny_models):
+    model = long_llama(tiny_models["llama"].tokenizer)
+    return at.capture(model, long_text(), attention="lazy")
+
+
+class LongPage:
+    def __init__(self, browser, view, tmp_path, name="long.html"):
+        path = view.save(tmp_path / name)
+        self.page = browser.new_page(viewport={"width": 1300, "height": 900})
+        self.log = watch(self.page)
+        self.url = path.as_uri()
+        self.page.goto(self.url)
+        self.page.wait_for_selector(".attnscope-root[data-long-token][data-long-map]",
+                                    timeout=15_000)
+
+    def js(self, expression, arg=None):
+        return self.page.evaluate(expression, arg)
+
+    def state(self, name):
+        return self.js(f"{ROOT}.attnscope.views.long.state.{name}")
+
+    def shades(self):
+        """Each token's background colour as the page set it ("" for none)."""
+        return self.js("[...document.querySelectorAll('.as-ltok')].map(s => "
+                       "s.style.backgroundColor)")
+
+    def check_clean(self):
+        assert self.log.problems == []
+        assert self.log.dialogs == []
+        assert [r for r in self.log.requests if not r.startswith("blob:")] == [self.url]
+        self.page.close()
+
+
+def _levels(values, scale_max=1.0):
+    """The colour level the page's square-root scale gives each weight."""
+    return np.rint(np.sqrt(np.clip(np.asarray(values, np.float64) / scale_max, 0, 1)) * 255)
+
+
+def _page_levels(page):
+    """Each token's colour level as the page computed it (its data of the last draw)."""
+    return np.array(page.js(f"""() => {{
+        const st = {ROOT}.attnscope.views.long.state;
+        return [...st.values].map(v => Math.round(Math.sqrt(Math.min(1, v)) * 255));
+    }}"""))
+
+
+def test_select_token_recolours_by_its_row_and_column(browser, lazy, tmp_path):
+    T = lazy.num_tokens
+    p = LongPage(browser, at.long_view(lazy, layer=1, head=2, token=T - 1), tmp_path)
+    texts = p.js("[...document.querySelectorAll('.as-ltok')].map(s => s.textContent)")
+    assert len(texts) == T
+    # the hostile token is text in the page, not an element
+    assert HOSTILE.replace(" ", "") in "".join(texts).replace(" ", "")
+    assert p.js("document.querySelectorAll('.as-long-text img').length") == 0
+    # select a token in the middle: its row colours the text
+    token = T // 2
+    p.page.click(f".as-ltok[data-index='{token}']")
+    p.page.wait_for_function(f"{ROOT}.dataset.longToken === '{token}'")
+    row = lazy.attention(1, 2, rows=token)
+    values = np.array(p.state("values"))
+    big = row >= 1e-3
+    np.testing.assert_allclose(values[big], row[big], rtol=0.02)  # the one-byte code
+    assert np.all(values[token + 1:] == 0)  # causal: nothing after the token
+    # what the spans show is the colour of those weights
+    levels = _page_levels(p)
+    assert np.abs(levels - _levels(row)).max() <= 2
+    assert [b != "" for b in p.shades()] == list(levels > 0)
+    # hovering a token reads its weight
+    p.page.hover(f".as-ltok[data-index='{token - 1}']")
+    tip = p.page.text_content(".as-tip")
+    assert float(tip.rsplit(" ", 1)[-1]) == pytest.approx(float(row[token - 1]), rel=0.02)
+    # what attends to it: its column
+    p.page.select_option(".as-long-dir select", "column")
+    p.page.wait_for_function(f"{ROOT}.attnscope.views.long.state.direction === 'column' && "
+                             f"{ROOT}.textContent.includes('what attends to it')")
+    column = lazy.attention(1, 2, cols=token)
+    values = np.array(p.state("values"))
+    big = column >= 1e-3
+    np.testing.assert_allclose(values[big], column[big], rtol=0.02)
+    assert np.all(values[:token] == 0)
+    p.check_clean()
+
+
+def test_strips_switch_the_heatmap(browser, lazy, tmp_path):
+    T = lazy.num_tokens
+    p = LongPage(browser, at.long_view(lazy, layer=0, head=0), tmp_path)
+    assert p.js(f"{ROOT}.dataset.longMap") == f"0:0@{T}"
+    stats = lazy.head_stats()
+    # every head has a cell in each strip, with its statistic in its title
+    assert p.js("document.querySelectorAll('.as-lcell').length") == 3 * 2 * 4
+    title = p.js("document.querySelector(\".as-lcell[data-stat='sink'][data-layer='1']"
+                 "[data-head='3']\").title")
+    assert float(title.rsplit(" ", 1)[-1]) == pytest.approx(float(stats["sink"][1, 3]), rel=2e-3)
+    p.page.click(".as-lcell[data-stat='entropy'][data-layer='1'][data-head='3']")
+    p.page.wait_for_function(f"{ROOT}.dataset.longMap === '1:3@{T}'")
+    assert p.state("layer") == 1 and p.state("head") == 3
+    assert p.js("document.querySelector('.as-head select').value") == "3"
+    # the heatmap is that head's weights (the level is T x T here: exact up to the code)
+    grid = np.array(p.js(f"[...{ROOT}.attnscope.views.long.state.map.grid]")).reshape(T, T)
+    dense = lazy.attentions[1, 3]
+    big = dense >= 1e-3
+    np.testing.assert_allclose(grid[big], dense[big], rtol=0.02)
+    p.check_clean()
+
+
+def test_small_budget_says_what_it_left_out_and_colours_by_blocks(browser, lazy, tmp_path):
+    T = lazy.num_tokens
+    view = at.long_view(lazy, layer=1, head=2, max_bytes=T * (T + 1) // 2 + 8 * 64 * 64 + 10)
+    p = LongPage(browser, view, tmp_path)
+    notes = p.js("[...document.querySelectorAll('.as-long-note')].map(n => n.textContent)")
+    assert any("Exact weights are carried for 1 of 8 heads" in n for n in notes)
+    # another head colours the text by its 64 x 64 blocks: each token shows its block's max
+    p.js(f"{ROOT}.attnscope.views.long.pick(0, 1)")
+    p.page.wait_for_function(f"{ROOT}.dataset.longHead === '0:1' && "
+                             f"{ROOT}.textContent.includes('blocks of')")
+    values = np.array(p.state("values"))
+    token = p.state("token")
+    pooled = at.pooled_attention(lazy, 0, 1, 64)
+    edges = (np.arange(T) * 64) // T
+    expected = pooled[edges[token], edges]
+    big = expected >= 1e-3
+    np.testing.assert_allclose(values[big], expected[big], rtol=0.02)
+    p.check_clean()
