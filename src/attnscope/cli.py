@@ -573,7 +573,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                     timeout_s=args.timeout, runs=args.runs, queue=args.queue,
                     flow_budget_s=args.flow_budget, cache=args.cache, cache_mb=args.cache_mb)
     serve(args.model or None, host=args.host, port=args.port, limits=limits, device=args.device,
-          corpus=args.corpus, torch_threads=args.torch_threads or None)
+          corpus=args.corpus, torch_threads=args.torch_threads or None, long=args.long)
     return 0
 
 
@@ -761,6 +761,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", type=Path, default=None,
                    help="a corpus store (.duckdb from attnscope corpus) to browse in the "
                         "Corpus tab; opened read-only")
+    p.add_argument("--long", type=Path, action="append", default=None, metavar="LAZY.npz",
+                   help="a saved lazy trace (LazyTrace.save) to serve as a long view at "
+                        "/long/<file stem>, tiles computed on request (repeat for several)")
     p.add_argument("--max-chars", type=int, default=lim.max_chars,
                    help=f"most characters in one text (default {lim.max_chars})")
     p.add_argument("--max-tokens", type=int, default=lim.max_tokens,

@@ -140,3 +140,55 @@ def test_small_budget_says_what_it_left_out_and_colours_by_blocks(browser, lazy,
     big = expected >= 1e-3
     np.testing.assert_allclose(values[big], expected[big], rtol=0.02)
     p.check_clean()
+
+
+@pytest.fixture(scope="module")
+def long_server(lazy, tmp_path_factory):
+    from tests.explorer_server import ExplorerServer
+
+    path = lazy.save(tmp_path_factory.mktemp("long") / "story.npz")
+    server = ExplorerServer("--long", str(path))
+    yield server
+    server.stop()
+
+
+def _wait(page, expression, timeout=30.0):
+    """Poll ``expression`` until true (the served page's policy forbids the eval behind
+    Playwright's wait_for_function; page.evaluate is not subject to it)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"the page never reached {expression}"
+        page.wait_for_timeout(50)
+
+
+def test_served_page_asks_the_explorer_for_rows_and_zoomed_tiles(browser, lazy, long_server):
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    log = watch(page)
+    url = long_server.url + "long/story"
+    page.goto(url)
+    page.wait_for_selector(".attnscope-root[data-long-token][data-long-map]", timeout=30_000)
+    js = page.evaluate
+    T = lazy.num_tokens
+    # the row comes from the explorer, exact (float32, no code)
+    page.click(".as-ltok[data-index='120']")
+    _wait(page, f"{ROOT}.dataset.longToken === '120' && "
+                f"{ROOT}.textContent.includes('computed by the explorer')")
+    values = np.array(js(f"[...{ROOT}.attnscope.views.long.state.values]"))
+    np.testing.assert_allclose(values, lazy.attention(-1, 0, rows=120), rtol=1e-6, atol=1e-9)
+    # zooming in draws a finer tile the explorer computed for the span around the token
+    page.click(".as-zoom-in")
+    _wait(page, f"{ROOT}.attnscope.views.long.state.map.label.includes('explorer')")
+    zoom = js(f"{ROOT}.attnscope.views.long.state.zoom")
+    span = T // 2
+    assert zoom["r1"] - zoom["r0"] == span and zoom["r0"] <= 120 < zoom["r1"]
+    grid = np.array(js(f"[...{ROOT}.attnscope.views.long.state.map.grid]"))
+    exact = lazy.attentions[-1, 0, zoom["r0"]:zoom["r1"], zoom["c0"]:zoom["c1"]]
+    assert grid.size == exact.size  # the span is short enough to be exact
+    np.testing.assert_allclose(grid.reshape(exact.shape), exact, rtol=1e-6, atol=1e-9)
+    # it asked only the explorer
+    assert {r.split("?")[0] for r in log.requests if not r.startswith("blob:")} == {
+        url, long_server.url + "api/long/story/line", long_server.url + "api/long/story/tile"}
+    assert log.problems == [] and log.dialogs == []
+    page.close()

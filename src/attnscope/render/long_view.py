@@ -47,7 +47,8 @@ from attnscope.render.generation_view import LOG8_FLOOR, LOG8_STEP, _log8_plane
 from attnscope.render.static import WEIGHT_STOPS
 from attnscope.render.views import HEAD_COLORS
 
-__all__ = ["LEVELS", "PAGE_BUDGET", "LongView", "long_view", "pool_edges", "pooled_attention"]
+__all__ = ["LEVELS", "PAGE_BUDGET", "LongView", "long_page", "long_payload", "long_view",
+           "pool_edges", "pooled_attention", "pooled_tile"]
 
 #: The attention data a long page carries at most, in bytes before compression.
 PAGE_BUDGET = 50_000_000
@@ -154,6 +155,46 @@ def pooled_attention(lazy: Any, layer: int, head: int, size: int = 256, *,
     return pools[layer, head, n]
 
 
+def pooled_tile(lazy: Any, layer: int, head: int, rows: tuple[int, int],
+                cols: tuple[int, int], size: int = 256, *, block: int = BLOCK
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The weights of one head on query rows ``rows[0]:rows[1]`` and keys
+    ``cols[0]:cols[1]``, max-pooled to at most ``size`` blocks a side (exact where the span is
+    no longer than ``size``): ``(tile [r, c] float32, first row of each row block [r], first
+    column of each column block [c])``, absolute token positions. Streams over ``block`` rows:
+    ``O(block·c)`` memory.
+
+    Raises:
+        AttnscopeError: a layer, head, row or column out of range, an empty span, or a size
+            or block below 1.
+    """
+    _check_lazy(lazy)
+    layer = check_index(layer, lazy.num_layers, "layer")
+    head = check_index(head, lazy.num_heads, "head")
+    size = _positive(size, "size")
+    block = _positive(block, "block")
+    T = lazy.num_tokens
+    for (start, stop), what in ((rows, "rows"), (cols, "columns")):
+        if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))
+                and 0 <= start < stop <= T):
+            raise AttnscopeError(f"The {what} {start}:{stop} must be a non-empty span within "
+                                 f"the {T} tokens (0 to {T}).")
+    row_edges = rows[0] + pool_edges(rows[1] - rows[0], size)
+    col_edges = pool_edges(cols[1] - cols[0], size)
+    tile = np.zeros((len(row_edges), len(col_edges)), np.float32)
+    for start in range(rows[0], rows[1], block):
+        stop = min(start + block, rows[1])
+        weights = lazy.attention(layer, head, rows=slice(start, stop),
+                                 cols=slice(cols[0], cols[1]))  # (r, c)
+        part = np.maximum.reduceat(weights, col_edges, axis=1)
+        first = int(np.searchsorted(row_edges, start, "right")) - 1
+        last = int(np.searchsorted(row_edges, stop - 1, "right")) - 1
+        part = np.maximum.reduceat(part, np.maximum(row_edges[first : last + 1] - start, 0),
+                                   axis=0)
+        np.maximum(tile[first : last + 1], part, out=tile[first : last + 1])
+    return tile, row_edges, cols[0] + col_edges
+
+
 def _positive(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise AttnscopeError(f"{what} must be a whole number of at least 1, not {value!r}.")
@@ -199,7 +240,8 @@ def _plan(lazy: Any, first: tuple[int, int], budget: int, served: bool = False
     for key in heads:
         wanted[key].append(levels[0])
         left -= levels[0] ** 2
-    if take(exact_size):
+    # served by the explorer, rows and columns come from it, exact: the page carries none
+    if not served and take(exact_size):
         exact.append(first)
     for n in levels[1:]:
         if n <= 256:
@@ -211,11 +253,11 @@ def _plan(lazy: Any, first: tuple[int, int], budget: int, served: bool = False
                 if take(n * n):
                     wanted[key].append(n)
     for key in heads[1:]:
-        if take(exact_size):
+        if not served and take(exact_size):
             exact.append(key)
     notes = []
     mb = f"{budget / 1e6:g} MB"
-    if len(exact) < len(heads):
+    if len(exact) < len(heads) and not served:
         finest = max(wanted[heads[-1]]) if heads else levels[-1]
         block = math.ceil(T / finest)
         notes.append(
