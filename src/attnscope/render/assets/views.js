@@ -2544,10 +2544,21 @@ function longView(panel, P, A, ctxs) {
     off.width = colsN;
     off.height = rowsN;
     off.getContext("2d").putImageData(image, 0, 0);
+    mapImage = off;
+    drawMarks();
+    levelLabel.textContent = label;
+    st.map = { rows: rowsN, cols: colsN, grid, head: key, label };
+    ctxs.root.dataset.longMap = key + "@" + rowsN;
+  }
+  // The map as drawn last, and the selected token's row over it (a new selection redraws
+  // only this: the map itself changes with the head, the zoom and the contrast).
+  let mapImage = null;
+  function drawMarks() {
+    if (!mapImage) return;
+    const z = st.zoom;
     mapCtx.imageSmoothingEnabled = false;
     mapCtx.clearRect(0, 0, MAP_PX, MAP_PX);
-    mapCtx.drawImage(off, 0, 0, MAP_PX, MAP_PX);
-    // the selected token's row
+    mapCtx.drawImage(mapImage, 0, 0, MAP_PX, MAP_PX);
     if (st.token >= z.r0 && st.token < z.r1) {
       const y = ((st.token - z.r0 + 0.5) / (z.r1 - z.r0)) * MAP_PX;
       mapCtx.strokeStyle = "#f28e2b";
@@ -2557,9 +2568,6 @@ function longView(panel, P, A, ctxs) {
       mapCtx.lineTo(MAP_PX, y);
       mapCtx.stroke();
     }
-    levelLabel.textContent = label;
-    st.map = { rows: rowsN, cols: colsN, grid, head: key, label };
-    ctxs.root.dataset.longMap = key + "@" + rowsN;
   }
   canvas.addEventListener("click", (e) => {
     const box = canvas.getBoundingClientRect(), z = st.zoom;
@@ -2577,7 +2585,8 @@ function longView(panel, P, A, ctxs) {
 
   function select(token) {
     st.token = Math.max(0, Math.min(T - 1, token));
-    return Promise.all([recolour(), drawMap()]);
+    drawMarks();
+    return recolour();
   }
   function pick(layer, head) {
     st.layer = layer;
