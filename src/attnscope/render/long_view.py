@@ -374,7 +374,7 @@ def long_page(fragment: str, title: str, *, served: bool = False) -> str:
 def _check_stats(stats: Any, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     names = ("sink", "entropy", "distance")
     if not isinstance(stats, dict) or any(
-            np.shape(stats.get(name)) != shape for name in names):
+            name not in stats or np.shape(stats[name]) != shape for name in names):
         raise AttnscopeError(f"stats must be lazy.head_stats() of this trace: sink, entropy "
                              f"and distance, each {list(shape)}.")
     return {name: np.asarray(stats[name], np.float64) for name in names}
