@@ -28,11 +28,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from attnscope.errors import AttnscopeError
+from attnscope.render.long_view import MAX_TILE_CELLS
 
 __all__ = ["MAX_TILE_CELLS", "MAX_TILE_SIZE", "long_routes", "read_long_traces"]
 
-#: The most weights one tile request computes (rows x columns of its span): 4096 x 4096.
-MAX_TILE_CELLS = 4096 * 4096
 #: The most blocks a side a tile answer holds.
 MAX_TILE_SIZE = 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -47,13 +47,15 @@ from attnscope.render.generation_view import LOG8_FLOOR, LOG8_STEP, _log8_plane
 from attnscope.render.static import WEIGHT_STOPS
 from attnscope.render.views import HEAD_COLORS
 
-__all__ = ["LEVELS", "PAGE_BUDGET", "LongView", "long_page", "long_payload", "long_view",
-           "pool_edges", "pooled_attention", "pooled_tile"]
+__all__ = ["LEVELS", "MAX_TILE_CELLS", "PAGE_BUDGET", "LongView", "long_page", "long_payload",
+           "long_view", "pool_edges", "pooled_attention", "pooled_tile"]
 
 #: The attention data a long page carries at most, in bytes before compression.
 PAGE_BUDGET = 50_000_000
 #: The pooled levels a page may carry (blocks per side), coarsest first.
 LEVELS = (64, 256, 1024)
+#: The most weights the explorer computes for one tile (rows x columns of its span).
+MAX_TILE_CELLS = 4096 * 4096
 #: Query rows a pooling pass computes at once (``[H, BLOCK, T]`` weights).
 BLOCK = 256
 
@@ -433,6 +435,7 @@ def long_payload(view: LongView) -> dict[str, Any]:
             "notes": notes,
             "budget": view.max_bytes,
             "tiles": view.tiles,
+            "tile_cells": MAX_TILE_CELLS,
             "id": uuid.uuid4().hex[:8],
             "initial": {"layer": view.layer, "head": view.head, "token": view.token,
                         "direction": view.direction},

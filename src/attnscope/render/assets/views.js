@@ -2508,7 +2508,11 @@ function longView(panel, P, A, ctxs) {
     const key = headKey(), z = st.zoom;
     const whole = z.r0 === 0 && z.c0 === 0 && z.r1 === T && z.c1 === T;
     let grid, rowsN, colsN, label;
-    if (G.tiles && !whole) {
+    // the explorer computes a tile only where the carried levels hold fewer blocks than the
+    // picture has room for, and within its size limit
+    const carried = levelsOf(key), finest = binsOf(carried[carried.length - 1]);
+    const blocks = Math.min(finest[z.r1 - 1] - finest[z.r0], finest[z.c1 - 1] - finest[z.c0]) + 1;
+    if (G.tiles && !whole && blocks < 256 && (z.r1 - z.r0) * (z.c1 - z.c0) <= G.tile_cells) {
       const size = Math.min(256, z.r1 - z.r0, z.c1 - z.c0);
       const data = await fetchJson("tile", { layer: st.layer, head: st.head, row_start: z.r0,
         row_stop: z.r1, col_start: z.c0, col_stop: z.c1, size });
