@@ -22,6 +22,7 @@ while the capture stays quick on a small CPU. Prints side by side with the targe
 
     ATTNSCOPE_CACHE=/tmp/at-cache-test PYTHONPATH=src python bench/long_view.py
     ... python bench/long_view.py --tokens 16384
+    ... python bench/long_view.py --smollm2       # SmolLM2-135M itself (30 x 9 heads)
 """
 
 from __future__ import annotations
@@ -84,11 +85,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--smollm2", action="store_true",
+                        help="SmolLM2-135M itself (30 layers; a long run on a CPU)")
     args = parser.parse_args()
     import torch
 
-    tokenizer = at.load("smollm2", device="cpu").tokenizer
-    model = smollm2_shaped_llama(tokenizer, args.layers, args.tokens + 16)
+    smollm2 = at.load("smollm2", device="cpu")
+    tokenizer = smollm2.tokenizer
+    model = (smollm2 if args.smollm2
+             else smollm2_shaped_llama(tokenizer, args.layers, args.tokens + 16))
     text = long_text(tokenizer, args.tokens)
     start = time.perf_counter()
     lazy = at.capture(model, text, attention="lazy")
@@ -158,7 +163,8 @@ def main() -> None:
         line = median_ms(lambda: get("line", layer=2, head=4, index=T - 1))
         column = median_ms(lambda: get("line", layer=2, head=4, index=mid, axis="column"))
     print(f"long view, {T} tokens, {lazy.num_layers} layers x {lazy.num_heads} heads "
-          f"({lazy.num_kv_heads} key/value heads, a random Llama with SmolLM2-135M's heads); "
+          f"({lazy.num_kv_heads} key/value heads, "
+          f"{'SmolLM2-135M' if args.smollm2 else 'a random Llama with SmolLM2-135M heads'}); "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     print(f"lazy capture {capture_s:.1f} s; head_stats {stats_s:.1f} s; page "
           f"{len(page) / 1e6:.1f} MB; left out: {' '.join(notes) or 'nothing'}")

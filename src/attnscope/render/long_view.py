@@ -15,8 +15,8 @@ A page never holds ``T x T`` weights of every head. Within a size budget (:data:
 1. the coarsest pooled level (64 x 64) of every head;
 2. the selected head's exact weights (every row, so every column too) in a one-byte
    logarithmic code (each weight from 1e-4 up within 1.9%);
-3. the 256 x 256 level of every head;
-4. the 1024 x 1024 level of the selected head, then of the other heads;
+3. the 256 x 256 level of the selected head, then of the other heads, as many as fit;
+4. the 1024 x 1024 level, in the same order;
 5. the other heads' exact weights.
 
 A head whose exact weights the page leaves out colours the text by its finest pooled level
@@ -245,15 +245,10 @@ def _plan(lazy: Any, first: tuple[int, int], budget: int, served: bool = False
     # served by the explorer, rows and columns come from it, exact: the page carries none
     if not served and take(exact_size):
         exact.append(first)
-    for n in levels[1:]:
-        if n <= 256:
-            if take(n * n * len(heads)):
-                for key in heads:
-                    wanted[key].append(n)
-        else:
-            for key in heads:
-                if take(n * n):
-                    wanted[key].append(n)
+    for n in levels[1:]:  # each finer level, the selected head first, as many as fit
+        for key in heads:
+            if take(n * n):
+                wanted[key].append(n)
     for key in heads[1:]:
         if not served and take(exact_size):
             exact.append(key)
