@@ -192,3 +192,28 @@ def test_served_page_asks_the_explorer_for_rows_and_zoomed_tiles(browser, lazy, 
         url, long_server.url + "api/long/story/line", long_server.url + "api/long/story/tile"}
     assert log.problems == [] and log.dialogs == []
     page.close()
+
+
+def test_heatmap_hover_reads_a_block_and_keys_move_the_selection(browser, lazy, tmp_path):
+    T = lazy.num_tokens
+    view = at.long_view(lazy, layer=0, head=3, token=10,
+                        max_bytes=T * (T + 1) // 2 + 8 * 64 * 64 + 10)  # the 64 level only
+    p = LongPage(browser, view, tmp_path)
+    assert p.js(f"{ROOT}.dataset.longMap") == "0:3@64"
+    box = p.page.locator(".as-long-map").bounding_box()
+    # the block in row 40, column 20 of the 64 x 64 map
+    p.page.mouse.move(box["x"] + (20.5 / 64) * box["width"], box["y"] + (40.5 / 64) * box["height"])
+    lines = p.js("[...document.querySelector('.as-tip').children].map(d => d.textContent)")
+    edges = list(np.flatnonzero(np.diff((np.arange(T) * 64) // T, prepend=-1)))
+    rows = f"{edges[40]}\u2013{edges[41] - 1}"
+    cols = f"{edges[20]}\u2013{edges[21] - 1}"
+    assert lines[0] == f"queries {rows}, keys {cols}"
+    pooled = at.pooled_attention(lazy, 0, 3, 64)
+    assert float(lines[1].rsplit(" ", 1)[-1]) == pytest.approx(float(pooled[40, 20]), rel=0.02)
+    # arrow keys move the selected token
+    p.page.focus(".as-long-text")
+    p.page.keyboard.press("ArrowRight")
+    p.page.wait_for_function(f"{ROOT}.dataset.longToken === '11'")
+    p.page.keyboard.press("Home")
+    p.page.wait_for_function(f"{ROOT}.dataset.longToken === '0'")
+    p.check_clean()

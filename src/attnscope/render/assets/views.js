@@ -2507,7 +2507,7 @@ function longView(panel, P, A, ctxs) {
     const mine = ++mapJob;
     const key = headKey(), z = st.zoom;
     const whole = z.r0 === 0 && z.c0 === 0 && z.r1 === T && z.c1 === T;
-    let grid, rowsN, colsN, label;
+    let grid, rowsN, colsN, label, rowStarts, colStarts;
     // the explorer computes a tile only where the carried levels hold fewer blocks than the
     // picture has room for, and within its size limit
     const carried = levelsOf(key), finest = binsOf(carried[carried.length - 1]);
@@ -2519,6 +2519,8 @@ function longView(panel, P, A, ctxs) {
       grid = floats(data.values);
       rowsN = data.rows;
       colsN = data.cols;
+      rowStarts = data.row_edges;
+      colStarts = data.col_edges;
       label = `tokens ${z.r0}\u2013${z.r1 - 1} \u00d7 ${z.c0}\u2013${z.c1 - 1}, computed by the explorer`;
     } else {
       const levels = levelsOf(key), n = levels[levels.length - 1];
@@ -2527,6 +2529,8 @@ function longView(panel, P, A, ctxs) {
       const b0 = bin[z.r0], b1 = bin[z.r1 - 1] + 1, c0 = bin[z.c0], c1 = bin[z.c1 - 1] + 1;
       rowsN = b1 - b0;
       colsN = c1 - c0;
+      rowStarts = G.edges[n].slice(b0, b1);
+      colStarts = G.edges[n].slice(c0, c1);
       grid = new Float32Array(rowsN * colsN);
       for (let a = 0; a < rowsN; a++) {
         for (let b = 0; b < colsN; b++) grid[a * colsN + b] = log8[map[(b0 + a) * n + c0 + b]];
@@ -2551,7 +2555,8 @@ function longView(panel, P, A, ctxs) {
     mapImage = off;
     drawMarks();
     levelLabel.textContent = label;
-    st.map = { rows: rowsN, cols: colsN, grid, head: key, label };
+    st.map = { rows: rowsN, cols: colsN, grid, head: key, label, rowStarts, colStarts,
+      rowStop: z.r1, colStop: z.c1 };
     ctxs.root.dataset.longMap = key + "@" + rowsN;
   }
   // The map as drawn last, and the selected token's row over it (a new selection redraws
@@ -2573,6 +2578,22 @@ function longView(panel, P, A, ctxs) {
       mapCtx.stroke();
     }
   }
+  // hovering a block reads its tokens and its largest weight
+  canvas.addEventListener("mousemove", (e) => {
+    const m = st.map;
+    if (!m) return;
+    const box = canvas.getBoundingClientRect();
+    const a = Math.min(m.rows - 1, Math.floor(((e.clientY - box.top) / box.height) * m.rows));
+    const b = Math.min(m.cols - 1, Math.floor(((e.clientX - box.left) / box.width) * m.cols));
+    if (a < 0 || b < 0) return;
+    const span = (starts, k, stop) => {
+      const last = (k + 1 < starts.length ? starts[k + 1] : stop) - 1;
+      return last > starts[k] ? `${starts[k]}–${last}` : String(starts[k]);
+    };
+    ctxs.tip.show([`queries ${span(m.rowStarts, a, m.rowStop)}, keys ${span(m.colStarts, b, m.colStop)}`,
+      `largest weight: ${fmt(m.grid[a * m.cols + b])}`], e.clientX, e.clientY);
+  });
+  canvas.addEventListener("mouseleave", () => ctxs.tip.hide());
   canvas.addEventListener("click", (e) => {
     const box = canvas.getBoundingClientRect(), z = st.zoom;
     const i = z.r0 + Math.floor(((e.clientY - box.top) / box.height) * (z.r1 - z.r0));
@@ -2621,6 +2642,13 @@ function longView(panel, P, A, ctxs) {
       e.clientX, e.clientY);
   });
   textBox.addEventListener("mouseleave", () => ctxs.tip.hide());
+  textBox.tabIndex = 0;
+  textBox.addEventListener("keydown", (e) => {
+    const step = { ArrowLeft: -1, ArrowRight: 1, Home: -T, End: T }[e.key];
+    if (step === undefined) return;
+    e.preventDefault();
+    select(st.token + step);
+  });
 
   const ready = pick(st.layer, st.head).catch((err) => {
     ctxs.root.dataset.error = String(err && err.message);
