@@ -106,3 +106,17 @@ def test_held_traces_are_checked(embedded):
         create_app([embedded], long={"story": "story.npz"})
     with pytest.raises(AttnscopeError, match="name must be letters"):
         create_app([embedded], long={"../x": None})
+
+
+def test_saved_traces_are_read_by_their_file_names(lazy, tmp_path):
+    from attnscope.app.long import read_long_traces
+    from attnscope.errors import AttnscopeError
+
+    (tmp_path / "b").mkdir()
+    one = lazy.save(tmp_path / "my story.npz")
+    held = read_long_traces([one])
+    assert list(held) == ["my-story"] and held["my-story"].num_tokens == lazy.num_tokens
+    with pytest.raises(AttnscopeError, match="Two long traces are named 'my-story'"):
+        read_long_traces([one, lazy.save(tmp_path / "b" / "my story.npz")])
+    with pytest.raises(AttnscopeError, match="Cannot load the lazy trace"):
+        read_long_traces([tmp_path / "missing.npz"])
