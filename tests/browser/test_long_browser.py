@@ -90,8 +90,7 @@ def test_select_token_recolours_by_its_row_and_column(browser, lazy, tmp_path):
     assert float(tip.rsplit(" ", 1)[-1]) == pytest.approx(float(row[token - 1]), rel=0.02)
     # what attends to it: its column
     p.page.select_option(".as-long-dir select", "column")
-    p.page.wait_for_function(f"{ROOT}.attnscope.views.long.state.direction === 'column' && "
-                             f"{ROOT}.textContent.includes('what attends to it')")
+    p.page.wait_for_function(f"{ROOT}.dataset.longDirection === 'column'")
     column = lazy.attention(1, 2, cols=token)
     values = np.array(p.state("values"))
     big = column >= 1e-3
@@ -130,8 +129,8 @@ def test_small_budget_says_what_it_left_out_and_colours_by_blocks(browser, lazy,
     assert any("Exact weights are carried for 1 of 8 heads" in n for n in notes)
     # another head colours the text by its 64 x 64 blocks: each token shows its block's max
     p.js(f"{ROOT}.attnscope.views.long.pick(0, 1)")
-    p.page.wait_for_function(f"{ROOT}.dataset.longHead === '0:1' && "
-                             f"{ROOT}.textContent.includes('blocks of')")
+    p.page.wait_for_function(f"{ROOT}.dataset.longHead === '0:1' && document.querySelector("
+                             "'.as-long-source').textContent.includes('blocks of')")
     values = np.array(p.state("values"))
     token = p.state("token")
     pooled = at.pooled_attention(lazy, 0, 1, 64)
@@ -216,4 +215,20 @@ def test_heatmap_hover_reads_a_block_and_keys_move_the_selection(browser, lazy, 
     p.page.wait_for_function(f"{ROOT}.dataset.longToken === '11'")
     p.page.keyboard.press("Home")
     p.page.wait_for_function(f"{ROOT}.dataset.longToken === '0'")
+    p.check_clean()
+
+
+def test_an_encoder_colours_rows_and_columns_over_every_token(browser, embedded, tmp_path):
+    lazy = at.capture(embedded, "The girl poured water into a tall glass until it overflowed, "
+                                "and then she laughed at the mess she had made.",
+                      attention="lazy")
+    T = lazy.num_tokens
+    p = LongPage(browser, at.long_view(lazy, layer=2, head=5, token=4), tmp_path)
+    values = np.array(p.state("values"))
+    np.testing.assert_allclose(values, lazy.attention(2, 5, rows=4), rtol=0.02, atol=1e-4)
+    assert np.count_nonzero(values) == T  # no mask: every key gets weight
+    p.page.select_option(".as-long-dir select", "column")
+    p.page.wait_for_function(f"{ROOT}.dataset.longDirection === 'column'")
+    values = np.array(p.state("values"))
+    np.testing.assert_allclose(values, lazy.attention(2, 5, cols=4), rtol=0.02, atol=1e-4)
     p.check_clean()

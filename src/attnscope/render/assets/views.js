@@ -2499,6 +2499,7 @@ function longView(panel, P, A, ctxs) {
     st.drawn = st.token;
     ctxs.root.dataset.longToken = String(st.token);
     ctxs.root.dataset.longHead = headKey();
+    ctxs.root.dataset.longDirection = st.direction;
   }
 
   // ---- the heatmap: the finest carried level of the head, or an explorer tile when zoomed
