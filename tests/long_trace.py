@@ -10,8 +10,10 @@ import attnscope as at
 HOSTILE = "<img src=x onerror=alert(1)>"
 
 
-def long_llama(tokenizer: Any, positions: int = 2048) -> at.LoadedModel:
-    """A 2-layer, 4-head (2 key/value heads) random Llama that reads ``positions`` tokens."""
+def long_llama(tokenizer: Any, positions: int = 2048, layers: int = 2, heads: int = 4,
+               kv_heads: int = 2) -> at.LoadedModel:
+    """A random Llama (by default 2 layers of 4 heads, 2 key/value heads; hidden size 32) that
+    reads ``positions`` tokens."""
     import copy
 
     import torch
@@ -21,8 +23,8 @@ def long_llama(tokenizer: Any, positions: int = 2048) -> at.LoadedModel:
     tokenizer.model_max_length = positions
     torch.manual_seed(1)
     model = LlamaModel(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32,
-                                   num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, intermediate_size=37,
+                                   num_hidden_layers=layers, num_attention_heads=heads,
+                                   num_key_value_heads=kv_heads, intermediate_size=37,
                                    max_position_embeddings=positions))
     with torch.no_grad():  # sharper attention than the initial weights give
         for param in model.parameters():

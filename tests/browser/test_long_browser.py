@@ -4,6 +4,8 @@ switch the overview's head, the page makes no request and hostile tokens stay te
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -231,4 +233,32 @@ def test_an_encoder_colours_rows_and_columns_over_every_token(browser, embedded,
     p.page.wait_for_function(f"{ROOT}.dataset.longDirection === 'column'")
     values = np.array(p.state("values"))
     np.testing.assert_allclose(values, lazy.attention(2, 5, cols=4), rtol=0.02, atol=1e-4)
+    p.check_clean()
+
+
+def test_a_page_of_8192_tokens(browser, tiny_models, tmp_path):
+    # one layer of two heads keeps the T² work of capture, statistics and pooling small
+    model = long_llama(tiny_models["llama"].tokenizer, positions=8192, layers=1, heads=2,
+                       kv_heads=1)
+    words = ("the cat sat on the mat while a dog slept by the door and rain fell " * 700).split()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", at.TruncationWarning)  # cut to 8,192 on purpose
+        lazy = at.capture(model, " ".join(words), attention="lazy")
+    T = lazy.num_tokens
+    assert T == 8192  # cut to the model's length
+    p = LongPage(browser, at.long_view(lazy, layer=0, head=1), tmp_path)
+    assert p.js("document.querySelectorAll('.as-ltok').length") == T
+    # the selected head's exact weights, and every head's 1024 x 1024 overview, fit 50 MB
+    assert p.js(f"{ROOT}.dataset.longMap") == "0:1@1024"
+    notes = " ".join(p.js("[...document.querySelectorAll('.as-long-note')]"
+                          ".map(n => n.textContent)"))
+    assert "Exact weights are carried for 1 of 2 heads" in notes
+    assert "finest level pools blocks of 8 tokens" in notes
+    p.js(f"{ROOT}.attnscope.views.long.select(5000)")
+    p.page.wait_for_function(f"{ROOT}.dataset.longToken === '5000'")
+    values = np.array(p.state("values"))
+    row = lazy.attention(0, 1, rows=5000)
+    big = row >= 1e-3
+    np.testing.assert_allclose(values[big], row[big], rtol=0.02)
+    assert np.all(values[5001:] == 0)
     p.check_clean()
