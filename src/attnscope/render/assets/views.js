@@ -2284,7 +2284,7 @@ function generationView(panel, P, A, ctxs) {
 // level (n: an n x n map of one-byte log codes, token i in block edges[n]-bin), and exact
 // one-byte weights of some heads (causal: row i over keys 0..i, rows one after another;
 // otherwise [T, T]). Served by the explorer (P.long.tiles set), rows, columns and zoomed
-// tiles come from its /row and /tile routes, exact.
+// tiles come from its /line and /tile routes (attnscope.app.long), exact.
 
 function longView(panel, P, A, ctxs) {
   const G = P.long;
@@ -2601,18 +2601,26 @@ function longView(panel, P, A, ctxs) {
     select(Math.max(0, Math.min(T - 1, i)));
   });
 
+  // A request the explorer refused (or a lost connection) is said on the page in its words.
+  function said(promise) {
+    return promise.catch((err) => {
+      ctxs.root.dataset.error = String(err && err.message);
+      info.textContent = "attnscope: " + (err && err.message);
+    });
+  }
+
   function zoomBy(factor) {
     const z = st.zoom;
     const span = Math.max(16, Math.min(T, Math.round((z.r1 - z.r0) * factor)));
     const start = Math.max(0, Math.min(T - span, st.token - (span >> 1)));
     st.zoom = { r0: start, r1: start + span, c0: start, c1: start + span };
-    return drawMap();
+    return said(drawMap());
   }
 
   function select(token) {
     st.token = Math.max(0, Math.min(T - 1, token));
     drawMarks();
-    return recolour();
+    return said(recolour());
   }
   function pick(layer, head) {
     st.layer = layer;
@@ -2623,12 +2631,12 @@ function longView(panel, P, A, ctxs) {
       cell.classList.toggle("as-lsel", Number(cell.dataset.layer) === layer &&
         Number(cell.dataset.head) === head);
     }
-    return Promise.all([recolour(), drawMap()]);
+    return said(Promise.all([recolour(), drawMap()]));
   }
   function setDirection(direction) {
     st.direction = direction;
     dirField.value = direction;
-    return recolour();
+    return said(recolour());
   }
 
   textBox.addEventListener("click", (e) => {
@@ -2651,10 +2659,7 @@ function longView(panel, P, A, ctxs) {
     select(st.token + step);
   });
 
-  const ready = pick(st.layer, st.head).catch((err) => {
-    ctxs.root.dataset.error = String(err && err.message);
-    info.textContent = "attnscope: " + err.message;
-  });
+  const ready = pick(st.layer, st.head);
   return { state: st, select, pick, setDirection, zoomBy, ready, refresh: () => {} };
 }
 
