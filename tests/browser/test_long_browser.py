@@ -253,7 +253,7 @@ def test_a_page_of_8192_tokens(browser, tiny_models, tmp_path):
     notes = " ".join(p.js("[...document.querySelectorAll('.as-long-note')]"
                           ".map(n => n.textContent)"))
     assert "Exact weights are carried for 1 of 2 heads" in notes
-    assert "finest level pools blocks of 8 tokens" in notes
+    assert "finest level pools blocks of up to 8 tokens" in notes
     p.js(f"{ROOT}.attnscope.views.long.select(5000)")
     p.page.wait_for_function(f"{ROOT}.dataset.longToken === '5000'")
     values = np.array(p.state("values"))

@@ -272,8 +272,9 @@ def _plan(lazy: Any, first: tuple[int, int], budget: int, served: bool = False
         if none:
             said.append(f"leaves out {_sizes(none)}")
         notes.append(f"Within the {mb} budget, " + "; ".join(said) + ".")
-    if LEVELS[-1] < T and not served:
-        notes.append(f"The overview's finest level pools blocks of {math.ceil(T / LEVELS[-1])} "
+    finest = max(n for ns in wanted.values() for n in ns)
+    if finest < T and not served:
+        notes.append(f"The overview's finest level pools blocks of up to {math.ceil(T / finest)} "
                      "tokens; served by the explorer, zooming computes finer tiles.")
     return wanted, exact, notes
 
