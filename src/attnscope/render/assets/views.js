@@ -2611,7 +2611,7 @@ function longView(panel, P, A, ctxs) {
 
   function zoomBy(factor) {
     const z = st.zoom;
-    const span = Math.max(16, Math.min(T, Math.round((z.r1 - z.r0) * factor)));
+    const span = Math.min(T, Math.max(16, Math.round((z.r1 - z.r0) * factor)));
     const start = Math.max(0, Math.min(T - span, st.token - (span >> 1)));
     st.zoom = { r0: start, r1: start + span, c0: start, c1: start + span };
     return said(drawMap());
