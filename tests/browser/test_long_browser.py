@@ -120,6 +120,15 @@ def test_strips_switch_the_heatmap(browser, lazy, tmp_path):
     dense = lazy.attentions[1, 3]
     big = dense >= 1e-3
     np.testing.assert_allclose(grid[big], dense[big], rtol=0.02)
+    # zooming in, offline, crops the carried level around the selected token (the last)
+    p.page.click(".as-zoom-in")
+    p.page.wait_for_function(f"{ROOT}.dataset.longMap === '1:3@{T // 2}'")
+    zoom = p.state("zoom")
+    assert (zoom["r0"], zoom["r1"]) == (T - T // 2, T)
+    grid = np.array(p.js(f"[...{ROOT}.attnscope.views.long.state.map.grid]"))
+    crop = dense[T - T // 2:, T - T // 2:]
+    big = crop >= 1e-3
+    np.testing.assert_allclose(grid.reshape(crop.shape)[big], crop[big], rtol=0.02)
     p.check_clean()
 
 
