@@ -24,6 +24,18 @@ def lazy(tiny_models):
     return at.capture(model, long_text(), attention="lazy")
 
 
+def _wait(page, expression, timeout=30.0):
+    """Poll ``expression`` until true. The pages' Content-Security-Policy forbids the eval
+    behind Playwright's wait_for_function once it has to poll; page.evaluate is not subject
+    to it."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"the page never reached {expression}"
+        page.wait_for_timeout(50)
+
+
 class LongPage:
     def __init__(self, browser, view, tmp_path, name="long.html"):
         path = view.save(tmp_path / name)
@@ -36,6 +48,9 @@ class LongPage:
 
     def js(self, expression, arg=None):
         return self.page.evaluate(expression, arg)
+
+    def wait(self, expression):
+        _wait(self.page, expression)
 
     def state(self, name):
         return self.js(f"{ROOT}.attnscope.views.long.state.{name}")
@@ -76,7 +91,7 @@ def test_select_token_recolours_by_its_row_and_column(browser, lazy, tmp_path):
     # select a token in the middle: its row colours the text
     token = T // 2
     p.page.click(f".as-ltok[data-index='{token}']")
-    p.page.wait_for_function(f"{ROOT}.dataset.longToken === '{token}'")
+    p.wait(f"{ROOT}.dataset.longToken === '{token}'")
     row = lazy.attention(1, 2, rows=token)
     values = np.array(p.state("values"))
     big = row >= 1e-3
@@ -92,7 +107,7 @@ def test_select_token_recolours_by_its_row_and_column(browser, lazy, tmp_path):
     assert float(tip.rsplit(" ", 1)[-1]) == pytest.approx(float(row[token - 1]), rel=0.02)
     # what attends to it: its column
     p.page.select_option(".as-long-dir select", "column")
-    p.page.wait_for_function(f"{ROOT}.dataset.longDirection === 'column'")
+    p.wait(f"{ROOT}.dataset.longDirection === 'column'")
     column = lazy.attention(1, 2, cols=token)
     values = np.array(p.state("values"))
     big = column >= 1e-3
@@ -112,7 +127,7 @@ def test_strips_switch_the_heatmap(browser, lazy, tmp_path):
                  "[data-head='3']\").title")
     assert float(title.rsplit(" ", 1)[-1]) == pytest.approx(float(stats["sink"][1, 3]), rel=2e-3)
     p.page.click(".as-lcell[data-stat='entropy'][data-layer='1'][data-head='3']")
-    p.page.wait_for_function(f"{ROOT}.dataset.longMap === '1:3@{T}'")
+    p.wait(f"{ROOT}.dataset.longMap === '1:3@{T}'")
     assert p.state("layer") == 1 and p.state("head") == 3
     assert p.js("document.querySelector('.as-head select').value") == "3"
     # the heatmap is that head's weights (the level is T x T here: exact up to the code)
@@ -122,7 +137,7 @@ def test_strips_switch_the_heatmap(browser, lazy, tmp_path):
     np.testing.assert_allclose(grid[big], dense[big], rtol=0.02)
     # zooming in, offline, crops the carried level around the selected token (the last)
     p.page.click(".as-zoom-in")
-    p.page.wait_for_function(f"{ROOT}.dataset.longMap === '1:3@{T // 2}'")
+    p.wait(f"{ROOT}.dataset.longMap === '1:3@{T // 2}'")
     zoom = p.state("zoom")
     assert (zoom["r0"], zoom["r1"]) == (T - T // 2, T)
     grid = np.array(p.js(f"[...{ROOT}.attnscope.views.long.state.map.grid]"))
@@ -140,8 +155,8 @@ def test_small_budget_says_what_it_left_out_and_colours_by_blocks(browser, lazy,
     assert any("Exact weights are carried for 1 of 8 heads" in n for n in notes)
     # another head colours the text by its 64 x 64 blocks: each token shows its block's max
     p.js(f"{ROOT}.attnscope.views.long.pick(0, 1)")
-    p.page.wait_for_function(f"{ROOT}.dataset.longHead === '0:1' && document.querySelector("
-                             "'.as-long-source').textContent.includes('blocks of')")
+    p.wait(f"{ROOT}.dataset.longHead === '0:1' && document.querySelector("
+           "'.as-long-source').textContent.includes('blocks of')")
     values = np.array(p.state("values"))
     token = p.state("token")
     pooled = at.pooled_attention(lazy, 0, 1, 64)
@@ -160,17 +175,6 @@ def long_server(lazy, tmp_path_factory):
     server = ExplorerServer("--long", str(path))
     yield server
     server.stop()
-
-
-def _wait(page, expression, timeout=30.0):
-    """Poll ``expression`` until true (the served page's policy forbids the eval behind
-    Playwright's wait_for_function; page.evaluate is not subject to it)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(expression):
-        assert time.monotonic() < deadline, f"the page never reached {expression}"
-        page.wait_for_timeout(50)
 
 
 def test_served_page_asks_the_explorer_for_rows_and_zoomed_tiles(browser, lazy, long_server):
@@ -223,9 +227,9 @@ def test_heatmap_hover_reads_a_block_and_keys_move_the_selection(browser, lazy, 
     # arrow keys move the selected token
     p.page.focus(".as-long-text")
     p.page.keyboard.press("ArrowRight")
-    p.page.wait_for_function(f"{ROOT}.dataset.longToken === '11'")
+    p.wait(f"{ROOT}.dataset.longToken === '11'")
     p.page.keyboard.press("Home")
-    p.page.wait_for_function(f"{ROOT}.dataset.longToken === '0'")
+    p.wait(f"{ROOT}.dataset.longToken === '0'")
     p.check_clean()
 
 
@@ -239,7 +243,7 @@ def test_an_encoder_colours_rows_and_columns_over_every_token(browser, embedded,
     np.testing.assert_allclose(values, lazy.attention(2, 5, rows=4), rtol=0.02, atol=1e-4)
     assert np.count_nonzero(values) == T  # no mask: every key gets weight
     p.page.select_option(".as-long-dir select", "column")
-    p.page.wait_for_function(f"{ROOT}.dataset.longDirection === 'column'")
+    p.wait(f"{ROOT}.dataset.longDirection === 'column'")
     values = np.array(p.state("values"))
     np.testing.assert_allclose(values, lazy.attention(2, 5, cols=4), rtol=0.02, atol=1e-4)
     p.check_clean()
@@ -264,7 +268,7 @@ def test_a_page_of_8192_tokens(browser, tiny_models, tmp_path):
     assert "Exact weights are carried for 1 of 2 heads" in notes
     assert "finest level pools blocks of up to 8 tokens" in notes
     p.js(f"{ROOT}.attnscope.views.long.select(5000)")
-    p.page.wait_for_function(f"{ROOT}.dataset.longToken === '5000'")
+    p.wait(f"{ROOT}.dataset.longToken === '5000'")
     values = np.array(p.state("values"))
     row = lazy.attention(0, 1, rows=5000)
     big = row >= 1e-3
