@@ -36,6 +36,7 @@ _EXPORTS = {
     "LazyAttentionWarning": "attnscope.lazy",
     "LazyTrace": "attnscope.lazy",
     "LoadedModel": "attnscope.models",
+    "LongView": "attnscope.render.long_view",
     "LogitAttribution": "attnscope.interventions",
     "LogitLens": "attnscope.interventions",
     "MemoryBudgetError": "attnscope.lazy",
@@ -62,6 +63,8 @@ _EXPORTS = {
     "head_patterns": "attnscope.analysis",
     "head_view": "attnscope.render.views",
     "heads_grid": "attnscope.render.static",
+    "long_view": "attnscope.render.long_view",
+    "pooled_attention": "attnscope.render.long_view",
     "heatmap": "attnscope.render.static",
     "iter_capture": "attnscope.capture",
     "layer_trends": "attnscope.analysis",
@@ -97,6 +100,7 @@ __all__ = [
     "LoadedModel",
     "LogitAttribution",
     "LogitLens",
+    "LongView",
     "MemoryBudgetError",
     "Tokenization",
     "Trace",
@@ -127,11 +131,13 @@ __all__ = [
     "layer_trends",
     "load",
     "logit_lens",
+    "long_view",
     "merge_subwords",
     "model_grid",
     "model_view",
     "neuron_view",
     "pca",
+    "pooled_attention",
     "report",
     "token_path",
     "tokenize",
@@ -201,6 +207,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from attnscope.lazy import LazyAttentionWarning, LazyTrace, MemoryBudgetError
     from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
     from attnscope.render.generation_view import generation_view
+    from attnscope.render.long_view import LongView, long_view, pooled_attention
     from attnscope.render.static import AttnFigure, heads_grid, heatmap, model_grid
     from attnscope.render.views import AttnView, head_view, model_view, neuron_view
     from attnscope.tokens import Tokenization, TruncationWarning, tokenize

@@ -361,6 +361,32 @@ def _cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_long_view(args: argparse.Namespace) -> int:
+    """The long view of a text (captured lazily) or of a saved lazy trace."""
+    import attnscope as at
+    from attnscope.render.long_view import PAGE_BUDGET
+
+    out = _output_path(args.output, (".html", ".htm"))
+    if args.max_mb is not None and not args.max_mb > 0:
+        raise AttnscopeError(f"--max-mb must be more than 0, not {args.max_mb:g}.")
+    if args.trace is not None:
+        if args.text or args.file:
+            raise AttnscopeError("Give a text (or --file) or --trace, not both.")
+        lazy = at.LazyTrace.load(args.trace)
+    else:
+        text, text_b, model = _text_and_model(args)
+        lazy = at.capture(model, text, text_b, attention="lazy", truncate=not args.no_truncate,
+                          add_special_tokens=not args.no_special_tokens)
+        if args.save_trace is not None:
+            print(f"wrote {lazy.save(args.save_trace)}")
+    budget = PAGE_BUDGET if args.max_mb is None else int(args.max_mb * 1e6)
+    view = at.long_view(lazy, layer=args.layer, head=args.head, token=args.token,
+                        max_bytes=budget)
+    print(f"{lazy!r}")
+    print(f"wrote {view.save(out)}")
+    return 0
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     """Every step of one head's attention for one query token, as a table."""
     import attnscope as at
@@ -575,7 +601,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                     timeout_s=args.timeout, runs=args.runs, queue=args.queue,
                     flow_budget_s=args.flow_budget, cache=args.cache, cache_mb=args.cache_mb)
     serve(args.model or None, host=args.host, port=args.port, limits=limits, device=args.device,
-          corpus=args.corpus, torch_threads=args.torch_threads or None)
+          corpus=args.corpus, torch_threads=args.torch_threads or None, long=args.long)
     return 0
 
 
@@ -642,6 +668,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="carry every weight as float16 so readouts show the model's number to "
                         "3 significant digits (default: for pages of up to 2^20 weights)")
     p.set_defaults(func=_cmd_view)
+
+    p = sub.add_parser("long-view", help="a long text (8k-32k tokens) in one HTML page",
+                       description="Capture a long text lazily (exact weights on demand, no "
+                                   "T x T arrays) and write the long view: the text coloured "
+                                   "by one token's attention, one head's max-pooled overview "
+                                   "and per-head strips. Or read a saved lazy trace.")
+    _add_text_arguments(p)
+    _add_model_arguments(p)
+    p.add_argument("--trace", type=Path, default=None,
+                   help="a saved lazy trace (LazyTrace.save) instead of a text")
+    p.add_argument("--save-trace", type=Path, default=None,
+                   help="also save the lazy trace (.npz), e.g. for attnscope serve --long")
+    p.add_argument("-l", "--layer", type=int, default=-1, help="layer shown first (default -1)")
+    p.add_argument("--head", type=int, default=0, help="head shown first (default 0)")
+    p.add_argument("--token", type=int, default=None,
+                   help="token selected first (default: the last)")
+    p.add_argument("--max-mb", type=float, default=None,
+                   help="the page's budget for attention data in MB (default 50)")
+    p.add_argument("-o", "--output", type=Path, default=Path("long.html"),
+                   help="the page to write (default: long.html)")
+    p.set_defaults(func=_cmd_long_view)
 
     p = sub.add_parser("explain", help="every step of one head's attention for one token",
                        description="Print, for one query token, its query vector, every key, "
@@ -763,6 +810,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", type=Path, default=None,
                    help="a corpus store (.duckdb from attnscope corpus) to browse in the "
                         "Corpus tab; opened read-only")
+    p.add_argument("--long", type=Path, action="append", default=None, metavar="LAZY.npz",
+                   help="a saved lazy trace (LazyTrace.save) to serve as a long view at "
+                        "/long/<file stem>, tiles computed on request (repeat for several)")
     p.add_argument("--max-chars", type=int, default=lim.max_chars,
                    help=f"most characters in one text (default {lim.max_chars})")
     p.add_argument("--max-tokens", type=int, default=lim.max_tokens,

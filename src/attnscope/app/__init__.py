@@ -50,18 +50,19 @@ def __getattr__(name: str) -> Any:
 
 
 def create_app(models: Models | Sequence[Any], limits: Limits | None = None, *,
-               corpus: Any = None):
+               corpus: Any = None, long: Any = None):
     """The explorer as an ASGI application (FastAPI) for ``models``: a :class:`Models`, or
     LoadedModel objects (the first is the default). ``corpus``: a corpus store to browse (its
     ``.duckdb`` path or a :class:`~attnscope.corpora.result.CorpusResult`), opened read-only
-    once, here. See :mod:`attnscope.app.api`."""
+    once, here. ``long``: ``{name: LazyTrace}`` to serve as long views, tiles computed on
+    request (:mod:`attnscope.app.long`). See :mod:`attnscope.app.api`."""
     _require_extra()
     from attnscope.app.api import create_app as _create
     from attnscope.app.runtime import Models
 
     if not isinstance(models, Models):
         models = Models(list(models))
-    return _create(models, limits, corpus=corpus)
+    return _create(models, limits, corpus=corpus, long=long)
 
 
 def load_models(names: Sequence[str | None] | None = None, device: str | None = None) -> Models:
@@ -131,12 +132,15 @@ def _check_port_free(host: str, port: int) -> None:
 
 def serve(models: Sequence[str | None] | None = None, *, host: str = "127.0.0.1",
           port: int = 8000, limits: Limits | None = None, device: str | None = None,
-          corpus: Any = None, log_level: str = "warning", torch_threads: int | None = 1
-          ) -> None:
+          corpus: Any = None, log_level: str = "warning", torch_threads: int | None = 1,
+          long: Any = None) -> None:
     """Load ``models``, print the explorer's URL and serve until Ctrl-C.
 
     ``corpus``: a corpus store to browse (a ``.duckdb`` path or a ``CorpusResult``); it is
     opened first, so a wrong file is told before any model loads.
+
+    ``long``: saved lazy traces (``.npz`` paths; each served at ``/long/<file stem>``) or
+    ``{name: LazyTrace}``, read before any model loads.
 
     ``torch_threads``: CPU threads of one model run (None: torch's default, one per core).
     One keeps every request quick when several arrive at once or the machine is busy: a
@@ -159,8 +163,12 @@ def serve(models: Sequence[str | None] | None = None, *, host: str = "127.0.0.1"
         from attnscope.app.corpus import CorpusBrowser
 
         corpus = CorpusBrowser(corpus)
+    if long is not None and not isinstance(long, dict):
+        from attnscope.app.long import read_long_traces
+
+        long = read_long_traces(long)
     loaded = load_models(models, device)
-    app = create_app(loaded, limits, corpus=corpus)
+    app = create_app(loaded, limits, corpus=corpus, long=long)
     _warm_up(loaded)
     if is_loopback(host):
         # Answer only requests addressed to this machine by name or number: a web page
@@ -186,6 +194,8 @@ def serve(models: Sequence[str | None] | None = None, *, host: str = "127.0.0.1"
             bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
             shown = f"[{host}]" if ":" in host else host
             browsed = "" if corpus is None else f"; corpus: {corpus.path.name}"
+            for name in long or {}:
+                browsed += f"; long text: http://{shown}:{bound}/long/{name}"
             print(f"attnscope explorer: http://{shown}:{bound}/  "
                   f"(models: {', '.join(loaded.names)}{browsed}; Ctrl-C to stop)", flush=True)
 

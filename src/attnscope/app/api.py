@@ -94,7 +94,8 @@ _VIEW_KINDS = ["head", "model", "neuron", "tokens"]
 # ----- the application -------------------------------------------------------------------------
 
 
-def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = None) -> FastAPI:
+def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = None,
+               long: Any = None) -> FastAPI:
     """The explorer as an ASGI application.
 
     Args:
@@ -104,6 +105,8 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
         corpus: a corpus store to browse: its ``.duckdb`` path, a
             :class:`~attnscope.corpora.result.CorpusResult` (its run shown first) or a
             :class:`~attnscope.app.corpus.CorpusBrowser`; opened read-only here, once.
+        long: ``{name: LazyTrace}`` to serve as long views with tiles computed on request
+            (see :mod:`attnscope.app.long`).
     """
     from attnscope.app.corpus import CorpusBrowser
     from attnscope.app.page import docs_page, explorer_page
@@ -235,6 +238,10 @@ def create_app(models: Models, limits: Limits | None = None, *, corpus: Any = No
     from attnscope.app.generate import generate_routes
 
     generate_routes(app, state)
+    if long:
+        from attnscope.app.long import long_routes
+
+        long_routes(app, long)
 
     return app
 

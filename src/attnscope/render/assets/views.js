@@ -527,9 +527,9 @@ function build(root, P, A, api) {
   root.append(header);
   const tip = tooltip(root);
   const makers = { head: headView, model: modelView, neuron: neuronView, tokens: tokensView,
-    generation: generationView };
+    generation: generationView, long: longView };
   const names = { head: "Head view", model: "Model view", neuron: "Neuron view", tokens: "Tokens",
-    generation: "Generation" };
+    generation: "Generation", long: "Long text" };
   const tabs = el("div", "as-tabs");
   tabs.setAttribute("role", "tablist");
   if (P.kinds.length > 1) root.append(tabs);
@@ -2318,6 +2318,391 @@ function generationView(panel, P, A, ctxs) {
   const ready = Promise.all([refresh(), measuresLoading]);
   return { state: st, select, redraw: draw, exportPng, exportSvg, ready, loadHeads, setMode,
     refresh: () => {} };
+}
+
+// ----- long view ----------------------------------------------------------------------------
+// A text of thousands of tokens from a LazyTrace (attnscope.render.long_view). P.long holds
+// the running text, per-head statistics ([L][H]), max-pooled maps by head ("layer:head") and
+// level (n: an n x n map of one-byte log codes, token i in block edges[n]-bin), and exact
+// one-byte weights of some heads (causal: row i over keys 0..i, rows one after another;
+// otherwise [T, T]). Served by the explorer (P.long.tiles set), rows, columns and zoomed
+// tiles come from its /line and /tile routes (attnscope.app.long), exact.
+
+function longView(panel, P, A, ctxs) {
+  const G = P.long;
+  const T = G.tokens, L = G.layers, H = G.heads;
+  const init = G.initial;
+  const st = { layer: init.layer, head: init.head, token: init.token, direction: init.direction,
+    scaleMode: "sqrt", scaleMax: 1, zoom: { r0: 0, r1: T, c0: 0, c1: T }, source: "",
+    values: null, lastDraw: 0, drawn: -1 };
+  const log8 = new Float32Array(256);
+  for (let c = 1; c < 256; c++) log8[c] = Math.exp(-(255 - c) * G.log8.step);
+  const decoded = {}; // "map:l:h:n" or "exact:l:h" -> Promise<Uint8Array>
+  const bins = {}; // n -> Int32Array [T], each token's block
+  function decode(key, text) {
+    if (!decoded[key]) decoded[key] = inflate(base85Bytes(text));
+    return decoded[key];
+  }
+  function binsOf(n) {
+    if (!bins[n]) {
+      const edges = G.edges[n], out = new Int32Array(T);
+      for (let b = 0; b < edges.length; b++) {
+        const stop = b + 1 < edges.length ? edges[b + 1] : T;
+        for (let i = edges[b]; i < stop; i++) out[i] = b;
+      }
+      bins[n] = out;
+    }
+    return bins[n];
+  }
+  const headKey = () => st.layer + ":" + st.head;
+  function levelsOf(key) {
+    return Object.keys(G.maps[key] || {}).map(Number).sort((a, b) => a - b);
+  }
+
+  // ---- controls
+  const controls = el("div", "as-controls");
+  panel.append(controls);
+  const layerField = selectField(controls, "Layer", [...Array(L).keys()].map((l) => [l, String(l)]),
+    st.layer, (v) => pick(Number(v), st.head));
+  layerField.parentElement.classList.add("as-layer");
+  const headField = selectField(controls, "Head", [...Array(H).keys()].map((h) => [h, String(h)]),
+    st.head, (v) => pick(st.layer, Number(v)));
+  headField.parentElement.classList.add("as-head");
+  const dirField = selectField(controls, "Show", [["row", "what it attends to"],
+    ["column", "what attends to it"]], st.direction, (v) => setDirection(v));
+  dirField.parentElement.classList.add("as-long-dir");
+  contrastControls(controls, st, () => { updateBar(); paintText(); drawMap(); });
+  const bar = colorbar(controls);
+  function updateBar() {
+    bar.update(RAMPS[P.theme], st.scaleMode, st.scaleMax, makeScale(st.scaleMode, st.scaleMax),
+      false, P.theme === "dark");
+  }
+  updateBar();
+  for (const note of G.notes) panel.append(el("div", "as-note as-long-note", note));
+
+  // ---- per-head strips: one grid a statistic, a cell a head; click one to show it
+  const strips = el("div", "as-long-strips");
+  panel.append(strips);
+  const statNames = { sink: "sink mass", entropy: "entropy (nats)", distance: "mean distance" };
+  const cells = [];
+  for (const stat of Object.keys(statNames)) {
+    const values = G.stats[stat].flat().filter((v) => v !== null);
+    const lo = Math.min(...values), hi = Math.max(...values);
+    const box = el("div", "as-long-strip");
+    box.append(el("div", "as-label", statNames[stat]));
+    const grid = el("div", "as-long-grid");
+    grid.style.gridTemplateColumns = `repeat(${H}, 12px)`;
+    for (let l = 0; l < L; l++) {
+      for (let h = 0; h < H; h++) {
+        const v = G.stats[stat][l][h];
+        const cell = el("div", "as-lcell");
+        cell.dataset.layer = String(l);
+        cell.dataset.head = String(h);
+        cell.dataset.stat = stat;
+        const k = v === null || hi <= lo ? 0 : Math.round(((v - lo) / (hi - lo)) * 255) * 3;
+        const ramp = RAMPS[P.theme];
+        cell.style.backgroundColor = `rgb(${ramp[k]},${ramp[k + 1]},${ramp[k + 2]})`;
+        cell.title = `layer ${l}, head ${h}: ${statNames[stat]} ${v === null ? "n/a" : fmt(v)}`;
+        grid.append(cell);
+        cells.push(cell);
+      }
+    }
+    box.append(grid);
+    strips.append(box);
+  }
+  strips.addEventListener("click", (e) => {
+    const cell = e.target.closest ? e.target.closest(".as-lcell") : null;
+    if (cell) pick(Number(cell.dataset.layer), Number(cell.dataset.head));
+  });
+
+  // ---- the overview heatmap and the text, side by side
+  const body = el("div", "as-long-body");
+  panel.append(body);
+  const textBox = el("div", "as-long-text");
+  textBox.setAttribute("role", "group");
+  textBox.setAttribute("aria-label", "the text; click a token to colour it by its attention");
+  const side = el("div", "as-long-side");
+  body.append(textBox, side);
+  const mapTools = el("div", "as-controls as-long-maptools");
+  side.append(mapTools);
+  button(mapTools, "as-zoom-in", "Zoom in", "zoom the overview in around the selected token",
+    () => zoomBy(0.5));
+  button(mapTools, "as-zoom-out", "Zoom out", "zoom the overview out", () => zoomBy(2));
+  const levelLabel = el("span", "as-label as-long-level");
+  mapTools.append(levelLabel);
+  const MAP_PX = 384;
+  const canvas = el("canvas", "as-long-map");
+  side.append(canvas);
+  const mapCtx = sizeCanvas(canvas, MAP_PX, MAP_PX);
+  const info = el("div", "as-long-info");
+  info.setAttribute("aria-live", "polite");
+  side.append(info);
+
+  const spans = new Array(T);
+  for (let i = 0; i < T; i++) {
+    const span = el("span", "as-ltok", G.text[i]);
+    if (P.special.self[i]) span.classList.add("as-special");
+    span.dataset.index = String(i);
+    spans[i] = span;
+  }
+  textBox.append(...spans);
+  const colours = [], inks = [];
+  {
+    const ramp = RAMPS[P.theme];
+    for (let k = 0; k < 256; k++) {
+      colours[k] = `rgb(${ramp[k * 3]},${ramp[k * 3 + 1]},${ramp[k * 3 + 2]})`;
+      const lum = 0.299 * ramp[k * 3] + 0.587 * ramp[k * 3 + 1] + 0.114 * ramp[k * 3 + 2];
+      inks[k] = lum < 128 ? (P.theme === "dark" ? "" : "#ffffff") : (P.theme === "dark" ? "#0d1117" : "");
+    }
+  }
+  const shade = new Int16Array(T).fill(-1);
+
+  // ---- where values come from
+  async function fetchJson(path, params) {
+    const query = new URLSearchParams(params).toString();
+    const answer = await fetch(`${G.tiles}/${path}?${query}`, { headers: { accept: "application/json" } });
+    const data = await answer.json();
+    if (!answer.ok) throw new Error(data.error || answer.statusText);
+    return data;
+  }
+  function floats(b64) {
+    const bytes = base64Bytes(b64);
+    return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length >> 2);
+  }
+  // The selected token's row or column of the current head: [T] weights, and where they came
+  // from ("exact", "explorer" or "blocks of k tokens").
+  async function lineValues(layer, head, token, direction) {
+    const key = layer + ":" + head;
+    const out = new Float32Array(T);
+    if (G.exact[key]) {
+      const ex = await decode("exact:" + key, G.exact[key]);
+      if (G.causal) {
+        if (direction === "row") {
+          const at = (token * (token + 1)) / 2;
+          for (let j = 0; j <= token; j++) out[j] = log8[ex[at + j]];
+        } else {
+          for (let i = token; i < T; i++) out[i] = log8[ex[(i * (i + 1)) / 2 + token]];
+        }
+      } else if (direction === "row") {
+        for (let j = 0; j < T; j++) out[j] = log8[ex[token * T + j]];
+      } else {
+        for (let i = 0; i < T; i++) out[i] = log8[ex[i * T + token]];
+      }
+      return { values: out, source: "exact (one-byte code, within 1.9%)" };
+    }
+    if (G.tiles) {
+      const data = await fetchJson("line", { layer, head, index: token, axis: direction });
+      return { values: floats(data.values), source: "exact, computed by the explorer" };
+    }
+    const levels = levelsOf(key), n = levels[levels.length - 1];
+    const map = await decode(`map:${key}:${n}`, G.maps[key][n]);
+    const bin = binsOf(n), b = bin[token];
+    for (let j = 0; j < T; j++) {
+      out[j] = log8[direction === "row" ? map[b * n + bin[j]] : map[bin[j] * n + b]];
+    }
+    return { values: out, source: `largest weight of blocks of ${Math.ceil(T / n)} tokens` };
+  }
+
+  function paintText() {
+    const t0 = performance.now();
+    const values = st.values;
+    const scale = makeScale(st.scaleMode, st.scaleMax);
+    for (let i = 0; i < T; i++) {
+      const k = values ? Math.round(scale(values[i]) * 255) : -1;
+      if (k === shade[i]) continue;
+      shade[i] = k;
+      spans[i].style.backgroundColor = k <= 0 ? "" : colours[k];
+      spans[i].style.color = k <= 0 ? "" : inks[k];
+    }
+    st.lastDraw = performance.now() - t0;
+  }
+
+  function describe() {
+    info.textContent = "";
+    info.append(el("div", "as-long-chosen", G.labels[st.token]));
+    info.append(el("div", null, `token ${st.token} of ${T}; layer ${st.layer}, head ${st.head}`));
+    info.append(el("div", "as-long-source", (st.direction === "row" ? "what it attends to: " :
+      "what attends to it: ") + st.source));
+  }
+
+  let job = 0;
+  // Recolours the text by the selected token's row or column; resolves when it is drawn.
+  async function recolour() {
+    const mine = ++job;
+    const { values, source } = await lineValues(st.layer, st.head, st.token, st.direction);
+    if (mine !== job) return;
+    st.values = values;
+    st.source = source;
+    paintText();
+    const old = textBox.querySelector(".as-lsel");
+    if (old) old.classList.remove("as-lsel");
+    spans[st.token].classList.add("as-lsel");
+    describe();
+    st.drawn = st.token;
+    ctxs.root.dataset.longToken = String(st.token);
+    ctxs.root.dataset.longHead = headKey();
+    ctxs.root.dataset.longDirection = st.direction;
+  }
+
+  // ---- the heatmap: the finest carried level of the head, or an explorer tile when zoomed
+  let mapJob = 0;
+  async function drawMap() {
+    const mine = ++mapJob;
+    const key = headKey(), z = st.zoom;
+    const whole = z.r0 === 0 && z.c0 === 0 && z.r1 === T && z.c1 === T;
+    let grid, rowsN, colsN, label, rowStarts, colStarts;
+    // the explorer computes a tile only where the carried levels hold fewer blocks than the
+    // picture has room for, and within its size limit
+    const carried = levelsOf(key), finest = binsOf(carried[carried.length - 1]);
+    const blocks = Math.min(finest[z.r1 - 1] - finest[z.r0], finest[z.c1 - 1] - finest[z.c0]) + 1;
+    if (G.tiles && !whole && blocks < 256 && (z.r1 - z.r0) * (z.c1 - z.c0) <= G.tile_cells) {
+      const size = Math.min(256, z.r1 - z.r0, z.c1 - z.c0);
+      const data = await fetchJson("tile", { layer: st.layer, head: st.head, row_start: z.r0,
+        row_stop: z.r1, col_start: z.c0, col_stop: z.c1, size });
+      grid = floats(data.values);
+      rowsN = data.rows;
+      colsN = data.cols;
+      rowStarts = data.row_edges;
+      colStarts = data.col_edges;
+      label = `tokens ${z.r0}\u2013${z.r1 - 1} \u00d7 ${z.c0}\u2013${z.c1 - 1}, computed by the explorer`;
+    } else {
+      const levels = levelsOf(key), n = levels[levels.length - 1];
+      const map = await decode(`map:${key}:${n}`, G.maps[key][n]);
+      const bin = binsOf(n);
+      const b0 = bin[z.r0], b1 = bin[z.r1 - 1] + 1, c0 = bin[z.c0], c1 = bin[z.c1 - 1] + 1;
+      rowsN = b1 - b0;
+      colsN = c1 - c0;
+      rowStarts = G.edges[n].slice(b0, b1);
+      colStarts = G.edges[n].slice(c0, c1);
+      grid = new Float32Array(rowsN * colsN);
+      for (let a = 0; a < rowsN; a++) {
+        for (let b = 0; b < colsN; b++) grid[a * colsN + b] = log8[map[(b0 + a) * n + c0 + b]];
+      }
+      label = `level ${n} \u00d7 ${n} (carried: ${levels.join(", ")})` +
+        (whole ? "" : `, tokens ${z.r0}\u2013${z.r1 - 1}`);
+    }
+    if (mine !== mapJob) return;
+    const image = new ImageData(colsN, rowsN);
+    const scale = makeScale(st.scaleMode, st.scaleMax), ramp = RAMPS[P.theme];
+    for (let k = 0; k < grid.length; k++) {
+      const c = Math.round(scale(grid[k]) * 255) * 3;
+      image.data[k * 4] = ramp[c];
+      image.data[k * 4 + 1] = ramp[c + 1];
+      image.data[k * 4 + 2] = ramp[c + 2];
+      image.data[k * 4 + 3] = 255;
+    }
+    const off = document.createElement("canvas");
+    off.width = colsN;
+    off.height = rowsN;
+    off.getContext("2d").putImageData(image, 0, 0);
+    mapImage = off;
+    drawMarks();
+    levelLabel.textContent = label;
+    st.map = { rows: rowsN, cols: colsN, grid, head: key, label, rowStarts, colStarts,
+      rowStop: z.r1, colStop: z.c1 };
+    ctxs.root.dataset.longMap = key + "@" + rowsN;
+  }
+  // The map as drawn last, and the selected token's row over it (a new selection redraws
+  // only this: the map itself changes with the head, the zoom and the contrast).
+  let mapImage = null;
+  function drawMarks() {
+    if (!mapImage) return;
+    const z = st.zoom;
+    mapCtx.imageSmoothingEnabled = false;
+    mapCtx.clearRect(0, 0, MAP_PX, MAP_PX);
+    mapCtx.drawImage(mapImage, 0, 0, MAP_PX, MAP_PX);
+    if (st.token >= z.r0 && st.token < z.r1) {
+      const y = ((st.token - z.r0 + 0.5) / (z.r1 - z.r0)) * MAP_PX;
+      mapCtx.strokeStyle = "#f28e2b";
+      mapCtx.lineWidth = 1;
+      mapCtx.beginPath();
+      mapCtx.moveTo(0, y);
+      mapCtx.lineTo(MAP_PX, y);
+      mapCtx.stroke();
+    }
+  }
+  // hovering a block reads its tokens and its largest weight
+  canvas.addEventListener("mousemove", (e) => {
+    const m = st.map;
+    if (!m) return;
+    const box = canvas.getBoundingClientRect();
+    const a = Math.min(m.rows - 1, Math.floor(((e.clientY - box.top) / box.height) * m.rows));
+    const b = Math.min(m.cols - 1, Math.floor(((e.clientX - box.left) / box.width) * m.cols));
+    if (a < 0 || b < 0) return;
+    const span = (starts, k, stop) => {
+      const last = (k + 1 < starts.length ? starts[k + 1] : stop) - 1;
+      return last > starts[k] ? `${starts[k]}–${last}` : String(starts[k]);
+    };
+    ctxs.tip.show([`queries ${span(m.rowStarts, a, m.rowStop)}, keys ${span(m.colStarts, b, m.colStop)}`,
+      `largest weight: ${fmt(m.grid[a * m.cols + b])}`], e.clientX, e.clientY);
+  });
+  canvas.addEventListener("mouseleave", () => ctxs.tip.hide());
+  canvas.addEventListener("click", (e) => {
+    const box = canvas.getBoundingClientRect(), z = st.zoom;
+    const i = z.r0 + Math.floor(((e.clientY - box.top) / box.height) * (z.r1 - z.r0));
+    select(Math.max(0, Math.min(T - 1, i)));
+  });
+
+  // A request the explorer refused (or a lost connection) is said on the page in its words.
+  function said(promise) {
+    return promise.catch((err) => {
+      ctxs.root.dataset.error = String(err && err.message);
+      info.textContent = "attnscope: " + (err && err.message);
+    });
+  }
+
+  function zoomBy(factor) {
+    const z = st.zoom;
+    const span = Math.min(T, Math.max(16, Math.round((z.r1 - z.r0) * factor)));
+    const start = Math.max(0, Math.min(T - span, st.token - (span >> 1)));
+    st.zoom = { r0: start, r1: start + span, c0: start, c1: start + span };
+    return said(drawMap());
+  }
+
+  function select(token) {
+    st.token = Math.max(0, Math.min(T - 1, token));
+    drawMarks();
+    return said(recolour());
+  }
+  function pick(layer, head) {
+    st.layer = layer;
+    st.head = head;
+    layerField.value = String(layer);
+    headField.value = String(head);
+    for (const cell of cells) {
+      cell.classList.toggle("as-lsel", Number(cell.dataset.layer) === layer &&
+        Number(cell.dataset.head) === head);
+    }
+    return said(Promise.all([recolour(), drawMap()]));
+  }
+  function setDirection(direction) {
+    st.direction = direction;
+    dirField.value = direction;
+    return said(recolour());
+  }
+
+  textBox.addEventListener("click", (e) => {
+    const span = e.target.closest ? e.target.closest(".as-ltok") : null;
+    if (span) select(Number(span.dataset.index));
+  });
+  textBox.addEventListener("mousemove", (e) => {
+    const span = e.target.closest ? e.target.closest(".as-ltok") : null;
+    if (!span || !st.values) { ctxs.tip.hide(); return; }
+    const i = Number(span.dataset.index);
+    ctxs.tip.show([G.labels[i], `weight ${st.direction === "row" ? "from" : "to"} the selected token: ${fmt(st.values[i])}`],
+      e.clientX, e.clientY);
+  });
+  textBox.addEventListener("mouseleave", () => ctxs.tip.hide());
+  textBox.tabIndex = 0;
+  textBox.addEventListener("keydown", (e) => {
+    const step = { ArrowLeft: -1, ArrowRight: 1, Home: -T, End: T }[e.key];
+    if (step === undefined) return;
+    e.preventDefault();
+    select(st.token + step);
+  });
+
+  const ready = pick(st.layer, st.head);
+  return { state: st, select, pick, setDirection, zoomBy, ready, refresh: () => {} };
 }
 
 // Node (the unit tests in tests/js) reads the pure parts; in a page `module` does not exist.
