@@ -14,7 +14,7 @@ import numpy as np
 from attnscope.errors import AttnscopeError, check_flag
 from attnscope.lazy import LazyAttentionWarning, MemoryBudgetError
 from attnscope.models import LoadedModel
-from attnscope.tokens import Tokenization, encode, tokenize
+from attnscope.tokens import Tokenization, decoder_tokens, encode
 from attnscope.trace import Trace
 
 if TYPE_CHECKING:
@@ -265,7 +265,7 @@ def _capture_chunk(
                        add_special_tokens=add_special_tokens) for a, b in pairs]
     decoder_side: list[Tokenization] | None = None
     if encoder_decoder:
-        decoder_side = [_decoder_tokens(model, b, truncate) for _, b in pairs]
+        decoder_side = [decoder_tokens(model, b, truncate) for _, b in pairs]
     from attnscope.lazy import check_eager_memory  # refuse before the model allocates
 
     check_eager_memory(model, max(len(e) for e in encoded), len(encoded), budget)
@@ -371,25 +371,6 @@ def _capture_chunk(
             )
         )
     return traces
-
-
-def _decoder_tokens(model: LoadedModel, text_b: str | None, truncate: bool) -> Tokenization:
-    """The decoder's input for an encoder-decoder model: ``text_b`` tokenized as it is, or the
-    decoder start token alone when there is no ``text_b``."""
-    if text_b is not None:
-        return tokenize(model, text_b, truncate=truncate)
-    start = model.model.config.decoder_start_token_id
-    if start is None:
-        start = model.tokenizer.pad_token_id or 0
-    ids = np.array([start], dtype=np.int64)
-    ones = np.ones(1, dtype=np.int64)
-    return Tokenization(
-        text="", text_b=None, tokens=tuple(model.tokenizer.convert_ids_to_tokens([start])),
-        input_ids=ids, token_type_ids=np.zeros(1, np.int64), attention_mask=ones,
-        special_mask=np.ones(1, bool), word_ids=np.full(1, -1, np.int64),
-        offsets=np.full((1, 2), -1, np.int64), segment_ids=np.full(1, -1, np.int64),
-        sentence_b_start=None, model_inputs={"input_ids": ids, "attention_mask": ones},
-    )
 
 
 def _pad(rows: list[dict[str, np.ndarray]], model: LoadedModel, device: Any) -> dict[str, Any]:

@@ -209,9 +209,9 @@ def capture_lazy(
               for name, value in encoded.model_inputs.items()}
     decoder_side = None
     if seq2seq and not encoder_only:
-        from attnscope.capture import _decoder_tokens
+        from attnscope.tokens import decoder_tokens
 
-        decoder_side = _decoder_tokens(model, text_b, truncate)
+        decoder_side = decoder_tokens(model, text_b, truncate)
         for name, value in decoder_side.model_inputs.items():
             inputs[f"decoder_{name}"] = torch.from_numpy(
                 np.asarray(value, dtype=np.int64)[None]).to(model.device)

@@ -11,12 +11,9 @@ adapter's facts, as for the encoder).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from attnscope.lazy import LazyTrace
 
 __all__ = ["Seq2SeqRecorder"]
 
@@ -64,11 +61,13 @@ class Seq2SeqRecorder:
             handle.remove()
         self.handles.clear()
 
-    def part(self, part: str, encoder: LazyTrace, side: Any, layers: list[int],
-             heads: tuple[int, ...] | None, block: int) -> LazyTrace:
+    def part(self, part: str, encoder: Any, side: Any, layers: list[int],
+             heads: tuple[int, ...] | None, block: int) -> Any:
         """The decoder (causal, over the decoder tokens) or cross (decoder queries over the
         encoder's keys) attention as a LazyTrace of the chosen layers and heads."""
-        from attnscope.lazy import LazyTrace
+        # the encoder's LazyTrace class builds the part: attnscope.lazy imports this module,
+        # so this module names no class of it (``encoder`` and the result are LazyTraces)
+        LazyTrace = type(encoder)
         from attnscope.selection import select_extra
 
         H = self.loaded.num_heads

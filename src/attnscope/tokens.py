@@ -20,7 +20,7 @@ from attnscope.errors import AttnscopeError
 from attnscope.models import LoadedModel
 
 __all__ = ["CHAT_ROLES", "Tokenization", "TruncationWarning", "check_ids", "check_messages",
-           "check_text", "encode", "tokenize", "tokenize_chat", "tokenize_ids"]
+           "check_text", "decoder_tokens", "encode", "tokenize", "tokenize_chat", "tokenize_ids"]
 
 #: The message roles a chat prompt may hold (each token's role in ``Tokenization.roles``, with
 #: ``"markup"`` for what the chat template adds around them).
@@ -604,3 +604,22 @@ def encode(model: Any, text: Any, text_b: str | None = None, *, truncate: bool =
         raise AttnscopeError("A second text goes with a text, not with token ids; give the "
                              "pair's ids as one sequence.")
     return tokenize_ids(model, text, truncate=truncate)
+
+
+def decoder_tokens(model: LoadedModel, text_b: str | None, truncate: bool) -> Tokenization:
+    """The decoder's input for an encoder-decoder model: ``text_b`` tokenized as it is, or the
+    decoder start token alone when there is no ``text_b``."""
+    if text_b is not None:
+        return tokenize(model, text_b, truncate=truncate)
+    start = model.model.config.decoder_start_token_id
+    if start is None:
+        start = model.tokenizer.pad_token_id or 0
+    ids = np.array([start], dtype=np.int64)
+    ones = np.ones(1, dtype=np.int64)
+    return Tokenization(
+        text="", text_b=None, tokens=tuple(model.tokenizer.convert_ids_to_tokens([start])),
+        input_ids=ids, token_type_ids=np.zeros(1, np.int64), attention_mask=ones,
+        special_mask=np.ones(1, bool), word_ids=np.full(1, -1, np.int64),
+        offsets=np.full((1, 2), -1, np.int64), segment_ids=np.full(1, -1, np.int64),
+        sentence_b_start=None, model_inputs={"input_ids": ids, "attention_mask": ones},
+    )

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attnscope.analysis.drawing import draw
+from attnscope.analysis.patterns import DEFAULT_BLOCK, _block_size
 from attnscope.errors import AttnscopeError, check_index, check_number
 from attnscope.readable import token_labels
 from attnscope.trace import Trace, require_trace
@@ -184,8 +185,6 @@ def attention_rollout(trace: Trace | LazyTrace,
     from attnscope.lazy import LazyTrace
 
     if isinstance(trace, LazyTrace):
-        from attnscope.analysis.streaming import lazy_rollout
-
         return lazy_rollout(trace, _outputs(trace, output))
     require_trace(trace, "attention_rollout")
     residual = residual_attention(trace)  # (L, T, T)
@@ -524,3 +523,46 @@ def _round(graph: Any, source: int, sink: int,
         return res
 
     return value, cut, residual
+
+
+def lazy_rollout(lazy: LazyTrace, outputs: Sequence[int] | None = None, *,
+                 block: int = DEFAULT_BLOCK, budget: Any = None) -> FlowResult:
+    """Attention rollout rows of the chosen output tokens, exact, without any ``[T, T]``.
+
+    Row i of ``R_{L-1} @ ... @ R_0`` (see :func:`attnscope.residual_attention`) is the vector
+    ``e_i`` multiplied from the last layer down: ``v ← v @ R_l``. Each product reads ``R_l``
+    one block of rows at a time, ``v[:, rows] @ R_l[rows, :]``, so memory is the vectors
+    ``[k, T]`` plus one ``[H, block, T]`` block of weights.
+
+    Args:
+        outputs: token positions (default: every token, refused past the memory budget).
+    """
+    import torch
+
+    from attnscope.lazy import _guard_array
+
+    block = _block_size(block)
+    L, H, T = lazy.num_layers, lazy.num_heads, lazy.num_tokens
+    if outputs is None:
+        chosen = list(range(T))
+    else:
+        chosen = [check_index(o, T, "output token") for o in outputs]
+    _guard_array((len(chosen), T, 2), "The rollout rows", budget)  # float64: 2 x 4 bytes
+    v = np.zeros((len(chosen), T), np.float64)
+    v[np.arange(len(chosen)), chosen] = 1.0
+    heads = np.arange(H)
+    with torch.inference_mode():
+        for layer in reversed(range(L)):
+            new = np.zeros_like(v)
+            for start in range(0, T, block):
+                stop = min(start + block, T)
+                rows = np.arange(start, stop)
+                c = stop if lazy.is_causal else T
+                mean = lazy._weights(layer, heads, rows, np.arange(c)).double().mean(0)
+                mean = mean.numpy()  # (r, c)
+                # R[i, :] = (0.5·mean[i, :] + 0.5·e_i) / (0.5·Σ_j mean[i, j] + 0.5)
+                weight = v[:, start:stop] / (0.5 * mean.sum(-1) + 0.5)  # (k, r)
+                new[:, :c] += 0.5 * weight @ mean
+                new[:, start:stop] += 0.5 * weight
+            v = new
+    return FlowResult("rollout", v, tuple(chosen), lazy.tokens, lazy.model_name, "token")

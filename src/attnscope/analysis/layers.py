@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from attnscope.analysis.drawing import draw
-from attnscope.analysis.patterns import _distance_score, _entropy_score, _seen, is_punctuation
+from attnscope.analysis.patterns import (
+    DEFAULT_BLOCK,
+    _block_size,
+    _distance_score,
+    _entropy_score,
+    _seen,
+    _stream,
+    is_punctuation,
+)
 from attnscope.errors import AttnscopeError
 from attnscope.trace import Trace, require_trace
 
@@ -79,8 +87,6 @@ def layer_trends(trace: Trace | LazyTrace) -> LayerTrends:
     from attnscope.lazy import LazyTrace
 
     if isinstance(trace, LazyTrace):  # streamed over row blocks: O(H·block·T) memory
-        from attnscope.analysis.streaming import lazy_layer_trends
-
         return lazy_layer_trends(trace)
     require_trace(trace, "layer_trends")
     attn = trace.check().attentions
@@ -95,3 +101,11 @@ def layer_trends(trace: Trace | LazyTrace) -> LayerTrends:
     to_punct = kept[..., punct].sum(axis=(2, 3)) / total
     per_head = np.stack([entropy, distance, to_special, to_punct], axis=-1)  # (L, H, 4)
     return LayerTrends(trace.model_name, trace.unit, np.nanmean(per_head, axis=1), per_head)
+
+
+def lazy_layer_trends(lazy: LazyTrace, block: int = DEFAULT_BLOCK) -> LayerTrends:
+    """:func:`attnscope.layer_trends` of a LazyTrace, streamed over row blocks."""
+    columns = _stream(lazy, _block_size(block))
+    per_head = np.stack([columns["broad"], columns["distance"], columns["to_special"],
+                         columns["to_punct"]], axis=-1)  # (L, H, 4)
+    return LayerTrends(lazy.model_name, "token", np.nanmean(per_head, axis=1), per_head)
