@@ -70,6 +70,9 @@ def test_atlas_map_and_head_sections(browser, importance_run, tmp_path):
     pairs = page.evaluate("() => [...document.querySelectorAll('#head-2-5 .at-pair')]"
                           ".map(e => e.textContent)")
     assert len(pairs) == len(expected) and pairs
+    # a page on its own: the examples' head views need the model, and the page says so
+    assert "Their head views need the model" in section
+    assert page.evaluate("() => document.querySelectorAll('a.at-view').length") == 0
     bars = page.evaluate("() => document.querySelectorAll('#head-2-5 .at-bars span').length")
     assert bars == 17
 

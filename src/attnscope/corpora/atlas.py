@@ -20,6 +20,7 @@ import base64
 import html
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 import numpy as np
 
@@ -174,13 +175,17 @@ def _table(header: list[str], rows: list[list[Any]], left: int = 1) -> str:
     return f"<table class=at><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def atlas(store: Any, *, run: str | None = None, examples: int = 3) -> Report:
+def atlas(store: Any, *, run: str | None = None, examples: int = 3,
+          view_links: bool = False) -> Report:
     """The head atlas of a corpus run (see the module docstring).
 
     Args:
         store: a :class:`CorpusResult`, or the path of a store from :func:`attnscope.corpus`.
         run: the run to read when ``store`` is a path (default: its latest run).
         examples: best examples shown per head (those the store keeps, up to this many).
+        view_links: link each example to the head view of its text at that layer and head in
+            the explorer that serves the page (``attnscope serve --corpus`` with the run's
+            model); False (a page on its own) says that the views need the model.
 
     Returns:
         A :class:`~attnscope.analysis.report.Report`: ``save("atlas.html")`` writes the page.
@@ -194,7 +199,7 @@ def atlas(store: Any, *, run: str | None = None, examples: int = 3) -> Report:
     if opened_here:
         result._con = connect(result.path, read_only=True)
     try:
-        return _atlas_page(result, examples)
+        return _atlas_page(result, examples, view_links)
     finally:
         if opened_here:
             result._con.close()
@@ -216,7 +221,7 @@ def _stat_arrays(result: CorpusResult) -> dict[str, np.ndarray]:
     return out
 
 
-def _atlas_page(result: CorpusResult, examples: int) -> Report:
+def _atlas_page(result: CorpusResult, examples: int, view_links: bool = False) -> Report:
     esc = html.escape
     L, H = result.num_layers, result.num_heads
     arrays = _stat_arrays(result)
@@ -272,7 +277,7 @@ def _atlas_page(result: CorpusResult, examples: int) -> Report:
     # evidence for every head, read once
     best = result._query(
         "SELECT e.layer, e.head, e.value, e.query_pos, e.key_pos, e.query_token, e.key_token, "
-        "t.position, t.text FROM examples e JOIN texts t USING (run_id, text_key) "
+        "t.position, t.text, t.text_b FROM examples e JOIN texts t USING (run_id, text_key) "
         "WHERE e.run_id = ? AND e.kind = 'weight' ORDER BY e.layer, e.head, e.value DESC, "
         "e.text_key", [result.run_id])
     by_head: dict[tuple[int, int], list[Any]] = {}
@@ -293,7 +298,8 @@ def _atlas_page(result: CorpusResult, examples: int) -> Report:
             sections.append(_head_section(result, layer, head, labels[layer, head], stats,
                                           shares[layer, head], profile[layer, head],
                                           importance, by_head.get((layer, head), [])[:examples],
-                                          rel_by_head.get((layer, head), []), qk_note))
+                                          rel_by_head.get((layer, head), []), qk_note,
+                                          view_links))
     picker = ("<p><label>Colour the query/key points by <select id=at-qk-colour>"
               "<option value=kind>query or key</option><option value=position>position in "
               "the text (violet: first token, green: last)</option></select></label></p>"
@@ -365,7 +371,7 @@ def _qk_payload(result: CorpusResult) -> tuple[str, str]:
 def _head_section(result: CorpusResult, layer: int, head: int, label: str,
                   stats: dict[str, np.ndarray], shares: np.ndarray, profile: np.ndarray,
                   importance: Any, examples: list[Any], relations: list[Any],
-                  qk_note: str = "") -> str:
+                  qk_note: str = "", view_links: bool = False) -> str:
     """One head's section: shares ``[len(LABELS)]``, profile ``[len(OFFSETS)]``."""
     esc = html.escape
     parts = [f"<h2>Layer {layer}, head {head}: {esc(label or 'no label')}</h2>"]
@@ -402,11 +408,23 @@ def _head_section(result: CorpusResult, layer: int, head: int, label: str,
         items = []
         for r in examples:
             pair = f"{esc(token_label(r.query_token))} \u2192 {esc(token_label(r.key_token))}"
+            link = ""
+            if view_links:
+                query = {"text": r.text, "model": result.model_name, "layer": layer,
+                         "head": head}
+                if isinstance(r.text_b, str):
+                    query["text_b"] = r.text_b
+                link = (f" <a class=at-view target=_top href='/?{esc(urlencode(query))}'>"
+                        "head view</a>")
             items.append(f"<li><b>{r.value:.3f}</b> <span class=at-pair>{pair}</span> "
                          f"<span class=muted>({result.source_unit} {int(r.position)})</span>"
-                         f"<br><small>{esc(r.text)}</small></li>")
+                         f"{link}<br><small>{esc(r.text)}</small></li>")
+        views = ("Each opens its text's head view on this layer and head." if view_links else
+                 f"Their head views need the model: open the store with <code>attnscope serve "
+                 f"--corpus STORE --model {esc(result.model_name)}</code>, or run "
+                 "<code>attnscope corpus-report</code>.")
         parts.append("<h3>Best examples</h3><p class=muted>The strongest single weight between "
-                     f"two words (query \u2192 key).</p><ol>{''.join(items)}</ol>")
+                     f"two words (query \u2192 key). {views}</p><ol>{''.join(items)}</ol>")
     if qk_note:
         parts.append(f"<h3>Queries and keys</h3>{qk_note}<div class=at-qk></div>")
     return (f"<section class=at-head id=head-{layer}-{head} data-layer={layer} "
