@@ -434,28 +434,42 @@ def _sample_qk(kept: list[CorpusItem], encoded: list[Tokenization], recorder: An
 
 def _examples(kept: Any, encoded: Any, values: Any, best_weight: Any, best_at: Any, t_max: int,
               top_k: int) -> list[tuple]:
-    """Per head, this batch's ``top_k`` texts by strongest weight and by each score."""
+    """Per head, this batch's ``top_k`` texts by strongest weight and by each score.
+
+    The orders are sorted for every head at once (a stable sort along the texts, so ties keep
+    the text order, as one head at a time would); only the kept rows are visited in Python.
+    """
     rows: list[tuple] = []
     b, _, layers, heads = values.shape
     keep = min(top_k, b)
+    weight_order = np.argsort(-best_weight, axis=0, kind="stable")[:keep]  # (keep, L, H)
+    columns = [STATS.index(name) for name in EXAMPLE_SCORES]
+    scores = values[:, columns]  # (B, E, L, H)
+    score_order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), axis=0,
+                             kind="stable")[:keep]  # (keep, E, L, H)
+    keys = [item.key for item in kept]
+    weights_kept = np.take_along_axis(best_weight, weight_order, axis=0).tolist()
+    at_kept = np.take_along_axis(best_at, weight_order, axis=0).tolist()
+    scores_kept = np.take_along_axis(scores, score_order, axis=0).tolist()
+    weight_order, score_order = weight_order.tolist(), score_order.tolist()
     for layer in range(layers):
         for head in range(heads):
-            weights = best_weight[:, layer, head]
-            for i in np.argsort(-weights, kind="stable")[:keep]:
-                if weights[i] <= 0:
+            for j in range(keep):
+                weight = weights_kept[j][layer][head]
+                if weight <= 0:
                     continue
-                q, k = divmod(int(best_at[i, layer, head]), t_max)
+                i = weight_order[j][layer][head]
+                q, k = divmod(int(at_kept[j][layer][head]), t_max)
                 tokens = encoded[i].tokens
-                rows.append((layer, head, "weight", float(weights[i]), kept[i].key, q, k,
-                             tokens[q], tokens[k]))
-            for name in EXAMPLE_SCORES:
-                scores = values[:, STATS.index(name), layer, head]
-                order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
-                for i in order[:keep]:
-                    if np.isnan(scores[i]):
+                rows.append((layer, head, "weight", float(weight), keys[i], q, k, tokens[q],
+                             tokens[k]))
+            for e, name in enumerate(EXAMPLE_SCORES):
+                for j in range(keep):
+                    score = scores_kept[j][e][layer][head]
+                    if score != score:  # NaN: the text gives this head no such score
                         continue
-                    rows.append((layer, head, name, float(scores[i]), kept[i].key, -1, -1,
-                                 None, None))
+                    rows.append((layer, head, name, float(score),
+                                 keys[score_order[j][e][layer][head]], -1, -1, None, None))
     return rows
 
 

@@ -400,8 +400,19 @@ class Store:
                     "n = head_stats.n + excluded.n, sum = head_stats.sum + excluded.sum, "
                     "sum_sq = head_stats.sum_sq + excluded.sum_sq")
 
-        if batch.examples:
-            examples = _rows_table(run_id, batch.examples, [
+        # A head's kept examples only get better as batches come in, so a row below the
+        # top_k-th value its head and kind already keep can never be kept: it is not written
+        # (the table ends the same; ties are kept for the prune below to settle by key).
+        candidates = batch.examples
+        if candidates:
+            floors = dict(((layer, head, kind), value) for layer, head, kind, value in
+                          con.execute("SELECT layer, head, kind, min(value) FROM examples "
+                                      "WHERE run_id = ? GROUP BY layer, head, kind HAVING "
+                                      "count(*) >= ?", [run_id, top_k]).fetchall())
+            candidates = [row for row in candidates
+                          if row[3] >= floors.get((row[0], row[1], row[2]), -np.inf)]
+        if candidates:
+            examples = _rows_table(run_id, candidates, [
                 ("layer", pa.int16()), ("head", pa.int16()), ("kind", pa.string()),
                 ("value", pa.float64()), ("text_key", pa.string()), ("query_pos", pa.int32()),
                 ("key_pos", pa.int32()), ("query_token", pa.string()),
