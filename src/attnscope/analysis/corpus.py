@@ -168,6 +168,26 @@ def batch_plan(lengths: list[int], batch_size: int) -> list[list[int]]:
     return plan
 
 
+def _tokenize_items(model: LoadedModel, items: list[CorpusItem]
+                    ) -> list[tuple[Tokenization | None, tuple | None]]:
+    """:func:`_tokenize` of every item; the single texts in one call of the tokenizer
+    (:func:`attnscope.tokens.tokenize_batch`, equal to one by one), pairs one by one."""
+    from attnscope.tokens import tokenize_batch
+
+    out: list[tuple[Tokenization | None, tuple | None]] = [(None, None)] * len(items)
+    single = [i for i, item in enumerate(items) if item.text_b is None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)  # reported as a problem row instead
+        found = tokenize_batch(model, [items[i].text for i in single]) if single else []
+    for i, enc in zip(single, found, strict=True):
+        out[i] = ((None, (items[i].position, "unusable", str(enc)))
+                  if isinstance(enc, AttnscopeError) else (enc, None))
+    for i, item in enumerate(items):
+        if item.text_b is not None:
+            out[i] = _tokenize(model, item)
+    return out
+
+
 def _tokenize(model: LoadedModel, item: CorpusItem) -> tuple[Tokenization | None, tuple | None]:
     """The item's tokens, or a problem row when it cannot be used."""
     with warnings.catch_warnings():
@@ -307,8 +327,7 @@ def process_batch(model: LoadedModel, items: list[CorpusItem], *, top_k: int = 5
                          sums_sq=np.zeros(shape))
     kept: list[CorpusItem] = []
     encoded: list[Tokenization] = []
-    for item in items:
-        enc, problem = _tokenize(model, item)
+    for item, (enc, problem) in zip(items, _tokenize_items(model, items), strict=True):
         if problem is not None:
             result.problems.append(problem)
             continue
