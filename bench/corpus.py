@@ -5,6 +5,7 @@
     python bench/corpus.py --skip-ray            # leave out the Ray engine
     python bench/corpus.py --memory-only --memory-tiny --memory-texts 20000  # quick memory check
     python bench/corpus.py --own-cost-only       # corpus mode against the bare forward pass
+    python bench/corpus.py --own-cost-only --torch-threads 1   # the same, steadier CPU times
 
 Texts are 10-120 words (uniform), cut from sentences written for this benchmark. Every
 figure comes from this one run, on the embedded model (all-MiniLM-L6-v2, 6 x 12 heads):
@@ -238,6 +239,8 @@ def main() -> None:
                         help="only corpus mode against the bare forward pass")
     parser.add_argument("--own-cost-texts", type=int, default=480)
     parser.add_argument("--own-cost-rounds", type=int, default=3)
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch threads (default: torch's; 1 gives steadier CPU times)")
     parser.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
@@ -251,6 +254,8 @@ def main() -> None:
 
     import attnscope as at
 
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     model = at.load(device="cpu")
     texts = make_texts(args.texts)
     print(f"attnscope corpus benchmark: {len(texts)} texts of 10-120 words, "
