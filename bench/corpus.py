@@ -4,6 +4,8 @@
     python bench/corpus.py --memory-texts 20000  # the memory check at 20,000 texts
     python bench/corpus.py --skip-ray            # leave out the Ray engine
     python bench/corpus.py --memory-only --memory-tiny --memory-texts 20000  # quick memory check
+    python bench/corpus.py --own-cost-only       # corpus mode against the bare forward pass
+    python bench/corpus.py --own-cost-only --torch-threads 1   # the same, steadier CPU times
 
 Texts are 10-120 words (uniform), cut from sentences written for this benchmark. Every
 figure comes from this one run, on the embedded model (all-MiniLM-L6-v2, 6 x 12 heads):
@@ -14,7 +16,11 @@ figure comes from this one run, on the embedded model (all-MiniLM-L6-v2, 6 x 12 
   see the same machine load;
 * resume: a real ``attnscope corpus`` process killed with SIGKILL mid-way, then run again;
 * memory: peak RSS of a fresh process after N texts, for two N;
-* ray: ``engine="ray"`` on a local Ray with 2 workers.
+* ray: ``engine="ray"`` on a local Ray with 2 workers;
+* own cost: corpus mode (no importance) against the bare batched forward pass with attention
+  on the same texts, in batches of the same size, on short texts (sentences of 8-40 words)
+  and on the 10-120-word texts, interleaved in rounds; wall-clock and CPU time (CPU time is
+  steadier on a machine shared with other work).
 """
 
 from __future__ import annotations
@@ -89,12 +95,13 @@ Why?
 """.splitlines()
 
 
-def make_texts(count: int, seed: int = 0) -> list[str]:
-    """``count`` texts of 10-120 words (uniform), sentences drawn at random and cut."""
+def make_texts(count: int, seed: int = 0, length: tuple[int, int] = (10, 120)) -> list[str]:
+    """``count`` texts of 10-120 words (or ``length`` words, uniform), sentences drawn at
+    random and cut."""
     rng = np.random.default_rng(seed)
     texts = []
     for _ in range(count):
-        target = int(rng.integers(10, 121))
+        target = int(rng.integers(length[0], length[1] + 1))
         words: list[str] = []
         while len(words) < target:
             words += SENTENCES[int(rng.integers(len(SENTENCES)))].split()
@@ -127,6 +134,33 @@ def forward_only(model, texts, batch_size: int) -> float:
                                      padding=True, truncation=True)
             model.model(**inputs, output_attentions=True)
     return time.perf_counter() - start
+
+
+def own_cost(model, texts: list[str], rounds: int, folder: Path, name: str,
+             batch_size: int = 32) -> None:
+    """Corpus mode against the bare batched forward pass on the same (distinct) texts, in
+    ``rounds`` interleaved rounds; prints texts/s over all rounds and their ratio, in
+    wall-clock and in CPU time (of this process, every thread)."""
+    import attnscope as at
+
+    texts = list(dict.fromkeys(texts))  # corpus mode counts a repeated text once
+    forward_only(model, texts[:batch_size], batch_size)  # warm-up
+    wall, cpu = [], []
+    for r in range(rounds):
+        c0, w0 = time.process_time(), time.perf_counter()
+        forward_only(model, texts, batch_size)
+        c1, w1 = time.process_time(), time.perf_counter()
+        at.corpus(model, texts, out=folder / f"own-{name}.duckdb", run=f"{name}{r}",
+                  batch_size=batch_size, progress=False)
+        c2, w2 = time.process_time(), time.perf_counter()
+        wall.append((w1 - w0, w2 - w1))
+        cpu.append((c1 - c0, c2 - c1))
+    n = len(texts)
+    for what, pairs in (("wall", wall), ("CPU", cpu)):
+        bare = sum(b for b, _ in pairs)
+        mode = sum(c for _, c in pairs)
+        print(f"  {name:23s} {what:4s}  bare forward {n * rounds / bare:6.1f} texts/s   "
+              f"corpus mode {n * rounds / mode:6.1f} texts/s   corpus / bare {bare / mode:4.0%}")
 
 
 def local(model, texts, path: Path, run: str) -> tuple[float, int]:
@@ -201,6 +235,12 @@ def main() -> None:
     parser.add_argument("--memory-tiny", action="store_true",
                         help="memory runs on a tiny random BERT (quick; see memory_probe)")
     parser.add_argument("--memory-only", action="store_true")
+    parser.add_argument("--own-cost-only", action="store_true",
+                        help="only corpus mode against the bare forward pass")
+    parser.add_argument("--own-cost-texts", type=int, default=480)
+    parser.add_argument("--own-cost-rounds", type=int, default=3)
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch threads (default: torch's; 1 gives steadier CPU times)")
     parser.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
@@ -214,14 +254,25 @@ def main() -> None:
 
     import attnscope as at
 
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     model = at.load(device="cpu")
     texts = make_texts(args.texts)
     print(f"attnscope corpus benchmark: {len(texts)} texts of 10-120 words, "
           f"{model.name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs")
-    naive(model, texts[:8])  # warm-up
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        if not args.ray_only:
+            print(f"\ncorpus mode's own cost (no importance; {args.own_cost_rounds} interleaved "
+                  "rounds; batches of 32 for both):")
+            own_cost(model, make_texts(args.own_cost_texts, seed=3, length=(8, 40)),
+                     args.own_cost_rounds, folder, "sentences of 8-40 words")
+            own_cost(model, texts[: args.own_cost_texts // 2], args.own_cost_rounds, folder,
+                     "texts of 10-120 words")
+        if args.own_cost_only:
+            return
+        naive(model, texts[:8])  # warm-up
         totals = {"naive": [0.0, 0, 0], "local": [0.0, 0, 0]}
         per_round = len(texts) // args.rounds
         for r in range(0 if args.ray_only else args.rounds):

@@ -67,6 +67,7 @@ _EXPORTS = {
     "pooled_attention": "attnscope.render.long_view",
     "heatmap": "attnscope.render.static",
     "iter_capture": "attnscope.capture",
+    "joint_embedding": "attnscope.analysis.embeddings",
     "layer_trends": "attnscope.analysis",
     "load": "attnscope.models",
     "logit_lens": "attnscope.interventions",
@@ -128,6 +129,7 @@ __all__ = [
     "heads_grid",
     "heatmap",
     "iter_capture",
+    "joint_embedding",
     "layer_trends",
     "load",
     "logit_lens",
@@ -188,6 +190,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
         token_path,
     )
     from attnscope.analysis.context_mixing import context_mixing, faithfulness
+    from attnscope.analysis.embeddings import joint_embedding
     from attnscope.capture import capture, capture_batch, iter_capture
     from attnscope.corpora import CorpusResult, corpus
     from attnscope.corpora.atlas import atlas

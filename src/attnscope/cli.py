@@ -477,7 +477,8 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
                     top_k=args.top_k, engine=args.engine, ray_address=args.ray_address,
                     workers=args.workers, gpus_per_worker=args.gpus_per_worker, run=args.run,
                     progress=not args.quiet, importance=args.importance,
-                    importance_budget=args.importance_budget or None)
+                    importance_budget=args.importance_budget or None,
+                    embeddings=args.embeddings)
     s = result.summary
     assert s is not None  # corpus() always says what it did
     for message in s.messages[:20]:
@@ -861,6 +862,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default when given alone) or exact ablation")
     p.add_argument("--importance-budget", type=float, default=600.0, metavar="SECONDS",
                    help="refuse exact ablation estimated past this (default 600; 0: no limit)")
+    p.add_argument("--embeddings", type=int, default=0, metavar="N",
+                   help="also keep the queries and keys of N sampled tokens (at most 2000) for "
+                        "the atlas's joint query/key embedding (default 0: none)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_corpus)
 

@@ -218,9 +218,20 @@ def tokenize(
     finally:
         tok_logger.removeFilter(_drop_length_log)
 
-    ids = np.asarray(encoding["input_ids"], dtype=np.int64)
+    return _tokenization(tokenizer, text, text_b, encoding, None, fast, dropped)
+
+
+def _tokenization(tokenizer: Any, text: str, text_b: str | None, encoding: Any,
+                  index: int | None, fast: bool, dropped: int) -> Tokenization:
+    """A :class:`Tokenization` from the tokenizer's answer: ``encoding`` for one text
+    (``index`` None) or row ``index`` of a batch answer (:func:`tokenize_batch`)."""
+    row = (lambda name: encoding[name]) if index is None else (
+        lambda name: encoding[name][index])
+    has = encoding.keys()
+    ids = np.asarray(row("input_ids"), dtype=np.int64)
     n = len(ids)
-    special = np.asarray(encoding.get("special_tokens_mask", [0] * n), dtype=bool)
+    special = np.asarray(row("special_tokens_mask") if "special_tokens_mask" in has
+                         else [0] * n, dtype=bool)
     # The mask flags only the tokens the tokenizer added; markup typed in the text (a chat
     # template's <|im_start|>, a [SEP]) is the same special token and is flagged too.
     special |= np.isin(ids, special_ids(tokenizer))
@@ -228,12 +239,15 @@ def tokenize(
         raise AttnscopeError(
             "The text gives no tokens besides the model's special tokens; give some words."
         )
-    type_ids = np.asarray(encoding.get("token_type_ids") or [0] * n, dtype=np.int64)
-    mask = np.asarray(encoding.get("attention_mask") or [1] * n, dtype=np.int64)
+    type_ids = np.asarray((row("token_type_ids") if "token_type_ids" in has else None)
+                          or [0] * n, dtype=np.int64)
+    mask = np.asarray((row("attention_mask") if "attention_mask" in has else None) or [1] * n,
+                      dtype=np.int64)
     if fast:
-        offsets = np.asarray(encoding["offset_mapping"], dtype=np.int64).reshape(n, 2)
-        seq = encoding.sequence_ids()
-        words = encoding.word_ids()
+        offsets = np.asarray(row("offset_mapping"), dtype=np.int64).reshape(n, 2)
+        at = () if index is None else (index,)
+        seq = encoding.sequence_ids(*at)
+        words = encoding.word_ids(*at)
         segment_ids = np.asarray([-1 if s is None else s for s in seq], dtype=np.int64)
     else:  # slow tokenizers give no spans: every non-special token is its own word
         offsets = np.full((n, 2), -1, dtype=np.int64)
@@ -258,10 +272,12 @@ def tokenize(
     model_inputs = {"input_ids": ids, "attention_mask": mask}
     if "token_type_ids" in names:
         model_inputs["token_type_ids"] = type_ids
+    tokens = (encoding.tokens(*(() if index is None else (index,))) if fast
+              else tokenizer.convert_ids_to_tokens(ids.tolist()))
     return Tokenization(
         text=text,
         text_b=text_b,
-        tokens=tuple(encoding.tokens() if fast else tokenizer.convert_ids_to_tokens(ids.tolist())),
+        tokens=tuple(tokens),
         input_ids=ids,
         token_type_ids=type_ids,
         attention_mask=mask,
@@ -274,6 +290,47 @@ def tokenize(
         dropped=dropped,
         tokenizer=tokenizer,
     )
+
+
+def tokenize_batch(model: LoadedModel, texts: list[str]) -> list[Tokenization | AttnscopeError]:
+    """:func:`tokenize` of each of ``texts`` (single texts, special tokens added, truncated
+    with a :class:`TruncationWarning`), with one call of a fast tokenizer for the texts that
+    fit the model's limit; equal to tokenizing them one by one. A text that cannot be used
+    gives its :class:`AttnscopeError` in its place."""
+    tokenizer = model.tokenizer
+    out: list[Tokenization | AttnscopeError | None] = [None] * len(texts)
+    usable: list[int] = []
+    for i, text in enumerate(texts):
+        try:
+            check_text(text)
+            usable.append(i)
+        except AttnscopeError as err:
+            out[i] = err
+    if usable and getattr(tokenizer, "is_fast", False):
+        kwargs: dict[str, Any] = {"return_special_tokens_mask": True,
+                                  "return_token_type_ids": True, "return_attention_mask": True,
+                                  "add_special_tokens": True, "return_offsets_mapping": True}
+        tok_logger = logging.getLogger("transformers.tokenization_utils_base")
+        tok_logger.addFilter(_drop_length_log)
+        try:
+            batch = tokenizer([texts[i] for i in usable], **kwargs)
+        finally:
+            tok_logger.removeFilter(_drop_length_log)
+        limit = model.max_length
+        for row, i in enumerate(usable):
+            if limit is not None and len(batch["input_ids"][row]) > limit:
+                continue  # cut one by one below, with its warning
+            try:
+                out[i] = _tokenization(tokenizer, texts[i], None, batch, row, True, 0)
+            except AttnscopeError as err:
+                out[i] = err
+    for i, text in enumerate(texts):
+        if out[i] is None:
+            try:
+                out[i] = tokenize(model, text)
+            except AttnscopeError as err:
+                out[i] = err
+    return [t for t in out if t is not None]
 
 
 def special_ids(tokenizer: Any) -> np.ndarray:

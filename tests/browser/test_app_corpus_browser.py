@@ -160,3 +160,53 @@ def test_a_corpus_of_a_model_not_served_says_which_to_serve(browser, corpus_stor
         ex.check_clean()
     finally:
         server.stop()
+
+
+def test_the_head_atlas_tab_shows_the_atlas_and_opens_head_views(browser, corpus_server,
+                                                                 corpus_store, embedded):
+    url = corpus_server.url
+    ex = Explorer(browser, url + "#corpus", url)
+    page = ex.page
+    page.wait_for_selector("#corpus-table tbody tr")
+    assert ex.js("document.querySelector('#corpus-atlas-card').hidden") is True
+    page.click(".ex-subtab[data-view='atlas']")
+    assert page.url.endswith("#corpus&view=atlas")
+    assert ex.js("document.querySelector('#corpus-stats').hidden") is True
+    frame = page.frame_locator("#corpus-atlas")
+    frame.locator("button.at-cell").first.wait_for()
+    # the same page attnscope atlas writes for the run, in the tab
+    assert frame.locator("button.at-cell").count() == 72
+    result = CorpusResult(corpus_store, "sentences")
+    assert "30 texts, 6 layers x 12 heads" in frame.locator("body > p").first.inner_text()
+    frame.locator("button.at-cell[data-layer='0'][data-head='2']").click()
+    section = frame.locator("#head-0-2")
+    assert section.is_visible()
+    assert section.inner_text().startswith("Layer 0, head 2")
+    # the explorer serves the run's model: each example links to its head view
+    expected = result.examples(0, 2, k=3)
+    links = section.locator("a.at-view")
+    assert links.count() == len(expected) and "Each opens its text's head view" in \
+        section.inner_text()
+    href = links.first.get_attribute("href")
+    query = parse_qs(urlparse(href).query)
+    assert query["text"] == [expected["text"][0]]
+    assert (query["layer"], query["head"]) == (["0"], ["2"])
+    links.first.click()
+    page.wait_for_url("**/?text=*")
+    ex.wait_views()
+    trace = at.capture(embedded, expected["text"][0])
+    assert ex.js("[...document.querySelectorAll('#views .as-hv-left .as-tok')]"
+                 ".map(n => n.textContent)") == list(trace.tokens)
+    assert ex.view_state("head")["layer"] == 0
+    assert ex.js("[...document.querySelectorAll('#views .as-swatch:not(.as-off)')]"
+                 ".map(s => Number(s.dataset.head))") == [2]
+    ex.check_clean()
+
+    # the URL brings the atlas back; another run shows its own atlas
+    again = Explorer(browser, url + "#corpus&view=atlas&run=treebank", url)
+    again.page.frame_locator("#corpus-atlas").locator("button.at-cell").first.wait_for()
+    assert "treebank" in again.page.frame_locator("#corpus-atlas").locator(
+        "body > p").first.inner_text()
+    assert again.js("document.querySelector('#corpus-atlas').getAttribute('src')") == \
+        "/api/corpus/atlas?run=treebank"
+    again.check_clean()

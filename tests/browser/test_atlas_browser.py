@@ -70,6 +70,9 @@ def test_atlas_map_and_head_sections(browser, importance_run, tmp_path):
     pairs = page.evaluate("() => [...document.querySelectorAll('#head-2-5 .at-pair')]"
                           ".map(e => e.textContent)")
     assert len(pairs) == len(expected) and pairs
+    # a page on its own: the examples' head views need the model, and the page says so
+    assert "Their head views need the model" in section
+    assert page.evaluate("() => document.querySelectorAll('a.at-view').length") == 0
     bars = page.evaluate("() => document.querySelectorAll('#head-2-5 .at-bars span').length")
     assert bars == 17
 
@@ -120,3 +123,53 @@ def test_atlas_bad_input_is_one_sentence(tmp_path):
                           env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no such file" in done.stderr
+
+
+def test_atlas_draws_each_heads_queries_and_keys(browser, embedded, tmp_path):
+    result = at.corpus(embedded, TEXTS, out=tmp_path / "qk.duckdb", batch_size=2,
+                       progress=False, embeddings=2000)  # every plain token of the 4 texts
+    sample = result.qk_sample()
+    n = len(sample.tokens)
+    assert n > 40
+    path = at.atlas(result).save(tmp_path / "qk.html")
+    page, log = _open(browser, path)
+    page.click("button.at-cell[data-layer='3'][data-head='7']")
+    circles = "#head-3-7 .at-qk circle"
+    assert page.evaluate(f"() => document.querySelectorAll('{circles}').length") == 2 * n
+    kinds = page.evaluate(f"() => [...document.querySelectorAll('{circles}')].map("
+                          "c => c.dataset.kind)")
+    assert kinds.count("0") == n and kinds.count("1") == n
+    # only the open head is drawn; the others wait for their click
+    assert page.evaluate("() => document.querySelectorAll('.at-qk svg').length") == 1
+
+    # the points sit where the joint embedding puts them (x grows with the first component)
+    xs = np.array(page.evaluate(f"() => [...document.querySelectorAll('{circles}')].map("
+                                "c => Number(c.getAttribute('cx')))"))
+    points = at.joint_embedding(sample.queries[:, 3, 7], sample.keys[:, 3, 7]).points
+    assert np.corrcoef(xs, points[:, 0])[0, 1] > 0.999
+
+    # a real mouse over the topmost point names its token in its sentence
+    page.hover(f"{circles} >> nth={2 * n - 1}")
+    tip = page.locator("#head-3-7 .at-tip")
+    assert tip.is_visible()
+    last = sample.tokens.iloc[n - 1]
+    assert tip.inner_text().startswith("key ")
+    assert page.inner_text("#head-3-7 .at-tip mark") == last["text"][
+        last["char_start"]:last["char_end"]]
+
+    # a token of the hostile text: its sentence stays text
+    hostile = next(i for i, t in enumerate(sample.tokens["text"]) if "onerror" in t)
+    page.dispatch_event(f"{circles}[data-kind='0'][data-token='{hostile}']", "mouseover")
+    shown = tip.inner_text()
+    assert shown.startswith("query ") and '<img src=x onerror="alert(1)">' in shown.replace(
+        "\n", "")
+    assert page.evaluate("() => document.querySelectorAll('img').length") == 0
+
+    # colour by position: the first token of a text violet, keys and queries alike
+    page.select_option("#at-qk-colour", "position")
+    fills = page.evaluate(f"() => [...document.querySelectorAll('{circles}')].map("
+                          "c => c.getAttribute('fill'))")
+    assert len(set(fills)) > 3 and fills[:n] == fills[n:]
+    assert set(log.requests) == {path.as_uri()}
+    assert not log.problems and not log.dialogs
+    page.close()

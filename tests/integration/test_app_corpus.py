@@ -5,8 +5,10 @@ explorer starts."""
 
 from __future__ import annotations
 
+import html
 import subprocess
 import sys
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
@@ -171,6 +173,7 @@ def test_relations_examples_and_search_equal_the_corpus_result(client, embedded,
     ("/api/corpus/examples", {"head": 1}, 422, "The request needs the field 'query.layer'"),
     ("/api/corpus/stat", {"stat": "prettiness"}, 422, "Unknown statistic 'prettiness'"),
     ("/api/corpus/heads", {"run": "nope"}, 422, "The corpus store has no run 'nope'"),
+    ("/api/corpus/atlas", {"run": "nope"}, 422, "The corpus store has no run 'nope'"),
     ("/api/corpus/search", {"token": "zebra"}, 422, "No text of this run has the token"),
     ("/api/corpus/search", {"token": "  "}, 422, "Give a token to search for"),
     ("/api/corpus/nothing", {}, 404, "There is nothing at '/api/corpus/nothing'"),
@@ -204,6 +207,10 @@ def test_a_run_of_a_model_not_served(tiny_models, corpus_store, embedded):
         examples = c.get("/api/corpus/examples", params={"layer": 1, "head": 3}).json()
         assert examples["served"] is False and examples["examples"]
         assert examples["examples"][0]["query_span"] is None  # no tokenizer to find it
+        # the atlas is there, and says its examples' views need the model
+        page = c.get("/api/corpus/atlas").text
+        assert "a.at-view" not in page and "class=at-view" not in page
+        assert f"--corpus STORE --model {embedded.name}" in page
         answer = c.get("/api/corpus/search", params={"token": "the"})
         assert answer.status_code == 422 and answer.json()["error"] == (
             f"Token search runs the model of run 'treebank', {embedded.name}, which this "
@@ -282,3 +289,19 @@ def test_concurrent_requests_share_the_store_safely(embedded, corpus_store, sent
                 run.examples(body["layer"], body["head"])["text"]), url
         else:
             np.testing.assert_allclose(_nan(body["mean"]), sentences.array(body["stat"]))
+
+
+def test_the_atlas_is_the_pages_atlas_with_head_view_links(client, sentences, treebank):
+    answer = client.get("/api/corpus/atlas")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/html")
+    page = answer.text
+    assert page == at.atlas(sentences, view_links=True).html
+    assert page.count("class=at-cell") == 72
+    hrefs = [h.split("'")[0] for h in page.split("class=at-view target=_top href='")[1:]]
+    examples = sentences.examples(3, 4, k=3)
+    mine = [parse_qs(urlparse(html.unescape(h)).query) for h in hrefs
+            if "layer=3&amp;head=4" in h]
+    assert [q["text"][0] for q in mine] == list(examples["text"])
+    assert all(q["model"] == [sentences.model_name] for q in mine)
+    other = client.get("/api/corpus/atlas", params={"run": "treebank"}).text
+    assert other == at.atlas(treebank, view_links=True).html and other != page

@@ -44,6 +44,7 @@ from attnscope.models import LoadedModel
 from attnscope.tokens import Tokenization, TruncationWarning, tokenize
 
 __all__ = [
+    "EMBEDDINGS_LIMIT",
     "OFFSETS",
     "STATS",
     "BatchResult",
@@ -66,6 +67,9 @@ STATS = (
 )
 #: Scores whose best texts are kept as examples (with the single strongest weights).
 EXAMPLE_SCORES = (*SCORES, "entropy")
+#: The most tokens a run may sample for the query/key embedding (``embeddings=``): each keeps
+#: its query and key in every head, ``2 x L x H x d_head`` float32 numbers.
+EMBEDDINGS_LIMIT = 2000
 _CHUNK_CELLS = 2**19  # a batch holds at most this many B x T^2 cells (about 150 MB for 6x12 heads)
 
 
@@ -120,6 +124,9 @@ class BatchResult:
     * ``problems``: (position, kind, message) rows for texts that were cut or left out.
     * ``importance``: None, or (method, per_text ``[B, L, H]``): each text's head importance
       (:func:`attnscope.head_importance`), in the order of ``texts``.
+    * ``embeddings``: (key, token_pos, priority, token, segment, char_start, char_end, queries,
+      keys) rows for the batch's sampled tokens (see :func:`token_priority`); ``queries`` and
+      ``keys`` float32 ``[L, H, d_head]`` each: the token's query and key in every head.
     """
 
     texts: list[dict[str, Any]]
@@ -131,6 +138,7 @@ class BatchResult:
     baselines: list[tuple] = field(default_factory=list)
     problems: list[tuple] = field(default_factory=list)
     importance: tuple[str, np.ndarray] | None = None
+    embeddings: list[tuple] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -160,6 +168,26 @@ def batch_plan(lengths: list[int], batch_size: int) -> list[list[int]]:
     return plan
 
 
+def _tokenize_items(model: LoadedModel, items: list[CorpusItem]
+                    ) -> list[tuple[Tokenization | None, tuple | None]]:
+    """:func:`_tokenize` of every item; the single texts in one call of the tokenizer
+    (:func:`attnscope.tokens.tokenize_batch`, equal to one by one), pairs one by one."""
+    from attnscope.tokens import tokenize_batch
+
+    out: list[tuple[Tokenization | None, tuple | None]] = [(None, None)] * len(items)
+    single = [i for i, item in enumerate(items) if item.text_b is None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)  # reported as a problem row instead
+        found = tokenize_batch(model, [items[i].text for i in single]) if single else []
+    for i, enc in zip(single, found, strict=True):
+        out[i] = ((None, (items[i].position, "unusable", str(enc)))
+                  if isinstance(enc, AttnscopeError) else (enc, None))
+    for i, item in enumerate(items):
+        if item.text_b is not None:
+            out[i] = _tokenize(model, item)
+    return out
+
+
 def _tokenize(model: LoadedModel, item: CorpusItem) -> tuple[Tokenization | None, tuple | None]:
     """The item's tokens, or a problem row when it cannot be used."""
     with warnings.catch_warnings():
@@ -170,8 +198,20 @@ def _tokenize(model: LoadedModel, item: CorpusItem) -> tuple[Tokenization | None
             return None, (item.position, "unusable", str(err))
 
 
-def _forward(model: LoadedModel, encoded: list[Tokenization]) -> list[Any]:
-    """One padded forward pass; the self-attention of every layer, L tensors ``[B, H, T, T]``."""
+def token_priority(key: str, position: int) -> int:
+    """A token's place in the embedding sample: a hash of its text's key and its position,
+    from 0 to 2**63 - 1. A run keeps the tokens of smallest priority (ties broken by key and
+    position), so the sample is a uniform draw fixed by the texts alone: the same whatever
+    the batch order, engine or resumption."""
+    digest = hashlib.blake2b(f"{key}:{position}".encode(), digest_size=8, person=b"attnscope-qk")
+    return int.from_bytes(digest.digest(), "big") >> 1
+
+
+def _forward(model: LoadedModel, encoded: list[Tokenization], recorder: Any = None) -> list[Any]:
+    """One padded forward pass; the self-attention of every layer, L tensors ``[B, H, T, T]``.
+    With a :class:`~attnscope.adapters.hooks.QKVRecorder`, its hooks see the pass."""
+    import contextlib
+
     import torch
 
     from attnscope.capture import _pad
@@ -181,7 +221,7 @@ def _forward(model: LoadedModel, encoded: list[Tokenization]) -> list[Any]:
     if model.architecture == "encoder-decoder":  # corpus statistics read the encoder
         module = module.get_encoder()
         inputs.pop("token_type_ids", None)
-    with torch.inference_mode():
+    with torch.inference_mode(), (recorder or contextlib.nullcontext()):
         out = module(**inputs, output_attentions=True, return_dict=True)
     attentions = list(out.attentions or ())
     if not attentions or any(a is None for a in attentions):
@@ -263,7 +303,8 @@ def _weights(model: LoadedModel, encoded: list[Tokenization],
     return linear.reshape(b, t_max * t_max, _LINEAR), entropy, defined
 
 
-def process_batch(model: LoadedModel, items: list[CorpusItem], *, top_k: int = 5) -> BatchResult:
+def process_batch(model: LoadedModel, items: list[CorpusItem], *, top_k: int = 5,
+                  embeddings: int = 0) -> BatchResult:
     """Run ``model`` once on ``items`` and reduce its attention to per-head statistics.
 
     Args:
@@ -271,6 +312,8 @@ def process_batch(model: LoadedModel, items: list[CorpusItem], *, top_k: int = 5
         items: the texts of one batch (see :func:`batch_plan`); CoNLL-U items also add
             relation counts.
         top_k: how many examples per head (and kind) to keep from this batch.
+        embeddings: also keep the queries and keys of the batch's ``embeddings`` plain tokens
+            of smallest :func:`token_priority` (0: none), for the atlas's joint embedding.
 
     Returns:
         A :class:`BatchResult`, whose sums over ``[S, L, H]`` merge with other batches' by
@@ -284,8 +327,7 @@ def process_batch(model: LoadedModel, items: list[CorpusItem], *, top_k: int = 5
                          sums_sq=np.zeros(shape))
     kept: list[CorpusItem] = []
     encoded: list[Tokenization] = []
-    for item in items:
-        enc, problem = _tokenize(model, item)
+    for item, (enc, problem) in zip(items, _tokenize_items(model, items), strict=True):
         if problem is not None:
             result.problems.append(problem)
             continue
@@ -304,7 +346,14 @@ def process_batch(model: LoadedModel, items: list[CorpusItem], *, top_k: int = 5
     if not kept:
         return result
 
-    attentions = _forward(model, encoded)  # L x (B, H, T, T)
+    recorder = None
+    if embeddings:
+        from attnscope.adapters.hooks import QKVRecorder
+
+        recorder = QKVRecorder(model)
+    attentions = _forward(model, encoded, recorder)  # L x (B, H, T, T)
+    if recorder is not None:
+        result.embeddings = _sample_qk(kept, encoded, recorder, embeddings)
     b, t_max = len(kept), attentions[0].shape[-1]
     linear_w, entropy_w, defined = _weights(model, encoded, t_max)
     with torch.inference_mode():
@@ -374,30 +423,72 @@ def process_batch(model: LoadedModel, items: list[CorpusItem], *, top_k: int = 5
     return result
 
 
+def _sample_qk(kept: list[CorpusItem], encoded: list[Tokenization], recorder: Any,
+               count: int) -> list[tuple]:
+    """The queries and keys of the batch's ``count`` plain tokens of smallest priority (see
+    :attr:`BatchResult.embeddings`), from what ``recorder`` saw in the batch's pass."""
+    import torch
+
+    candidates = []
+    for i, (item, enc) in enumerate(zip(kept, encoded, strict=True)):
+        for pos in range(len(enc)):
+            start, end = (int(v) for v in enc.offsets[pos])
+            if enc.special_mask[pos] or enc.segment_ids[pos] < 0 or start < 0 or end <= start:
+                continue
+            candidates.append((token_priority(item.key, pos), item.key, pos, i, start, end))
+    chosen = sorted(candidates)[:count]
+    if not chosen:
+        return []
+    with torch.inference_mode():
+        queries, keys, _ = recorder.per_layer()  # each: L tensors (B, H, T, d)
+        rows_at = torch.tensor([c[3] for c in chosen])
+        cols_at = torch.tensor([c[2] for c in chosen])
+        # (N, L, H, d): every chosen token's vector in every layer and head
+        q_all = torch.stack([q[rows_at, :, cols_at] for q in queries], 1).float().cpu().numpy()
+        k_all = torch.stack([k[rows_at, :, cols_at] for k in keys], 1).float().cpu().numpy()
+    return [(key, pos, priority, encoded[i].tokens[pos], int(encoded[i].segment_ids[pos]),
+             start, end, q_all[n], k_all[n])
+            for n, (priority, key, pos, i, start, end) in enumerate(chosen)]
+
+
 def _examples(kept: Any, encoded: Any, values: Any, best_weight: Any, best_at: Any, t_max: int,
               top_k: int) -> list[tuple]:
-    """Per head, this batch's ``top_k`` texts by strongest weight and by each score."""
+    """Per head, this batch's ``top_k`` texts by strongest weight and by each score.
+
+    The orders are sorted for every head at once (a stable sort along the texts, so ties keep
+    the text order, as one head at a time would); only the kept rows are visited in Python.
+    """
     rows: list[tuple] = []
     b, _, layers, heads = values.shape
     keep = min(top_k, b)
+    weight_order = np.argsort(-best_weight, axis=0, kind="stable")[:keep]  # (keep, L, H)
+    columns = [STATS.index(name) for name in EXAMPLE_SCORES]
+    scores = values[:, columns]  # (B, E, L, H)
+    score_order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), axis=0,
+                             kind="stable")[:keep]  # (keep, E, L, H)
+    keys = [item.key for item in kept]
+    weights_kept = np.take_along_axis(best_weight, weight_order, axis=0).tolist()
+    at_kept = np.take_along_axis(best_at, weight_order, axis=0).tolist()
+    scores_kept = np.take_along_axis(scores, score_order, axis=0).tolist()
+    weight_order, score_order = weight_order.tolist(), score_order.tolist()
     for layer in range(layers):
         for head in range(heads):
-            weights = best_weight[:, layer, head]
-            for i in np.argsort(-weights, kind="stable")[:keep]:
-                if weights[i] <= 0:
+            for j in range(keep):
+                weight = weights_kept[j][layer][head]
+                if weight <= 0:
                     continue
-                q, k = divmod(int(best_at[i, layer, head]), t_max)
+                i = weight_order[j][layer][head]
+                q, k = divmod(int(at_kept[j][layer][head]), t_max)
                 tokens = encoded[i].tokens
-                rows.append((layer, head, "weight", float(weights[i]), kept[i].key, q, k,
-                             tokens[q], tokens[k]))
-            for name in EXAMPLE_SCORES:
-                scores = values[:, STATS.index(name), layer, head]
-                order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
-                for i in order[:keep]:
-                    if np.isnan(scores[i]):
+                rows.append((layer, head, "weight", float(weight), keys[i], q, k, tokens[q],
+                             tokens[k]))
+            for e, name in enumerate(EXAMPLE_SCORES):
+                for j in range(keep):
+                    score = scores_kept[j][e][layer][head]
+                    if score != score:  # NaN: the text gives this head no such score
                         continue
-                    rows.append((layer, head, name, float(scores[i]), kept[i].key, -1, -1,
-                                 None, None))
+                    rows.append((layer, head, name, float(score),
+                                 keys[score_order[j][e][layer][head]], -1, -1, None, None))
     return rows
 
 

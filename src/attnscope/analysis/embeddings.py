@@ -19,7 +19,7 @@ from attnscope.trace import Trace, require_trace
 if TYPE_CHECKING:
     from attnscope.render.static import AttnFigure
 
-__all__ = ["Projection", "pca", "token_path"]
+__all__ = ["JointEmbedding", "Projection", "joint_embedding", "pca", "token_path"]
 
 
 @dataclass(frozen=True)
@@ -115,3 +115,54 @@ def token_path(trace: Trace, token: int) -> Projection:
     return Projection(mine, tuple(f"{label}@{name}" for name in names),
                       np.arange(levels), np.full(levels, token), explained, trace.model_name,
                       f"path of {label!r} ({trace.unit} {token}) across layers")
+
+
+@dataclass(frozen=True)
+class JointEmbedding:
+    """One head's queries and keys in one 2-D plane (see :func:`joint_embedding`).
+
+    ``points`` float64 ``[2N, 2]``: the N queries first, then the N keys; ``explained`` the
+    variance share of the two components; ``scale`` the factor c the queries were multiplied
+    by (the keys were divided by it); ``shift`` ``[d]`` what was added to the scaled keys.
+    """
+
+    points: np.ndarray
+    explained: tuple[float, float]
+    scale: float
+    shift: np.ndarray
+
+
+def joint_embedding(queries: np.ndarray, keys: np.ndarray) -> JointEmbedding:
+    """Queries and keys of one head projected together to 2-D, as AttentionViz does (Yeh et
+    al. 2023).
+
+    Queries and keys live in one space (the head scores ``q . k``), but their clouds usually
+    sit apart. Two changes that leave every attention weight as it is bring them together
+    before the PCA: the queries are multiplied by ``c = sqrt(mean |k| / mean |q|)`` and the
+    keys divided by it, so both have the same mean norm (``q . k`` is unchanged); then the
+    keys are translated so that their mean is the queries' mean (``q . (k + t)`` adds
+    ``q . t`` to every score of a query's row, which the softmax ignores). The PCA is then a
+    centred SVD of the ``2N`` vectors (:func:`pca`'s, with its sign convention).
+
+    Args:
+        queries: ``[N, d]``, one head's queries of N tokens.
+        keys: ``[N, d]``, the same head's keys (of the same or other tokens).
+
+    Returns:
+        A :class:`JointEmbedding`; ``points`` ``[2N, 2]``, queries first.
+    """
+    q = np.asarray(queries, dtype=np.float64)
+    k = np.asarray(keys, dtype=np.float64)
+    if q.ndim != 2 or k.ndim != 2 or q.shape[1] != k.shape[1] or len(q) == 0 or len(k) == 0:
+        raise AttnscopeError(f"joint_embedding needs queries and keys as [N, d] arrays of the "
+                             f"same width d, not {q.shape} and {k.shape}.")
+    if not (np.isfinite(q).all() and np.isfinite(k).all()):
+        raise AttnscopeError("joint_embedding needs finite queries and keys; some are NaN or "
+                             "infinite.")
+    q_norm = float(np.linalg.norm(q, axis=1).mean())
+    k_norm = float(np.linalg.norm(k, axis=1).mean())
+    scale = float(np.sqrt(k_norm / q_norm)) if q_norm > 0 and k_norm > 0 else 1.0
+    q, k = q * scale, k / scale
+    shift = q.mean(axis=0) - k.mean(axis=0)  # (d,)
+    points, explained = _project(np.concatenate([q, k + shift]))  # (2N, 2)
+    return JointEmbedding(points, explained, scale, shift)

@@ -50,6 +50,7 @@ import math
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -93,13 +94,16 @@ _BROAD_THRESHOLD = 0.8
 _SUBWORD_MARKS = ("##", "Ġ", "▁", "Ċ", "</w>")
 
 
+@lru_cache(maxsize=2**16)
 def _normalise(token: str) -> str:
-    """A token as text, for comparing: sub-word markers removed, lower case."""
+    """A token as text, for comparing: sub-word markers removed, lower case (remembered per
+    token: corpus mode asks for the same vocabulary again and again)."""
     for mark in _SUBWORD_MARKS:
         token = token.replace(mark, "")
     return token.strip().lower()
 
 
+@lru_cache(maxsize=2**16)
 def is_punctuation(token: str) -> bool:
     """True for a token made only of punctuation characters ("." "," "##!" "Ġ...")."""
     text = _normalise(token)

@@ -24,6 +24,7 @@ latest run of the store):
 * ``GET /api/corpus/relations`` -- the syntactic heads (corpora read from CoNLL-U).
 * ``GET /api/corpus/examples`` -- one head's best texts.
 * ``GET /api/corpus/search`` -- what each head attends to from one token (runs the model).
+* ``GET /api/corpus/atlas`` -- the head atlas page of a run (HTML, as ``attnscope atlas``).
 
 A request names a model only by its name in the allowlist given at start-up, and nothing a
 request carries reaches the file system. A person's mistake gets a 4xx answer with one
@@ -572,6 +573,16 @@ def _corpus_routes(app: FastAPI, state: _State, browser: Any) -> None:
             return {**body, "examples": rows}
 
         return await read(work)
+
+    @app.get("/api/corpus/atlas", response_class=HTMLResponse, responses=ERRORS_OF_HTML,
+             summary="The head atlas of a run (an HTML page)")
+    async def corpus_atlas(run: str | None = run_q) -> HTMLResponse:
+        """The page ``attnscope atlas`` writes for the run: a map of every head and a section
+        for each (scores, profile, relations, examples, importance, the joint embedding of
+        its queries and keys). When this explorer serves the run's model, each example links
+        to its head view here."""
+        page_html = await run_in_threadpool(browser.atlas, run, served)
+        return HTMLResponse(page_html)
 
     @app.get("/api/corpus/search", response_model=CorpusSearchResponse, responses=ERRORS,
              summary="What each head attends to from one token")

@@ -271,6 +271,19 @@ class CorpusBrowser:
         body = self._kept(("examples", result.run_id, layer, head, kind, k), make)
         return {**body, "served": result.model_name in served}
 
+    def atlas(self, run: str | None, served: Sequence[str] = ()) -> str:
+        """The head atlas page of ``run`` (:func:`attnscope.atlas`), its examples linked to
+        the explorer's head views when the run's model is served here."""
+        from attnscope.corpora.atlas import atlas
+
+        result = self.result(run)
+        links = result.model_name in served
+
+        def make() -> dict[str, Any]:
+            return {"html": atlas(result, view_links=links).html}
+
+        return str(self._kept(("atlas", result.run_id, links), make)["html"])
+
     def search(self, run: str | None, token: str, model: Any, *, top: int = 5,
                limit: int = 100) -> dict[str, Any]:
         """What each head attends to from ``token`` (``CorpusResult.search``): runs ``model``

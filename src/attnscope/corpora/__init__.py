@@ -44,6 +44,7 @@ def corpus(
     progress: bool = True,
     importance: str | None = None,
     importance_budget: float | None = 600.0,
+    embeddings: int = 0,
 ) -> CorpusResult:
     """Run ``model`` over every text of ``source`` and store per-head statistics in ``out``.
 
@@ -76,11 +77,16 @@ def corpus(
             ``H * (L + 1) / 2`` passes per batch); None (the default) stores none.
         importance_budget: exact ablation is estimated from the first batch and refused when
             the run would pass this many seconds; None runs it whatever it costs.
+        embeddings: also keep the queries and keys, in every head, of this many tokens
+            sampled over the run (at most 2000; a token's place in the sample is a hash of its
+            text and position, so the sample does not depend on batch order or resumption),
+            for the atlas's joint query/key embedding; 0 (the default) keeps none.
 
     Returns:
         A :class:`CorpusResult` reading the run. ``result.summary`` says what this call did
         (texts processed, already done, problems).
     """
+    from attnscope.analysis.corpus import EMBEDDINGS_LIMIT
     from attnscope.corpora.engines import run as run_engine
     from attnscope.corpora.sources import open_source, text_char_limit
     from attnscope.corpora.store import Store
@@ -103,6 +109,10 @@ def corpus(
         raise AttnscopeError("Head importance runs in the local engine only (it needs a "
                              "backward pass or L x H reruns per batch); leave out --engine ray "
                              "or --importance.")
+    if isinstance(embeddings, bool) or not isinstance(embeddings, int) or not (
+            0 <= embeddings <= EMBEDDINGS_LIMIT):
+        raise AttnscopeError(f"embeddings must be a whole number of tokens from 0 to "
+                             f"{EMBEDDINGS_LIMIT}, not {embeddings!r}.")
     out = Path(out)
     if out.is_dir():
         raise AttnscopeError(f"Cannot write '{out}': it is a folder.")
@@ -117,14 +127,18 @@ def corpus(
                 "pair_field": pair_field, "limit": limit, "unit": opened.unit}
     if importance is not None:
         settings["importance"] = importance
+    if embeddings:
+        settings["embeddings"] = embeddings
     with Store(out) as store:
         if store.ensure_run(run_id, loaded, opened.label, settings):
             _check_same_importance(store, run_id, importance)
+            _check_same_embeddings(store, run_id, embeddings)
         summary = run_engine(loaded, opened, store, run_id, batch_size=batch_size, limit=limit,
                              top_k=top_k, engine=engine, ray_address=ray_address,
                              workers=workers, model_spec=model_spec,
                              gpus_per_worker=gpus_per_worker, progress=progress,
-                             importance=importance, importance_budget=importance_budget)
+                             importance=importance, importance_budget=importance_budget,
+                             embeddings=embeddings)
     result = CorpusResult(out, run_id)
     result.summary = summary
     return result
@@ -143,3 +157,18 @@ def _check_same_importance(store: Any, run_id: str, importance: str | None) -> N
         raise AttnscopeError(f"Run {run_id!r} in '{store.path}' began with {then}, and resuming "
                              f"it with {now} would count importance over only part of its "
                              "texts: resume it as it began, or give another --run name.")
+
+
+def _check_same_embeddings(store: Any, run_id: str, embeddings: int) -> None:
+    """A resumed run keeps the sample size it began with: its sample covers every text."""
+    import json
+
+    (settings_text,) = store.con.execute("SELECT settings FROM runs WHERE run_id = ?",
+                                         [run_id]).fetchone()
+    began = json.loads(settings_text or "{}").get("embeddings", 0)
+    if began != embeddings:
+        then = f"--embeddings {began}" if began else "no --embeddings"
+        now = f"--embeddings {embeddings}" if embeddings else "no --embeddings"
+        raise AttnscopeError(f"Run {run_id!r} in '{store.path}' began with {then}, and resuming "
+                             f"it with {now} would sample tokens from only part of its texts: "
+                             "resume it as it began, or give another --run name.")

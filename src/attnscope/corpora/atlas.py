@@ -6,15 +6,21 @@ when the run stored it (``attnscope corpus --importance``), else by its stronges
 head-pattern score, and labelled by its most frequent pattern label. Clicking a cell (or
 opening ``#head-L-H``) shows that head's section: its scores and label shares, its positional
 profile, its syntactic relations (CoNLL-U runs), its best examples (tokens shown as
-:func:`attnscope.readable.token_label` writes them) and its importance with the spread over
-texts. Everything is read from the store alone (no model is loaded); the page carries its own
-style and script, and a Content-Security-Policy that forbids any request.
+:func:`attnscope.readable.token_label` writes them), its importance with the spread over
+texts, and, for runs that kept a query/key sample (``attnscope corpus --embeddings N``), the
+joint embedding of its queries and keys (:func:`attnscope.joint_embedding`, AttentionViz),
+drawn when the section opens, coloured by kind or position, each point naming its token in
+its sentence on hover. Everything is read from the store alone (no model is loaded); the page
+carries its own style and script, and a Content-Security-Policy that forbids any request.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import json
 from typing import Any
+from urllib.parse import urlencode
 
 import numpy as np
 
@@ -54,6 +60,10 @@ font:11px system-ui,sans-serif;padding:0}
 .at-bars span{display:inline-block;width:14px;background:#4a78b5}
 .at-offsets{display:flex;gap:2px;font-size:10px;color:#666}.at-offsets span{width:14px;
 text-align:center}mark{background:#ffe08a;padding:0 1px}
+.at-qk{position:relative}.at-qk svg{border:1px solid #ddd;background:#fff}
+.at-tip{position:absolute;max-width:420px;background:#fffbe6;border:1px solid #ccb;
+border-radius:3px;padding:4px 6px;font-size:12px;pointer-events:none}
+.at-key-q{color:#2b7bba}.at-key-k{color:#d9603b}
 """
 
 _SCRIPT = """
@@ -65,7 +75,72 @@ function show(id) {
   document.querySelectorAll("section.at-head").forEach(s => { s.hidden = s !== section; });
   cells.forEach(c => c.setAttribute("aria-pressed", String(c.dataset.target === id)));
   document.getElementById("at-empty").hidden = true;
+  drawEmbedding(section);
 }
+const qkData = document.getElementById("at-qk-data");
+const qk = qkData ? JSON.parse(qkData.textContent) : null;
+const NS = "http://www.w3.org/2000/svg";
+function positionColour(share) {
+  const hue = 260 - 220 * share;  // violet (first token) to yellow-green (last)
+  return "hsl(" + hue + ",70%,45%)";
+}
+function colour(kind, token, by) {
+  if (by === "position") return positionColour(qk.tokens[token][4]);
+  return kind === 0 ? "#2b7bba" : "#d9603b";
+}
+function paint(box) {
+  const by = document.getElementById("at-qk-colour").value;
+  box.querySelectorAll("circle").forEach(c => {
+    c.setAttribute("fill", colour(Number(c.dataset.kind), Number(c.dataset.token), by));
+  });
+}
+function drawEmbedding(section) {
+  const box = section.querySelector(".at-qk");
+  if (!box || !qk || box.dataset.drawn) return;
+  box.dataset.drawn = "1";
+  const raw = atob(qk.heads[section.dataset.layer + "-" + section.dataset.head]);
+  const bytes = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+  const xy = new Uint16Array(bytes.buffer);  // (2N, 2): queries then keys, 0..65535
+  const n = qk.tokens.length, size = 320, pad = 8;
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("width", size); svg.setAttribute("height", size);
+  svg.setAttribute("viewBox", "0 0 " + size + " " + size);
+  for (let p = 0; p < 2 * n; p++) {
+    const c = document.createElementNS(NS, "circle");
+    c.setAttribute("cx", (pad + xy[2 * p] / 65535 * (size - 2 * pad)).toFixed(1));
+    c.setAttribute("cy", (size - pad - xy[2 * p + 1] / 65535 * (size - 2 * pad)).toFixed(1));
+    c.setAttribute("r", "2.6"); c.setAttribute("fill-opacity", "0.7");
+    c.dataset.kind = p < n ? "0" : "1"; c.dataset.token = String(p % n);
+    svg.appendChild(c);
+  }
+  const tip = document.createElement("div");
+  tip.className = "at-tip"; tip.hidden = true;
+  svg.addEventListener("mouseover", e => {
+    const c = e.target.closest("circle");
+    if (!c) return;
+    const t = qk.tokens[Number(c.dataset.token)];
+    tip.replaceChildren();
+    const head = document.createElement("b");
+    head.textContent = (c.dataset.kind === "0" ? "query " : "key ") + t[1];
+    const where = document.createElement("span");
+    where.className = "muted"; where.textContent = " (token " + t[5] + ")";
+    const line = document.createElement("div"), mark = document.createElement("mark");
+    mark.textContent = t[2];
+    line.append(t[0], mark, t[3]);
+    tip.append(head, where, line);
+    tip.style.left = (Number(c.getAttribute("cx")) + 10) + "px";
+    tip.style.top = (Number(c.getAttribute("cy")) + 10) + "px";
+    tip.hidden = false;
+  });
+  svg.addEventListener("mouseout", () => { tip.hidden = true; });
+  box.append(svg, tip);
+  paint(box);
+}
+const picker = document.getElementById("at-qk-colour");
+if (picker) picker.addEventListener("change", () => {
+  document.querySelectorAll(".at-qk[data-drawn]").forEach(paint);
+});
 cells.forEach(c => c.addEventListener("click", () => {
   history.replaceState(null, "", "#" + c.dataset.target);
   show(c.dataset.target);
@@ -100,13 +175,17 @@ def _table(header: list[str], rows: list[list[Any]], left: int = 1) -> str:
     return f"<table class=at><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def atlas(store: Any, *, run: str | None = None, examples: int = 3) -> Report:
+def atlas(store: Any, *, run: str | None = None, examples: int = 3,
+          view_links: bool = False) -> Report:
     """The head atlas of a corpus run (see the module docstring).
 
     Args:
         store: a :class:`CorpusResult`, or the path of a store from :func:`attnscope.corpus`.
         run: the run to read when ``store`` is a path (default: its latest run).
         examples: best examples shown per head (those the store keeps, up to this many).
+        view_links: link each example to the head view of its text at that layer and head in
+            the explorer that serves the page (``attnscope serve --corpus`` with the run's
+            model); False (a page on its own) says that the views need the model.
 
     Returns:
         A :class:`~attnscope.analysis.report.Report`: ``save("atlas.html")`` writes the page.
@@ -120,7 +199,7 @@ def atlas(store: Any, *, run: str | None = None, examples: int = 3) -> Report:
     if opened_here:
         result._con = connect(result.path, read_only=True)
     try:
-        return _atlas_page(result, examples)
+        return _atlas_page(result, examples, view_links)
     finally:
         if opened_here:
             result._con.close()
@@ -142,7 +221,7 @@ def _stat_arrays(result: CorpusResult) -> dict[str, np.ndarray]:
     return out
 
 
-def _atlas_page(result: CorpusResult, examples: int) -> Report:
+def _atlas_page(result: CorpusResult, examples: int, view_links: bool = False) -> Report:
     esc = html.escape
     L, H = result.num_layers, result.num_heads
     arrays = _stat_arrays(result)
@@ -198,7 +277,7 @@ def _atlas_page(result: CorpusResult, examples: int) -> Report:
     # evidence for every head, read once
     best = result._query(
         "SELECT e.layer, e.head, e.value, e.query_pos, e.key_pos, e.query_token, e.key_token, "
-        "t.position, t.text FROM examples e JOIN texts t USING (run_id, text_key) "
+        "t.position, t.text, t.text_b FROM examples e JOIN texts t USING (run_id, text_key) "
         "WHERE e.run_id = ? AND e.kind = 'weight' ORDER BY e.layer, e.head, e.value DESC, "
         "e.text_key", [result.run_id])
     by_head: dict[tuple[int, int], list[Any]] = {}
@@ -212,30 +291,87 @@ def _atlas_page(result: CorpusResult, examples: int) -> Report:
     for r in relations.itertuples(index=False):
         rel_by_head.setdefault((int(r.layer), int(r.head)), []).append(r)
 
+    qk_data, qk_note = _qk_payload(result)
     sections = []
     for layer in range(L):
         for head in range(H):
             sections.append(_head_section(result, layer, head, labels[layer, head], stats,
                                           shares[layer, head], profile[layer, head],
                                           importance, by_head.get((layer, head), [])[:examples],
-                                          rel_by_head.get((layer, head), [])))
+                                          rel_by_head.get((layer, head), []), qk_note,
+                                          view_links))
+    picker = ("<p><label>Colour the query/key points by <select id=at-qk-colour>"
+              "<option value=kind>query or key</option><option value=position>position in "
+              "the text (violet: first token, green: last)</option></select></label></p>"
+              if qk_data else "")
     title = f"attnscope head atlas: {result.model_name}"
     body = (f"<h1>{esc(title)}</h1><p>Run <code>{esc(result.run_id)}</code> over "
             f"<code>{esc(result.source)}</code>: {result.num_texts} texts, {L} layers x {H} "
-            f"heads.</p>{legend}<div class=at-layout><div>{the_map}</div><div>"
+            f"heads.</p>{legend}{picker}<div class=at-layout><div>{the_map}</div><div>"
             "<p id=at-empty class=muted>Click a head on the map to see what it does and "
             f"whether it matters.</p>{''.join(sections)}</div></div>")
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{esc(title)}</title><style>{_STYLE}</style></head>\n<body>\n{body}\n"
-            f"<script>{_SCRIPT}</script>\n</body></html>\n")
+            f"{qk_data}<script>{_SCRIPT}</script>\n</body></html>\n")
     return Report(page, title)
+
+
+#: Characters of the sentence shown on each side of a hovered token.
+_CONTEXT_CHARS = 80
+
+
+def _qk_payload(result: CorpusResult) -> tuple[str, str]:
+    """The page's query/key data (a JSON script block; empty when the run kept no sample)
+    and the note each head section shows above its scatter.
+
+    The JSON holds ``tokens``: per sampled token [sentence before it, its label, the token's
+    text, sentence after it, relative position 0..1, token position], and ``heads``: per
+    ``"L-H"`` the base64 of uint16 ``[2N, 2]``, the joint embedding's points (queries first)
+    scaled to 0..65535 in each axis.
+    """
+    if not result.has_qk_sample():
+        return "", ""
+    from attnscope.analysis.embeddings import joint_embedding
+
+    sample = result.qk_sample()
+    tokens = []
+    for r in sample.tokens.itertuples(index=False):
+        text = r.text if r.segment == 0 or r.text_b is None else r.text_b
+        start, end = int(r.char_start), int(r.char_end)
+        before = text[max(0, start - _CONTEXT_CHARS):start]
+        after = text[end:end + _CONTEXT_CHARS]
+        before = ("\u2026" if start > _CONTEXT_CHARS else "") + before
+        after += "\u2026" if end + _CONTEXT_CHARS < len(text) else ""
+        share = int(r.token_pos) / max(int(r.n_tokens) - 1, 1)
+        tokens.append([before, token_label(r.token), text[start:end], after, round(share, 4),
+                       int(r.token_pos)])
+    heads = {}
+    for layer in range(result.num_layers):
+        for head in range(result.num_heads):
+            points = joint_embedding(sample.queries[:, layer, head],
+                                     sample.keys[:, layer, head]).points  # (2N, 2)
+            low, high = points.min(axis=0), points.max(axis=0)
+            span = np.where(high > low, high - low, 1.0)
+            scaled = np.round((points - low) / span * 65535).astype("<u2")
+            heads[f"{layer}-{head}"] = base64.b64encode(scaled.tobytes()).decode("ascii")
+    # "<" written as \u003c: no text in the data can close the script block
+    data = json.dumps({"tokens": tokens, "heads": heads}, ensure_ascii=False).replace(
+        "<", "\\u003c")
+    n = len(tokens)
+    note = (f"<p class=muted>The queries (<b class=at-key-q>\u25cf</b>) and keys "
+            f"(<b class=at-key-k>\u25cf</b>) of {n} tokens sampled over the corpus, projected "
+            "together (keys scaled and shifted so both clouds share a mean and a mean norm, "
+            "which changes no attention weight; then PCA). Hover a point for its token in its "
+            "sentence.</p>")
+    return f"<script type=application/json id=at-qk-data>{data}</script>\n", note
 
 
 def _head_section(result: CorpusResult, layer: int, head: int, label: str,
                   stats: dict[str, np.ndarray], shares: np.ndarray, profile: np.ndarray,
-                  importance: Any, examples: list[Any], relations: list[Any]) -> str:
+                  importance: Any, examples: list[Any], relations: list[Any],
+                  qk_note: str = "", view_links: bool = False) -> str:
     """One head's section: shares ``[len(LABELS)]``, profile ``[len(OFFSETS)]``."""
     esc = html.escape
     parts = [f"<h2>Layer {layer}, head {head}: {esc(label or 'no label')}</h2>"]
@@ -272,11 +408,25 @@ def _head_section(result: CorpusResult, layer: int, head: int, label: str,
         items = []
         for r in examples:
             pair = f"{esc(token_label(r.query_token))} \u2192 {esc(token_label(r.key_token))}"
+            link = ""
+            if view_links:
+                query = {"text": r.text, "model": result.model_name, "layer": layer,
+                         "head": head}
+                if isinstance(r.text_b, str):
+                    query["text_b"] = r.text_b
+                link = (f" <a class=at-view target=_top href='/?{esc(urlencode(query))}'>"
+                        "head view</a>")
             items.append(f"<li><b>{r.value:.3f}</b> <span class=at-pair>{pair}</span> "
                          f"<span class=muted>({result.source_unit} {int(r.position)})</span>"
-                         f"<br><small>{esc(r.text)}</small></li>")
+                         f"{link}<br><small>{esc(r.text)}</small></li>")
+        views = ("Each opens its text's head view on this layer and head." if view_links else
+                 f"Their head views need the model: open the store with <code>attnscope serve "
+                 f"--corpus STORE --model {esc(result.model_name)}</code>, or run "
+                 "<code>attnscope corpus-report</code>.")
         parts.append("<h3>Best examples</h3><p class=muted>The strongest single weight between "
-                     f"two words (query \u2192 key).</p><ol>{''.join(items)}</ol>")
+                     f"two words (query \u2192 key). {views}</p><ol>{''.join(items)}</ol>")
+    if qk_note:
+        parts.append(f"<h3>Queries and keys</h3>{qk_note}<div class=at-qk></div>")
     return (f"<section class=at-head id=head-{layer}-{head} data-layer={layer} "
             f"data-head={head} hidden>{''.join(parts)}</section>")
 

@@ -156,13 +156,14 @@ def run(model: LoadedModel, source: Source, store: Store, run_id: str, *, batch_
         limit: int | None = None, top_k: int = 5, engine: str = "local",
         ray_address: str | None = None, workers: int = 2, model_spec: Any = None,
         gpus_per_worker: float = 0.0, progress: bool = True, importance: str | None = None,
-        importance_budget: float | None = 600.0) -> RunSummary:
+        importance_budget: float | None = 600.0, embeddings: int = 0) -> RunSummary:
     """Process ``source`` into ``store`` under ``run_id`` (see the module docstring).
 
     With ``importance`` ("gradient" or "ablation") each batch also gets every text's head
     importance (:func:`attnscope.head_importance`, its probes seeded by the batch's index), in
     the batch's transaction. Exact ablation is estimated from the first batch and refused when
-    the whole run would pass ``importance_budget`` seconds (None: no limit).
+    the whole run would pass ``importance_budget`` seconds (None: no limit). With
+    ``embeddings`` N > 0 the store keeps the queries and keys of the run's N sampled tokens.
     """
     if engine not in ("local", "ray"):
         raise AttnscopeError(f"Unknown engine {engine!r}: choose 'local' or 'ray'.")
@@ -185,7 +186,7 @@ def run(model: LoadedModel, source: Source, store: Store, run_id: str, *, batch_
         # process_batch knows positions, not what they count: say "line 12: ..." here
         result.problems = [(position, kind, f"{source.unit} {position}: {message}")
                            for position, kind, message in result.problems]
-        store.commit(run_id, result, planned_index, top_k)
+        store.commit(run_id, result, planned_index, top_k, embeddings)
         summary.processed += len(result.texts)
         summary.tokens += result.num_tokens
         summary.batches += 1
@@ -205,7 +206,8 @@ def run(model: LoadedModel, source: Source, store: Store, run_id: str, *, batch_
         if engine == "local":
             for batch in planned:
                 clock = time.perf_counter()
-                result = process_batch(model, batch.items, top_k=top_k)
+                result = process_batch(model, batch.items, top_k=top_k,
+                                       embeddings=embeddings)
                 if importance is not None and result.texts:
                     if not estimated and importance_budget is not None:
                         _check_ablation_budget(model, source, limit, batch_size,
@@ -216,7 +218,7 @@ def run(model: LoadedModel, source: Source, store: Store, run_id: str, *, batch_
                 committed(batch.index, result)
         else:
             for index, result in _ray_results(planned, model_spec, workers, ray_address, top_k,
-                                              gpus_per_worker):
+                                              gpus_per_worker, embeddings):
                 committed(index, result)
     finally:
         if bar is not None:
@@ -266,7 +268,7 @@ def _check_ablation_budget(model: LoadedModel, source: Source, limit: int | None
 class _RayBatchWorker:
     """A Ray Data actor: loads the model once, then runs :func:`process_batch` per row."""
 
-    def __init__(self, model_spec: Any, top_k: int, threads: int) -> None:
+    def __init__(self, model_spec: Any, top_k: int, threads: int, embeddings: int = 0) -> None:
         import os
 
         import torch
@@ -278,6 +280,7 @@ class _RayBatchWorker:
 
         self.model = load(model_spec)
         self.top_k = top_k
+        self.embeddings = embeddings
 
     def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
@@ -285,14 +288,15 @@ class _RayBatchWorker:
         results = []
         for index, payload in zip(rows["index"], rows["payload"], strict=True):
             items = pickle.loads(payload)
-            result = process_batch(self.model, items, top_k=self.top_k)
+            result = process_batch(self.model, items, top_k=self.top_k,
+                                   embeddings=self.embeddings)
             results.append(pickle.dumps((int(index), result)))
         return {"result": np.array(results, dtype=object)}
 
 
 def _ray_results(planned: Iterator[_Planned], model_spec: Any, workers: int,
                  ray_address: str | None, top_k: int,
-                 gpus: float = 0.0) -> Iterator[tuple[int, Any]]:
+                 gpus: float = 0.0, embeddings: int = 0) -> Iterator[tuple[int, Any]]:
     import os
 
     # A busy machine can take longer than Ray's default 30 s to start its node.
@@ -322,22 +326,23 @@ def _ray_results(planned: Iterator[_Planned], model_spec: Any, workers: int,
         for batch in planned:
             chunk.append(batch)
             if len(chunk) >= RAY_CHUNK_BATCHES:
-                yield from _ray_chunk(ray, chunk, model_spec, workers, top_k, gpus)
+                yield from _ray_chunk(ray, chunk, model_spec, workers, top_k, gpus, embeddings)
                 chunk = []
         if chunk:
-            yield from _ray_chunk(ray, chunk, model_spec, workers, top_k, gpus)
+            yield from _ray_chunk(ray, chunk, model_spec, workers, top_k, gpus, embeddings)
     finally:
         if started_here:
             ray.shutdown()
 
 
 def _ray_chunk(ray, chunk: list[_Planned], model_spec: Any, workers: int, top_k: int,
-               gpus: float) -> Iterator[tuple[int, Any]]:
+               gpus: float, embeddings: int = 0) -> Iterator[tuple[int, Any]]:
     rows = [{"index": b.index, "payload": pickle.dumps(b.items)} for b in chunk]
     # one block per batch, so the actors share the work batch by batch
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         _RayBatchWorker,
-        fn_constructor_kwargs={"model_spec": model_spec, "top_k": top_k, "threads": 1},
+        fn_constructor_kwargs={"model_spec": model_spec, "top_k": top_k, "threads": 1,
+                               "embeddings": embeddings},
         # Ray hides GPUs from actors that ask for none: a worker sees one only when asked
         batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows))),
         num_cpus=1, batch_format="numpy", **({"num_gpus": gpus} if gpus else {}),

@@ -47,6 +47,21 @@ class CorpusImportance:
     texts: int
 
 
+@dataclass(frozen=True)
+class QKSample:
+    """A run's sampled tokens (``attnscope corpus --embeddings N``), in priority order.
+
+    ``tokens``: a DataFrame with one row per token: text_key, token_pos, token, segment (0:
+    ``text``, 1: ``text_b``), char_start, char_end (its span in that text), text, text_b,
+    position (in the input), n_tokens. ``queries`` and ``keys``: float32 ``[N, L, H, d_head]``,
+    the token's query and key in every head (keys post-rotary, key/value heads repeated).
+    """
+
+    tokens: DataFrame
+    queries: np.ndarray
+    keys: np.ndarray
+
+
 class CorpusResult:
     """The statistics of one run in a corpus store (a DuckDB file).
 
@@ -266,6 +281,46 @@ class CorpusResult:
         counts[layer, head] = n
         return CorpusImportance(str(frame["method"].iloc[0]), values, spread,
                                 int(counts.max()))
+
+    # ----- the query/key sample ----------------------------------------------------------------
+    def has_qk_sample(self) -> bool:
+        """Whether the run kept sampled queries and keys (a run with ``embeddings=``)."""
+        with self._connection() as con:
+            if not con.execute("SELECT count(*) FROM information_schema.tables "
+                               "WHERE table_name = 'embeddings'").fetchone()[0]:
+                return False
+            return con.execute("SELECT count(*) FROM (SELECT 1 FROM embeddings WHERE run_id = ? "
+                               "LIMIT 1)", [self.run_id]).fetchone()[0] > 0
+
+    def qk_sample(self) -> QKSample:
+        """The run's sampled tokens with their queries and keys in every head (see
+        :class:`QKSample`); one sentence when the run kept none or the rows are damaged."""
+        from attnscope.analysis.corpus import EMBEDDINGS_LIMIT
+
+        if not self.has_qk_sample():
+            raise AttnscopeError(f"Run {self.run_id!r} in '{self.path}' kept no queries and "
+                                 "keys: run attnscope corpus again with --embeddings N (into a "
+                                 "new store or --run).")
+        frame = self._query(
+            "SELECT e.text_key, e.token_pos, e.token, e.segment, e.char_start, e.char_end, "
+            "e.head_dim, e.queries, e.keys, t.text, t.text_b, t.position, t.n_tokens "
+            "FROM embeddings e JOIN texts t USING (run_id, text_key) WHERE e.run_id = ? "
+            f"ORDER BY e.priority, e.text_key, e.token_pos LIMIT {EMBEDDINGS_LIMIT}",
+            [self.run_id])
+        dims = set(frame["head_dim"].tolist())
+        layers, heads = self.num_layers, self.num_heads
+        width = next(iter(dims)) if len(dims) == 1 else 0
+        size = layers * heads * width * 4
+        if not (isinstance(width, int | np.integer) and 1 <= width <= 65_536) or any(
+                len(blob) != size for column in ("queries", "keys") for blob in frame[column]):
+            raise AttnscopeError(f"The corpus store '{self.path}' is damaged: run "
+                                 f"{self.run_id!r} has embeddings rows that are not float32 "
+                                 f"[{layers}, {heads}, d_head] queries and keys.")
+        shape = (len(frame), layers, heads, int(width))
+        queries = np.frombuffer(b"".join(frame["queries"]), np.float32).reshape(shape)
+        keys = np.frombuffer(b"".join(frame["keys"]), np.float32).reshape(shape)
+        tokens = frame.drop(columns=["head_dim", "queries", "keys"])
+        return QKSample(tokens, queries, keys)
 
     # ----- syntax -----------------------------------------------------------------------------
     def relations(self, min_count: int = 1) -> DataFrame:

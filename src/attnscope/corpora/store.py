@@ -25,6 +25,11 @@ Tables (every one carries ``run_id``; several runs and models share one file):
 * ``head_importance``: run_id, layer, head, method, n, sum, sum_sq -- the sufficient statistics
   of each head's per-text importance (:func:`attnscope.head_importance`), written only by runs
   with ``importance`` (method "gradient" or "ablation"), in the same transaction as the batch.
+* ``embeddings``: run_id, text_key, token_pos, priority, token, segment (0: ``text``, 1:
+  ``text_b``), char_start, char_end (the token's span in its text), head_dim, queries, keys
+  (float32 ``[L, H, head_dim]`` each, as bytes): the sampled tokens of runs with
+  ``embeddings=N``, the ``N`` of smallest priority over the whole run
+  (:func:`attnscope.analysis.corpus.token_priority`), kept in the batch's transaction.
 """
 
 from __future__ import annotations
@@ -70,6 +75,10 @@ CREATE TABLE IF NOT EXISTS problems (
 CREATE TABLE IF NOT EXISTS head_importance (
     run_id VARCHAR, layer SMALLINT, head SMALLINT, method VARCHAR, n BIGINT, sum DOUBLE,
     sum_sq DOUBLE, PRIMARY KEY (run_id, layer, head, method));
+CREATE TABLE IF NOT EXISTS embeddings (
+    run_id VARCHAR, text_key VARCHAR, token_pos INTEGER, priority BIGINT, token VARCHAR,
+    segment SMALLINT, char_start INTEGER, char_end INTEGER, head_dim INTEGER, queries BLOB,
+    keys BLOB, PRIMARY KEY (run_id, text_key, token_pos));
 CREATE OR REPLACE VIEW head_summary AS
     SELECT run_id, layer, head, stat, n, sum / n AS mean,
            sqrt(greatest(sum_sq / n - (sum / n) * (sum / n), 0)) AS std
@@ -339,12 +348,16 @@ class Store:
                                  [(run_id, *p) for p in problems])
 
     # ----- one batch, one transaction ------------------------------------------------------------
-    def commit(self, run_id: str, batch: BatchResult, batch_index: int, top_k: int) -> None:
-        """Add one batch to the run, all or nothing."""
+    def commit(self, run_id: str, batch: BatchResult, batch_index: int, top_k: int,
+               embeddings: int = 0) -> None:
+        """Add one batch to the run, all or nothing; keep the run's ``embeddings`` sampled
+        tokens of smallest priority."""
         con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
             self._write_batch(run_id, batch, batch_index, top_k)
+            if batch.embeddings:
+                self._write_embeddings(run_id, batch.embeddings, embeddings)
             con.execute("UPDATE runs SET updated = ? WHERE run_id = ?",
                         [datetime.now(timezone.utc).replace(tzinfo=None), run_id])
             con.execute("COMMIT")
@@ -387,8 +400,19 @@ class Store:
                     "n = head_stats.n + excluded.n, sum = head_stats.sum + excluded.sum, "
                     "sum_sq = head_stats.sum_sq + excluded.sum_sq")
 
-        if batch.examples:
-            examples = _rows_table(run_id, batch.examples, [
+        # A head's kept examples only get better as batches come in, so a row below the
+        # top_k-th value its head and kind already keep can never be kept: it is not written
+        # (the table ends the same; ties are kept for the prune below to settle by key).
+        candidates = batch.examples
+        if candidates:
+            floors = dict(((layer, head, kind), value) for layer, head, kind, value in
+                          con.execute("SELECT layer, head, kind, min(value) FROM examples "
+                                      "WHERE run_id = ? GROUP BY layer, head, kind HAVING "
+                                      "count(*) >= ?", [run_id, top_k]).fetchall())
+            candidates = [row for row in candidates
+                          if row[3] >= floors.get((row[0], row[1], row[2]), -np.inf)]
+        if candidates:
+            examples = _rows_table(run_id, candidates, [
                 ("layer", pa.int16()), ("head", pa.int16()), ("kind", pa.string()),
                 ("value", pa.float64()), ("text_key", pa.string()), ("query_pos", pa.int32()),
                 ("key_pos", pa.int32()), ("query_token", pa.string()),
@@ -436,6 +460,35 @@ class Store:
                     "INSERT INTO head_importance SELECT * FROM batch ON CONFLICT DO UPDATE SET "
                     "n = head_importance.n + excluded.n, sum = head_importance.sum + "
                     "excluded.sum, sum_sq = head_importance.sum_sq + excluded.sum_sq")
+
+
+    def _write_embeddings(self, run_id: str, rows: list[tuple], keep: int) -> None:
+        """Add a batch's sampled tokens, then keep the run's ``keep`` of smallest priority
+        (ties to the smaller key and position): the union of every batch's smallest is the
+        run's smallest, whatever order the batches came in."""
+        import pyarrow as pa
+
+        table = pa.table({
+            "run_id": [run_id] * len(rows),
+            "text_key": [r[0] for r in rows],
+            "token_pos": pa.array([r[1] for r in rows], pa.int32()),
+            "priority": pa.array([r[2] for r in rows], pa.int64()),
+            "token": pa.array([r[3] for r in rows], pa.string()),
+            "segment": pa.array([r[4] for r in rows], pa.int16()),
+            "char_start": pa.array([r[5] for r in rows], pa.int32()),
+            "char_end": pa.array([r[6] for r in rows], pa.int32()),
+            "head_dim": pa.array([r[7].shape[-1] for r in rows], pa.int32()),
+            "queries": pa.array([np.ascontiguousarray(r[7], np.float32).tobytes()
+                                 for r in rows], pa.binary()),
+            "keys": pa.array([np.ascontiguousarray(r[8], np.float32).tobytes() for r in rows],
+                             pa.binary()),
+        })
+        _insert(self.con, table, "INSERT OR IGNORE INTO embeddings SELECT * FROM batch")
+        self.con.execute(
+            "DELETE FROM embeddings e USING (SELECT text_key, token_pos, row_number() OVER "
+            "(ORDER BY priority, text_key, token_pos) AS rank FROM embeddings WHERE run_id = ?) r "
+            "WHERE e.run_id = ? AND e.text_key = r.text_key AND e.token_pos = r.token_pos "
+            "AND r.rank > ?", [run_id, run_id, keep])
 
 
 def _rows_table(run_id: str, rows: list[tuple], columns: list[tuple[str, Any]]) -> Any:

@@ -568,6 +568,7 @@ async function exDownload() {
 
 const exCorpus = {
   info: exConfig.corpus, run: null, layer: null, head: null, kind: "weight", loaded: null,
+  view: "stats",
   heads: { rows: [], sort: { key: null, dir: 1 } },
   relations: { rows: [], sort: { key: null, dir: 1 } },
   search: { rows: [], sort: { key: null, dir: 1 } },
@@ -601,6 +602,7 @@ function exCorpusWriteUrl() {
     q.set("head", String(exCorpus.head));
   }
   if (exCorpus.kind !== "weight") q.set("kind", exCorpus.kind);
+  if (exCorpus.view === "atlas") q.set("view", "atlas");
   const rest = q.toString();
   history.replaceState(null, "", location.pathname + "#corpus" + (rest ? "&" + rest : ""));
 }
@@ -613,6 +615,26 @@ function exCorpusReadUrl() {
   exCorpus.layer = int(q.get("layer"));
   exCorpus.head = exCorpus.layer === null ? null : int(q.get("head"));
   exCorpus.kind = exCorpus.info.example_kinds.includes(q.get("kind")) ? q.get("kind") : "weight";
+  exCorpus.view = q.get("view") === "atlas" ? "atlas" : "stats";
+}
+
+// The corpus tab's two views: the statistics (tables, charts, search) and the head atlas, the
+// page attnscope atlas writes, served by /api/corpus/atlas and loaded when first shown.
+function exCorpusShowView(view) {
+  exCorpus.view = view;
+  ex$("corpus-stats").hidden = view !== "stats";
+  ex$("corpus-atlas-card").hidden = view !== "atlas";
+  const buttons = /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll(".ex-subtab"));
+  for (const button of buttons) {
+    button.classList.toggle("ex-active", button.dataset.view === view);
+    button.setAttribute("aria-selected", String(button.dataset.view === view));
+  }
+  if (view === "atlas") {
+    const src = "/api/corpus/atlas?" + new URLSearchParams({ run: exCorpus.run }).toString();
+    const frame = /** @type {HTMLIFrameElement} */ (ex$("corpus-atlas"));
+    if (frame.getAttribute("src") !== src) frame.setAttribute("src", src);
+    ex$("corpus-atlas-link").setAttribute("href", src);
+  }
 }
 
 // Show the corpus tab: load the run's tables and charts once, then the chosen head's texts.
@@ -624,6 +646,7 @@ async function exOpenCorpus() {
   const run = exCorpusRun();
   ex$("corpus-about").textContent = `${run.model}: ${run.texts} texts, ${run.tokens} tokens ` +
     `from ${run.source}`;
+  exCorpusShowView(exCorpus.view || "stats");
   try {
     if (exCorpus.loaded !== exCorpus.run) {
       const params = { run: exCorpus.run };
@@ -855,6 +878,13 @@ function exStartCorpus() {
       exShowTab("text");
       if (exState.text.trim()) exWriteUrl();
       else history.replaceState(null, "", location.pathname);
+    });
+  }
+  const views = /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll(".ex-subtab"));
+  for (const button of views) {
+    button.addEventListener("click", () => {
+      exCorpusShowView(button.dataset.view || "stats");
+      exCorpusWriteUrl();
     });
   }
   const kinds = ex$("corpus-kind");
