@@ -11,6 +11,12 @@ lengths whose lazy capture would not fit the memory limit.
 
     ulimit -v 16000000; ATTNSCOPE_CACHE=/tmp/at-cache-test PYTHONPATH=src \\
         python bench/long.py --lengths 2048 4096 8192
+
+``--layers 4`` runs a random Llama with SmolLM2's heads and width (built from a config, with
+positions up to the longest length) instead, for lengths past SmolLM2's 8,192 positions:
+
+    ulimit -v 8000000; ATTNSCOPE_CACHE=/tmp/at-cache-test PYTHONPATH=src \\
+        python bench/long.py --layers 4 --lengths 2048 4096 8192 16384 32768
 """
 
 from __future__ import annotations
@@ -51,13 +57,38 @@ def long_text(model, n_tokens: int) -> str:
     return model.tokenizer.decode(ids)
 
 
-def child(phase: str, n_tokens: int) -> dict:
+def random_llama(layers: int, positions: int):
+    """A random Llama with SmolLM2-135M's heads and width, ``layers`` layers, and rotary
+    positions up to ``positions``, with SmolLM2's tokenizer."""
+    import copy
+
+    import torch
+    from transformers import LlamaConfig, LlamaModel
+
+    import attnscope as at
+
+    tokenizer = copy.deepcopy(at.load("smollm2", device="cpu").tokenizer)
+    tokenizer.model_max_length = positions
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=WIDTH, num_hidden_layers=layers,
+                         num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+                         intermediate_size=1536, max_position_embeddings=positions,
+                         rope_theta=100000.0)
+    model = LlamaModel(config).eval()
+    model.config._attn_implementation = "eager"
+    return at.load(model, tokenizer=tokenizer, device="cpu", name="random Llama, SmolLM2 heads")
+
+
+def child(phase: str, n_tokens: int, layers: int = 0) -> dict:
+    import gc
+
     import torch
 
     import attnscope as at
 
     torch.manual_seed(0)
-    model = at.load("smollm2", device="cpu")
+    model = random_llama(layers, n_tokens) if layers else at.load("smollm2", device="cpu")
+    gc.collect()
     text = long_text(model, n_tokens)
     base = rss_now()
     result: dict = {"phase": phase}
@@ -77,11 +108,13 @@ def child(phase: str, n_tokens: int) -> dict:
     T = lazy.num_tokens
     timings = {}
     start = time.perf_counter()
-    row = lazy.attention(layer=15, head=4, rows=T - 1)
+    layer = min(15, lazy.num_layers - 1)
+    row = lazy.attention(layer=layer, head=4, rows=T - 1)
     timings["row"] = time.perf_counter() - start
     assert abs(float(row.sum()) - 1) < 1e-4
     start = time.perf_counter()
-    lazy.attention(layer=15, head=4, rows=slice(T - 512, T), cols=slice(0, 512))
+    side = min(512, T)
+    lazy.attention(layer=layer, head=4, rows=slice(T - side, T), cols=slice(0, side))
     timings["tile"] = time.perf_counter() - start
     start = time.perf_counter()
     stats = lazy.head_stats()
@@ -92,15 +125,15 @@ def child(phase: str, n_tokens: int) -> dict:
     return result
 
 
-def lazy_estimate(T: int) -> int:
+def lazy_estimate(T: int, layers: int = LAYERS) -> int:
     """Bytes a lazy capture holds at its peak: q and k twice (hooks, then host copies), the
     values the hooks keep, and one block of scores and weights."""
-    qk = LAYERS * (HEADS + 2 * KV_HEADS) * T * HEAD_DIM * 4
-    return MODEL_BYTES + 2 * qk + 4 * HEADS * 512 * T * 4 + 40 * T * WIDTH * 4
+    qk = layers * (HEADS + 2 * KV_HEADS) * T * HEAD_DIM * 4
+    return MODEL_BYTES + 2 * qk + 4 * HEADS * 512 * T * 4 + (layers + 10) * T * WIDTH * 4
 
 
-def run_child(phase: str, T: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", phase, str(T)],
+def run_child(phase: str, T: int, layers: int = 0) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", phase, str(T), str(layers)],
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         return {"phase": phase, "error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -114,21 +147,27 @@ def gib(n: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192])
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--layers", type=int, default=0,
+                        help="a random Llama with SmolLM2's heads and this many layers")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]))))
+        print(json.dumps(child(args.child[0], int(args.child[1]), int(args.child[2]))))
         return
     limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    print(f"SmolLM2-135M ({LAYERS} layers x {HEADS} heads, {KV_HEADS} key/value heads), CPU, "
+    layers = args.layers or LAYERS
+    what = (f"random Llama with SmolLM2's heads ({layers} layers" if args.layers
+            else f"SmolLM2-135M ({layers} layers")
+    print(f"{what} x {HEADS} heads, {KV_HEADS} key/value heads), CPU, "
           f"{os.cpu_count()} cores, torch threads {__import__('torch').get_num_threads()}")
+    previous = None
     for T in args.lengths:
-        eager = LAYERS * HEADS * T * T * 4
-        if limit != resource.RLIM_INFINITY and lazy_estimate(T) * 2 > limit:
-            print(f"\n{T} tokens: skipped (a lazy capture needs about {gib(lazy_estimate(T))}; "
-                  f"ulimit -v allows {gib(limit)})")
+        eager = layers * HEADS * T * T * 4
+        if limit != resource.RLIM_INFINITY and lazy_estimate(T, layers) * 2 > limit:
+            print(f"\n{T} tokens: skipped (a lazy capture needs about "
+                  f"{gib(lazy_estimate(T, layers))}; ulimit -v allows {gib(limit)})")
             continue
-        fwd, lazy = run_child("forward", T), run_child("lazy", T)
+        fwd, lazy = run_child("forward", T, args.layers), run_child("lazy", T, args.layers)
         print(f"\n{T} tokens (eager weights would need {gib(eager)})")
         for r in (fwd, lazy):
             if "error" in r:
@@ -146,6 +185,12 @@ def main() -> None:
         print(f"  every head's statistics  {lazy['stats']:8.2f} s   "
               f"({lazy['stats'] / fwd['seconds']:.2f}x the forward pass; peak after all +"
               f"{gib(lazy['peak_after_all'])})")
+        if previous is not None:  # how time grows with the length (T² would be 4x a doubling)
+            T0, fwd0, lazy0 = previous
+            print(f"  growth from {T0} tokens: forward {fwd['seconds'] / fwd0['seconds']:.1f}x, "
+                  f"lazy capture {lazy['seconds'] / lazy0['seconds']:.1f}x, statistics "
+                  f"{lazy['stats'] / lazy0['stats']:.1f}x (tokens {T / T0:.0f}x)")
+        previous = (T, fwd, lazy)
 
 
 if __name__ == "__main__":
