@@ -12,6 +12,9 @@ a score that is ``Σ_rows hit / Σ_rows total`` adds each block's hits and total
 rows adds each block's row values and divides by the count at the end. The one quantity that
 needs every row before it can be read, the "vertical" share (the k most attended key columns),
 keeps the column sums ``[L, H, T]`` and picks the top k at the end.
+
+Each streamed function lives beside its eager version (patterns, layers, flow), which calls it
+when given a LazyTrace; this module gathers them in one place.
 """
 
 from attnscope.analysis.flow import lazy_rollout
