@@ -441,18 +441,8 @@ def generation_payload(view: GenerationView) -> dict[str, Any]:
         "title": trace.model_name,
         "subtitle": (f"{trace.num_layers} layers \u00d7 {trace.num_heads} heads, prompt "
                      f"{_answer_start(trace)} tokens, answer {steps}"),
-        "kinds": ["generation"],
-        "theme": view.theme,
-        "colors": list(HEAD_COLORS),
-        "ramp": [list(map(list, WEIGHT_STOPS[theme])) for theme in ("light", "dark")],
-        "sentence_b_start": None,
-        "tokens": {"self": tokens},
-        "special": {"self": [int(s) for s in special]},
-        "parts": [],
-        "initial": {"part": "self", "layer": view.layer, "heads": None, "head": view.head,
-                    "query": view.query},
-        "qk": None,
-        "token_table": [],
+        **single_text_payload("generation", view.theme, tokens, special, view.layer, view.head,
+                              view.query),
         "gen": {
             "text": readable_tokens(tokens, special),
             "labels": token_labels(tokens, special),
@@ -525,3 +515,23 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, np.generic):
         return _json_safe(value.item())
     return str(value)
+
+
+def single_text_payload(kind: str, theme: str, tokens: list[str], special: list[bool],
+                        layer: int, head: int, query: int) -> dict[str, Any]:
+    """The parts of a view payload the one view script reads for every page of one text with
+    no sentence pair (the generation view, the long view): kind, theme, colours, tokens and
+    the initial selection."""
+    return {
+        "kinds": [kind],
+        "theme": theme,
+        "colors": list(HEAD_COLORS),
+        "ramp": [list(map(list, WEIGHT_STOPS[name])) for name in ("light", "dark")],
+        "sentence_b_start": None,
+        "tokens": {"self": tokens},
+        "special": {"self": [int(s) for s in special]},
+        "parts": [],
+        "initial": {"part": "self", "layer": layer, "heads": None, "head": head, "query": query},
+        "qk": None,
+        "token_table": [],
+    }

@@ -43,9 +43,12 @@ from attnscope.errors import AttnscopeError, check_index
 from attnscope.files import write_text
 from attnscope.readable import readable_tokens, token_labels
 from attnscope.render import html as page_html
-from attnscope.render.generation_view import LOG8_FLOOR, LOG8_STEP, _log8_plane
-from attnscope.render.static import WEIGHT_STOPS
-from attnscope.render.views import HEAD_COLORS
+from attnscope.render.generation_view import (
+    LOG8_FLOOR,
+    LOG8_STEP,
+    _log8_plane,
+    single_text_payload,
+)
 
 __all__ = ["LEVELS", "MAX_TILE_CELLS", "PAGE_BUDGET", "LongView", "long_page", "long_payload",
            "long_view", "pool_edges", "pooled_attention", "pooled_tile"]
@@ -402,18 +405,8 @@ def long_payload(view: LongView) -> dict[str, Any]:
     return {
         "title": lazy.model_name,
         "subtitle": f"{L} layers \u00d7 {H} heads, {T} tokens",
-        "kinds": ["long"],
-        "theme": view.theme,
-        "colors": list(HEAD_COLORS),
-        "ramp": [list(map(list, WEIGHT_STOPS[theme])) for theme in ("light", "dark")],
-        "sentence_b_start": None,
-        "tokens": {"self": tokens},
-        "special": {"self": [int(s) for s in special]},
-        "parts": [],
-        "initial": {"part": "self", "layer": view.layer, "heads": None, "head": view.head,
-                    "query": view.token},
-        "qk": None,
-        "token_table": [],
+        **single_text_payload("long", view.theme, tokens, special, view.layer, view.head,
+                              view.token),
         "long": {
             "text": readable_tokens(tokens, special),
             "labels": token_labels(tokens, special),
