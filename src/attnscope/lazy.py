@@ -217,15 +217,123 @@ def capture_lazy(
                 np.asarray(value, dtype=np.int64)[None]).to(model.device)
     recorder = QKVRecorder(model)
     facts = recorder.facts()
+    picked = list(range(model.num_layers)) if layer_ids is None else list(layer_ids)
     seq2seq_recorder = None
-    if decoder_side is not None:
-        from attnscope.lazy_seq2seq import Seq2SeqRecorder
+    lse: np.ndarray | None = None
+    if seq2seq:
+        q, k, seq2seq_recorder = _seq2seq_pass(model, inputs, recorder, encoder_only, picked,
+                                               head_ids)
+    else:
+        q, k, lse = _recorded_pass(model, inputs, picked, head_ids)
+    windows = facts.get("sliding_windows") or [None] * model.num_layers
+    windows = [windows[i] for i in picked]
+    lazy = LazyTrace(
+        model_name=model.name, model_type=model.model_type, architecture=model.architecture,
+        text=encoded.text, text_b=text_b, tokens=tuple(encoded.tokens),
+        input_ids=np.asarray(encoded.input_ids), token_type_ids=np.asarray(encoded.token_type_ids),
+        special_mask=np.asarray(encoded.special_mask), word_ids=np.asarray(encoded.word_ids),
+        offsets=np.asarray(encoded.offsets), segment_ids=np.asarray(encoded.segment_ids),
+        sentence_b_start=encoded.sentence_b_start, truncated=int(encoded.dropped),
+        queries=q, keys=k, lse=np.zeros(q.shape[:3], np.float32) if lse is None else lse,
+        scales=np.asarray([facts["attention_scales"][i] for i in picked], np.float32),
+        causal=model.architecture == "decoder",
+        sliding_windows=tuple(None if w is None else int(w) for w in windows),
+        extra=select_extra({"qkv_adapter": facts.get("qkv_adapter"),
+                            **({"position_bias": facts["position_bias"]}
+                               if facts.get("position_bias") else {})}, None, head_ids),
+        layer_ids=layer_ids, head_ids=head_ids,
+    )
+    if lse is None:
+        lazy._compute_lse(block)
+    if seq2seq_recorder is not None:
+        assert decoder_side is not None
+        for part in ("decoder", "cross"):
+            setattr(lazy, part, seq2seq_recorder.part(part, lazy, decoder_side, picked,
+                                                     head_ids, block))
+    return lazy
 
-        seq2seq_recorder = Seq2SeqRecorder(model)
-    if seq2seq_recorder is not None and layer_ids is not None \
-            and max(layer_ids) >= seq2seq_recorder.num_layers:
+
+def _recorded_pass(model: Any, inputs: dict[str, Any], picked: list[int],
+                   head_ids: tuple[int, ...] | None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One pass of an encoder or decoder-only model through the ``"attnscope_lse"`` attention
+    (:mod:`attnscope.lazy_record`): the chosen layers' queries ``[L, H, T, d]``, keys ``[L,
+    H_kv, T, d]`` (one per chosen head when heads are chosen) and row log-sum-exps ``[L, H,
+    T]``, float32, copied to the host layer by layer as the pass runs; lse is None where the
+    kernel could not give it (it is then computed in row blocks)."""
+    import torch
+
+    from attnscope.lazy_record import IMPLEMENTATION, recording, register
+
+    register()  # the implementation must be known before the model switches to it
+    host = _HostCopy(picked, head_ids)
+    with torch.inference_mode():
+        with _fast_attention(model.model, IMPLEMENTATION), recording(host.keep) as record:
+            model.model(**inputs, output_attentions=False, output_hidden_states=False,
+                        return_dict=True)
+    if len(record.queries) != model.num_layers or host.queries is None:
         raise AttnscopeError(
-            f"Layer {max(layer_ids)} is past {model.name}'s {seq2seq_recorder.num_layers} "
+            f"{model.name} ran its attention {len(record.queries)} times for "
+            f"{model.num_layers} layers, so lazy capture cannot tell its layers apart; use "
+            "attention=\"eager\"."
+        )
+    assert host.keys is not None
+    return host.queries, host.keys, host.lse if host.has_lse else None
+
+
+class _HostCopy:
+    """Copies each chosen layer's queries, keys and lse into preallocated host arrays as the
+    pass hands them over, so the pass never holds more than one layer's on the device."""
+
+    def __init__(self, picked: list[int], head_ids: tuple[int, ...] | None) -> None:
+        self.slot = {layer: i for i, layer in enumerate(picked)}
+        self.head_ids = None if head_ids is None else list(head_ids)
+        self.queries: np.ndarray | None = None
+        self.keys: np.ndarray | None = None
+        self.lse: np.ndarray | None = None
+        self.has_lse = True
+
+    def keep(self, layer: int, query: Any, key: Any, lse: Any) -> tuple[None, None, None]:
+        slot = self.slot.get(layer)
+        if slot is None:
+            return None, None, None
+        q, k = query[0], key[0]  # (H, T, d), (H_kv, T, d)
+        lse_row = None if lse is None else lse[0]  # (H, T)
+        if self.head_ids is not None:  # each chosen query head keeps its own key head
+            group = q.shape[0] // k.shape[0]
+            k = k[[h // group for h in self.head_ids]]
+            q = q[self.head_ids]
+            lse_row = None if lse_row is None else lse_row[self.head_ids]
+        if self.queries is None:
+            count = len(self.slot)
+            self.queries = np.empty((count, *q.shape), np.float32)
+            self.keys = np.empty((count, *k.shape), np.float32)
+            self.lse = np.zeros((count, *q.shape[:2]), np.float32)
+        assert self.keys is not None and self.lse is not None
+        self.queries[slot] = q.float().cpu().numpy()
+        self.keys[slot] = k.float().cpu().numpy()
+        if lse_row is None:
+            self.has_lse = False
+        else:
+            self.lse[slot] = lse_row.float().cpu().numpy()
+        return None, None, None
+
+
+def _seq2seq_pass(model: Any, inputs: dict[str, Any], recorder: Any, encoder_only: bool,
+                  picked: list[int], head_ids: tuple[int, ...] | None
+                  ) -> tuple[np.ndarray, np.ndarray, Any]:
+    """An encoder-decoder model's pass, with SDPA and hooks on the projections: the encoder's
+    chosen queries and keys (see :func:`_recorded_pass`), and the
+    :class:`~attnscope.lazy_seq2seq.Seq2SeqRecorder` that holds the decoder's and the cross
+    attention's (None without a decoder text)."""
+    import torch
+
+    from attnscope.lazy_seq2seq import Seq2SeqRecorder
+
+    seq2seq_recorder = None if encoder_only else Seq2SeqRecorder(model)
+    if seq2seq_recorder is not None and max(picked) >= seq2seq_recorder.num_layers:
+        raise AttnscopeError(
+            f"Layer {max(picked)} is past {model.name}'s {seq2seq_recorder.num_layers} "
             "decoder layers; choose layers both stacks have, or leave out the decoder text."
         )
     with torch.inference_mode():
@@ -238,39 +346,13 @@ def capture_lazy(
             runner(**inputs, output_attentions=False, output_hidden_states=False,
                    return_dict=True, **cache)
         queries, keys, _ = recorder.per_layer(repeat_kv_heads=False)
-    picked = list(range(len(queries))) if layer_ids is None else list(layer_ids)
     kv_heads = None
     if head_ids is not None:  # each chosen query head keeps its key head
         group = queries[0].shape[1] // keys[0].shape[1]
         kv_heads = [h // group for h in head_ids]
     q = _to_host([queries[i] for i in picked], head_ids)
     k = _to_host([keys[i] for i in picked], kv_heads)
-    del queries, keys
-    windows = facts.get("sliding_windows") or [None] * model.num_layers
-    windows = [windows[i] for i in picked]
-    lazy = LazyTrace(
-        model_name=model.name, model_type=model.model_type, architecture=model.architecture,
-        text=encoded.text, text_b=text_b, tokens=tuple(encoded.tokens),
-        input_ids=np.asarray(encoded.input_ids), token_type_ids=np.asarray(encoded.token_type_ids),
-        special_mask=np.asarray(encoded.special_mask), word_ids=np.asarray(encoded.word_ids),
-        offsets=np.asarray(encoded.offsets), segment_ids=np.asarray(encoded.segment_ids),
-        sentence_b_start=encoded.sentence_b_start, truncated=int(encoded.dropped),
-        queries=q, keys=k, lse=np.zeros(q.shape[:3], np.float32),
-        scales=np.asarray([facts["attention_scales"][i] for i in picked], np.float32),
-        causal=model.architecture == "decoder",
-        sliding_windows=tuple(None if w is None else int(w) for w in windows),
-        extra=select_extra({"qkv_adapter": facts.get("qkv_adapter"),
-                            **({"position_bias": facts["position_bias"]}
-                               if facts.get("position_bias") else {})}, None, head_ids),
-        layer_ids=layer_ids, head_ids=head_ids,
-    )
-    lazy._compute_lse(block)
-    if seq2seq_recorder is not None:
-        assert decoder_side is not None
-        for part in ("decoder", "cross"):
-            setattr(lazy, part, seq2seq_recorder.part(part, lazy, decoder_side, picked,
-                                                     head_ids, block))
-    return lazy
+    return q, k, seq2seq_recorder
 
 
 def lazy_problem(model: Any) -> str | None:
@@ -314,19 +396,20 @@ _UNSUPPORTED_FAMILIES: frozenset[str] = frozenset()
 
 
 class _fast_attention:
-    """Switch ``model`` to SDPA for the ``with`` block (under a lock) and back to what it used,
-    error or not."""
+    """Switch ``model`` to a fast attention implementation (SDPA, or lazy capture's recording
+    one) for the ``with`` block, under a lock, and back to what it used, error or not."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, implementation: str = "sdpa") -> None:
         self.model = model
+        self.implementation = implementation
         self.previous: str | None = None
 
     def __enter__(self) -> _fast_attention:
         _SWITCH_LOCK.acquire()
         try:
             self.previous = getattr(self.model.config, "_attn_implementation", None) or "eager"
-            if self.previous != "sdpa":
-                self.model.set_attn_implementation("sdpa")
+            if self.previous != self.implementation:
+                self.model.set_attn_implementation(self.implementation)
         except BaseException as err:
             _SWITCH_LOCK.release()
             if isinstance(err, (AttributeError, ValueError, ImportError)):
@@ -339,7 +422,7 @@ class _fast_attention:
 
     def __exit__(self, *exc: Any) -> None:
         try:
-            if self.previous is not None and self.previous != "sdpa":
+            if self.previous is not None and self.previous != self.implementation:
                 self.model.set_attn_implementation(self.previous)
         finally:
             _SWITCH_LOCK.release()

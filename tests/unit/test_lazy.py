@@ -12,7 +12,7 @@ from attnscope.errors import AttnscopeError
 from attnscope.lazy import LazyTrace, eager_bytes, memory_budget
 
 TEXT = "The girl poured water into a tall glass until it overflowed, and then she laughed."
-FAMILIES = ("bert", "gpt2", "llama")
+FAMILIES = ("bert", "distilbert", "roberta", "electra", "gpt2", "llama")
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,30 @@ def test_lazy_tiles_equal_eager_weights(pairs, name):
     if eager.is_causal:  # masked where the model masks: exactly zero above the diagonal
         dense = lazy.to_dense()
         assert np.all(dense[..., np.triu_indices(T, 1)[0], np.triu_indices(T, 1)[1]] == 0)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_row_log_sum_exps_come_from_the_attention_kernel(tiny_models, family, monkeypatch):
+    """The pass itself gives each row's log-sum-exp (SDPA's CPU kernel returns it beside its
+    output): no second pass over the scores, and the same numbers a plain computation gives."""
+    def no_block_pass(self, block):
+        raise AssertionError("the log-sum-exps were computed again after the pass")
+
+    monkeypatch.setattr(LazyTrace, "_compute_lse", no_block_pass)
+    model = tiny_models[family]
+    lazy = at.capture(model, TEXT, attention="lazy", layers=[0, -1], heads=[0, 2])
+    assert lazy.keys.shape[1] == 2  # with chosen heads, each keeps its own key head
+    T = lazy.num_tokens
+    for layer in range(2):
+        scores = np.einsum("htd,hsd->hts", lazy.queries[layer].astype(np.float64),
+                           lazy.keys[layer].astype(np.float64)) * float(lazy.scales[layer])
+        if lazy.is_causal:
+            scores[:, np.triu_indices(T, 1)[0], np.triu_indices(T, 1)[1]] = -np.inf
+        top = scores.max(-1, keepdims=True)
+        plain = (top[..., 0] + np.log(np.exp(scores - top).sum(-1)))  # log Σ_j exp(s_ij)
+        np.testing.assert_allclose(lazy.lse[layer], plain, atol=1e-5, rtol=0)
+    eager = at.capture(model, TEXT, layers=[0, -1], heads=[0, 2])
+    np.testing.assert_allclose(lazy.to_dense(), eager.attentions, atol=1e-5, rtol=0)
 
 
 def test_grouped_query_heads_stay_unrepeated(pairs, tiny_models):
@@ -175,7 +199,9 @@ def test_bad_requests_get_one_sentence(pairs, tiny_models):
             memory_budget(bad)
 
 
-def test_lazy_pass_runs_sdpa_and_restores_eager(tiny_models):
+def test_lazy_pass_runs_fast_attention_and_restores_eager(tiny_models):
+    from attnscope.lazy_record import IMPLEMENTATION
+
     model = tiny_models["llama"]
     seen = []
     handle = model.model.register_forward_pre_hook(
@@ -184,7 +210,7 @@ def test_lazy_pass_runs_sdpa_and_restores_eager(tiny_models):
         at.capture(model, TEXT, attention="lazy")
     finally:
         handle.remove()
-    assert seen == ["sdpa"]
+    assert seen == [IMPLEMENTATION]  # SDPA's kernel, recording queries, keys and lse
     assert model.model.config._attn_implementation == "eager"
 
     def fail(module, args):
