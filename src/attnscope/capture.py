@@ -15,6 +15,7 @@ from attnscope.errors import AttnscopeError, check_flag
 from attnscope.lazy import LazyAttentionWarning, MemoryBudgetError
 from attnscope.models import LoadedModel
 from attnscope.tokens import Tokenization, decoder_tokens, encode
+from attnscope.tokens import pad_inputs as _pad
 from attnscope.trace import Trace
 
 if TYPE_CHECKING:
@@ -121,12 +122,10 @@ def capture(
     """
     from attnscope.lazy import capture_lazy
 
+    _check_attention(attention, qkv, merge_words)
     if attention == "lazy":
         return capture_lazy(model, text, text_b, truncate=truncate,
                             add_special_tokens=add_special_tokens, layers=layers, heads=heads)
-    if attention is not None and attention != "eager":
-        raise AttnscopeError(f"attention must be 'eager', 'lazy' or None (eager unless it "
-                             f"would pass the memory budget), not {attention!r}.")
     try:
         (trace,) = _capture_chunk(model, [(text, text_b)], truncate=truncate, qkv=qkv,
                                   add_special_tokens=add_special_tokens, budget=budget,
@@ -147,6 +146,17 @@ def capture(
     return _maybe_merge(trace, merge_words)
 
 
+def _check_attention(attention: Any, qkv: Any, merge_words: Any) -> None:
+    if attention is not None and attention not in ("eager", "lazy"):
+        raise AttnscopeError(f"attention must be 'eager', 'lazy' or None (eager unless it "
+                             f"would pass the memory budget), not {attention!r}.")
+    if attention == "lazy" and (qkv is not False or merge_words is not False):
+        raise AttnscopeError(
+            "attention=\"lazy\" keeps the queries and keys in the LazyTrace itself and has no "
+            "word-level weights; qkv=True and merge_words=True need attention=\"eager\" (or "
+            "lazy.window(...) for a span as an ordinary Trace).")
+
+
 def _can_go_lazy(model: LoadedModel, qkv: Any, merge_words: Any) -> bool:
     """Whether the default may switch to lazy: nothing asked for needs the eager arrays."""
     from attnscope.lazy import lazy_problem
@@ -158,6 +168,7 @@ def _size(n: int) -> str:
     return f"{n / (1 << 30):.3g} GiB" if n >= 1 << 28 else f"{n / (1 << 20):.3g} MiB"
 
 
+@overload
 def capture_batch(
     model: LoadedModel,
     texts: Sequence[str],
@@ -171,21 +182,78 @@ def capture_batch(
     add_special_tokens: bool = True,
     layers: Any = None,
     heads: Any = None,
-) -> list[Trace]:
+    attention: Literal["eager"],
+    budget: int | None = None,
+) -> list[Trace]: ...
+@overload
+def capture_batch(
+    model: LoadedModel,
+    texts: Sequence[str],
+    texts_b: Sequence[str | None] | None = None,
+    *,
+    batch_size: int = 8,
+    truncate: bool = True,
+    merge_words: bool = False,
+    progress: bool = False,
+    qkv: bool = False,
+    add_special_tokens: bool = True,
+    layers: Any = None,
+    heads: Any = None,
+    attention: Literal["lazy"],
+    budget: int | None = None,
+) -> list[LazyTrace]: ...
+@overload
+def capture_batch(
+    model: LoadedModel,
+    texts: Sequence[str],
+    texts_b: Sequence[str | None] | None = None,
+    *,
+    batch_size: int = 8,
+    truncate: bool = True,
+    merge_words: bool = False,
+    progress: bool = False,
+    qkv: bool = False,
+    add_special_tokens: bool = True,
+    layers: Any = None,
+    heads: Any = None,
+    attention: None = None,
+    budget: int | None = None,
+) -> list[Trace | LazyTrace]: ...
+def capture_batch(
+    model: LoadedModel,
+    texts: Sequence[str],
+    texts_b: Sequence[str | None] | None = None,
+    *,
+    batch_size: int = 8,
+    truncate: bool = True,
+    merge_words: bool = False,
+    progress: bool = False,
+    qkv: bool = False,
+    add_special_tokens: bool = True,
+    layers: Any = None,
+    heads: Any = None,
+    attention: Any = None,
+    budget: int | None = None,
+) -> list[Any]:
     """Capture many texts, ``batch_size`` at a time; returns one Trace per text, in order.
 
     Each Trace equals ``capture(model, text)`` for its text (to float rounding, 1e-5);
-    ``layers`` and ``heads`` as in :func:`capture`.
+    ``layers``, ``heads``, ``attention`` and ``budget`` as in :func:`capture`: with
+    ``attention="lazy"`` each text gives a :class:`~attnscope.lazy.LazyTrace`, from one padded
+    pass per batch; the default switches a batch whose eager weights would pass the budget to
+    lazy, with one :class:`~attnscope.lazy.LazyAttentionWarning`.
     """
     return list(
         iter_capture(
             model, texts, texts_b, batch_size=batch_size, truncate=truncate,
             merge_words=merge_words, progress=progress, qkv=qkv,
             add_special_tokens=add_special_tokens, layers=layers, heads=heads,
+            attention=attention, budget=budget,
         )
     )
 
 
+@overload
 def iter_capture(
     model: LoadedModel,
     texts: Sequence[str],
@@ -199,7 +267,59 @@ def iter_capture(
     add_special_tokens: bool = True,
     layers: Any = None,
     heads: Any = None,
-) -> Iterator[Trace]:
+    attention: Literal["eager"],
+    budget: int | None = None,
+) -> Iterator[Trace]: ...
+@overload
+def iter_capture(
+    model: LoadedModel,
+    texts: Sequence[str],
+    texts_b: Sequence[str | None] | None = None,
+    *,
+    batch_size: int = 8,
+    truncate: bool = True,
+    merge_words: bool = False,
+    progress: bool = False,
+    qkv: bool = False,
+    add_special_tokens: bool = True,
+    layers: Any = None,
+    heads: Any = None,
+    attention: Literal["lazy"],
+    budget: int | None = None,
+) -> Iterator[LazyTrace]: ...
+@overload
+def iter_capture(
+    model: LoadedModel,
+    texts: Sequence[str],
+    texts_b: Sequence[str | None] | None = None,
+    *,
+    batch_size: int = 8,
+    truncate: bool = True,
+    merge_words: bool = False,
+    progress: bool = False,
+    qkv: bool = False,
+    add_special_tokens: bool = True,
+    layers: Any = None,
+    heads: Any = None,
+    attention: None = None,
+    budget: int | None = None,
+) -> Iterator[Trace | LazyTrace]: ...
+def iter_capture(
+    model: LoadedModel,
+    texts: Sequence[str],
+    texts_b: Sequence[str | None] | None = None,
+    *,
+    batch_size: int = 8,
+    truncate: bool = True,
+    merge_words: bool = False,
+    progress: bool = False,
+    qkv: bool = False,
+    add_special_tokens: bool = True,
+    layers: Any = None,
+    heads: Any = None,
+    attention: Any = None,
+    budget: int | None = None,
+) -> Iterator[Any]:
     """Like :func:`capture_batch`, but yields Traces as batches finish (nothing is lost if you
     stop early)."""
     if isinstance(texts, str):
@@ -216,12 +336,47 @@ def iter_capture(
         from tqdm.auto import tqdm
 
         chunks = tqdm(chunks, total=-(-len(pairs) // batch_size), unit="batch")
+    _check_attention(attention, qkv, merge_words)
+    warned = False
     for start in chunks:
         chunk = pairs[start : start + batch_size]
-        for trace in _capture_chunk(model, chunk, truncate=truncate, qkv=qkv,
-                                    add_special_tokens=add_special_tokens, layers=layers,
-                                    heads=heads):
+        if attention == "lazy":
+            yield from _lazy_chunk(model, chunk, truncate, add_special_tokens, layers, heads,
+                                   budget)
+            continue
+        try:
+            traces = _capture_chunk(model, chunk, truncate=truncate, qkv=qkv,
+                                    add_special_tokens=add_special_tokens, budget=budget,
+                                    layers=layers, heads=heads)
+        except MemoryBudgetError as refusal:
+            if attention == "eager" or not _can_go_lazy(model, qkv, merge_words):
+                raise
+            if not warned:
+                import warnings
+
+                warnings.warn(
+                    f"Eager attention for a batch would take about {_size(refusal.need)}, past "
+                    f"the memory budget of {_size(refusal.limit)}; capturing such batches "
+                    "lazily instead (exact weights on demand; attention=\"lazy\" asks for it, "
+                    "attention=\"eager\" refuses).", LazyAttentionWarning, stacklevel=2)
+                warned = True
+            yield from _lazy_chunk(model, chunk, truncate, add_special_tokens, layers, heads,
+                                   budget)
+            continue
+        for trace in traces:
             yield _maybe_merge(trace, merge_words)
+
+
+def _lazy_chunk(model: LoadedModel, chunk: list[tuple[Any, str | None]], truncate: bool,
+                add_special_tokens: bool, layers: Any, heads: Any, budget: Any
+                ) -> list[LazyTrace]:
+    from attnscope.lazy import capture_lazy_batch
+
+    require_loaded(model, "capture")
+    return capture_lazy_batch(model, chunk, truncate=check_flag(truncate, "truncate"),
+                              add_special_tokens=check_flag(add_special_tokens,
+                                                            "add_special_tokens"),
+                              layers=layers, heads=heads, budget=budget)
 
 
 def _is_id_sequence(texts: Any) -> bool:
@@ -371,28 +526,6 @@ def _capture_chunk(
             )
         )
     return traces
-
-
-def _pad(rows: list[dict[str, np.ndarray]], model: LoadedModel, device: Any) -> dict[str, Any]:
-    """Stack per-text model inputs into ``[B, T_max]`` tensors, padded on the right.
-
-    Right padding keeps every real token at the position it has when run alone (learned and
-    rotary position embeddings depend on it), and the attention mask hides the padding from
-    every real query, so each text's rows and columns are exactly its single-text attention.
-    """
-    import torch
-
-    pad_id = model.tokenizer.pad_token_id
-    pad_id = 0 if pad_id is None else pad_id
-    longest = max(len(r["input_ids"]) for r in rows)
-    batch = {}
-    for name in rows[0]:
-        fill = pad_id if name == "input_ids" else 0
-        array = np.full((len(rows), longest), fill, dtype=np.int64)
-        for i, r in enumerate(rows):
-            array[i, : len(r[name])] = r[name]
-        batch[name] = torch.from_numpy(array).to(device)
-    return batch
 
 
 def _pick(tensors: list[Any] | None, layer_ids: tuple[int, ...], *,

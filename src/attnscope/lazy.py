@@ -45,6 +45,7 @@ __all__ = [
     "LazyTrace",
     "MemoryBudgetError",
     "capture_lazy",
+    "capture_lazy_batch",
     "check_eager_memory",
     "eager_bytes",
     "lazy_problem",
@@ -179,20 +180,45 @@ def capture_lazy(
     """Run ``model`` on ``text`` with its fast attention and return a :class:`LazyTrace`.
 
     ``at.capture(model, text, attention="lazy")`` calls this. Memory: the queries
-    ``[L, H, T, d]``, keys ``[L, H_kv, T, d]`` and row log-sum-exps ``[L, H, T]`` (float32),
-    plus one block of scores ``[H / H_kv, block, T]`` at a time. ``layers`` / ``heads`` keep
-    only those (see :func:`attnscope.capture`); with chosen heads each keeps its own copy of
-    its key head (H_kv = H). For an encoder-decoder model (T5, BART) ``text`` is the encoder's
-    input; with ``text_b`` (the decoder's) the result also holds ``.decoder`` and ``.cross``,
-    without it the encoder runs alone.
+    ``[L, H, T, d]``, keys ``[L, H_kv, T, d]`` and row log-sum-exps ``[L, H, T]`` (float32).
+    On a CPU the pass's own attention kernel gives the log-sum-exps; elsewhere they take one
+    more pass over the scores, one block ``[H / H_kv, block, T]`` at a time. ``layers`` /
+    ``heads`` keep only those (see :func:`attnscope.capture`); with chosen heads each keeps
+    its own copy of its key head (H_kv = H). For an encoder-decoder model (T5, BART) ``text``
+    is the encoder's input; with ``text_b`` (the decoder's) the result also holds
+    ``.decoder`` and ``.cross``, without it the encoder runs alone.
 
     Raises:
         AttnscopeError: the family's attention cannot be rebuilt from queries and keys.
     """
-    import torch
+    (lazy,) = capture_lazy_batch(model, [(text, text_b)], truncate=truncate,
+                                 add_special_tokens=add_special_tokens, block=block,
+                                 layers=layers, heads=heads)
+    return lazy
+
+
+def capture_lazy_batch(
+    model: Any,
+    pairs: Sequence[tuple[Any, str | None]],
+    *,
+    truncate: bool = True,
+    add_special_tokens: bool = True,
+    block: int = DEFAULT_BLOCK,
+    layers: Any = None,
+    heads: Any = None,
+    budget: Any = None,
+) -> list[LazyTrace]:
+    """:func:`capture_lazy` for several ``(text, text_b)`` pairs, in one padded pass.
+
+    ``at.capture_batch(model, texts, attention="lazy")`` calls this. Texts are padded on the
+    right (every real token keeps its position) and the padding is masked, so each LazyTrace
+    equals the one its text gives alone. The pass holds the model's ``[B, 1, T, T]`` mask and
+    the kernel's additive copy of it (``B·T²·5`` bytes): past the memory budget the texts run
+    one at a time, with no mask. Encoder-decoder models run one text at a time.
+    """
 
     from attnscope.adapters.hooks import QKVRecorder
-    from attnscope.selection import choose, select_extra
+    from attnscope.selection import choose
     from attnscope.tokens import encode
 
     block = _positive_int(block, "block")
@@ -201,33 +227,56 @@ def capture_lazy(
     problem = lazy_problem(model)
     if problem:
         raise AttnscopeError(problem)
-    seq2seq = model.architecture == "encoder-decoder"
-    encoder_only = seq2seq and text_b is None
-    encoded = encode(model, text, None if seq2seq else text_b, truncate=truncate,
-                     add_special_tokens=add_special_tokens)
-    inputs = {name: torch.from_numpy(np.asarray(value, dtype=np.int64)[None]).to(model.device)
-              for name, value in encoded.model_inputs.items()}
-    decoder_side = None
-    if seq2seq and not encoder_only:
-        from attnscope.tokens import decoder_tokens
-
-        decoder_side = decoder_tokens(model, text_b, truncate)
-        for name, value in decoder_side.model_inputs.items():
-            inputs[f"decoder_{name}"] = torch.from_numpy(
-                np.asarray(value, dtype=np.int64)[None]).to(model.device)
-    recorder = QKVRecorder(model)
-    facts = recorder.facts()
+    if model.architecture == "encoder-decoder":
+        return [_capture_seq2seq(model, text, text_b, truncate, add_special_tokens, block,
+                                 layer_ids, head_ids) for text, text_b in pairs]
+    encoded = [encode(model, text, text_b, truncate=truncate,
+                      add_special_tokens=add_special_tokens) for text, text_b in pairs]
+    facts = QKVRecorder(model).facts()
     picked = list(range(model.num_layers)) if layer_ids is None else list(layer_ids)
-    seq2seq_recorder = None
-    lse: np.ndarray | None = None
-    if seq2seq:
-        q, k, seq2seq_recorder = _seq2seq_pass(model, inputs, recorder, encoder_only, picked,
-                                               head_ids)
+    longest = max(len(e) for e in encoded)
+    if len(encoded) > 1 and len(encoded) * longest * longest * 5 > memory_budget(budget):
+        return [lazy for e, (_, text_b) in zip(encoded, pairs, strict=True)
+                for lazy in _lazy_traces(model, [e], [text_b], facts, picked, layer_ids,
+                                         head_ids, block)]
+    return _lazy_traces(model, encoded, [b for _, b in pairs], facts, picked, layer_ids,
+                        head_ids, block)
+
+
+def _lazy_traces(model: Any, encoded: list[Any], texts_b: list[str | None],
+                 facts: dict[str, Any], picked: list[int], layer_ids: tuple[int, ...] | None,
+                 head_ids: tuple[int, ...] | None, block: int) -> list[LazyTrace]:
+    """One pass over ``encoded`` (padded when there are several) and its LazyTraces."""
+    import torch
+
+    from attnscope.tokens import pad_inputs
+
+    if len(encoded) == 1:  # no padding, so no mask: decoders run SDPA's causal kernel
+        inputs = {name: torch.from_numpy(np.asarray(value, dtype=np.int64)[None])
+                  .to(model.device) for name, value in encoded[0].model_inputs.items()}
     else:
-        q, k, lse = _recorded_pass(model, inputs, picked, head_ids)
+        inputs = pad_inputs([e.model_inputs for e in encoded], model, model.device)
+    parts = _recorded_pass(model, inputs, picked, head_ids, [len(e) for e in encoded])
+    traces = []
+    for enc, text_b, (q, k, lse) in zip(encoded, texts_b, parts, strict=True):
+        lazy = _lazy_trace(model, enc, text_b, facts, picked, layer_ids, head_ids, q, k, lse)
+        if lse is None:
+            lazy._compute_lse(block)
+        traces.append(lazy)
+    return traces
+
+
+def _lazy_trace(model: Any, encoded: Any, text_b: str | None, facts: dict[str, Any],
+                picked: list[int], layer_ids: tuple[int, ...] | None,
+                head_ids: tuple[int, ...] | None, q: np.ndarray, k: np.ndarray,
+                lse: np.ndarray | None) -> LazyTrace:
+    """A LazyTrace of one text from its tokenization and what its pass recorded (lse zero
+    when the caller computes it afterwards)."""
+    from attnscope.selection import select_extra
+
     windows = facts.get("sliding_windows") or [None] * model.num_layers
     windows = [windows[i] for i in picked]
-    lazy = LazyTrace(
+    return LazyTrace(
         model_name=model.name, model_type=model.model_type, architecture=model.architecture,
         text=encoded.text, text_b=text_b, tokens=tuple(encoded.tokens),
         input_ids=np.asarray(encoded.input_ids), token_type_ids=np.asarray(encoded.token_type_ids),
@@ -243,8 +292,35 @@ def capture_lazy(
                                if facts.get("position_bias") else {})}, None, head_ids),
         layer_ids=layer_ids, head_ids=head_ids,
     )
-    if lse is None:
-        lazy._compute_lse(block)
+
+
+def _capture_seq2seq(model: Any, text: Any, text_b: str | None, truncate: bool,
+                     add_special_tokens: bool, block: int, layer_ids: tuple[int, ...] | None,
+                     head_ids: tuple[int, ...] | None) -> LazyTrace:
+    """An encoder-decoder model's LazyTrace: the encoder's, with ``.decoder`` and ``.cross``
+    when there is a decoder text."""
+    import torch
+
+    from attnscope.adapters.hooks import QKVRecorder
+    from attnscope.tokens import decoder_tokens, encode
+
+    encoder_only = text_b is None
+    encoded = encode(model, text, None, truncate=truncate, add_special_tokens=add_special_tokens)
+    inputs = {name: torch.from_numpy(np.asarray(value, dtype=np.int64)[None]).to(model.device)
+              for name, value in encoded.model_inputs.items()}
+    decoder_side = None
+    if not encoder_only:
+        decoder_side = decoder_tokens(model, text_b, truncate)
+        for name, value in decoder_side.model_inputs.items():
+            inputs[f"decoder_{name}"] = torch.from_numpy(
+                np.asarray(value, dtype=np.int64)[None]).to(model.device)
+    recorder = QKVRecorder(model)
+    facts = recorder.facts()
+    picked = list(range(model.num_layers)) if layer_ids is None else list(layer_ids)
+    q, k, seq2seq_recorder = _seq2seq_pass(model, inputs, recorder, encoder_only, picked,
+                                           head_ids, layer_ids is not None)
+    lazy = _lazy_trace(model, encoded, text_b, facts, picked, layer_ids, head_ids, q, k, None)
+    lazy._compute_lse(block)
     if seq2seq_recorder is not None:
         assert decoder_side is not None
         for part in ("decoder", "cross"):
@@ -254,73 +330,80 @@ def capture_lazy(
 
 
 def _recorded_pass(model: Any, inputs: dict[str, Any], picked: list[int],
-                   head_ids: tuple[int, ...] | None
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """One pass of an encoder or decoder-only model through the ``"attnscope_lse"`` attention
-    (:mod:`attnscope.lazy_record`): the chosen layers' queries ``[L, H, T, d]``, keys ``[L,
-    H_kv, T, d]`` (one per chosen head when heads are chosen) and row log-sum-exps ``[L, H,
-    T]``, float32, copied to the host layer by layer as the pass runs; lse is None where the
-    kernel could not give it (it is then computed in row blocks)."""
+                   head_ids: tuple[int, ...] | None, lengths: list[int]
+                   ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """One pass of an encoder or decoder-only model over a batch of ``len(lengths)`` texts,
+    padded on the right, through the ``"attnscope_lse"`` attention
+    (:mod:`attnscope.lazy_record`). Per text: the chosen layers' queries ``[L, H, T, d]``,
+    keys ``[L, H_kv, T, d]`` (one per chosen head when heads are chosen) and row log-sum-exps
+    ``[L, H, T]``, float32, cut to its ``T`` real tokens and copied to the host layer by layer
+    as the pass runs; lse is None where the kernel could not give it (it is then computed in
+    row blocks)."""
     import torch
 
     from attnscope.lazy_record import IMPLEMENTATION, recording, register
 
     register()  # the implementation must be known before the model switches to it
-    host = _HostCopy(picked, head_ids)
-    with torch.inference_mode():
-        with _fast_attention(model.model, IMPLEMENTATION), recording(host.keep) as record:
-            model.model(**inputs, output_attentions=False, output_hidden_states=False,
-                        return_dict=True)
-    if len(record.queries) != model.num_layers or host.queries is None:
+    host = _HostCopy(picked, head_ids, lengths)
+    with torch.inference_mode(), _fast_attention(model.model, IMPLEMENTATION), \
+            recording(host.keep) as record:
+        model.model(**inputs, output_attentions=False, output_hidden_states=False,
+                    return_dict=True)
+    if len(record.queries) != model.num_layers or not host.queries:
         raise AttnscopeError(
             f"{model.name} ran its attention {len(record.queries)} times for "
             f"{model.num_layers} layers, so lazy capture cannot tell its layers apart; use "
             "attention=\"eager\"."
         )
-    assert host.keys is not None
-    return host.queries, host.keys, host.lse if host.has_lse else None
+    return [(q, k, lse if host.has_lse else None)
+            for q, k, lse in zip(host.queries, host.keys, host.lse, strict=True)]
 
 
 class _HostCopy:
-    """Copies each chosen layer's queries, keys and lse into preallocated host arrays as the
-    pass hands them over, so the pass never holds more than one layer's on the device."""
+    """Copies each chosen layer's queries, keys and lse into preallocated host arrays, one set
+    per text of the batch, as the pass hands them over, so the pass never holds more than one
+    layer's on the device."""
 
-    def __init__(self, picked: list[int], head_ids: tuple[int, ...] | None) -> None:
+    def __init__(self, picked: list[int], head_ids: tuple[int, ...] | None,
+                 lengths: list[int]) -> None:
         self.slot = {layer: i for i, layer in enumerate(picked)}
         self.head_ids = None if head_ids is None else list(head_ids)
-        self.queries: np.ndarray | None = None
-        self.keys: np.ndarray | None = None
-        self.lse: np.ndarray | None = None
+        self.lengths = lengths
+        self.queries: list[np.ndarray] = []
+        self.keys: list[np.ndarray] = []
+        self.lse: list[np.ndarray] = []
         self.has_lse = True
 
     def keep(self, layer: int, query: Any, key: Any, lse: Any) -> tuple[None, None, None]:
+        """``query`` ``[B, H, T_max, d]``, ``key`` ``[B, H_kv, T_max, d]``, ``lse``
+        ``[B, H, T_max]`` or None."""
         slot = self.slot.get(layer)
         if slot is None:
             return None, None, None
-        q, k = query[0], key[0]  # (H, T, d), (H_kv, T, d)
-        lse_row = None if lse is None else lse[0]  # (H, T)
+        q, k = query, key
         if self.head_ids is not None:  # each chosen query head keeps its own key head
-            group = q.shape[0] // k.shape[0]
-            k = k[[h // group for h in self.head_ids]]
-            q = q[self.head_ids]
-            lse_row = None if lse_row is None else lse_row[self.head_ids]
-        if self.queries is None:
+            group = q.shape[1] // k.shape[1]
+            k = k[:, [h // group for h in self.head_ids]]
+            q = q[:, self.head_ids]
+            lse = None if lse is None else lse[:, self.head_ids]
+        if not self.queries:
             count = len(self.slot)
-            self.queries = np.empty((count, *q.shape), np.float32)
-            self.keys = np.empty((count, *k.shape), np.float32)
-            self.lse = np.zeros((count, *q.shape[:2]), np.float32)
-        assert self.keys is not None and self.lse is not None
-        self.queries[slot] = q.float().cpu().numpy()
-        self.keys[slot] = k.float().cpu().numpy()
-        if lse_row is None:
-            self.has_lse = False
-        else:
-            self.lse[slot] = lse_row.float().cpu().numpy()
+            for n in self.lengths:
+                self.queries.append(np.empty((count, q.shape[1], n, q.shape[3]), np.float32))
+                self.keys.append(np.empty((count, k.shape[1], n, k.shape[3]), np.float32))
+                self.lse.append(np.zeros((count, q.shape[1], n), np.float32))
+        for b, n in enumerate(self.lengths):
+            self.queries[b][slot] = q[b, :, :n].float().cpu().numpy()
+            self.keys[b][slot] = k[b, :, :n].float().cpu().numpy()
+            if lse is None:
+                self.has_lse = False
+            else:
+                self.lse[b][slot] = lse[b, :, :n].float().cpu().numpy()
         return None, None, None
 
 
 def _seq2seq_pass(model: Any, inputs: dict[str, Any], recorder: Any, encoder_only: bool,
-                  picked: list[int], head_ids: tuple[int, ...] | None
+                  picked: list[int], head_ids: tuple[int, ...] | None, chosen: bool
                   ) -> tuple[np.ndarray, np.ndarray, Any]:
     """An encoder-decoder model's pass, with SDPA and hooks on the projections: the encoder's
     chosen queries and keys (see :func:`_recorded_pass`), and the
@@ -331,7 +414,7 @@ def _seq2seq_pass(model: Any, inputs: dict[str, Any], recorder: Any, encoder_onl
     from attnscope.lazy_seq2seq import Seq2SeqRecorder
 
     seq2seq_recorder = None if encoder_only else Seq2SeqRecorder(model)
-    if seq2seq_recorder is not None and max(picked) >= seq2seq_recorder.num_layers:
+    if seq2seq_recorder is not None and chosen and max(picked) >= seq2seq_recorder.num_layers:
         raise AttnscopeError(
             f"Layer {max(picked)} is past {model.name}'s {seq2seq_recorder.num_layers} "
             "decoder layers; choose layers both stacks have, or leave out the decoder text."

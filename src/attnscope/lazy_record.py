@@ -75,7 +75,7 @@ def kernel_available() -> bool:
     return hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
 
 
-class recording:  # noqa: N801  (used as a ``with`` statement, like contextlib's helpers)
+class recording:
     """Record this thread's passes through models running the ``"attnscope_lse"``
     implementation (see the module docstring). Switching the model to it is the caller's
     part (:class:`attnscope.lazy._fast_attention`)."""

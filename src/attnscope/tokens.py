@@ -20,7 +20,8 @@ from attnscope.errors import AttnscopeError
 from attnscope.models import LoadedModel
 
 __all__ = ["CHAT_ROLES", "Tokenization", "TruncationWarning", "check_ids", "check_messages",
-           "check_text", "decoder_tokens", "encode", "tokenize", "tokenize_chat", "tokenize_ids"]
+           "check_text", "decoder_tokens", "encode", "pad_inputs", "tokenize", "tokenize_chat",
+           "tokenize_ids"]
 
 #: The message roles a chat prompt may hold (each token's role in ``Tokenization.roles``, with
 #: ``"markup"`` for what the chat template adds around them).
@@ -680,3 +681,26 @@ def decoder_tokens(model: LoadedModel, text_b: str | None, truncate: bool) -> To
         offsets=np.full((1, 2), -1, np.int64), segment_ids=np.full(1, -1, np.int64),
         sentence_b_start=None, model_inputs={"input_ids": ids, "attention_mask": ones},
     )
+
+
+def pad_inputs(rows: list[dict[str, np.ndarray]], model: LoadedModel, device: Any
+               ) -> dict[str, Any]:
+    """Stack per-text model inputs into ``[B, T_max]`` tensors, padded on the right.
+
+    Right padding keeps every real token at the position it has when run alone (learned and
+    rotary position embeddings depend on it), and the attention mask hides the padding from
+    every real query, so each text's rows and columns are exactly its single-text attention.
+    """
+    import torch
+
+    pad_id = model.tokenizer.pad_token_id
+    pad_id = 0 if pad_id is None else pad_id
+    longest = max(len(r["input_ids"]) for r in rows)
+    batch = {}
+    for name in rows[0]:
+        fill = pad_id if name == "input_ids" else 0
+        array = np.full((len(rows), longest), fill, dtype=np.int64)
+        for i, r in enumerate(rows):
+            array[i, : len(r[name])] = r[name]
+        batch[name] = torch.from_numpy(array).to(device)
+    return batch

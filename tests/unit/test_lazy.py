@@ -411,3 +411,46 @@ def test_a_lazy_file_with_broken_decoder_parts_does_not_load(tiny_models, tmp_pa
     odd = json.loads(json.dumps(meta))
     odd["parts"]["encoder"] = odd["parts"].pop("cross")
     assert "its parts are not a map" in broken("parts", odd, arrays)
+
+
+BATCH = ["The girl poured water into a tall glass until it overflowed.",
+         "A dog barked.",
+         "Ships sail where the river meets the sea, and the gulls follow them home at dusk."]
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "mistral", "qwen2"])
+def test_padded_lazy_batches_equal_each_text_alone(tiny_models, windowed, family):
+    """One padded pass: every text's tiles and row log-sum-exps equal its eager weights and its
+    lazy capture alone (padding masked as the model masks it, with sliding windows too)."""
+    model = (tiny_models | windowed)[family]
+    lazies = at.capture_batch(model, BATCH, batch_size=3, attention="lazy")
+    assert [type(x) for x in lazies] == [LazyTrace] * 3
+    for text, lazy in zip(BATCH, lazies, strict=True):
+        alone = at.capture(model, text, attention="lazy")
+        eager = at.capture(model, text, attention="eager")
+        assert lazy.tokens == eager.tokens and lazy.num_tokens == eager.num_tokens
+        np.testing.assert_allclose(lazy.lse, alone.lse, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(lazy.to_dense(), eager.attentions, atol=1e-5, rtol=0)
+
+
+def test_lazy_batches_past_the_mask_budget_run_one_text_at_a_time(tiny_models, monkeypatch):
+    """A padded pass holds a [B, 1, T, T] mask: past the budget each text runs alone (no mask),
+    with the same result; the default switches a batch past the eager budget to lazy, once."""
+    from attnscope.lazy import LazyAttentionWarning
+
+    model = tiny_models["llama"]
+    together = at.capture_batch(model, BATCH, attention="lazy")
+    alone = at.capture_batch(model, BATCH, attention="lazy", budget=64)
+    for a, b in zip(together, alone, strict=True):
+        np.testing.assert_allclose(a.to_dense(), b.to_dense(), atol=1e-5, rtol=0)
+    monkeypatch.setenv("ATTNSCOPE_MEMORY_BUDGET", "1000")
+    with pytest.warns(LazyAttentionWarning) as notes:
+        auto = at.capture_batch(model, BATCH, batch_size=2)
+    assert len(notes) == 1 and [type(x) for x in auto] == [LazyTrace] * 3
+    for a, b in zip(together, auto, strict=True):
+        np.testing.assert_allclose(a.lse, b.lse, atol=1e-5, rtol=0)
+    for bad in ({"qkv": True}, {"merge_words": True}):
+        with pytest.raises(AttnscopeError, match="need attention=\"eager\""):
+            at.capture_batch(model, BATCH, attention="lazy", **bad)
+        with pytest.raises(AttnscopeError, match="need attention=\"eager\""):
+            at.capture(model, BATCH[0], attention="lazy", **bad)

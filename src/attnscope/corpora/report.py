@@ -267,7 +267,7 @@ def _view_payloads(result: CorpusResult, frames, model: Any) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TruncationWarning)  # the run already reported it
         traces = iter_capture(loaded, [a for a, _ in pairs], [b for _, b in pairs],
-                              batch_size=8)
+                              batch_size=8, attention="eager")
         for key, trace in zip(keys, traces, strict=True):
             payloads[key] = AttnView(trace, ["head"]).payload()
     return payloads

@@ -139,7 +139,8 @@ def recompute(
     texts_b = None
     if text_b is not None:
         texts_b = [text_b] if isinstance(text_b, str) else list(text_b)
-    traces = capture_batch(source, texts, texts_b, batch_size=max(1, len(texts)))
+    traces = capture_batch(source, texts, texts_b, batch_size=max(1, len(texts)),
+                           attention="eager")
     results = _from_hidden_states(source, traces, layer, part)
     return results[0] if single else results
 
