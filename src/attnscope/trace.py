@@ -1165,7 +1165,8 @@ def require_trace(value: Any, what: str) -> Trace:
         raise AttnscopeError(
             f"{what} needs the attention held whole, which a LazyTrace does not; run it on a "
             "span with lazy.window(start, stop), or capture with attention=\"eager\" "
-            "(head_patterns, layer_trends and attention_rollout take a LazyTrace as it is)."
+            "(head_patterns, layer_trends, attention_rollout and attention_flow take a LazyTrace "
+            "as it is)."
         )
     raise AttnscopeError(
         f"{what} takes a Trace from attnscope.capture or Trace.from_attentions, not "

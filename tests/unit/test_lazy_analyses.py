@@ -159,10 +159,51 @@ def test_streaming_reads_one_block_of_rows_at_a_time(pairs, monkeypatch):
 
 def test_analyses_that_need_whole_weights_say_how_to_get_them(pairs):
     _, lazy = pairs["gpt2"]
-    for call in (lambda: at.attention_flow(lazy, 0), lambda: at.attention_norms(lazy)):
-        with pytest.raises(AttnscopeError, match=r"lazy.window\(start, stop\)") as info:
-            call()
-        assert "\n" not in str(info.value)
+    with pytest.raises(AttnscopeError, match=r"lazy.window\(start, stop\)") as info:
+        at.attention_norms(lazy)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert"])
+def test_attention_flow_of_a_lazy_trace_equals_the_eager_flow(pairs, name, monkeypatch):
+    """Flow streams the head-averaged weights of a LazyTrace together (within the budgets)."""
+    from attnscope.analysis.flow import lazy_residual, residual_attention
+
+    eager, lazy = pairs[name]
+    np.testing.assert_allclose(lazy_residual(lazy, block=4), residual_attention(eager),
+                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(at.attention_flow(lazy, 2).values,
+                               at.attention_flow(eager, 2).values, atol=1e-5, rtol=0)
+    with pytest.raises(AttnscopeError, match="over the budget of 1e-06 s"):
+        at.attention_flow(lazy, budget=1e-6)  # the time estimate refuses before streaming
+    monkeypatch.setenv("ATTNSCOPE_MEMORY_BUDGET", "1000")
+    with pytest.raises(AttnscopeError, match="past the memory budget"):
+        at.attention_flow(lazy, 2)
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_rollout_of_a_lazy_decoder_equals_the_eager_decoder_rollout(tiny_models, family):
+    model = tiny_models[family]
+    source, target = "The cat sat on the mat.", "Die Katze sass auf der Matte."
+    eager = at.capture(model, source, target, attention="eager")
+    lazy = at.capture(model, source, target, attention="lazy")
+    T = len(eager.decoder_tokens)
+    joint = np.eye(T)  # R_l = (0.5 mean_h A_l + 0.5 I) / row sums, written plainly
+    for layer in eager.decoder_attentions.astype(np.float64):
+        R = 0.5 * layer.mean(0) + 0.5 * np.eye(T)
+        joint = (R / R.sum(-1, keepdims=True)) @ joint
+    want = at.attention_rollout(eager, part="decoder")
+    np.testing.assert_allclose(want.values, joint, atol=1e-12)
+    assert want.tokens == eager.decoder_tokens
+    got = at.attention_rollout(lazy, [0, T - 1], part="decoder")
+    np.testing.assert_allclose(got.values, joint[[0, T - 1]], atol=1e-5, rtol=0)
+    assert got.tokens == eager.decoder_tokens
+    np.testing.assert_allclose(at.attention_rollout(lazy, [1]).values,
+                               at.attention_rollout(eager, [1]).values, atol=1e-5, rtol=0)
+    for part, message in (("cross", "need self-attention"), ("decoder", "has no decoder")):
+        alone = lazy if part == "cross" else at.capture(model, source, attention="lazy")
+        with pytest.raises(AttnscopeError, match=message):
+            at.attention_rollout(alone, part=part)
 
 
 def test_the_real_smollm2_streams_to_the_eager_numbers(smollm2):

@@ -158,24 +158,28 @@ def default_output(trace: Trace) -> int:
 
 
 def _outputs(trace: Any, output: int | Sequence[int] | None) -> tuple[int, ...]:
+    """The chosen output positions of ``trace`` (or of a ``[T, T]`` array), checked."""
+    count = trace.shape[0] if isinstance(trace, np.ndarray) else trace.num_tokens
     if output is None:
-        return tuple(range(trace.num_tokens))
+        return tuple(range(count))
     if not isinstance(output, (int, np.integer)) and isinstance(output, (Sequence, np.ndarray)):
-        chosen = tuple(check_index(o, trace.num_tokens, "output token") for o in output)
+        chosen = tuple(check_index(o, count, "output token") for o in output)
         if not chosen:
             raise AttnscopeError("The output tokens select no token; give at least one "
                                  "position.")
         return chosen
-    return (check_index(output, trace.num_tokens, "output token"),)
+    return (check_index(output, count, "output token"),)
 
 
 def attention_rollout(trace: Trace | LazyTrace,
-                      output: int | Sequence[int] | None = None) -> FlowResult:
+                      output: int | Sequence[int] | None = None, *,
+                      part: str = "self") -> FlowResult:
     """Attention rollout through every layer.
 
     Returns a :class:`FlowResult` whose ``values`` ``[T_out, T]`` is
     ``R_{L-1} @ ... @ R_0`` (see :func:`residual_attention`), or only its rows ``output``
-    (one position or a list of them).
+    (one position or a list of them). ``part``: ``"self"`` (the encoder's or decoder-only
+    model's self-attention) or ``"decoder"`` (an encoder-decoder model's decoder).
 
     On a :class:`~attnscope.LazyTrace` the chosen rows are computed exactly without any
     ``[T, T]`` matrix: ``e_i`` is multiplied through the layers from the last down, each
@@ -185,15 +189,30 @@ def attention_rollout(trace: Trace | LazyTrace,
     from attnscope.lazy import LazyTrace
 
     if isinstance(trace, LazyTrace):
-        return lazy_rollout(trace, _outputs(trace, output))
+        lazy = _lazy_part(trace, part, "attention_rollout")
+        return lazy_rollout(lazy, _outputs(lazy, output))
     require_trace(trace, "attention_rollout")
-    residual = residual_attention(trace)  # (L, T, T)
+    residual = residual_attention(trace, part)  # (L, T, T)
     joint = residual[0]
     for layer in residual[1:]:
         joint = layer @ joint  # (T, T): output of this layer over the input tokens
-    outputs = _outputs(trace, output)
-    return FlowResult("rollout", joint[list(outputs)], outputs, trace.tokens,
+    outputs = _outputs(residual[0], output)
+    tokens = trace.decoder_tokens if part == "decoder" else trace.tokens
+    return FlowResult("rollout", joint[list(outputs)], outputs, tuple(tokens or ()),
                       trace.model_name, trace.unit)
+
+
+def _lazy_part(lazy: LazyTrace, part: str, what: str) -> LazyTrace:
+    """The LazyTrace of ``part`` ("self" or "decoder"), or one sentence."""
+    if part == "self":
+        return lazy
+    if part == "decoder":
+        if lazy.decoder is None:
+            raise AttnscopeError(
+                f"{what} of part 'decoder' needs an encoder-decoder capture with a decoder "
+                "text; this LazyTrace has no decoder.")
+        return lazy.decoder
+    raise AttnscopeError("Rollout and flow need self-attention; use part 'self' or 'decoder'.")
 
 
 # Seconds per (pair of tokens) x (edge of the layered graph), measured on a 2-core CPU with
@@ -216,7 +235,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} hours"
 
 
-def attention_flow(trace: Trace, output: int | None = None, *, tol: float = 1e-7,
+def attention_flow(trace: Trace | LazyTrace, output: int | None = None, *, tol: float = 1e-7,
                    budget: float | None = 60.0) -> FlowResult:
     """Attention flow: the maximum flow from each output token to each input token.
 
@@ -229,11 +248,16 @@ def attention_flow(trace: Trace, output: int | None = None, *, tol: float = 1e-7
 
     Cost: T*T maximum flows over L*T*T edges; about 3 s for 64 tokens through 12 layers on
     two CPU cores (``python bench/analysis.py``). For long texts ask for one ``output``.
+    A :class:`~attnscope.LazyTrace` is checked against the budget first, then its
+    head-averaged weights ``[L, T, T]`` are streamed together (refused past the memory budget).
 
     Returns:
         A :class:`FlowResult` with raw maximum-flow ``values`` ``[T_out, T]``.
     """
-    require_trace(trace, "attention_flow")
+    from attnscope.lazy import LazyTrace
+
+    if not isinstance(trace, LazyTrace):
+        require_trace(trace, "attention_flow")
     budget = check_number(budget, "budget", above=0, none_ok=True)
     tol = check_number(tol, "tol", above=0)
     try:
@@ -256,9 +280,12 @@ def attention_flow(trace: Trace, output: int | None = None, *, tol: float = 1e-7
             f"would take about {_duration(expected)}, over the budget of {budget:g} s; "
             f"{advice} (seconds, or None) to run it anyway."
         )
-    network = LayeredFlow(residual_attention(trace))
+    residual = (lazy_residual(trace) if isinstance(trace, LazyTrace)
+                else residual_attention(trace))
+    network = LayeredFlow(residual)
     values = network.values(outputs, tol=tol)  # (T_out, T)
-    return FlowResult("flow", values, outputs, trace.tokens, trace.model_name, trace.unit)
+    return FlowResult("flow", values, outputs, trace.tokens, trace.model_name,
+                      getattr(trace, "unit", "token"))
 
 
 class LayeredFlow:
@@ -523,6 +550,32 @@ def _round(graph: Any, source: int, sink: int,
         return res
 
     return value, cut, residual
+
+
+def lazy_residual(lazy: LazyTrace, *, block: int = DEFAULT_BLOCK,
+                  budget: Any = None) -> np.ndarray:
+    """:func:`residual_attention` of a LazyTrace, ``[L, T, T]`` float64, streamed over blocks
+    of rows (each layer's heads averaged one ``[H, block, T]`` block at a time); refused
+    past the memory budget."""
+    import torch
+
+    from attnscope.lazy import _guard_array
+
+    block = _block_size(block)
+    L, H, T = lazy.num_layers, lazy.num_heads, lazy.num_tokens
+    _guard_array((L, T, T, 2), "The head-averaged weights of every layer", budget)  # float64
+    residual = np.zeros((L, T, T), np.float64)
+    heads = np.arange(H)
+    with torch.inference_mode():
+        for layer in range(L):
+            for start in range(0, T, block):
+                rows = np.arange(start, min(start + block, T))
+                c = rows[-1] + 1 if lazy.is_causal else T
+                residual[layer, rows, :c] = 0.5 * lazy._weights(
+                    layer, heads, rows, np.arange(c)).double().mean(0).numpy()
+            residual[layer][np.diag_indices(T)] += 0.5
+            residual[layer] /= residual[layer].sum(-1, keepdims=True)
+    return residual
 
 
 def lazy_rollout(lazy: LazyTrace, outputs: Sequence[int] | None = None, *,
