@@ -642,9 +642,11 @@ class LazyTrace:
         bias = self._position_bias(heads, rows, cols)
         if bias is not None:
             scores.add_(bias)
-        mask = self._mask(layer, rows, cols)
-        if mask is not None:
-            scores.masked_fill_(torch.from_numpy(mask)[None], float("-inf"))
+        if self.causal:
+            for part in self._maskable(layer, rows, cols):
+                mask = self._mask(layer, rows, cols[part])
+                assert mask is not None
+                scores[..., part].masked_fill_(torch.from_numpy(mask)[None], float("-inf"))
         return scores
 
     def _position_bias(self, heads: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> Any:
@@ -666,6 +668,24 @@ class LazyTrace:
         buckets = distance_buckets(distance, bool(spec["bidirectional"]),
                                    int(spec["num_buckets"]), int(spec["max_distance"]))
         return table[:, torch.from_numpy(np.asarray(heads))][buckets].permute(2, 0, 1)
+
+    def _maskable(self, layer: int, rows: np.ndarray, cols: np.ndarray) -> list[slice]:
+        """The spans of ``cols`` where the model may hide a key from some row of ``rows``.
+
+        Every column, unless the keys come in increasing order; then only the keys after the
+        earliest row (causal) and, with a sliding window, those before the latest row's
+        window: a row block of a long text masks an ``[r, r]`` corner, not ``[r, T]``."""
+        n = len(cols)
+        if n == 0 or not (np.diff(cols) > 0).all():
+            return [slice(0, n)]
+        after = int(np.searchsorted(cols, rows.min(), side="right"))  # cols[after:] > a row
+        window = self.sliding_windows[layer] if self.sliding_windows else None
+        if window is None:
+            return [slice(after, n)]
+        before = int(np.searchsorted(cols, rows.max() - window + 1))  # may be out of a window
+        if before >= after:
+            return [slice(0, n)]
+        return [slice(0, before), slice(after, n)]
 
     def _mask(self, layer: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
         """``[r, c]`` True where query ``rows[i]`` may not see key ``cols[j]``, or None."""
@@ -757,16 +777,16 @@ class LazyTrace:
                     rows = np.arange(start, min(start + block, T))
                     cols = all_cols[: rows[-1] + 1] if self.causal else all_cols
                     logp = self._log_weights(layer, heads, rows, cols)  # (H, r, c)
-                    p = torch.exp(logp)
-                    dist = torch.from_numpy(
-                        np.abs(rows[:, None] - cols[None, :]).astype(np.float32))
-                    # −Σ P log P = lse − Σ P·score: log P is already at hand, no log needed
-                    # (masked keys have P = 0, and 0 · −inf is set to 0).
-                    logp.nan_to_num_(neginf=0.0)
+                    p = torch.exp(logp)  # masked keys: exp(-inf) = 0
+                    # Masked keys have log P = -inf and P = 0; their product must count 0, not
+                    # NaN. Without a window, a causal row block masks only its diagonal part.
+                    window = self.sliding_windows[layer] if self.sliding_windows else None
+                    masked = logp[..., start:] if self.causal and window is None else logp
+                    masked.nan_to_num_(neginf=0.0)
                     s = sums
                     s["sink"][layer] += p[:, :, 0].sum(-1).double().numpy()
-                    s["entropy"][layer] -= (p * logp).sum((-1, -2)).double().numpy()
-                    s["distance"][layer] += (p * dist).sum((-1, -2)).double().numpy()
+                    s["entropy"][layer] -= _row_dots(p, logp).sum(-1).double().numpy()
+                    s["distance"][layer] += _distances(p, rows, len(cols)).double().numpy()
                     r = rows[(rows >= 1) & (rows <= len(cols))]  # key i-1 exists
                     if len(r):
                         picked = p[:, r - start, torch.from_numpy(r - 1)]  # (H, len(r))
@@ -1008,6 +1028,46 @@ _PARTS = ("decoder", "cross")
 
 
 # ----- indexing --------------------------------------------------------------------------------
+
+def _row_dots(a: Any, b: Any) -> Any:
+    """``Σ_c a[h, r, c] · b[h, r, c]`` as ``[h, r]``: one batched matrix product, with no
+    ``[h, r, c]`` temporary."""
+    import torch
+
+    h, r, c = a.shape
+    return torch.bmm(a.reshape(h * r, 1, c), b.reshape(h * r, c, 1)).reshape(h, r)
+
+
+def _distances(p: Any, rows: np.ndarray, num_cols: int) -> Any:
+    """``Σ_i Σ_j P[h, i, j] · |i − j|`` per head, ``[h]`` float32, for a block of consecutive
+    ``rows`` over keys ``0..num_cols-1``, without a ``[r, c]`` distance matrix.
+
+    Keys left of the block (j < start ≤ i) contribute ``(i − start)·ΣP + Σ P·(start − j)``,
+    keys right of it (j ≥ stop > i) ``(stop − i)·ΣP + Σ P·(j − stop)``: products with vectors,
+    every term non-negative, so nothing cancels; only the block's own ``[r, r]`` keys take
+    the elementwise ``|i − j|``."""
+    import torch
+
+    start, stop = int(rows[0]), int(rows[-1]) + 1
+    into_block = torch.from_numpy((rows - start).astype(np.float32))  # i - start, (r,)
+    from_block = torch.from_numpy((stop - rows).astype(np.float32))  # stop - i, (r,)
+    total = torch.zeros(p.shape[0], dtype=torch.float32)
+    before = min(start, num_cols)  # keys left of the block (cross attention may have fewer)
+    if before > 0:
+        left = p[:, :, :before]
+        back = torch.arange(start, start - before, -1, dtype=torch.float32)  # start - j
+        total += (left.sum(-1) * into_block + left @ back).sum(-1)
+    inner = min(stop, num_cols)
+    if inner > start:
+        cols = np.arange(start, inner)
+        near = torch.from_numpy(np.abs(rows[:, None] - cols[None, :]).astype(np.float32))
+        total += (p[:, :, start:inner] * near).sum((-1, -2))
+    if num_cols > stop:
+        right = p[:, :, stop:]
+        ahead = torch.arange(0, num_cols - stop, dtype=torch.float32)  # j - stop
+        total += (right.sum(-1) * from_block + right @ ahead).sum(-1)
+    return total
+
 
 def _index(value: Any, size: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
