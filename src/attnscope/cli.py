@@ -194,10 +194,11 @@ def _text_and_model(args: argparse.Namespace):
 
 
 def _capture(model, text: str, text_b: str | None, args: argparse.Namespace, *,
-             qkv: bool = False):
+             qkv: bool = False, attention: str | None = "eager"):
     """Capture as the options ask. With ``qkv``, also record queries, keys and values where
     the model's family has an adapter (the neuron view and norms use them); other families,
-    and merged words, are captured without them."""
+    and merged words, are captured without them. ``attention`` as in :func:`attnscope.capture`
+    (None: eager unless its weights would pass the memory budget)."""
     import attnscope as at
     from attnscope.adapters import supported
 
@@ -206,12 +207,13 @@ def _capture(model, text: str, text_b: str | None, args: argparse.Namespace, *,
     return at.capture(model, text, text_b, truncate=not getattr(args, "no_truncate", False),
                       merge_words=merge_words, qkv=qkv,
                       add_special_tokens=not getattr(args, "no_special_tokens", False),
-                      attention="eager")
+                      attention=attention)
 
 
-def _load_and_capture(args: argparse.Namespace, *, qkv: bool = False):
+def _load_and_capture(args: argparse.Namespace, *, qkv: bool = False,
+                      attention: str | None = "eager"):
     text, text_b, model = _text_and_model(args)
-    return model, _capture(model, text, text_b, args, qkv=qkv)
+    return model, _capture(model, text, text_b, args, qkv=qkv, attention=attention)
 
 
 # ----- sub-commands --------------------------------------------------------------------------
@@ -435,7 +437,11 @@ def _cmd_heads(args: argparse.Namespace) -> int:
 
     out = _output_path(args.output, (".png", ".svg", ".pdf")) if args.output else None
     gallery = _output_path(args.gallery, (".png", ".svg", ".pdf")) if args.gallery else None
-    _, trace = _load_and_capture(args)
+    attention = {"auto": None, "eager": "eager", "lazy": "lazy"}[args.attention]
+    if gallery is not None and attention == "lazy":
+        raise AttnscopeError("--gallery draws whole heatmaps, which --attention lazy does not "
+                             "hold; leave out one of them.")
+    _, trace = _load_and_capture(args, attention=attention if gallery is None else "eager")
     table = head_patterns(trace, part=args.part)
     # with --json, stdout holds only the JSON document; what was written goes to stderr
     notes = sys.stderr if args.json else sys.stdout
@@ -745,6 +751,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the layers x heads map of labels here (.png, .svg or .pdf)")
     p.add_argument("--gallery", type=Path, default=None,
                    help="draw the best heads of each pattern here (.png, .svg or .pdf)")
+    p.add_argument("--attention", default="auto", choices=["auto", "eager", "lazy"],
+                   help="eager: every weight held; lazy: queries and keys, each weight computed "
+                        "when it is scored (any length); auto (default): eager unless its "
+                        "weights would pass the memory budget")
     p.add_argument("--json", action="store_true",
                    help="print JSON instead: {model, text, text_b, part, unit, tokens, "
                         "num_layers, num_heads, scores, heads: [{layer, head, label, "
@@ -927,10 +937,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    from attnscope.lazy import LazyAttentionWarning
     from attnscope.tokens import TruncationWarning
 
     if issubclass(category, TruncationWarning):
         print(f"attnscope: warning: {message}", file=sys.stderr)
+    elif issubclass(category, LazyAttentionWarning):
+        print(f"attnscope: note: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

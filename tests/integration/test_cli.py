@@ -201,3 +201,28 @@ def test_tokens_and_heads_as_json_for_scripts(tmp_path, embedded, capsys):
         assert record["label"] == expected["label"] and record["class"] == expected["class"]
         assert record["previous"] == pytest.approx(expected["previous"], abs=1e-6)
         assert record["induction"] is None  # an encoder: induction does not apply
+
+
+def test_heads_scores_a_text_lazily_past_the_memory_budget(embedded, capsys, monkeypatch):
+    """`attnscope heads` takes the lazy path by itself when eager weights would pass the
+    budget (one note on stderr) and prints the same scores; --attention eager refuses instead."""
+    import json
+
+    import attnscope as at
+
+    text = "The cat sat on the mat because the mat was warm."
+    eager = at.head_patterns(at.capture(embedded, text)).records()
+    monkeypatch.setenv("ATTNSCOPE_MEMORY_BUDGET", "10000")
+    code, out, err = run(capsys, "heads", text, "--json")
+    assert code == 0
+    assert err.startswith("attnscope: note: Eager attention would take about")
+    assert "capturing lazily instead" in err and len(err.strip().splitlines()) == 1
+    lazy = json.loads(out)["heads"]
+    for record, expected in zip(lazy, eager, strict=True):
+        assert record["label"] == expected["label"]
+        assert record["broad"] == pytest.approx(expected["broad"], abs=1e-5)
+        assert record["distance"] == pytest.approx(expected["distance"], rel=1e-5)
+    code, _, err = run(capsys, "heads", text, "--attention", "eager")
+    assert code == 2 and "past the memory budget" in err and "\n" not in err.strip()
+    code, _, err = run(capsys, "heads", text, "--attention", "lazy", "--gallery", "g.png")
+    assert code == 2 and "--gallery draws whole heatmaps" in err
