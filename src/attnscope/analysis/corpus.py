@@ -144,6 +144,8 @@ class BatchResult:
     * ``embeddings``: (key, token_pos, priority, token, segment, char_start, char_end, queries,
       keys) rows for the batch's sampled tokens (see :func:`token_priority`); ``queries`` and
       ``keys`` float32 ``[L, H, d_head]`` each: the token's query and key in every head.
+    * ``lazy``: how many of ``texts`` took the lazy path (their eager weights would have
+      passed the memory budget, or ``attention="lazy"``); nothing in the store depends on it.
     """
 
     texts: list[dict[str, Any]]
@@ -156,6 +158,7 @@ class BatchResult:
     problems: list[tuple] = field(default_factory=list)
     importance: tuple[str, np.ndarray] | None = None
     embeddings: list[tuple] = field(default_factory=list)
+    lazy: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -384,6 +387,7 @@ def process_batch(model: LoadedModel, items: list[CorpusItem], *, top_k: int = 5
     for _, _, pos, i, _, _ in chosen:
         wanted.setdefault(i, []).append(pos)
     out = _PerText.empty(len(kept), layers, heads)
+    result.lazy = len(lazy_texts)
     for group in groups:
         _reduce_eager(model, group, kept, encoded, wanted, out)
     for i in lazy_texts:
@@ -708,6 +712,7 @@ def lazy_text_statistics(lazy: Any, enc: Tokenization,
             local_broad = torch.from_numpy(broad_rows)
             log_seen = torch.from_numpy(np.log(seen[start + broad_rows]).astype(np.float32))
             dist = torch.from_numpy(np.abs(rows[:, None] - cols[None, :]).astype(np.float32))
+            tile_bytes = H * len(rows) * c * 4
             hidden = torch.from_numpy(~(chooses[start:stop, None] & plain[None, :c]))  # (r, c)
             diagonals = []  # per offset: the block's plain rows that have key q + o
             for j, offset in enumerate(OFFSETS):
@@ -716,7 +721,9 @@ def lazy_text_statistics(lazy: Any, enc: Tokenization,
                 q = q[q + offset < c]  # a causal model's later keys: weight 0
                 diagonals.append((torch.from_numpy(q - start), torch.from_numpy(q + offset)))
             for layer in range(L):
-                p = torch.from_numpy(lazy.attentions[layer, :, start:stop, :c])  # (H, r, c)
+                # (H, r, c): the block this path is built around, so its own size is its budget
+                p = torch.from_numpy(lazy.attentions.select(
+                    (layer, slice(None), slice(start, stop), slice(0, c)), tile_bytes))
                 row_sums = p.sum(-1, dtype=torch.float64)  # (H, r)
                 for m, name in enumerate(MASS_SCORES):
                     target = targets.get(name)
@@ -887,37 +894,64 @@ def _relations(result: BatchResult, kept: Any, choices: dict[int, tuple[np.ndarr
     result.baselines = [(r, d, o, c) for (r, d, o), c in sorted(offsets.items())]
 
 
-def search_batch(model: LoadedModel, texts: list[str],
-                 query: str) -> tuple[list[tuple[int, int, str, float]], int]:
+def search_batch(model: LoadedModel, texts: list[str], query: str, *,
+                 budget: Any = None) -> tuple[list[tuple[int, int, str, float]], int]:
     """Where each head looks from every occurrence of the token ``query`` in ``texts``.
 
     A token matches when it equals ``query`` ignoring case and sub-word markers. Returns
     ``(rows, occurrences)``: (layer, head, key_token, weight) rows, each head's attention summed
     over every occurrence by key token (key tokens compared the same way), and how many
-    occurrences there were.
+    occurrences there were. Texts run as in :func:`process_batch`: eager batches within the
+    memory ``budget``, a text past it captured lazily (only its matching rows are computed).
     """
     from attnscope.analysis.patterns import _normalise
 
     wanted = _normalise(query)
-    encoded = [enc for enc, _ in (_tokenize(model, CorpusItem(0, t)) for t in texts)
-               if enc is not None]
+    items: list[CorpusItem] = []
+    encoded: list[Tokenization] = []
+    for text in texts:
+        item = CorpusItem(0, text)
+        enc, _ = _tokenize(model, item)
+        if enc is not None:
+            items.append(item)
+            encoded.append(enc)
     if not encoded:
         return [], 0
-    attentions = _forward(model, encoded)  # L x (B, H, T, T)
     sums: dict[tuple[int, int, str], float] = {}
     occurrences = 0
-    for i, enc in enumerate(encoded):
+
+    def add(enc: Tokenization, rows_of: Any) -> None:
+        """Add one text's rows: ``rows_of(layer, hits)`` gives ``[H, T]`` summed over hits."""
+        nonlocal occurrences
         names = [t if enc.special_mask[k] else _normalise(t) or t
                  for k, t in enumerate(enc.tokens)]
         hits = [q for q, name in enumerate(names) if name == wanted and not enc.special_mask[q]]
         if not hits:
-            continue
+            return
         occurrences += len(hits)
-        n = len(enc)
-        for layer, tensor in enumerate(attentions):
-            weights = tensor[i, :, hits, :n].float().sum(1).cpu().numpy()  # (H, T)
+        for layer in range(model.num_layers):
+            weights = rows_of(layer, hits)  # (H, T)
             for head in range(weights.shape[0]):
-                for k in range(n):
+                for k in range(len(enc)):
                     key = (layer, head, names[k])
                     sums[key] = sums.get(key, 0.0) + float(weights[head, k])
+
+    groups, lazy_texts = route_batch(model, items, encoded, None, budget)
+    for group in groups:
+        attentions = _forward(model, [encoded[i] for i in group])  # L x (B, H, T, T)
+        for local, i in enumerate(group):
+            n = len(encoded[i])
+            add(encoded[i], lambda layer, hits, att=attentions, local=local, n=n: att[layer][
+                local, :, hits, :n].float().sum(1).cpu().numpy())
+        del attentions  # the next group's weights replace these, not add to them
+    for i in lazy_texts:
+        from attnscope.lazy import capture_lazy
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TruncationWarning)
+            lazy = capture_lazy(model, items[i].text, truncate=True)
+        # only the matching rows, [H, hits, T]: their own size is their budget
+        add(encoded[i], lambda layer, hits, lazy=lazy: lazy.attentions.select(
+            (layer, slice(None), hits), lazy.num_heads * len(hits) * lazy.num_keys * 4).sum(
+            1, dtype=np.float32))
     return [(*key, weight) for key, weight in sums.items()], occurrences

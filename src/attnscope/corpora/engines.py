@@ -43,7 +43,8 @@ RAY_CHUNK_BATCHES = 256
 @dataclass
 class RunSummary:
     """What one call did: texts processed now, texts found already done (resumed), problems
-    by kind, tokens, seconds, and the batches committed."""
+    by kind, tokens, seconds, the batches committed, and how many texts took the lazy path
+    (too long for eager weights within the memory budget)."""
 
     run_id: str
     processed: int = 0
@@ -51,6 +52,7 @@ class RunSummary:
     tokens: int = 0
     batches: int = 0
     seconds: float = 0.0
+    lazy: int = 0
     problems: Counter = field(default_factory=Counter)
     messages: list[str] = field(default_factory=list)
 
@@ -195,6 +197,7 @@ def run(model: LoadedModel, source: Source, store: Store, run_id: str, *, batch_
         summary.processed += len(result.texts)
         summary.tokens += result.num_tokens
         summary.batches += 1
+        summary.lazy += getattr(result, "lazy", 0)
         for _, kind, message in result.problems:
             summary.problems[kind] += 1
             summary.messages.append(message)
