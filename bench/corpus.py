@@ -266,8 +266,12 @@ def long_texts(lengths: list[int], layers: int) -> None:
             diff = max(float(np.nanmax(np.abs(lazy.sums[s] - eager.sums[s])
                                        / np.maximum(np.abs(eager.sums[s]), 1.0)))
                        for s in range(len(STATS)))
-        print(f"{lazy.texts[0]['n_tokens']:7d} {need / 2**30:8.2f} GiB {eager_s:8.2f} "
-              f"{lazy_s:8.2f} {lazy_s / eager_s:9.2f}x {peak / 2**30:6.2f} GiB {diff:14.2e}")
+        if eager_s == eager_s:
+            eager_cols = f"{eager_s:8.2f} {lazy_s:8.2f} {lazy_s / eager_s:9.2f}x"
+        else:  # past the budget: eager is not run
+            eager_cols = f"{'-':>8} {lazy_s:8.2f} {'-':>10}"
+        print(f"{lazy.texts[0]['n_tokens']:7d} {need / 2**30:8.2f} GiB {eager_cols} "
+              f"{peak / 2**30:6.2f} GiB " + (f"{diff:14.2e}" if diff == diff else f"{'-':>14}"))
 
 
 def main() -> None:

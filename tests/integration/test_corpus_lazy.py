@@ -47,7 +47,7 @@ def _models(tiny_models, embedded) -> dict[str, at.LoadedModel]:
 @pytest.mark.parametrize("name", ["bert", "gpt2", "llama", "embedded"])
 def test_every_per_text_statistic_equals_the_eager_path(tiny_models, embedded, name):
     model = _models(tiny_models, embedded)[name]
-    for item in _items(TEXTS):
+    for item in _items(TEXTS)[::-2] + _items(TEXTS)[:1]:  # long, "Why?", repeats
         # one text a batch: its sums are its own values, its sums of squares their squares
         eager = process_batch(model, [item], embeddings=8, attention="eager")
         lazy = process_batch(model, [item], embeddings=8, attention="lazy", block=5)
@@ -213,3 +213,19 @@ def test_token_search_reads_long_texts_lazily(embedded, tmp_path, monkeypatch):
     assert list(got["key_token"]) == list(want["key_token"])
     assert list(got["occurrences"]) == list(want["occurrences"])
     np.testing.assert_allclose(got["weight"], want["weight"], atol=1e-5)
+
+
+def test_a_long_texts_distance_is_summed_as_precisely_on_both_paths(embedded):
+    """Past 256 tokens both paths add a text's rows in float64: the mean distance (the largest
+    sums, in tokens) equals a float64 computation from the Trace's weights on either path."""
+    text = " ".join(["the river ran past the old mill, and the miller watched it."] * 20)
+    trace = at.capture(embedded, text)
+    assert trace.num_tokens > 256
+    attn = trace.attentions.astype(np.float64)  # (L, H, T, T)
+    plain = ~np.asarray(trace.special_mask, dtype=bool)
+    idx = np.arange(trace.num_tokens)
+    want = (attn * np.abs(idx[:, None] - idx[None, :])).sum(-1)[:, :, plain].mean(-1)
+    for attention in ("eager", "lazy"):
+        batch = process_batch(embedded, _items([text]), attention=attention)
+        np.testing.assert_allclose(batch.sums[STATS.index("distance")], want, rtol=2e-6,
+                                   err_msg=attention)
