@@ -7,6 +7,7 @@
     python bench/corpus.py --own-cost-only       # corpus mode against the bare forward pass
     python bench/corpus.py --own-cost-only --torch-threads 1   # the same, steadier CPU times
     python bench/corpus.py --long 1024 2048      # one long text: the lazy path against eager
+    python bench/corpus.py --long 4096 --long-smollm2   # the same on SmolLM2-135M itself
 
 Texts are 10-120 words (uniform), cut from sentences written for this benchmark. Every
 figure comes from this one run, on the embedded model (all-MiniLM-L6-v2, 6 x 12 heads):
@@ -223,8 +224,9 @@ def resume_check(texts: list[str], folder: Path) -> dict:
             "final": final, "rerun_says": rerun.stdout.splitlines()[0]}
 
 
-def long_texts(lengths: list[int], layers: int) -> None:
-    """Per-text corpus reduction of one long text: the lazy path against the eager one."""
+def long_texts(lengths: list[int], layers: int, smollm2: bool = False) -> None:
+    """Per-text corpus reduction of one long text: the lazy path against the eager one (on
+    SmolLM2-135M itself with ``smollm2``, else a random Llama with its heads)."""
     import resource
 
     from attnscope.analysis.corpus import (
@@ -237,10 +239,15 @@ def long_texts(lengths: list[int], layers: int) -> None:
     from attnscope.lazy import memory_budget
     from long import long_text, random_llama  # bench/long.py, beside this script
 
-    model = random_llama(layers, max(lengths) + 16)
+    if smollm2:
+        import attnscope as at
+
+        model = at.load("smollm2", device="cpu")
+    else:
+        model = random_llama(layers, max(lengths) + 16)
     budget = memory_budget()
-    print(f"one text per batch, {model.name} ({layers} layers x {model.num_heads} heads, 3 "
-          f"key/value heads); memory budget {budget / 2**30:.1f} GiB")
+    print(f"one text per batch, {model.name} ({model.num_layers} layers x {model.num_heads} "
+          f"heads, 3 key/value heads); memory budget {budget / 2**30:.1f} GiB")
     print(f"{'tokens':>7} {'eager needs':>12} {'eager s':>8} {'lazy s':>8} {'lazy/eager':>10} "
           f"{'lazy peak':>10} {'max rel. diff':>14}")
     process_batch(model, [CorpusItem(0, "warm up", key="w")], attention="lazy")
@@ -300,6 +307,8 @@ def main() -> None:
     parser.add_argument("--long", type=int, nargs="+", default=None, metavar="T",
                         help="only one text of T tokens, lazy against eager (see above)")
     parser.add_argument("--long-layers", type=int, default=4)
+    parser.add_argument("--long-smollm2", action="store_true",
+                        help="--long on SmolLM2-135M itself (30 layers) instead")
     parser.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.long:
@@ -307,7 +316,7 @@ def main() -> None:
             import torch
 
             torch.set_num_threads(args.torch_threads)
-        long_texts(args.long, args.long_layers)
+        long_texts(args.long, args.long_layers, args.long_smollm2)
         return
     if args.memory_probe:
         memory_probe(args.memory_probe, args.memory_tiny)
