@@ -6,6 +6,8 @@
     python bench/corpus.py --memory-only --memory-tiny --memory-texts 20000  # quick memory check
     python bench/corpus.py --own-cost-only       # corpus mode against the bare forward pass
     python bench/corpus.py --own-cost-only --torch-threads 1   # the same, steadier CPU times
+    python bench/corpus.py --long 1024 2048      # one long text: the lazy path against eager
+    python bench/corpus.py --long 4096 --long-smollm2   # the same on SmolLM2-135M itself
 
 Texts are 10-120 words (uniform), cut from sentences written for this benchmark. Every
 figure comes from this one run, on the embedded model (all-MiniLM-L6-v2, 6 x 12 heads):
@@ -21,6 +23,10 @@ figure comes from this one run, on the embedded model (all-MiniLM-L6-v2, 6 x 12 
   on the same texts, in batches of the same size, on short texts (sentences of 8-40 words)
   and on the 10-120-word texts, interleaved in rounds; wall-clock and CPU time (CPU time is
   steadier on a machine shared with other work).
+* long (``--long T ...``): one text of T tokens through ``process_batch`` on the lazy path
+  (captured with SDPA, streamed over row blocks) and on the eager path, on a 4-layer random
+  Llama with SmolLM2's heads and width (bench/long.py's model; ``--long-layers``): time, the
+  lazy path's peak memory, and the largest difference between their statistics.
 """
 
 from __future__ import annotations
@@ -218,6 +224,63 @@ def resume_check(texts: list[str], folder: Path) -> dict:
             "final": final, "rerun_says": rerun.stdout.splitlines()[0]}
 
 
+def long_texts(lengths: list[int], layers: int, smollm2: bool = False) -> None:
+    """Per-text corpus reduction of one long text: the lazy path against the eager one (on
+    SmolLM2-135M itself with ``smollm2``, else a random Llama with its heads)."""
+    import resource
+
+    from attnscope.analysis.corpus import (
+        STATS,
+        CorpusItem,
+        eager_batch_bytes,
+        process_batch,
+        text_key,
+    )
+    from attnscope.lazy import memory_budget
+    from long import long_text, random_llama  # bench/long.py, beside this script
+
+    if smollm2:
+        import attnscope as at
+
+        model = at.load("smollm2", device="cpu")
+    else:
+        model = random_llama(layers, max(lengths) + 16)
+    budget = memory_budget()
+    print(f"one text per batch, {model.name} ({model.num_layers} layers x {model.num_heads} "
+          f"heads, 3 key/value heads); memory budget {budget / 2**30:.1f} GiB")
+    print(f"{'tokens':>7} {'eager needs':>12} {'eager s':>8} {'lazy s':>8} {'lazy/eager':>10} "
+          f"{'lazy peak':>10} {'max rel. diff':>14}")
+    process_batch(model, [CorpusItem(0, "warm up", key="w")], attention="lazy")
+    # every lazy run first, shortest first: the process's peak then grows with each one, and
+    # no eager run has raised it yet
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    runs = []
+    for T in sorted(lengths):
+        text = long_text(model, T)
+        item = CorpusItem(0, text, key=text_key(text))
+        start = time.perf_counter()
+        lazy = process_batch(model, [item], attention="lazy")
+        seconds = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+        runs.append((item, lazy, seconds, peak))
+    for item, lazy, lazy_s, peak in runs:
+        need = eager_batch_bytes(model, lazy.texts[0]["n_tokens"])
+        eager_s, diff = float("nan"), float("nan")
+        if need <= budget:
+            start = time.perf_counter()
+            eager = process_batch(model, [item], attention="eager", budget=budget)
+            eager_s = time.perf_counter() - start
+            diff = max(float(np.nanmax(np.abs(lazy.sums[s] - eager.sums[s])
+                                       / np.maximum(np.abs(eager.sums[s]), 1.0)))
+                       for s in range(len(STATS)))
+        if eager_s == eager_s:
+            eager_cols = f"{eager_s:8.2f} {lazy_s:8.2f} {lazy_s / eager_s:9.2f}x"
+        else:  # past the budget: eager is not run
+            eager_cols = f"{'-':>8} {lazy_s:8.2f} {'-':>10}"
+        print(f"{lazy.texts[0]['n_tokens']:7d} {need / 2**30:8.2f} GiB {eager_cols} "
+              f"{peak / 2**30:6.2f} GiB " + (f"{diff:14.2e}" if diff == diff else f"{'-':>14}"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=2000)
@@ -241,8 +304,20 @@ def main() -> None:
     parser.add_argument("--own-cost-rounds", type=int, default=3)
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch threads (default: torch's; 1 gives steadier CPU times)")
+    parser.add_argument("--long", type=int, nargs="+", default=None, metavar="T",
+                        help="only one text of T tokens, lazy against eager (see above)")
+    parser.add_argument("--long-layers", type=int, default=4)
+    parser.add_argument("--long-smollm2", action="store_true",
+                        help="--long on SmolLM2-135M itself (30 layers) instead")
     parser.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.long:
+        if args.torch_threads:
+            import torch
+
+            torch.set_num_threads(args.torch_threads)
+        long_texts(args.long, args.long_layers, args.long_smollm2)
+        return
     if args.memory_probe:
         memory_probe(args.memory_probe, args.memory_tiny)
         return

@@ -484,7 +484,9 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
                     workers=args.workers, gpus_per_worker=args.gpus_per_worker, run=args.run,
                     progress=not args.quiet, importance=args.importance,
                     importance_budget=args.importance_budget or None,
-                    embeddings=args.embeddings)
+                    embeddings=args.embeddings,
+                    attention=None if args.attention == "auto" else args.attention,
+                    budget=args.memory_budget)
     s = result.summary
     assert s is not None  # corpus() always says what it did
     for message in s.messages[:20]:
@@ -493,8 +495,9 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
         print(f"attnscope: ... and {len(s.messages) - 20} more (see the problems table)",
               file=sys.stderr)
     skipped = ", ".join(f"{n} {kind}" for kind, n in sorted(s.problems.items()))
-    print(f"run {s.run_id!r}: {s.processed} texts now ({s.texts_per_second:.1f} texts/s, "
-          f"{s.tokens_per_second:,.0f} tokens/s), {s.already_done} already done, "
+    lazily = f" ({s.lazy} with lazy attention)" if s.lazy else ""
+    print(f"run {s.run_id!r}: {s.processed} texts now{lazily} ({s.texts_per_second:.1f} "
+          f"texts/s, {s.tokens_per_second:,.0f} tokens/s), {s.already_done} already done, "
           f"{result.num_texts} in all" + (f"; {skipped}" if skipped else ""))
     print(f"wrote {args.output} (attnscope corpus-report {args.output} -o corpus.html)")
     return 0
@@ -875,6 +878,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", type=int, default=0, metavar="N",
                    help="also keep the queries and keys of N sampled tokens (at most 2000) for "
                         "the atlas's joint query/key embedding (default 0: none)")
+    p.add_argument("--attention", default="auto", choices=["auto", "eager", "lazy"],
+                   help="auto (the default): eager batches, and lazy attention (exact weights "
+                        "streamed in row blocks, the same statistics) for each text whose eager "
+                        "weights would pass the memory budget; eager: refuse such a text; "
+                        "lazy: every text")
+    p.add_argument("--memory-budget", type=int, default=None, metavar="BYTES",
+                   help="bytes a batch's eager weights may take (default: half the available "
+                        "memory, or ATTNSCOPE_MEMORY_BUDGET)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_corpus)
 

@@ -45,6 +45,8 @@ def corpus(
     importance: str | None = None,
     importance_budget: float | None = 600.0,
     embeddings: int = 0,
+    attention: str | None = None,
+    budget: int | None = None,
 ) -> CorpusResult:
     """Run ``model`` over every text of ``source`` and store per-head statistics in ``out``.
 
@@ -81,15 +83,24 @@ def corpus(
             sampled over the run (at most 2000; a token's place in the sample is a hash of its
             text and position, so the sample does not depend on batch order or resumption),
             for the atlas's joint query/key embedding; 0 (the default) keeps none.
+        attention: None (the default: eager batches, and lazy attention for each text whose
+            eager weights would pass the memory budget: captured alone and streamed over
+            blocks of rows, the same statistics to float rounding), "eager" (a text past the
+            budget is refused before anything is allocated) or "lazy" (every text), as for
+            :func:`attnscope.capture`.
+        budget: bytes the eager weights of a batch may take (default: half the available
+            memory, or ``ATTNSCOPE_MEMORY_BUDGET``); a batch past it is split, a text past it
+            goes lazy.
 
     Returns:
         A :class:`CorpusResult` reading the run. ``result.summary`` says what this call did
         (texts processed, already done, problems).
     """
-    from attnscope.analysis.corpus import EMBEDDINGS_LIMIT
+    from attnscope.analysis.corpus import EMBEDDINGS_LIMIT, check_attention
     from attnscope.corpora.engines import run as run_engine
     from attnscope.corpora.sources import open_source, text_char_limit
     from attnscope.corpora.store import Store
+    from attnscope.lazy import lazy_problem, memory_budget
     from attnscope.models import DEFAULT_MODEL_NAME, LoadedModel, load
 
     if batch_size < 1:
@@ -113,11 +124,15 @@ def corpus(
             0 <= embeddings <= EMBEDDINGS_LIMIT):
         raise AttnscopeError(f"embeddings must be a whole number of tokens from 0 to "
                              f"{EMBEDDINGS_LIMIT}, not {embeddings!r}.")
+    check_attention(attention)
+    memory_budget(budget)  # one sentence for a budget that is not a number of bytes
     out = Path(out)
     if out.is_dir():
         raise AttnscopeError(f"Cannot write '{out}': it is a folder.")
     opened = open_source(source, text_field=text_field, pair_field=pair_field)
     loaded = model if isinstance(model, LoadedModel) else load(model)
+    if attention == "lazy" and lazy_problem(loaded):
+        raise AttnscopeError(lazy_problem(loaded))
     # read at most what a text can use: memory stays bounded whatever the input
     opened.max_chars = text_char_limit(loaded.max_length)
     # Ray workers load the model themselves, by name (None: the embedded default).
@@ -138,7 +153,7 @@ def corpus(
                              workers=workers, model_spec=model_spec,
                              gpus_per_worker=gpus_per_worker, progress=progress,
                              importance=importance, importance_budget=importance_budget,
-                             embeddings=embeddings)
+                             embeddings=embeddings, attention=attention, budget=budget)
     result = CorpusResult(out, run_id)
     result.summary = summary
     return result

@@ -43,7 +43,8 @@ RAY_CHUNK_BATCHES = 256
 @dataclass
 class RunSummary:
     """What one call did: texts processed now, texts found already done (resumed), problems
-    by kind, tokens, seconds, and the batches committed."""
+    by kind, tokens, seconds, the batches committed, and how many texts took the lazy path
+    (too long for eager weights within the memory budget)."""
 
     run_id: str
     processed: int = 0
@@ -51,6 +52,7 @@ class RunSummary:
     tokens: int = 0
     batches: int = 0
     seconds: float = 0.0
+    lazy: int = 0
     problems: Counter = field(default_factory=Counter)
     messages: list[str] = field(default_factory=list)
 
@@ -156,8 +158,13 @@ def run(model: LoadedModel, source: Source, store: Store, run_id: str, *, batch_
         limit: int | None = None, top_k: int = 5, engine: str = "local",
         ray_address: str | None = None, workers: int = 2, model_spec: Any = None,
         gpus_per_worker: float = 0.0, progress: bool = True, importance: str | None = None,
-        importance_budget: float | None = 600.0, embeddings: int = 0) -> RunSummary:
+        importance_budget: float | None = 600.0, embeddings: int = 0,
+        attention: str | None = None, budget: Any = None) -> RunSummary:
     """Process ``source`` into ``store`` under ``run_id`` (see the module docstring).
+
+    ``attention`` and ``budget`` choose, per text, eager or lazy attention
+    (:func:`~attnscope.analysis.corpus.route_batch`): None sends a text lazy when its eager
+    weights would pass the memory budget.
 
     With ``importance`` ("gradient" or "ablation") each batch also gets every text's head
     importance (:func:`attnscope.head_importance`, its probes seeded by the batch's index), in
@@ -190,6 +197,7 @@ def run(model: LoadedModel, source: Source, store: Store, run_id: str, *, batch_
         summary.processed += len(result.texts)
         summary.tokens += result.num_tokens
         summary.batches += 1
+        summary.lazy += getattr(result, "lazy", 0)
         for _, kind, message in result.problems:
             summary.problems[kind] += 1
             summary.messages.append(message)
@@ -207,7 +215,8 @@ def run(model: LoadedModel, source: Source, store: Store, run_id: str, *, batch_
             for batch in planned:
                 clock = time.perf_counter()
                 result = process_batch(model, batch.items, top_k=top_k,
-                                       embeddings=embeddings)
+                                       embeddings=embeddings, attention=attention,
+                                       budget=budget)
                 if importance is not None and result.texts:
                     if not estimated and importance_budget is not None:
                         _check_ablation_budget(model, source, limit, batch_size,
@@ -218,7 +227,7 @@ def run(model: LoadedModel, source: Source, store: Store, run_id: str, *, batch_
                 committed(batch.index, result)
         else:
             for index, result in _ray_results(planned, model_spec, workers, ray_address, top_k,
-                                              gpus_per_worker, embeddings):
+                                              gpus_per_worker, embeddings, attention, budget):
                 committed(index, result)
     finally:
         if bar is not None:
@@ -268,7 +277,8 @@ def _check_ablation_budget(model: LoadedModel, source: Source, limit: int | None
 class _RayBatchWorker:
     """A Ray Data actor: loads the model once, then runs :func:`process_batch` per row."""
 
-    def __init__(self, model_spec: Any, top_k: int, threads: int, embeddings: int = 0) -> None:
+    def __init__(self, model_spec: Any, top_k: int, threads: int, embeddings: int = 0,
+                 attention: str | None = None, budget: Any = None) -> None:
         import os
 
         import torch
@@ -281,6 +291,7 @@ class _RayBatchWorker:
         self.model = load(model_spec)
         self.top_k = top_k
         self.embeddings = embeddings
+        self.attention, self.budget = attention, budget
 
     def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
@@ -289,14 +300,16 @@ class _RayBatchWorker:
         for index, payload in zip(rows["index"], rows["payload"], strict=True):
             items = pickle.loads(payload)
             result = process_batch(self.model, items, top_k=self.top_k,
-                                   embeddings=self.embeddings)
+                                   embeddings=self.embeddings, attention=self.attention,
+                                   budget=self.budget)
             results.append(pickle.dumps((int(index), result)))
         return {"result": np.array(results, dtype=object)}
 
 
 def _ray_results(planned: Iterator[_Planned], model_spec: Any, workers: int,
                  ray_address: str | None, top_k: int,
-                 gpus: float = 0.0, embeddings: int = 0) -> Iterator[tuple[int, Any]]:
+                 gpus: float = 0.0, embeddings: int = 0, attention: str | None = None,
+                 budget: Any = None) -> Iterator[tuple[int, Any]]:
     import os
 
     # A busy machine can take longer than Ray's default 30 s to start its node.
@@ -326,23 +339,27 @@ def _ray_results(planned: Iterator[_Planned], model_spec: Any, workers: int,
         for batch in planned:
             chunk.append(batch)
             if len(chunk) >= RAY_CHUNK_BATCHES:
-                yield from _ray_chunk(ray, chunk, model_spec, workers, top_k, gpus, embeddings)
+                yield from _ray_chunk(ray, chunk, model_spec, workers, top_k, gpus, embeddings,
+                                      attention, budget)
                 chunk = []
         if chunk:
-            yield from _ray_chunk(ray, chunk, model_spec, workers, top_k, gpus, embeddings)
+            yield from _ray_chunk(ray, chunk, model_spec, workers, top_k, gpus, embeddings,
+                                      attention, budget)
     finally:
         if started_here:
             ray.shutdown()
 
 
 def _ray_chunk(ray, chunk: list[_Planned], model_spec: Any, workers: int, top_k: int,
-               gpus: float, embeddings: int = 0) -> Iterator[tuple[int, Any]]:
+               gpus: float, embeddings: int = 0, attention: str | None = None,
+               budget: Any = None) -> Iterator[tuple[int, Any]]:
     rows = [{"index": b.index, "payload": pickle.dumps(b.items)} for b in chunk]
     # one block per batch, so the actors share the work batch by batch
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         _RayBatchWorker,
         fn_constructor_kwargs={"model_spec": model_spec, "top_k": top_k, "threads": 1,
-                               "embeddings": embeddings},
+                               "embeddings": embeddings, "attention": attention,
+                               "budget": budget},
         # Ray hides GPUs from actors that ask for none: a worker sees one only when asked
         batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows))),
         num_cpus=1, batch_format="numpy", **({"num_gpus": gpus} if gpus else {}),
