@@ -502,12 +502,16 @@ class LazyTrace:
         return table[:, torch.from_numpy(np.asarray(heads))][buckets].permute(2, 0, 1)
 
     def _mask(self, layer: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
-        """``[r, c]`` True where query ``rows[i]`` may not see key ``cols[j]``, or None."""
+        """``[r, c]`` True where query ``rows[i]`` may not see key ``cols[j]``, or None where
+        every query sees every key."""
         if not self.causal:
             return None
+        window = self.sliding_windows[layer] if self.sliding_windows else None
+        if len(rows) and len(cols) and rows.min() >= cols.max() and (
+                window is None or rows.max() - cols.min() < window):
+            return None  # every key at or before every query, within the window: none hidden
         diff = rows[:, None] - cols[None, :]  # how far back the key is
         hidden = diff < 0
-        window = self.sliding_windows[layer] if self.sliding_windows else None
         if window is not None:
             hidden |= diff >= window
         return hidden

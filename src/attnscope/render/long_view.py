@@ -184,20 +184,58 @@ def pooled_tile(lazy: Any, layer: int, head: int, rows: tuple[int, int],
                 and 0 <= start < stop <= T):
             raise AttnscopeError(f"The {what} {start}:{stop} must be a non-empty span within "
                                  f"the {T} tokens (0 to {T}).")
+    import torch
+
     row_edges = rows[0] + pool_edges(rows[1] - rows[0], size)
     col_edges = pool_edges(cols[1] - cols[0], size)
-    tile = np.zeros((len(row_edges), len(col_edges)), np.float32)
-    for start in range(rows[0], rows[1], block):
-        stop = min(start + block, rows[1])
-        weights = lazy.attention(layer, head, rows=slice(start, stop),
-                                 cols=slice(cols[0], cols[1]))  # (r, c)
-        part = np.maximum.reduceat(weights, col_edges, axis=1)
-        first = int(np.searchsorted(row_edges, start, "right")) - 1
-        last = int(np.searchsorted(row_edges, stop - 1, "right")) - 1
-        part = np.maximum.reduceat(part, np.maximum(row_edges[first : last + 1] - start, 0),
-                                   axis=0)
-        np.maximum(tile[first : last + 1], part, out=tile[first : last + 1])
+    # Pooled in log space: P = exp(log P) is monotone, so each block's largest weight is the
+    # exp of its largest log-weight, and exp runs on the [r, c] pooled tile only, not on
+    # every weight of the span (most of the time of a large tile).
+    log_tile = torch.full((len(row_edges), len(col_edges)), float("-inf"))
+    span = cols[1] - cols[0]
+    with torch.inference_mode():
+        for start in range(rows[0], rows[1], block):
+            stop = min(start + block, rows[1])
+            # causal: keys after the block's last query are hidden from all of it, so only
+            # the column blocks that begin before it are computed (a tile on the diagonal
+            # costs half); the others stay at -inf, a weight of 0
+            seen = min(span, stop - cols[0]) if lazy.causal else span
+            if seen <= 0:
+                continue
+            blocks = int(np.searchsorted(col_edges, seen, "left"))
+            width = int(col_edges[blocks]) if blocks < len(col_edges) else span
+            logp = lazy._log_weights(layer, [head], np.arange(start, stop),
+                                     np.arange(cols[0], cols[0] + width))[0]
+            part = _max_pool_columns(logp, col_edges[:blocks])  # (r, column blocks)
+            first = int(np.searchsorted(row_edges, start, "right")) - 1
+            last = int(np.searchsorted(row_edges, stop - 1, "right")) - 1
+            part = _max_pool_rows(part, np.maximum(row_edges[first : last + 1] - start, 0))
+            target = log_tile[first : last + 1, :blocks]
+            torch.maximum(target, part, out=target)
+        tile = torch.exp(log_tile).numpy()  # exp(-inf) = 0: blocks the model masks entirely
     return tile, row_edges, cols[0] + col_edges
+
+
+def _max_pool_columns(values: Any, starts: np.ndarray) -> Any:
+    """``values`` ``[r, c]`` (a torch tensor) max-pooled over the column blocks that start at
+    ``starts`` (``[n]``, first 0): ``[r, n]``. Blocks of one size take torch's max-pooling
+    (a few times faster than a reduction over a reshape); others (sizes differing by one, as
+    :func:`pool_edges` cuts them) take numpy's reduceat."""
+    import torch
+
+    width, n = values.shape[1], len(starts)
+    if width % n == 0 and np.array_equal(starts, np.arange(n) * (width // n)):
+        if width == n:
+            return values
+        return torch.nn.functional.max_pool1d(values[None], width // n)[0]
+    return torch.from_numpy(np.maximum.reduceat(values.numpy(), starts, axis=1))
+
+
+def _max_pool_rows(values: Any, starts: np.ndarray) -> Any:
+    """``values`` ``[r, c]`` max-pooled over the row blocks that start at ``starts``."""
+    import torch
+
+    return torch.from_numpy(np.maximum.reduceat(values.numpy(), starts, axis=0))
 
 
 def _positive(value: Any, what: str) -> int:
