@@ -88,6 +88,7 @@ def test_pooled_tile_of_an_encoder_sees_every_key(embedded):
     np.testing.assert_allclose(tile, _plain_tile_pool(dense, 4, 4), rtol=1e-5, atol=1e-7)
     assert (tile > 0).all()
 
+
 def test_page_carries_exact_weights_and_levels_within_its_budget(lazy):
     T, L, H = lazy.num_tokens, lazy.num_layers, lazy.num_heads
     stats = lazy.head_stats()
@@ -114,6 +115,33 @@ def test_page_carries_exact_weights_and_levels_within_its_budget(lazy):
     assert f"the overview carries 64 x 64 for every head; leaves out 256 x 256, {T} x {T}" in \
         " ".join(small["notes"])
 
+
+
+def test_a_page_without_stats_adds_them_up_in_its_one_pass(lazy, monkeypatch):
+    from attnscope.lazy import LazyTrace
+    from attnscope.render.long_view import BLOCK
+
+    expected = lazy.head_stats()
+    blocks = []
+    log_weights = LazyTrace._log_weights
+
+    def counted(self, layer, heads, rows, cols):
+        blocks.append((layer, tuple(heads), int(rows[0])))
+        return log_weights(self, layer, heads, rows, cols)
+
+    monkeypatch.setattr(LazyTrace, "_log_weights", counted)
+    monkeypatch.setattr(LazyTrace, "head_stats", lambda self, block=0: pytest.fail("2nd pass"))
+    view = at.long_view(lazy, layer=1, head=2)
+    P = view.payload()["long"]
+    # one pass: each layer's row blocks once, every head at a time
+    T, L, H = lazy.num_tokens, lazy.num_layers, lazy.num_heads
+    assert sorted(blocks) == [(layer, tuple(range(H)), start) for layer in range(L)
+                              for start in range(0, T, BLOCK)]
+    assert sorted(view.stats) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(view.stats[name], value, rtol=1e-5, atol=1e-6)
+    assert P["stats"]["entropy"][0][3] == pytest.approx(float(expected["entropy"][0, 3]),
+                                                        rel=1e-5)
 
 def _inflate(text: str) -> bytes:
     import zlib

@@ -84,16 +84,52 @@ def _levels(num_tokens: int) -> list[int]:
     return out
 
 
+class _HeadSums:
+    """The sums behind :meth:`LazyTrace.head_stats`, added up block by block in a pass that
+    also pools (so a page and its strips cost one pass over every head, not two): the same
+    formulas, ``[L, H]`` float64 sums over query rows."""
+
+    NAMES = ("sink", "entropy", "distance", "previous")
+
+    def __init__(self, num_layers: int, num_heads: int) -> None:
+        self.sums = {name: np.zeros((num_layers, num_heads), np.float64) for name in self.NAMES}
+
+    def add(self, layer: int, heads: Sequence[int], logp: Any, p: Any, rows: np.ndarray,
+            cols: np.ndarray) -> None:
+        """Add one block: ``logp`` and ``p`` ``[len(heads), r, c]`` torch tensors (``logp`` is
+        changed: -inf becomes 0) for query ``rows`` over keys ``cols`` (``cols`` from 0)."""
+        import torch
+
+        h = np.asarray(heads)
+        dist = torch.from_numpy(np.abs(rows[:, None] - cols[None, :]).astype(np.float32))
+        logp.nan_to_num_(neginf=0.0)  # masked keys: P = 0, and 0 · -inf counts as 0
+        self.sums["sink"][layer, h] += p[:, :, 0].sum(-1).double().numpy()
+        self.sums["entropy"][layer, h] -= (p * logp).sum((-1, -2)).double().numpy()
+        self.sums["distance"][layer, h] += (p * dist).sum((-1, -2)).double().numpy()
+        r = rows[(rows >= 1) & (rows <= len(cols))]  # key i-1 exists
+        if len(r):
+            picked = p[:, r - rows[0], torch.from_numpy(r - 1)]  # (h, len(r))
+            self.sums["previous"][layer, h] += picked.sum(-1).double().numpy()
+
+    def stats(self, num_tokens: int) -> dict[str, np.ndarray]:
+        """Means over the rows, ``[L, H]`` float32, as :meth:`LazyTrace.head_stats` gives."""
+        out = {name: (value / num_tokens).astype(np.float32) for name, value in self.sums.items()}
+        out["previous"] = (self.sums["previous"] / max(num_tokens - 1, 1)).astype(np.float32)
+        return out
+
+
 def _pool_pass(lazy: Any, wanted: dict[tuple[int, int], list[int]],
-               exact: Sequence[tuple[int, int]], *, coded: bool,
-               block: int = BLOCK) -> tuple[dict[tuple[int, int, int], np.ndarray],
-                                            dict[tuple[int, int], bytes]]:
+               exact: Sequence[tuple[int, int]], *, coded: bool, block: int = BLOCK,
+               sums: _HeadSums | None = None
+               ) -> tuple[dict[tuple[int, int, int], np.ndarray], dict[tuple[int, int], bytes]]:
     """One streaming pass over row blocks of the layers ``wanted`` names.
 
     Returns the max-pooled maps ``{(layer, head, n): [n, n]}`` (float32, or one-byte log codes
     when ``coded``: the code is monotone, so the largest code is the code of the largest
     weight) and, for the heads in ``exact``, every weight in one-byte codes (causal: row ``i``
-    holds keys ``0..i``, rows one after another; otherwise ``[T, T]``).
+    holds keys ``0..i``, rows one after another; otherwise ``[T, T]``). With ``sums``, adds
+    every head's :meth:`LazyTrace.head_stats` sums from the same weights (every layer and
+    head is then passed over).
     """
     import torch
 
@@ -105,15 +141,23 @@ def _pool_pass(lazy: Any, wanted: dict[tuple[int, int], list[int]],
         for n in ns:
             pools[layer, head, n] = np.zeros((n, n), np.uint8 if coded else np.float32)
     layers = sorted({key[0] for key in wanted} | {key[0] for key in exact})
+    if sums is not None:
+        layers = list(range(lazy.num_layers))
     all_cols = np.arange(T)
     with torch.inference_mode():
         for layer in layers:
             heads = sorted({h for (ly, h) in wanted if ly == layer}
                            | {h for (ly, h) in exact if ly == layer})
+            if sums is not None:
+                heads = list(range(lazy.num_heads))
             for start in range(0, T, block):
                 rows = np.arange(start, min(start + block, T))
                 cols = all_cols[: rows[-1] + 1] if lazy.causal else all_cols
-                p = lazy._weights(layer, heads, rows, cols).numpy()  # (h, r, c)
+                logp = lazy._log_weights(layer, heads, rows, cols)  # (h, r, c)
+                weights = torch.exp(logp)  # exp(-inf) = 0: masked
+                if sums is not None:
+                    sums.add(layer, heads, logp, weights, rows, cols)
+                p = weights.numpy()
                 for a, head in enumerate(heads):
                     if (layer, head) in rows_out:
                         codes = np.frombuffer(_log8_plane(p[a]), np.uint8).reshape(p[a].shape)
@@ -346,6 +390,10 @@ class LongView:
         self.direction = direction
         self.theme = theme
         self.max_bytes = max_bytes
+        if stats is not None:  # said before the pass over every head, not after
+            _check_stats(stats, (lazy.num_layers, lazy.num_heads))
+        #: ``head_stats()`` of the trace: the caller's, or (``None`` until then) those the
+        #: page's pooling pass adds up when it builds the page.
         self.stats = stats
         self.tiles = tiles
         self._page: str | None = None
@@ -393,7 +441,9 @@ def long_view(lazy: Any, *, layer: int = -1, head: int = 0, token: int | None = 
         theme: "light" or "dark".
         max_bytes: the budget for attention data, before compression (default 50 MB); see
             the module's documentation for what a page keeps within it.
-        stats: ``lazy.head_stats()`` when already computed (else computed here: one pass).
+        stats: ``lazy.head_stats()`` when already computed; otherwise the page's one pass
+            over every head computes them along with the pooled levels (then ``view.stats``
+            holds them once the page is built: no second pass for the caller).
     """
     return LongView(lazy, layer=layer, head=head, token=token, direction=direction,
                     theme=theme, max_bytes=max_bytes, stats=stats)
@@ -425,10 +475,14 @@ def long_payload(view: LongView) -> dict[str, Any]:
     level, and the exact weights of the heads the budget allows."""
     lazy = view.lazy
     T, L, H = lazy.num_tokens, lazy.num_layers, lazy.num_heads
-    stats = _check_stats(view.stats if view.stats is not None else lazy.head_stats(), (L, H))
     wanted, exact, notes = _plan(lazy, (view.layer, view.head), view.max_bytes,
                                  served=view.tiles is not None)
-    pools, rows = _pool_pass(lazy, wanted, exact, coded=True)
+    # without the caller's head_stats(), the pooling pass adds them up from the same weights
+    sums = _HeadSums(L, H) if view.stats is None else None
+    pools, rows = _pool_pass(lazy, wanted, exact, coded=True, sums=sums)
+    if sums is not None:
+        view.stats = sums.stats(T)
+    stats = _check_stats(view.stats, (L, H))
     keys = list(pools)
     level = 1 if view.max_bytes > 4 * 2**20 else 6
     packed = page_html._deflate_all([pools[k].tobytes() for k in keys]
