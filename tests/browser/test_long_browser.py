@@ -293,4 +293,27 @@ def test_a_page_of_8192_tokens(browser, tiny_models, tmp_path):
         page_levels[i] > 0 for i, _ in first["seen"]]
     p.wait(f"{ROOT}.dataset.longShaded === '1'")
     assert [b != "" for b in p.shades()] == list(page_levels > 0)
+    # hovering a token reads its weight
+    p.page.hover(f".as-ltok[data-index='{first['seen'][3][0]}']")
+    tip = p.page.text_content(".as-tip")
+    assert float(tip.rsplit(" ", 1)[-1]) == pytest.approx(float(row[first["seen"][3][0]]),
+                                                          rel=0.02, abs=1e-4)
+    # another token: scrolled to the end of the text, what comes into view shows its column
+    p.js(f"{ROOT}.attnscope.views.long.setDirection('column')")
+    seen = p.js(f"""async () => {{
+        await {ROOT}.attnscope.views.long.select(8000);
+        const text = document.querySelector('.as-long-text');
+        text.scrollTop = text.scrollHeight;
+        for (let k = 0; k < 3; k++) await new Promise(r => requestAnimationFrame(r));
+        const box = text.getBoundingClientRect();
+        return [...document.querySelectorAll('.as-ltok')].filter((s) => {{
+            const r = s.getBoundingClientRect();
+            return r.bottom > box.top && r.top < box.bottom;
+        }}).map((s) => [Number(s.dataset.index), s.style.backgroundColor]);
+    }}""")
+    column = lazy.attention(0, 1, cols=8000)
+    page_levels = _page_levels(p)
+    assert np.abs(page_levels - _levels(column))[column >= 1e-4].max() <= 2
+    assert min(i for i, _ in seen) > T // 2 and max(i for i, _ in seen) == T - 1
+    assert [shade != "" for _, shade in seen] == [page_levels[i] > 0 for i, _ in seen]
     p.check_clean()
