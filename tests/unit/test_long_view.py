@@ -59,6 +59,20 @@ def _plain_tile_pool(weights: np.ndarray, n_rows: int, n_cols: int) -> np.ndarra
     return out
 
 
+
+@pytest.mark.parametrize("levels", [[16, 32, 64], [48, 64, 100]])
+def test_levels_pooled_together_equal_each_pooled_alone(lazy, levels):
+    from attnscope.render.long_view import _pool_pass
+
+    # 16 | 32 | 64: coarser levels pool the finer's columns; 48, 64, 100 do not nest
+    pools, _ = _pool_pass(lazy, {(1, 2): levels, (0, 3): levels[:1]}, [], coded=False,
+                          block=37)
+    # (up to float rounding: other row blocks may sum q·k in another order)
+    for n in levels:
+        np.testing.assert_allclose(pools[1, 2, n], pooled_attention(lazy, 1, 2, n), rtol=1e-6)
+    np.testing.assert_allclose(pools[0, 3, levels[0]], pooled_attention(lazy, 0, 3, levels[0]),
+                               rtol=1e-6)
+
 @pytest.mark.parametrize("rows, cols, size, block", [
     ((128, 256), (0, 128), 16, 256),     # below the diagonal, blocks of one size
     ((64, 192), (64, 192), 32, 48),      # on the diagonal: half the keys hidden

@@ -137,6 +137,8 @@ def _pool_pass(lazy: Any, wanted: dict[tuple[int, int], list[int]],
     pools: dict[tuple[int, int, int], np.ndarray] = {}
     rows_out: dict[tuple[int, int], list[bytes]] = {key: [] for key in exact}
     edges = {n: pool_edges(T, n) for ns in wanted.values() for n in ns}
+    # (finer, coarser): every block of the coarser level starts where one of the finer does
+    nested = {(f, c): bool(np.isin(edges[c], edges[f]).all()) for f in edges for c in edges}
     for (layer, head), ns in wanted.items():
         for n in ns:
             pools[layer, head, n] = np.zeros((n, n), np.uint8 if coded else np.float32)
@@ -166,16 +168,24 @@ def _pool_pass(lazy: Any, wanted: dict[tuple[int, int], list[int]],
                                 codes[k, : r + 1].tobytes() for k, r in enumerate(rows))
                         else:
                             rows_out[layer, head].append(codes.tobytes())
-                    for n in wanted.get((layer, head), ()):
+                    finer: tuple[int, np.ndarray, np.ndarray] | None = None
+                    for n in sorted(wanted.get((layer, head), ()), reverse=True):
                         e = edges[n]
                         col_starts = e[e < len(cols)]
+                        # the columns pooled: from the finer level's when its blocks nest in
+                        # them (one pass over the weights for every level), else from them
+                        if finer is not None and nested[finer[0], n]:
+                            by_columns = np.maximum.reduceat(
+                                finer[2], np.searchsorted(finer[1], col_starts), axis=1)
+                        else:
+                            by_columns = np.maximum.reduceat(p[a], col_starts, axis=1)
+                        finer = (n, col_starts, by_columns)
                         # the row blocks of this slice of rows (a block may span two slices:
                         # np.maximum with what the block already holds joins its halves)
                         first = int(np.searchsorted(e, rows[0], "right")) - 1
                         last = int(np.searchsorted(e, rows[-1], "right")) - 1
                         row_starts = np.maximum(e[first : last + 1] - start, 0)
-                        part = np.maximum.reduceat(p[a], col_starts, axis=1)
-                        part = np.maximum.reduceat(part, row_starts, axis=0)
+                        part = np.maximum.reduceat(by_columns, row_starts, axis=0)
                         if coded:
                             part = np.frombuffer(_log8_plane(part), np.uint8).reshape(part.shape)
                         target = pools[layer, head, n][first : last + 1, : len(col_starts)]
