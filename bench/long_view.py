@@ -208,23 +208,24 @@ def main() -> None:
             assert answer.status_code == 200, answer.text
 
         mid = T // 2
-        tile_exact = median_ms(lambda: get("tile", layer=2, head=4, row_start=mid,
+        probe = min(2, lazy.num_layers - 1)  # the layer the tiles are asked of
+        tile_exact = median_ms(lambda: get("tile", layer=probe, head=4, row_start=mid,
                                            row_stop=mid + 512, col_start=mid - 256,
                                            col_stop=mid + 256, size=512))
         # the page asks the explorer only where its carried levels hold fewer than 256 blocks
         # in the span: at 8,192 tokens with the 1024 level, spans of 2,048 tokens and less
         first = min(2048, T)
-        tile_first = median_ms(lambda: get("tile", layer=2, head=4, row_start=T - first,
+        tile_first = median_ms(lambda: get("tile", layer=probe, head=4, row_start=T - first,
                                            row_stop=T, col_start=0, col_stop=first, size=256))
         span = min(4096, T)
-        tile_pooled = median_ms(lambda: get("tile", layer=2, head=4, row_start=T - span,
+        tile_pooled = median_ms(lambda: get("tile", layer=probe, head=4, row_start=T - span,
                                             row_stop=T, col_start=0, col_stop=span, size=256))
         # zoomed in, the page asks for a span on the diagonal (half of it hidden by the mask)
-        tile_diagonal = median_ms(lambda: get("tile", layer=2, head=4, row_start=T - span,
+        tile_diagonal = median_ms(lambda: get("tile", layer=probe, head=4, row_start=T - span,
                                               row_stop=T, col_start=T - span, col_stop=T,
                                               size=256))
-        line = median_ms(lambda: get("line", layer=2, head=4, index=T - 1))
-        column = median_ms(lambda: get("line", layer=2, head=4, index=mid, axis="column"))
+        line = median_ms(lambda: get("line", layer=probe, head=4, index=T - 1))
+        column = median_ms(lambda: get("line", layer=probe, head=4, index=mid, axis="column"))
     print(f"long view, {T} tokens, {lazy.num_layers} layers x {lazy.num_heads} heads "
           f"({lazy.num_kv_heads} key/value heads, "
           f"{'SmolLM2-135M' if args.smollm2 else 'a random Llama with SmolLM2-135M heads'}); "
