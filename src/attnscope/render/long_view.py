@@ -96,16 +96,19 @@ class _HeadSums:
 
     def add(self, layer: int, heads: Sequence[int], logp: Any, p: Any, rows: np.ndarray,
             cols: np.ndarray) -> None:
-        """Add one block: ``logp`` and ``p`` ``[len(heads), r, c]`` torch tensors (``logp`` is
-        changed: -inf becomes 0) for query ``rows`` over keys ``cols`` (``cols`` from 0)."""
+        """Add one block: ``logp`` and ``p`` ``[len(heads), r, c]`` torch tensors for query
+        ``rows`` over keys ``cols`` (``cols`` from 0). ``logp`` is used up: its memory holds
+        the products, so a block allocates no ``[h, r, c]`` array of its own."""
         import torch
 
         h = np.asarray(heads)
         dist = torch.from_numpy(np.abs(rows[:, None] - cols[None, :]).astype(np.float32))
         logp.nan_to_num_(neginf=0.0)  # masked keys: P = 0, and 0 · -inf counts as 0
         self.sums["sink"][layer, h] += p[:, :, 0].sum(-1).double().numpy()
-        self.sums["entropy"][layer, h] -= (p * logp).sum((-1, -2)).double().numpy()
-        self.sums["distance"][layer, h] += (p * dist).sum((-1, -2)).double().numpy()
+        products = logp.mul_(p)  # P · log P
+        self.sums["entropy"][layer, h] -= products.sum((-1, -2)).double().numpy()
+        torch.mul(p, dist, out=products)  # P · |i - j|
+        self.sums["distance"][layer, h] += products.sum((-1, -2)).double().numpy()
         r = rows[(rows >= 1) & (rows <= len(cols))]  # key i-1 exists
         if len(r):
             picked = p[:, r - rows[0], torch.from_numpy(r - 1)]  # (h, len(r))
