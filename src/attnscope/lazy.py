@@ -645,8 +645,8 @@ class LazyTrace:
         if self.causal:
             for part in self._maskable(layer, rows, cols):
                 mask = self._mask(layer, rows, cols[part])
-                assert mask is not None
-                scores[..., part].masked_fill_(torch.from_numpy(mask)[None], float("-inf"))
+                if mask is not None:
+                    scores[..., part].masked_fill_(torch.from_numpy(mask)[None], float("-inf"))
         return scores
 
     def _position_bias(self, heads: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> Any:
@@ -688,12 +688,16 @@ class LazyTrace:
         return [slice(0, before), slice(after, n)]
 
     def _mask(self, layer: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
-        """``[r, c]`` True where query ``rows[i]`` may not see key ``cols[j]``, or None."""
+        """``[r, c]`` True where query ``rows[i]`` may not see key ``cols[j]``, or None where
+        every query sees every key."""
         if not self.causal:
             return None
+        window = self.sliding_windows[layer] if self.sliding_windows else None
+        if len(rows) and len(cols) and rows.min() >= cols.max() and (
+                window is None or rows.max() - cols.min() < window):
+            return None  # every key at or before every query, within the window: none hidden
         diff = rows[:, None] - cols[None, :]  # how far back the key is
         hidden = diff < 0
-        window = self.sliding_windows[layer] if self.sliding_windows else None
         if window is not None:
             hidden |= diff >= window
         return hidden

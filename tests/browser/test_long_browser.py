@@ -267,11 +267,53 @@ def test_a_page_of_8192_tokens(browser, tiny_models, tmp_path):
                           ".map(n => n.textContent)"))
     assert "Exact weights are carried for 1 of 2 heads" in notes
     assert "finest level pools blocks of up to 8 tokens" in notes
-    p.js(f"{ROOT}.attnscope.views.long.select(5000)")
-    p.wait(f"{ROOT}.dataset.longToken === '5000'")
+    # the tokens in view are coloured by the time the selection resolves; the rest follow
+    # in idle slices (data-long-shaded marks the end)
+    first = p.js(f"""async () => {{
+        await {ROOT}.attnscope.views.long.select(5000);
+        const box = document.querySelector('.as-long-text').getBoundingClientRect();
+        const seen = [...document.querySelectorAll('.as-ltok')].filter((s) => {{
+            const r = s.getBoundingClientRect();
+            return r.bottom > box.top && r.top < box.bottom;
+        }});
+        return {{shaded: {ROOT}.dataset.longShaded || null,
+                 seen: seen.map((s) => [Number(s.dataset.index), s.style.backgroundColor])}};
+    }}""")
+    assert first["shaded"] is None  # 8,192 tokens: not all at once
+    assert p.js(f"{ROOT}.dataset.longToken") == "5000"
     values = np.array(p.state("values"))
     row = lazy.attention(0, 1, rows=5000)
     big = row >= 1e-3
     np.testing.assert_allclose(values[big], row[big], rtol=0.02)
     assert np.all(values[5001:] == 0)
+    page_levels = _page_levels(p)  # weights under the code's 1e-4 floor show none
+    assert np.abs(page_levels - _levels(row))[row >= 1e-4].max() <= 2
+    assert len(first["seen"]) > 50
+    assert [shade != "" for _, shade in first["seen"]] == [
+        page_levels[i] > 0 for i, _ in first["seen"]]
+    p.wait(f"{ROOT}.dataset.longShaded === '1'")
+    assert [b != "" for b in p.shades()] == list(page_levels > 0)
+    # hovering a token reads its weight
+    p.page.hover(f".as-ltok[data-index='{first['seen'][3][0]}']")
+    tip = p.page.text_content(".as-tip")
+    assert float(tip.rsplit(" ", 1)[-1]) == pytest.approx(float(row[first["seen"][3][0]]),
+                                                          rel=0.02, abs=1e-4)
+    # another token: scrolled to the end of the text, what comes into view shows its column
+    p.js(f"{ROOT}.attnscope.views.long.setDirection('column')")
+    seen = p.js(f"""async () => {{
+        await {ROOT}.attnscope.views.long.select(8000);
+        const text = document.querySelector('.as-long-text');
+        text.scrollTop = text.scrollHeight;
+        for (let k = 0; k < 3; k++) await new Promise(r => requestAnimationFrame(r));
+        const box = text.getBoundingClientRect();
+        return [...document.querySelectorAll('.as-ltok')].filter((s) => {{
+            const r = s.getBoundingClientRect();
+            return r.bottom > box.top && r.top < box.bottom;
+        }}).map((s) => [Number(s.dataset.index), s.style.backgroundColor]);
+    }}""")
+    column = lazy.attention(0, 1, cols=8000)
+    page_levels = _page_levels(p)
+    assert np.abs(page_levels - _levels(column))[column >= 1e-4].max() <= 2
+    assert min(i for i, _ in seen) > T // 2 and max(i for i, _ in seen) == T - 1
+    assert [shade != "" for _, shade in seen] == [page_levels[i] > 0 for i, _ in seen]
     p.check_clean()

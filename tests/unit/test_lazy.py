@@ -261,7 +261,13 @@ def test_sliding_windows_masked_as_the_model_masks(windowed, family):
     dense = lazy.to_dense()
     np.testing.assert_allclose(dense, eager.attentions, atol=1e-5, rtol=0)
     window = lazy.sliding_windows[1]
-    assert np.all(dense[1, :, -1, : lazy.num_tokens - window] == 0)  # hidden early keys
+    T = lazy.num_tokens
+    assert np.all(dense[1, :, -1, : T - window] == 0)  # hidden early keys
+    # tiles wholly below the diagonal, within the window or past it, and across both
+    for r0, r1, c0, c1 in [(T - 2, T, T - window + 1, T - 1), (T - 2, T, 0, 3),
+                           (T - 4, T, T - 6, T - 3), (2, 6, 0, 7)]:
+        np.testing.assert_allclose(lazy.attention(1, 0, rows=slice(r0, r1), cols=slice(c0, c1)),
+                                   eager.attentions[1, 0, r0:r1, c0:c1], atol=1e-5, rtol=0)
 
 
 def test_a_larger_budget_lets_the_whole_array_through(pairs, monkeypatch):

@@ -9,7 +9,7 @@ import pytest
 import attnscope as at
 from attnscope.errors import AttnscopeError
 from attnscope.render import html as page_html
-from attnscope.render.long_view import pool_edges, pooled_attention
+from attnscope.render.long_view import pool_edges, pooled_attention, pooled_tile
 from tests.long_trace import long_llama, long_text
 
 
@@ -46,6 +46,63 @@ def test_pooled_max_equals_max_pooling_of_the_dense_weights(lazy, size, block):
                                       for b in range(n)]
 
 
+
+def _plain_tile_pool(weights: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
+    """A rectangle's max-pooling written plainly: row i of R in block floor(i * n_rows / R),
+    column j of C in block floor(j * n_cols / C)."""
+    R, C = weights.shape
+    out = np.zeros((n_rows, n_cols), np.float32)
+    for i in range(R):
+        for j in range(C):
+            a, b = (i * n_rows) // R, (j * n_cols) // C
+            out[a, b] = max(out[a, b], weights[i, j])
+    return out
+
+
+
+@pytest.mark.parametrize("levels", [[16, 32, 64], [48, 64, 100]])
+def test_levels_pooled_together_equal_each_pooled_alone(lazy, levels):
+    from attnscope.render.long_view import _pool_pass
+
+    # 16 | 32 | 64: coarser levels pool the finer's columns; 48, 64, 100 do not nest
+    pools, _ = _pool_pass(lazy, {(1, 2): levels, (0, 3): levels[:1]}, [], coded=False,
+                          block=37)
+    # (up to float rounding: other row blocks may sum q·k in another order)
+    for n in levels:
+        np.testing.assert_allclose(pools[1, 2, n], pooled_attention(lazy, 1, 2, n), rtol=1e-6)
+    np.testing.assert_allclose(pools[0, 3, levels[0]], pooled_attention(lazy, 0, 3, levels[0]),
+                               rtol=1e-6)
+
+@pytest.mark.parametrize("rows, cols, size, block", [
+    ((128, 256), (0, 128), 16, 256),     # below the diagonal, blocks of one size
+    ((64, 192), (64, 192), 32, 48),      # on the diagonal: half the keys hidden
+    ((10, 201), (3, 150), 20, 7),        # blocks of two sizes, rows cut across blocks
+    ((0, 40), (100, 200), 8, 16),        # above the diagonal: every weight hidden
+    ((30, 70), (20, 60), 64, 256),       # shorter than size: exact
+])
+def test_pooled_tile_equals_max_pooling_of_the_dense_rectangle(lazy, rows, cols, size, block):
+    dense = lazy.to_dense()[1, 2, rows[0]:rows[1], cols[0]:cols[1]]
+    tile, row_starts, col_starts = pooled_tile(lazy, 1, 2, rows, cols, size, block=block)
+    n_rows, n_cols = min(size, dense.shape[0]), min(size, dense.shape[1])
+    assert tile.shape == (n_rows, n_cols)
+    np.testing.assert_allclose(tile, _plain_tile_pool(dense, n_rows, n_cols),
+                               rtol=1e-5, atol=1e-7)
+    assert list(row_starts) == [rows[0] + int(np.argmax((np.arange(rows[1] - rows[0]) * n_rows)
+                                                        // (rows[1] - rows[0]) == b))
+                                for b in range(n_rows)]
+    assert col_starts[0] == cols[0] and len(col_starts) == n_cols
+
+
+def test_pooled_tile_of_an_encoder_sees_every_key(embedded):
+    lazy = at.capture(embedded, "The girl poured water into a tall glass until it overflowed.",
+                      attention="lazy")
+    T = lazy.num_tokens
+    dense = lazy.to_dense()[2, 5]
+    tile, _, _ = pooled_tile(lazy, 2, 5, (0, T), (0, T), 4, block=3)
+    np.testing.assert_allclose(tile, _plain_tile_pool(dense, 4, 4), rtol=1e-5, atol=1e-7)
+    assert (tile > 0).all()
+
+
 def test_page_carries_exact_weights_and_levels_within_its_budget(lazy):
     T, L, H = lazy.num_tokens, lazy.num_layers, lazy.num_heads
     stats = lazy.head_stats()
@@ -72,6 +129,33 @@ def test_page_carries_exact_weights_and_levels_within_its_budget(lazy):
     assert f"the overview carries 64 x 64 for every head; leaves out 256 x 256, {T} x {T}" in \
         " ".join(small["notes"])
 
+
+
+def test_a_page_without_stats_adds_them_up_in_its_one_pass(lazy, monkeypatch):
+    from attnscope.lazy import LazyTrace
+    from attnscope.render.long_view import BLOCK
+
+    expected = lazy.head_stats()
+    blocks = []
+    log_weights = LazyTrace._log_weights
+
+    def counted(self, layer, heads, rows, cols):
+        blocks.append((layer, tuple(heads), int(rows[0])))
+        return log_weights(self, layer, heads, rows, cols)
+
+    monkeypatch.setattr(LazyTrace, "_log_weights", counted)
+    monkeypatch.setattr(LazyTrace, "head_stats", lambda self, block=0: pytest.fail("2nd pass"))
+    view = at.long_view(lazy, layer=1, head=2)
+    P = view.payload()["long"]
+    # one pass: each layer's row blocks once, every head at a time
+    T, L, H = lazy.num_tokens, lazy.num_layers, lazy.num_heads
+    assert sorted(blocks) == [(layer, tuple(range(H)), start) for layer in range(L)
+                              for start in range(0, T, BLOCK)]
+    assert sorted(view.stats) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(view.stats[name], value, rtol=1e-5, atol=1e-6)
+    assert P["stats"]["entropy"][0][3] == pytest.approx(float(expected["entropy"][0, 3]),
+                                                        rel=1e-5)
 
 def _inflate(text: str) -> bytes:
     import zlib

@@ -84,16 +84,55 @@ def _levels(num_tokens: int) -> list[int]:
     return out
 
 
+class _HeadSums:
+    """The sums behind :meth:`LazyTrace.head_stats`, added up block by block in a pass that
+    also pools (so a page and its strips cost one pass over every head, not two): the same
+    formulas, ``[L, H]`` float64 sums over query rows."""
+
+    NAMES = ("sink", "entropy", "distance", "previous")
+
+    def __init__(self, num_layers: int, num_heads: int) -> None:
+        self.sums = {name: np.zeros((num_layers, num_heads), np.float64) for name in self.NAMES}
+
+    def add(self, layer: int, heads: Sequence[int], logp: Any, p: Any, rows: np.ndarray,
+            cols: np.ndarray) -> None:
+        """Add one block: ``logp`` and ``p`` ``[len(heads), r, c]`` torch tensors for query
+        ``rows`` over keys ``cols`` (``cols`` from 0). ``logp`` is used up: its memory holds
+        the products, so a block allocates no ``[h, r, c]`` array of its own."""
+        import torch
+
+        h = np.asarray(heads)
+        dist = torch.from_numpy(np.abs(rows[:, None] - cols[None, :]).astype(np.float32))
+        logp.nan_to_num_(neginf=0.0)  # masked keys: P = 0, and 0 · -inf counts as 0
+        self.sums["sink"][layer, h] += p[:, :, 0].sum(-1).double().numpy()
+        products = logp.mul_(p)  # P · log P
+        self.sums["entropy"][layer, h] -= products.sum((-1, -2)).double().numpy()
+        torch.mul(p, dist, out=products)  # P · |i - j|
+        self.sums["distance"][layer, h] += products.sum((-1, -2)).double().numpy()
+        r = rows[(rows >= 1) & (rows <= len(cols))]  # key i-1 exists
+        if len(r):
+            picked = p[:, r - rows[0], torch.from_numpy(r - 1)]  # (h, len(r))
+            self.sums["previous"][layer, h] += picked.sum(-1).double().numpy()
+
+    def stats(self, num_tokens: int) -> dict[str, np.ndarray]:
+        """Means over the rows, ``[L, H]`` float32, as :meth:`LazyTrace.head_stats` gives."""
+        out = {name: (value / num_tokens).astype(np.float32) for name, value in self.sums.items()}
+        out["previous"] = (self.sums["previous"] / max(num_tokens - 1, 1)).astype(np.float32)
+        return out
+
+
 def _pool_pass(lazy: Any, wanted: dict[tuple[int, int], list[int]],
-               exact: Sequence[tuple[int, int]], *, coded: bool,
-               block: int = BLOCK) -> tuple[dict[tuple[int, int, int], np.ndarray],
-                                            dict[tuple[int, int], bytes]]:
+               exact: Sequence[tuple[int, int]], *, coded: bool, block: int = BLOCK,
+               sums: _HeadSums | None = None
+               ) -> tuple[dict[tuple[int, int, int], np.ndarray], dict[tuple[int, int], bytes]]:
     """One streaming pass over row blocks of the layers ``wanted`` names.
 
     Returns the max-pooled maps ``{(layer, head, n): [n, n]}`` (float32, or one-byte log codes
     when ``coded``: the code is monotone, so the largest code is the code of the largest
     weight) and, for the heads in ``exact``, every weight in one-byte codes (causal: row ``i``
-    holds keys ``0..i``, rows one after another; otherwise ``[T, T]``).
+    holds keys ``0..i``, rows one after another; otherwise ``[T, T]``). With ``sums``, adds
+    every head's :meth:`LazyTrace.head_stats` sums from the same weights (every layer and
+    head is then passed over).
     """
     import torch
 
@@ -101,19 +140,29 @@ def _pool_pass(lazy: Any, wanted: dict[tuple[int, int], list[int]],
     pools: dict[tuple[int, int, int], np.ndarray] = {}
     rows_out: dict[tuple[int, int], list[bytes]] = {key: [] for key in exact}
     edges = {n: pool_edges(T, n) for ns in wanted.values() for n in ns}
+    # (finer, coarser): every block of the coarser level starts where one of the finer does
+    nested = {(f, c): bool(np.isin(edges[c], edges[f]).all()) for f in edges for c in edges}
     for (layer, head), ns in wanted.items():
         for n in ns:
             pools[layer, head, n] = np.zeros((n, n), np.uint8 if coded else np.float32)
     layers = sorted({key[0] for key in wanted} | {key[0] for key in exact})
+    if sums is not None:
+        layers = list(range(lazy.num_layers))
     all_cols = np.arange(T)
     with torch.inference_mode():
         for layer in layers:
             heads = sorted({h for (ly, h) in wanted if ly == layer}
                            | {h for (ly, h) in exact if ly == layer})
+            if sums is not None:
+                heads = list(range(lazy.num_heads))
             for start in range(0, T, block):
                 rows = np.arange(start, min(start + block, T))
                 cols = all_cols[: rows[-1] + 1] if lazy.causal else all_cols
-                p = lazy._weights(layer, heads, rows, cols).numpy()  # (h, r, c)
+                logp = lazy._log_weights(layer, heads, rows, cols)  # (h, r, c)
+                weights = torch.exp(logp)  # exp(-inf) = 0: masked
+                if sums is not None:
+                    sums.add(layer, heads, logp, weights, rows, cols)
+                p = weights.numpy()
                 for a, head in enumerate(heads):
                     if (layer, head) in rows_out:
                         codes = np.frombuffer(_log8_plane(p[a]), np.uint8).reshape(p[a].shape)
@@ -122,16 +171,24 @@ def _pool_pass(lazy: Any, wanted: dict[tuple[int, int], list[int]],
                                 codes[k, : r + 1].tobytes() for k, r in enumerate(rows))
                         else:
                             rows_out[layer, head].append(codes.tobytes())
-                    for n in wanted.get((layer, head), ()):
+                    finer: tuple[int, np.ndarray, np.ndarray] | None = None
+                    for n in sorted(wanted.get((layer, head), ()), reverse=True):
                         e = edges[n]
                         col_starts = e[e < len(cols)]
+                        # the columns pooled: from the finer level's when its blocks nest in
+                        # them (one pass over the weights for every level), else from them
+                        if finer is not None and nested[finer[0], n]:
+                            by_columns = np.maximum.reduceat(
+                                finer[2], np.searchsorted(finer[1], col_starts), axis=1)
+                        else:
+                            by_columns = np.maximum.reduceat(p[a], col_starts, axis=1)
+                        finer = (n, col_starts, by_columns)
                         # the row blocks of this slice of rows (a block may span two slices:
                         # np.maximum with what the block already holds joins its halves)
                         first = int(np.searchsorted(e, rows[0], "right")) - 1
                         last = int(np.searchsorted(e, rows[-1], "right")) - 1
                         row_starts = np.maximum(e[first : last + 1] - start, 0)
-                        part = np.maximum.reduceat(p[a], col_starts, axis=1)
-                        part = np.maximum.reduceat(part, row_starts, axis=0)
+                        part = np.maximum.reduceat(by_columns, row_starts, axis=0)
                         if coded:
                             part = np.frombuffer(_log8_plane(part), np.uint8).reshape(part.shape)
                         target = pools[layer, head, n][first : last + 1, : len(col_starts)]
@@ -184,20 +241,58 @@ def pooled_tile(lazy: Any, layer: int, head: int, rows: tuple[int, int],
                 and 0 <= start < stop <= T):
             raise AttnscopeError(f"The {what} {start}:{stop} must be a non-empty span within "
                                  f"the {T} tokens (0 to {T}).")
+    import torch
+
     row_edges = rows[0] + pool_edges(rows[1] - rows[0], size)
     col_edges = pool_edges(cols[1] - cols[0], size)
-    tile = np.zeros((len(row_edges), len(col_edges)), np.float32)
-    for start in range(rows[0], rows[1], block):
-        stop = min(start + block, rows[1])
-        weights = lazy.attention(layer, head, rows=slice(start, stop),
-                                 cols=slice(cols[0], cols[1]))  # (r, c)
-        part = np.maximum.reduceat(weights, col_edges, axis=1)
-        first = int(np.searchsorted(row_edges, start, "right")) - 1
-        last = int(np.searchsorted(row_edges, stop - 1, "right")) - 1
-        part = np.maximum.reduceat(part, np.maximum(row_edges[first : last + 1] - start, 0),
-                                   axis=0)
-        np.maximum(tile[first : last + 1], part, out=tile[first : last + 1])
+    # Pooled in log space: P = exp(log P) is monotone, so each block's largest weight is the
+    # exp of its largest log-weight, and exp runs on the [r, c] pooled tile only, not on
+    # every weight of the span (most of the time of a large tile).
+    log_tile = torch.full((len(row_edges), len(col_edges)), float("-inf"))
+    span = cols[1] - cols[0]
+    with torch.inference_mode():
+        for start in range(rows[0], rows[1], block):
+            stop = min(start + block, rows[1])
+            # causal: keys after the block's last query are hidden from all of it, so only
+            # the column blocks that begin before it are computed (a tile on the diagonal
+            # costs half); the others stay at -inf, a weight of 0
+            seen = min(span, stop - cols[0]) if lazy.causal else span
+            if seen <= 0:
+                continue
+            blocks = int(np.searchsorted(col_edges, seen, "left"))
+            width = int(col_edges[blocks]) if blocks < len(col_edges) else span
+            logp = lazy._log_weights(layer, [head], np.arange(start, stop),
+                                     np.arange(cols[0], cols[0] + width))[0]
+            part = _max_pool_columns(logp, col_edges[:blocks])  # (r, column blocks)
+            first = int(np.searchsorted(row_edges, start, "right")) - 1
+            last = int(np.searchsorted(row_edges, stop - 1, "right")) - 1
+            part = _max_pool_rows(part, np.maximum(row_edges[first : last + 1] - start, 0))
+            target = log_tile[first : last + 1, :blocks]
+            torch.maximum(target, part, out=target)
+        tile = torch.exp(log_tile).numpy()  # exp(-inf) = 0: blocks the model masks entirely
     return tile, row_edges, cols[0] + col_edges
+
+
+def _max_pool_columns(values: Any, starts: np.ndarray) -> Any:
+    """``values`` ``[r, c]`` (a torch tensor) max-pooled over the column blocks that start at
+    ``starts`` (``[n]``, first 0): ``[r, n]``. Blocks of one size take torch's max-pooling
+    (a few times faster than a reduction over a reshape); others (sizes differing by one, as
+    :func:`pool_edges` cuts them) take numpy's reduceat."""
+    import torch
+
+    width, n = values.shape[1], len(starts)
+    if width % n == 0 and np.array_equal(starts, np.arange(n) * (width // n)):
+        if width == n:
+            return values
+        return torch.nn.functional.max_pool1d(values[None], width // n)[0]
+    return torch.from_numpy(np.maximum.reduceat(values.numpy(), starts, axis=1))
+
+
+def _max_pool_rows(values: Any, starts: np.ndarray) -> Any:
+    """``values`` ``[r, c]`` max-pooled over the row blocks that start at ``starts``."""
+    import torch
+
+    return torch.from_numpy(np.maximum.reduceat(values.numpy(), starts, axis=0))
 
 
 def _positive(value: Any, what: str) -> int:
@@ -308,6 +403,10 @@ class LongView:
         self.direction = direction
         self.theme = theme
         self.max_bytes = max_bytes
+        if stats is not None:  # said before the pass over every head, not after
+            _check_stats(stats, (lazy.num_layers, lazy.num_heads))
+        #: ``head_stats()`` of the trace: the caller's, or (``None`` until then) those the
+        #: page's pooling pass adds up when it builds the page.
         self.stats = stats
         self.tiles = tiles
         self._page: str | None = None
@@ -355,7 +454,9 @@ def long_view(lazy: Any, *, layer: int = -1, head: int = 0, token: int | None = 
         theme: "light" or "dark".
         max_bytes: the budget for attention data, before compression (default 50 MB); see
             the module's documentation for what a page keeps within it.
-        stats: ``lazy.head_stats()`` when already computed (else computed here: one pass).
+        stats: ``lazy.head_stats()`` when already computed; otherwise the page's one pass
+            over every head computes them along with the pooled levels (then ``view.stats``
+            holds them once the page is built: no second pass for the caller).
     """
     return LongView(lazy, layer=layer, head=head, token=token, direction=direction,
                     theme=theme, max_bytes=max_bytes, stats=stats)
@@ -387,10 +488,14 @@ def long_payload(view: LongView) -> dict[str, Any]:
     level, and the exact weights of the heads the budget allows."""
     lazy = view.lazy
     T, L, H = lazy.num_tokens, lazy.num_layers, lazy.num_heads
-    stats = _check_stats(view.stats if view.stats is not None else lazy.head_stats(), (L, H))
     wanted, exact, notes = _plan(lazy, (view.layer, view.head), view.max_bytes,
                                  served=view.tiles is not None)
-    pools, rows = _pool_pass(lazy, wanted, exact, coded=True)
+    # without the caller's head_stats(), the pooling pass adds them up from the same weights
+    sums = _HeadSums(L, H) if view.stats is None else None
+    pools, rows = _pool_pass(lazy, wanted, exact, coded=True, sums=sums)
+    if sums is not None:
+        view.stats = sums.stats(T)
+    stats = _check_stats(view.stats, (L, H))
     keys = list(pools)
     level = 1 if view.max_bytes > 4 * 2**20 else 6
     packed = page_html._deflate_all([pools[k].tobytes() for k in keys]

@@ -2445,7 +2445,14 @@ function longView(panel, P, A, ctxs) {
     span.dataset.index = String(i);
     spans[i] = span;
   }
-  textBox.append(...spans);
+  // The text in runs of CHUNK_TOKENS tokens, each its own paint layer (.as-lchunk), so the
+  // browser repaints only the runs whose colours changed, not the whole text.
+  const CHUNK_TOKENS = 256;
+  for (let a = 0; a < T; a += CHUNK_TOKENS) {
+    const chunk = el("span", "as-lchunk");
+    chunk.append(...spans.slice(a, a + CHUNK_TOKENS));
+    textBox.append(chunk);
+  }
   const colours = [], inks = [];
   {
     const ramp = RAMPS[P.theme];
@@ -2503,19 +2510,86 @@ function longView(panel, P, A, ctxs) {
     return { values: out, source: `largest weight of blocks of ${Math.ceil(T / n)} tokens` };
   }
 
+  // Colouring the text: `want` holds each token's colour level for the current values and
+  // scale, `shade` what its span shows. A text of up to EAGER_TOKENS tokens is coloured at
+  // once; a longer one colours the tokens in view (and a quarter screen either side) in the same
+  // task, the rest in idle slices spreading out from them, so a selection costs the browser
+  // a restyle and repaint of a few hundred spans, not thousands. Scrolling colours what comes
+  // into view at once. data-long-shaded on the root is "1" once every span shows `want`.
+  const EAGER_TOKENS = 2048;
+  const want = new Int16Array(T).fill(-1);
+  let fillJob = 0;
+  function shadeRange(a, b) {
+    for (let i = a; i < b; i++) {
+      const k = want[i];
+      if (k === shade[i]) continue;
+      shade[i] = k;
+      const style = spans[i].style;
+      style.backgroundColor = k <= 0 ? "" : colours[k];
+      style.color = k <= 0 ? "" : inks[k];
+    }
+  }
+  // The first and last token (plus one) of what is in view, a quarter screen either side; reads
+  // layout, so it runs before any write of a paint.
+  function inView() {
+    const box = textBox.getBoundingClientRect();
+    const screen = window.innerHeight || 800;
+    const margin = screen / 4;
+    const top = Math.max(box.top, 0) - margin, bottom = Math.min(box.bottom, screen) + margin;
+    if (box.bottom < top || box.top > bottom) return [0, 0];
+    const firstBelow = (y, edge) => { // the first token whose `edge` is past y
+      let lo = 0, hi = T;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (spans[mid].getBoundingClientRect()[edge] < y) lo = mid + 1; else hi = mid;
+      }
+      return lo;
+    };
+    return [firstBelow(top, "bottom"), Math.min(T, firstBelow(bottom, "top") + 1)];
+  }
   function paintText() {
     const t0 = performance.now();
     const values = st.values;
     const scale = makeScale(st.scaleMode, st.scaleMax);
-    for (let i = 0; i < T; i++) {
-      const k = values ? Math.round(scale(values[i]) * 255) : -1;
-      if (k === shade[i]) continue;
-      shade[i] = k;
-      spans[i].style.backgroundColor = k <= 0 ? "" : colours[k];
-      spans[i].style.color = k <= 0 ? "" : inks[k];
+    for (let i = 0; i < T; i++) want[i] = values ? Math.round(scale(values[i]) * 255) : -1;
+    const mine = ++fillJob;
+    if (T <= EAGER_TOKENS) {
+      shadeRange(0, T);
+      ctxs.root.dataset.longShaded = "1";
+    } else {
+      const [a, b] = inView();
+      shadeRange(a, b);
+      delete ctxs.root.dataset.longShaded;
+      fillRest(mine, a, b);
     }
     st.lastDraw = performance.now() - t0;
   }
+  const idle = window.requestIdleCallback ? (fn) => window.requestIdleCallback(fn, { timeout: 200 })
+    : (fn) => setTimeout(fn, 0);
+  function fillRest(mine, a, b) {
+    const CHUNK = 256;
+    const step = () => {
+      if (mine !== fillJob) return;
+      // one chunk a slice: each slice's repaint stays short, so a click is not kept waiting
+      if (b < T) { shadeRange(b, Math.min(T, b + CHUNK)); b = Math.min(T, b + CHUNK); }
+      if (a > 0) { shadeRange(Math.max(0, a - CHUNK), a); a = Math.max(0, a - CHUNK); }
+      if (a > 0 || b < T) idle(step);
+      else ctxs.root.dataset.longShaded = "1";
+    };
+    idle(step);
+  }
+  let scrollQueued = false;
+  function shadeInView() {
+    if (scrollQueued || ctxs.root.dataset.longShaded) return;
+    scrollQueued = true;
+    requestAnimationFrame(() => {
+      scrollQueued = false;
+      const [a, b] = inView();
+      shadeRange(a, b);
+    });
+  }
+  textBox.addEventListener("scroll", shadeInView, { passive: true });
+  window.addEventListener("scroll", shadeInView, { passive: true });
 
   function describe() {
     info.textContent = "";
@@ -2525,7 +2599,7 @@ function longView(panel, P, A, ctxs) {
       "what attends to it: ") + st.source));
   }
 
-  let job = 0;
+  let job = 0, marked = -1;
   // Recolours the text by the selected token's row or column; resolves when it is drawn.
   async function recolour() {
     const mine = ++job;
@@ -2534,9 +2608,9 @@ function longView(panel, P, A, ctxs) {
     st.values = values;
     st.source = source;
     paintText();
-    const old = textBox.querySelector(".as-lsel");
-    if (old) old.classList.remove("as-lsel");
-    spans[st.token].classList.add("as-lsel");
+    if (marked >= 0) spans[marked].classList.remove("as-lsel");
+    marked = st.token;
+    spans[marked].classList.add("as-lsel");
     describe();
     st.drawn = st.token;
     ctxs.root.dataset.longToken = String(st.token);
