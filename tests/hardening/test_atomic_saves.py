@@ -58,9 +58,14 @@ def leftovers(folder: Path) -> list[str]:
 # with threads) ahead of its round and waits: on "start" it replaces the three files once with
 # the text that is not on disk and says "flipped"; on "go" it saves in a loop.
 SAVER = """
+    import signal
     import sys
     from pathlib import Path
     import attnscope as at
+
+    # Ctrl-C acts as in a terminal even when the tests run as a background job, whose children
+    # start with SIGINT ignored (POSIX shells ignore it for background commands)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     folder, out = Path(sys.argv[1]), Path(sys.argv[2])
     traces = [at.Trace.load(folder / "a.npz"), at.Trace.load(folder / "b.npz")]
