@@ -216,7 +216,6 @@ def capture_lazy_batch(
     the kernel's additive copy of it (``B·T²·5`` bytes): past the memory budget the texts run
     one at a time, with no mask. Encoder-decoder models run one text at a time.
     """
-
     from attnscope.adapters.hooks import QKVRecorder
     from attnscope.selection import choose
     from attnscope.tokens import encode

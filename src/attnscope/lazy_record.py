@@ -45,7 +45,6 @@ class LayerRecord:
     queries: list[Any] = field(default_factory=list)
     keys: list[Any] = field(default_factory=list)
     lse: list[Any] = field(default_factory=list)
-    scalings: list[float | None] = field(default_factory=list)
     _bool_mask: tuple[Any, Any] | None = None  # (the model's bool mask, its additive form)
 
     def additive(self, mask: Any, dtype: Any) -> Any:
@@ -144,5 +143,4 @@ def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: An
         record.queries.append(kept[0])
         record.keys.append(kept[1])
         record.lse.append(kept[2])
-        record.scalings.append(scaling)
     return out, None
